@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "store/data_dir.h"
+
+#include "base/names.h"
+
+namespace amirror {
+namespace {
+
+constexpr const char* kMarkerName = "AMIRROR";
+constexpr const char* kMarkerContents = "amirror data directory v1\n";
+constexpr const char* kLockName = "LOCK";
+constexpr const char* kVolumesDirName = "volumes";
+// A volume is built under this suffix and renamed into place once complete, so a
+// crash during creation never leaves a half-made volume under its real name.
+constexpr const char* kCreatingSuffix = ".creating";
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+DataDir::DataDir(FileSystem& fs, std::string path, std::unique_ptr<DirectoryLock> lock)
+    : fs_(fs), path_(std::move(path)), lock_(std::move(lock)) {}
+
+Result<std::unique_ptr<DataDir>> DataDir::open(FileSystem& fs, const std::string& path) {
+  AMIRROR_RETURN_IF_ERROR(fs.make_dir(path));
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, fs.list_dir(path));
+  std::string marker_path = path + "/" + kMarkerName;
+  bool has_marker = false;
+  for (const std::string& name : names) has_marker = has_marker || name == kMarkerName;
+  if (has_marker) {
+    AMIRROR_ASSIGN_OR_RETURN(std::string marker, read_small_file(fs, marker_path, 4096));
+    if (marker != kMarkerContents) {
+      return corruption(marker_path + " is not a marker this amirror understands; refusing to use " + path);
+    }
+  } else if (!names.empty()) {
+    return invalid_argument(path + " is not empty and is not an amirror data directory (no " +
+                            kMarkerName + " file); refusing to touch it. Use an empty directory.");
+  }
+  auto lock = fs.lock_file(path + "/" + kLockName);
+  if (!lock.ok()) {
+    if (lock.status().code() == ErrorCode::kBusy) {
+      return Status(ErrorCode::kBusy, "data directory " + path +
+                                          " is in use by another amirror process; stop it first");
+    }
+    return lock.status();
+  }
+  if (!has_marker) AMIRROR_RETURN_IF_ERROR(write_file_atomically(fs, path, kMarkerName, kMarkerContents));
+  AMIRROR_RETURN_IF_ERROR(fs.make_dir(path + "/" + kVolumesDirName));
+  return std::unique_ptr<DataDir>(new DataDir(fs, path, std::move(lock).value()));
+}
+
+std::string DataDir::volume_dir(const std::string& name) const {
+  return path_ + "/" + kVolumesDirName + "/" + name;
+}
+
+Result<std::vector<std::string>> DataDir::list_volumes() {
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.list_dir(path_ + "/" + kVolumesDirName));
+  std::vector<std::string> volumes;
+  for (std::string& name : names) {
+    if (!ends_with(name, kCreatingSuffix)) volumes.push_back(std::move(name));
+  }
+  return volumes;
+}
+
+Result<std::unique_ptr<Volume>> DataDir::create_volume(const std::string& name,
+                                                       const VolumeOptions& options) {
+  AMIRROR_RETURN_IF_ERROR(validate_name(name, "volume name"));
+  AMIRROR_RETURN_IF_ERROR(validate_volume_options(options));
+  std::lock_guard lock(create_mutex_);
+  std::string final_dir = volume_dir(name);
+  AMIRROR_ASSIGN_OR_RETURN(bool exists, fs_.exists(final_dir));
+  if (exists) return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' already exists");
+
+  std::string building_dir = final_dir + kCreatingSuffix;
+  AMIRROR_RETURN_IF_ERROR(fs_.make_dir(building_dir));
+  // Leftovers of an earlier interrupted creation of the same name.
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> leftovers, fs_.list_dir(building_dir));
+  for (const std::string& leftover : leftovers) {
+    AMIRROR_RETURN_IF_ERROR(fs_.remove(building_dir + "/" + leftover));
+  }
+  {
+    AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> volume, Volume::create(fs_, building_dir, options));
+  }
+  AMIRROR_RETURN_IF_ERROR(fs_.rename(building_dir, final_dir));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(path_ + "/" + kVolumesDirName));
+  return Volume::open(fs_, final_dir);
+}
+
+Result<std::unique_ptr<Volume>> DataDir::open_volume(const std::string& name) {
+  AMIRROR_RETURN_IF_ERROR(validate_name(name, "volume name"));
+  AMIRROR_ASSIGN_OR_RETURN(bool exists, fs_.exists(volume_dir(name)));
+  if (!exists) return not_found("no volume named '" + name + "' in " + path_);
+  return Volume::open(fs_, volume_dir(name));
+}
+
+}  // namespace amirror

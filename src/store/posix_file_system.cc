@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "store/file_system.h"
+
+namespace amirror {
+namespace {
+
+class PosixFile final : public File {
+ public:
+  PosixFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  ~PosixFile() override { ::close(fd_); }
+
+  Status read_at(uint64_t offset_bytes, std::span<uint8_t> out) override {
+    size_t done = 0;
+    while (done < out.size()) {
+      ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
+                          static_cast<off_t>(offset_bytes + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::from_errno(errno, "read " + path_);
+      }
+      if (n == 0) {  // past end of file: reads as zero
+        std::fill(out.begin() + static_cast<ptrdiff_t>(done), out.end(), 0);
+        break;
+      }
+      done += static_cast<size_t>(n);
+    }
+    return Status();
+  }
+
+  Status write_at(uint64_t offset_bytes, std::span<const uint8_t> data) override {
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = ::pwrite(fd_, data.data() + done, data.size() - done,
+                           static_cast<off_t>(offset_bytes + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::from_errno(errno, "write " + path_);
+      }
+      done += static_cast<size_t>(n);
+    }
+    return Status();
+  }
+
+  Status sync() override {
+    if (::fdatasync(fd_) != 0) return Status::from_errno(errno, "fdatasync " + path_);
+    return Status();
+  }
+
+  Status truncate(uint64_t size_bytes) override {
+    if (::ftruncate(fd_, static_cast<off_t>(size_bytes)) != 0) {
+      return Status::from_errno(errno, "truncate " + path_);
+    }
+    return Status();
+  }
+
+  Status punch_hole(uint64_t offset_bytes, uint64_t length_bytes) override {
+    if (length_bytes == 0) return Status();
+    if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                    static_cast<off_t>(offset_bytes), static_cast<off_t>(length_bytes)) == 0) {
+      return Status();
+    }
+    if (errno != EOPNOTSUPP) return Status::from_errno(errno, "punch hole in " + path_);
+    // The file system cannot deallocate: write zeros so the range still reads as zero.
+    std::vector<uint8_t> zeros(std::min<uint64_t>(length_bytes, 1 << 20), 0);
+    for (uint64_t done = 0; done < length_bytes;) {
+      uint64_t step = std::min<uint64_t>(zeros.size(), length_bytes - done);
+      AMIRROR_RETURN_IF_ERROR(write_at(offset_bytes + done, std::span(zeros.data(), step)));
+      done += step;
+    }
+    return Status();
+  }
+
+  Result<uint64_t> size_bytes() override {
+    struct stat info;
+    if (::fstat(fd_, &info) != 0) return Status::from_errno(errno, "stat " + path_);
+    return static_cast<uint64_t>(info.st_size);
+  }
+
+  Result<std::vector<Extent>> allocated_extents(uint64_t offset_bytes,
+                                                uint64_t length_bytes) override {
+    std::vector<Extent> extents;
+    uint64_t end = offset_bytes + length_bytes;
+    uint64_t position = offset_bytes;
+    while (position < end) {
+      off_t data = ::lseek(fd_, static_cast<off_t>(position), SEEK_DATA);
+      if (data < 0) {
+        if (errno == ENXIO) break;  // no data after position
+        if (errno == EINVAL || errno == EOPNOTSUPP) {
+          extents.push_back({position, end - position});
+          break;
+        }
+        return Status::from_errno(errno, "seek data in " + path_);
+      }
+      if (static_cast<uint64_t>(data) >= end) break;
+      off_t hole = ::lseek(fd_, data, SEEK_HOLE);
+      if (hole < 0) return Status::from_errno(errno, "seek hole in " + path_);
+      uint64_t extent_end = std::min<uint64_t>(static_cast<uint64_t>(hole), end);
+      extents.push_back({static_cast<uint64_t>(data), extent_end - static_cast<uint64_t>(data)});
+      position = extent_end;
+    }
+    return extents;
+  }
+
+ private:
+  int fd_;
+  std::string path_;
+};
+
+class PosixDirectoryLock final : public DirectoryLock {
+ public:
+  explicit PosixDirectoryLock(int fd) : fd_(fd) {}
+  ~PosixDirectoryLock() override { ::close(fd_); }
+
+ private:
+  int fd_;
+};
+
+class PosixFileSystem final : public FileSystem {
+ public:
+  Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override {
+    int flags = O_RDWR | O_CLOEXEC;
+    if (mode == OpenMode::kCreateNew) flags |= O_CREAT | O_EXCL;
+    if (mode == OpenMode::kOpenOrCreate) flags |= O_CREAT;
+    int fd = ::open(path.c_str(), flags, 0600);
+    if (fd < 0) return Status::from_errno(errno, "open " + path);
+    return std::unique_ptr<File>(new PosixFile(fd, path));
+  }
+
+  Status rename(const std::string& from, const std::string& to) override {
+    if (::rename(from.c_str(), to.c_str()) != 0) {
+      return Status::from_errno(errno, "rename " + from + " to " + to);
+    }
+    return Status();
+  }
+
+  Status remove(const std::string& path) override {
+    if (::unlink(path.c_str()) != 0) return Status::from_errno(errno, "remove " + path);
+    return Status();
+  }
+
+  Status sync_dir(const std::string& path) override {
+    int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return Status::from_errno(errno, "open directory " + path);
+    int result = ::fsync(fd);
+    int saved = errno;
+    ::close(fd);
+    if (result != 0) return Status::from_errno(saved, "fsync directory " + path);
+    return Status();
+  }
+
+  Status make_dir(const std::string& path) override {
+    if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Status::from_errno(errno, "create directory " + path);
+    }
+    return Status();
+  }
+
+  Result<bool> exists(const std::string& path) override {
+    struct stat info;
+    if (::stat(path.c_str(), &info) == 0) return true;
+    if (errno == ENOENT) return false;
+    return Status::from_errno(errno, "stat " + path);
+  }
+
+  Result<std::vector<std::string>> list_dir(const std::string& path) override {
+    DIR* dir = ::opendir(path.c_str());
+    if (dir == nullptr) return Status::from_errno(errno, "list directory " + path);
+    std::vector<std::string> names;
+    while (struct dirent* entry = ::readdir(dir)) {
+      std::string name = entry->d_name;
+      if (name != "." && name != "..") names.push_back(std::move(name));
+    }
+    ::closedir(dir);
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  Result<std::unique_ptr<DirectoryLock>> lock_file(const std::string& path) override {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return Status::from_errno(errno, "open lock file " + path);
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      int saved = errno;
+      ::close(fd);
+      if (saved == EWOULDBLOCK) {
+        return Status(ErrorCode::kBusy, path + " is locked by another amirror process");
+      }
+      return Status::from_errno(saved, "lock " + path);
+    }
+    return std::unique_ptr<DirectoryLock>(new PosixDirectoryLock(fd));
+  }
+};
+
+}  // namespace
+
+FileSystem& posix_file_system() {
+  static PosixFileSystem* const instance = new PosixFileSystem();
+  return *instance;
+}
+
+Result<std::string> read_small_file(FileSystem& fs, const std::string& path,
+                                    uint64_t max_size_bytes) {
+  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<File> file, fs.open(path, OpenMode::kOpenExisting));
+  AMIRROR_ASSIGN_OR_RETURN(uint64_t size, file->size_bytes());
+  if (size > max_size_bytes) {
+    return corruption(path + " is " + std::to_string(size) + " bytes, more than the " +
+                      std::to_string(max_size_bytes) + " expected");
+  }
+  std::string contents(size, '\0');
+  AMIRROR_RETURN_IF_ERROR(
+      file->read_at(0, std::span(reinterpret_cast<uint8_t*>(contents.data()), contents.size())));
+  return contents;
+}
+
+Status write_file_atomically(FileSystem& fs, const std::string& dir, const std::string& name,
+                             const std::string& contents) {
+  std::string temporary = dir + "/" + name + ".tmp";
+  {
+    AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<File> file,
+                             fs.open(temporary, OpenMode::kOpenOrCreate));
+    AMIRROR_RETURN_IF_ERROR(file->truncate(0));
+    AMIRROR_RETURN_IF_ERROR(file->write_at(
+        0, std::span(reinterpret_cast<const uint8_t*>(contents.data()), contents.size())));
+    AMIRROR_RETURN_IF_ERROR(file->sync());
+  }
+  AMIRROR_RETURN_IF_ERROR(fs.rename(temporary, dir + "/" + name));
+  return fs.sync_dir(dir);
+}
+
+}  // namespace amirror

@@ -1,0 +1,667 @@
+// SPDX-License-Identifier: Apache-2.0
+// Volume: routing of client I/O through the layer stack, freeze, merge and the
+// volume.meta file. Byte formats: docs/formats/store.md.
+#include "store/volume.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "base/checksum.h"
+#include "base/coding.h"
+#include "base/names.h"
+
+namespace amirror {
+namespace {
+
+constexpr char kMetaMagic[8] = {'A', 'M', 'V', 'O', 'L', 'U', 'M', 'E'};
+constexpr uint32_t kMetaFormatVersion = 1;
+constexpr const char* kMetaFileName = "volume.meta";
+constexpr const char* kBaseFileName = "base.img";
+constexpr uint64_t kMaxMetaBytes = 16 * kMiB;
+
+int64_t now_unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A read-only zero chunk, for zeroing parts of slots without allocating.
+const uint8_t* zero_chunk() {
+  static const std::vector<uint8_t>* const zeros = new std::vector<uint8_t>(kMaxChunkSizeBytes, 0);
+  return zeros->data();
+}
+
+// Per-thread scratch chunk for copy-on-first-write and merge; grows to the largest
+// chunk size used, never shrinks (bounded by kMaxChunkSizeBytes).
+std::span<uint8_t> scratch_chunk(uint64_t size_bytes) {
+  thread_local std::vector<uint8_t> buffer;
+  if (buffer.size() < size_bytes) buffer.resize(size_bytes);
+  return std::span(buffer.data(), size_bytes);
+}
+
+bool parse_layer_file_name(const std::string& name, uint64_t& layer_id) {
+  const std::string prefix = "layer-";
+  if (name.rfind(prefix, 0) != 0) return false;
+  size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos || dot == prefix.size()) return false;
+  std::string suffix = name.substr(dot);
+  if (suffix != ".data" && suffix != ".map") return false;
+  layer_id = 0;
+  for (size_t i = prefix.size(); i < dot; ++i) {
+    if (name[i] < '0' || name[i] > '9' || layer_id > (1ull << 60)) return false;
+    layer_id = layer_id * 10 + static_cast<uint64_t>(name[i] - '0');
+  }
+  return true;
+}
+
+}  // namespace
+
+Status validate_volume_options(const VolumeOptions& options) {
+  if (options.size_bytes == 0) return invalid_argument("volume size must be greater than 0");
+  if (options.size_bytes % kSectorSizeBytes != 0) {
+    return invalid_argument("volume size " + std::to_string(options.size_bytes) +
+                            " is not a multiple of 512 bytes");
+  }
+  if (options.size_bytes > kMaxVolumeSizeBytes) {
+    return invalid_argument("volume size " + format_bytes(options.size_bytes) +
+                            " exceeds the maximum of " + format_bytes(kMaxVolumeSizeBytes));
+  }
+  if (!is_power_of_two(options.chunk_size_bytes) ||
+      options.chunk_size_bytes < kMinChunkSizeBytes ||
+      options.chunk_size_bytes > kMaxChunkSizeBytes) {
+    return invalid_argument("chunk size " + std::to_string(options.chunk_size_bytes) +
+                            " must be a power of two from 4 KiB to 4 MiB");
+  }
+  if (!options.group.empty()) AMIRROR_RETURN_IF_ERROR(validate_name(options.group, "group name"));
+  return Status();
+}
+
+Volume::Volume(FileSystem& fs, std::string dir, const VolumeOptions& options)
+    : fs_(fs),
+      dir_(std::move(dir)),
+      geometry_(options.size_bytes, options.chunk_size_bytes),
+      group_(options.group) {}
+
+Volume::~Volume() = default;
+
+Result<std::unique_ptr<Volume>> Volume::create(FileSystem& fs, const std::string& dir,
+                                               const VolumeOptions& options) {
+  AMIRROR_RETURN_IF_ERROR(validate_volume_options(options));
+  AMIRROR_ASSIGN_OR_RETURN(bool meta_exists, fs.exists(dir + "/" + kMetaFileName));
+  if (meta_exists) return Status(ErrorCode::kAlreadyExists, "a volume already exists in " + dir);
+  std::unique_ptr<Volume> volume(new Volume(fs, dir, options));
+  AMIRROR_ASSIGN_OR_RETURN(volume->base_, fs.open(dir + "/" + kBaseFileName, OpenMode::kCreateNew));
+  // Sparse: truncate allocates nothing, so a 1 TiB volume costs no space until written.
+  AMIRROR_RETURN_IF_ERROR(volume->base_->truncate(options.size_bytes));
+  AMIRROR_RETURN_IF_ERROR(volume->base_->sync());
+  AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> active,
+                           Layer::create(fs, dir, 1, options.chunk_size_bytes));
+  volume->layers_.push_back(std::move(active));
+  std::lock_guard meta_lock(volume->meta_mutex_);
+  volume->freeze_times_unix_ms_ = {now_unix_ms()};
+  AMIRROR_RETURN_IF_ERROR(volume->write_meta());
+  return volume;
+}
+
+Result<std::unique_ptr<Volume>> Volume::open(FileSystem& fs, const std::string& dir) {
+  std::string meta_path = dir + "/" + kMetaFileName;
+  auto contents = read_small_file(fs, meta_path, kMaxMetaBytes);
+  if (!contents.ok()) {
+    if (contents.status().code() == ErrorCode::kNotFound) {
+      return not_found(dir + " holds no volume (" + kMetaFileName + " is missing)");
+    }
+    return contents.status();
+  }
+  AMIRROR_ASSIGN_OR_RETURN(VolumeMeta meta, decode_meta(contents.value(), meta_path));
+  std::unique_ptr<Volume> volume(new Volume(fs, dir, meta.options));
+  volume->cycle_ = meta.cycle;
+  volume->base_cycle_ = meta.base_cycle;
+  volume->freeze_times_unix_ms_ = std::move(meta.freeze_times_unix_ms);
+
+  AMIRROR_ASSIGN_OR_RETURN(volume->base_, fs.open(dir + "/" + kBaseFileName, OpenMode::kOpenExisting));
+  AMIRROR_ASSIGN_OR_RETURN(uint64_t base_size, volume->base_->size_bytes());
+  if (base_size != meta.options.size_bytes) {
+    return corruption(dir + "/" + kBaseFileName + " is " + std::to_string(base_size) +
+                      " bytes but the volume is " + std::to_string(meta.options.size_bytes));
+  }
+  AMIRROR_RETURN_IF_ERROR(volume->remove_orphan_files());
+  for (uint64_t id = volume->base_cycle_ + 1; id <= volume->cycle_ + 1; ++id) {
+    auto layer = Layer::open(fs, dir, id, meta.options.chunk_size_bytes);
+    if (!layer.ok()) {
+      return layer.status().with_context("open layer " + std::to_string(id) + " of " + dir);
+    }
+    volume->layers_.push_back(std::move(layer).value());
+  }
+  return volume;
+}
+
+// Files an interrupted freeze (a new layer not yet in volume.meta) or merge (a merged
+// layer not yet removed) can leave behind. Their state is decided by volume.meta, the
+// single source of truth, so removing them is recovery, not guessing.
+Status Volume::remove_orphan_files() {
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.list_dir(dir_));
+  bool removed = false;
+  for (const std::string& name : names) {
+    uint64_t layer_id = 0;
+    bool orphan = false;
+    if (parse_layer_file_name(name, layer_id)) {
+      orphan = layer_id <= base_cycle_ || layer_id > cycle_ + 1;
+    } else if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+      orphan = true;
+    }
+    if (orphan) {
+      AMIRROR_RETURN_IF_ERROR(fs_.remove(dir_ + "/" + name));
+      removed = true;
+    }
+  }
+  if (removed) AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_));
+  return Status();
+}
+
+std::string Volume::encode_meta() const {
+  std::string meta(kMetaMagic, sizeof kMetaMagic);
+  append_u32(meta, kMetaFormatVersion);
+  append_u32(meta, 0);
+  append_u64(meta, geometry_.volume_size_bytes());
+  append_u64(meta, geometry_.chunk_size_bytes());
+  append_u64(meta, cycle_);
+  append_u64(meta, base_cycle_);
+  append_u32(meta, static_cast<uint32_t>(group_.size()));
+  meta += group_;
+  AMIRROR_ASSERT(freeze_times_unix_ms_.size() == cycle_ - base_cycle_ + 1);
+  append_u32(meta, static_cast<uint32_t>(freeze_times_unix_ms_.size()));
+  for (int64_t time : freeze_times_unix_ms_) append_u64(meta, static_cast<uint64_t>(time));
+  append_u64(meta, checksum64(meta.data(), meta.size()));
+  return meta;
+}
+
+Status Volume::write_meta() { return write_file_atomically(fs_, dir_, kMetaFileName, encode_meta()); }
+
+Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents,
+                                               const std::string& where) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(contents.data());
+  size_t size = contents.size();
+  constexpr size_t kFixedBytes = 8 + 4 + 4 + 8 * 4 + 4;
+  if (size < kFixedBytes + 4 + 8 || std::memcmp(bytes, kMetaMagic, 8) != 0) {
+    return corruption(where + " is not an amirror volume file");
+  }
+  if (checksum64(bytes, size - 8) != get_u64(bytes + size - 8)) {
+    return corruption(where + " failed its checksum; the volume metadata is damaged");
+  }
+  if (get_u32(bytes + 8) != kMetaFormatVersion) {
+    return corruption(where + " has format version " + std::to_string(get_u32(bytes + 8)) +
+                      "; this amirror reads version " + std::to_string(kMetaFormatVersion));
+  }
+  VolumeMeta meta;
+  meta.options.size_bytes = get_u64(bytes + 16);
+  meta.options.chunk_size_bytes = get_u64(bytes + 24);
+  meta.cycle = get_u64(bytes + 32);
+  meta.base_cycle = get_u64(bytes + 40);
+  uint32_t group_bytes = get_u32(bytes + 48);
+  size_t position = kFixedBytes;
+  if (group_bytes > kMaxNameBytes || size - 8 < position + group_bytes + 4) {
+    return corruption(where + ": bad group name length");
+  }
+  meta.options.group.assign(contents.data() + position, group_bytes);
+  position += group_bytes;
+  uint32_t time_count = get_u32(bytes + position);
+  position += 4;
+  if (meta.base_cycle > meta.cycle || time_count != meta.cycle - meta.base_cycle + 1 ||
+      size - 8 - position != uint64_t{time_count} * 8) {
+    return corruption(where + ": cycle numbers are inconsistent");
+  }
+  for (uint32_t i = 0; i < time_count; ++i) {
+    meta.freeze_times_unix_ms.push_back(static_cast<int64_t>(get_u64(bytes + position + 8 * i)));
+  }
+  Status valid = validate_volume_options(meta.options);
+  if (!valid.ok()) return corruption(where + ": " + valid.message());
+  return meta;
+}
+
+uint64_t Volume::cycle() const {
+  std::lock_guard lock(meta_mutex_);
+  return cycle_;
+}
+
+uint64_t Volume::base_cycle() const {
+  std::lock_guard lock(meta_mutex_);
+  return base_cycle_;
+}
+
+int64_t Volume::freeze_time_unix_ms(uint64_t cycle) const {
+  std::lock_guard lock(meta_mutex_);
+  if (cycle < base_cycle_ || cycle > cycle_) return 0;
+  return freeze_times_unix_ms_[cycle - base_cycle_];
+}
+
+// ---- Reads ----------------------------------------------------------------
+
+// Reads one piece from the newest of layers[0, top) holding its chunk, else the base.
+// `active_index` is the index of the active layer within `layers` (or SIZE_MAX): its
+// slots can be freed and reused, so reading one takes the chunk's stripe lock.
+Status Volume::read_chunk_piece(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
+                                const ChunkPiece& piece, uint8_t* out, bool lock_active) {
+  std::span<uint8_t> destination(out, piece.length_bytes);
+  for (size_t i = top; i-- > 0;) {
+    Layer& layer = *layers[i];
+    std::optional<ChunkEntry> entry;
+    std::shared_lock<std::shared_mutex> stripe;
+    bool is_active = lock_active && i + 1 == layers.size();
+    if (is_active) stripe = std::shared_lock(stripes_[piece.chunk_index % kStripeCount]);
+    entry = layer.find(piece.chunk_index);
+    if (!entry) continue;
+    if (entry->state == ChunkState::kZero) {
+      std::memset(out, 0, piece.length_bytes);
+      return Status();
+    }
+    return layer.read_slot(entry->slot, piece.offset_in_chunk_bytes, destination);
+  }
+  return base_->read_at(geometry_.chunk_offset_bytes(piece.chunk_index) + piece.offset_in_chunk_bytes,
+                        destination);
+}
+
+Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
+                           uint64_t offset_bytes, std::span<uint8_t> out, bool lock_active) {
+  // Consecutive pieces that come from the base are read with one call.
+  uint64_t base_run_start = 0, base_run_length = 0;
+  Status status;
+  auto flush_base_run = [&] {
+    if (base_run_length == 0 || !status.ok()) return;
+    status = base_->read_at(offset_bytes + base_run_start,
+                            out.subspan(base_run_start, base_run_length));
+    base_run_length = 0;
+  };
+  geometry_.for_each_piece(offset_bytes, out.size(), [&](const ChunkPiece& piece) {
+    if (!status.ok()) return;
+    bool in_layer = false;
+    for (size_t i = top; i-- > 0 && !in_layer;) in_layer = layers[i]->find(piece.chunk_index).has_value();
+    if (!in_layer) {
+      if (base_run_length == 0) base_run_start = piece.offset_in_request_bytes;
+      base_run_length += piece.length_bytes;
+      return;
+    }
+    flush_base_run();
+    if (status.ok()) {
+      status = read_chunk_piece(layers, top, piece, out.data() + piece.offset_in_request_bytes,
+                                lock_active);
+    }
+  });
+  flush_base_run();
+  return status;
+}
+
+Status Volume::read(uint64_t offset_bytes, std::span<uint8_t> out) {
+  if (!geometry_.in_range(offset_bytes, out.size())) {
+    return out_of_range("read of " + std::to_string(out.size()) + " bytes at offset " +
+                        std::to_string(offset_bytes) + " is beyond the volume's end (" +
+                        std::to_string(size_bytes()) + " bytes)");
+  }
+  std::shared_lock io(io_lock_);
+  return read_layers(layers_, layers_.size(), offset_bytes, out, /*lock_active=*/true);
+}
+
+Status Volume::read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint8_t> out) {
+  if (!geometry_.in_range(offset_bytes, out.size())) {
+    return out_of_range("read beyond the volume's end");
+  }
+  // Reading the base point itself must not overlap a merge rewriting the base.
+  std::shared_lock base_point(base_point_lock_, std::defer_lock);
+  {
+    std::lock_guard meta(meta_mutex_);
+    if (cycle < base_cycle_ || cycle > cycle_) {
+      return out_of_range("freeze point " + std::to_string(cycle) + " does not exist (points " +
+                          std::to_string(base_cycle_) + ".." + std::to_string(cycle_) + " do)");
+    }
+    if (cycle == base_cycle_) {
+      if (!base_point.try_lock()) {
+        return Status(ErrorCode::kBusy, "freeze point " + std::to_string(cycle) + " is being merged");
+      }
+    }
+  }
+  std::shared_lock io(io_lock_);
+  // Layers are contiguous by id; those with id <= cycle form the point.
+  uint64_t first_id = layers_.front()->id();
+  size_t top = cycle + 1 <= first_id ? 0 : std::min<uint64_t>(layers_.size(), cycle - first_id + 1);
+  if (top == layers_.size()) {
+    return out_of_range("freeze point " + std::to_string(cycle) + " is not frozen");
+  }
+  return read_layers(layers_, top, offset_bytes, out, /*lock_active=*/false);
+}
+
+// ---- Writes ---------------------------------------------------------------
+
+Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
+  Layer& active = *layers_.back();
+  // Every change to a chunk of the active layer holds its stripe, so a slot is never
+  // freed, reused or filled by copy-on-first-write under a concurrent writer.
+  std::unique_lock stripe(stripes_[piece.chunk_index % kStripeCount]);
+  std::optional<ChunkEntry> entry = active.find(piece.chunk_index);
+  const uint8_t* source = data != nullptr ? data : zero_chunk();
+
+  if (data == nullptr && piece.covers_whole_chunk) {
+    active.publish_zero(piece.chunk_index);
+    return Status();
+  }
+  if (entry && entry->state == ChunkState::kData) {
+    return active.write_slot(entry->slot, piece.offset_in_chunk_bytes,
+                             std::span(source, piece.length_bytes));
+  }
+
+  // First write to this chunk since the freeze (patent step C10).
+  uint64_t chunk_length = geometry_.chunk_length_bytes(piece.chunk_index);
+  uint64_t slot = active.reserve_slot();
+  Status status;
+  if (piece.covers_whole_chunk) {
+    status = active.write_slot(slot, 0, std::span(source, chunk_length));
+  } else {
+    std::span<uint8_t> chunk = scratch_chunk(chunk_length);
+    if (entry) {  // kZero in the active layer: the current content is zeros
+      std::memset(chunk.data(), 0, chunk_length);
+    } else {
+      ChunkPiece whole{piece.chunk_index, 0, chunk_length, 0, true};
+      status = read_chunk_piece(layers_, layers_.size() - 1, whole, chunk.data(), false);
+    }
+    if (status.ok()) {
+      std::memcpy(chunk.data() + piece.offset_in_chunk_bytes, source, piece.length_bytes);
+      status = active.write_slot(slot, 0, chunk);
+    }
+  }
+  if (!status.ok()) {
+    active.release_slot(slot);
+    return status;
+  }
+  active.publish_data(piece.chunk_index, slot);
+  return Status();
+}
+
+Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua) {
+  if (!geometry_.in_range(offset_bytes, length_bytes)) {
+    return out_of_range("write of " + std::to_string(length_bytes) + " bytes at offset " +
+                        std::to_string(offset_bytes) + " is beyond the volume's end (" +
+                        std::to_string(size_bytes()) + " bytes)");
+  }
+  {
+    std::shared_lock io(io_lock_);
+    Status status;
+    geometry_.for_each_piece(offset_bytes, length_bytes, [&](const ChunkPiece& piece) {
+      if (!status.ok()) return;
+      status = write_piece(piece, data != nullptr ? data + piece.offset_in_request_bytes : nullptr);
+    });
+    AMIRROR_RETURN_IF_ERROR(status);
+  }
+  return fua ? flush() : Status();
+}
+
+Status Volume::write(uint64_t offset_bytes, std::span<const uint8_t> data, bool fua) {
+  return modify(offset_bytes, data.size(), data.data(), fua);
+}
+
+Status Volume::write_zeroes(uint64_t offset_bytes, uint64_t length_bytes, bool fua) {
+  return modify(offset_bytes, length_bytes, nullptr, fua);
+}
+
+Status Volume::trim(uint64_t offset_bytes, uint64_t length_bytes) {
+  return modify(offset_bytes, length_bytes, nullptr, false);
+}
+
+Status Volume::flush() {
+  std::shared_ptr<Layer> active;
+  {
+    std::shared_lock io(io_lock_);
+    active = layers_.back();
+  }
+  // If a freeze intervenes, it synced this layer itself; syncing again is harmless.
+  // Not holding io_lock_ here keeps a flush from stalling a freeze (and so writes).
+  return active->sync();
+}
+
+// ---- Freeze and merge -----------------------------------------------------
+
+Status Volume::freeze_locked(int64_t time_unix_ms) {
+  Layer& active = *layers_.back();
+  AMIRROR_RETURN_IF_ERROR(active.sync());
+  uint64_t new_cycle;
+  {
+    std::lock_guard meta(meta_mutex_);
+    new_cycle = cycle_ + 1;
+  }
+  AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> next,
+                           Layer::create(fs_, dir_, new_cycle + 1, chunk_size_bytes()));
+  std::lock_guard meta(meta_mutex_);
+  cycle_ = new_cycle;
+  freeze_times_unix_ms_.push_back(time_unix_ms);
+  Status status = write_meta();
+  if (!status.ok()) {
+    cycle_ -= 1;
+    freeze_times_unix_ms_.pop_back();
+    (void)next->remove_files();
+    return status.with_context("freeze " + dir_);
+  }
+  layers_.push_back(std::move(next));
+  return Status();
+}
+
+Result<uint64_t> Volume::freeze() {
+  Volume* self = this;
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> cycles, freeze_group(std::span(&self, 1)));
+  return cycles.front();
+}
+
+Result<std::vector<uint64_t>> Volume::freeze_group(std::span<Volume* const> volumes) {
+  // Sync outside the locks first, so the stall below covers only the last changes.
+  for (Volume* volume : volumes) AMIRROR_RETURN_IF_ERROR(volume->flush());
+  std::vector<Volume*> ordered(volumes.begin(), volumes.end());
+  std::sort(ordered.begin(), ordered.end(),
+            [](const Volume* a, const Volume* b) { return a->dir_ < b->dir_; });
+  AMIRROR_ASSERT(std::adjacent_find(ordered.begin(), ordered.end()) == ordered.end());
+  std::vector<std::unique_lock<RwLock>> locks;
+  for (Volume* volume : ordered) locks.emplace_back(volume->io_lock_);
+  auto stall_start = std::chrono::steady_clock::now();
+  // While every lock is held no write reaches any member, so the points are one cut.
+  // If a member fails, the ones already frozen stay frozen; freezing the rest later
+  // still yields a consistent cut, because nothing was written in between.
+  int64_t time_unix_ms = now_unix_ms();
+  std::vector<uint64_t> cycles;
+  for (Volume* volume : volumes) {
+    AMIRROR_RETURN_IF_ERROR(volume->freeze_locked(time_unix_ms));
+    std::lock_guard meta(volume->meta_mutex_);
+    cycles.push_back(volume->cycle_);
+  }
+  auto stall_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::steady_clock::now() - stall_start).count();
+  for (Volume* volume : volumes) volume->last_freeze_stall_us_.store(static_cast<uint64_t>(stall_us));
+  return cycles;
+}
+
+Status Volume::merge_oldest() {
+  std::lock_guard merge_lock(merge_mutex_);
+  std::shared_ptr<Layer> oldest;
+  {
+    std::shared_lock io(io_lock_);
+    if (layers_.size() < 2) return not_found("no frozen layer to merge in " + dir_);
+    oldest = layers_.front();
+  }
+  std::unique_lock base_point(base_point_lock_);
+  // Chunk order keeps the base writes sequential where the layer is dense.
+  std::span<uint8_t> chunk = scratch_chunk(chunk_size_bytes());
+  for (const auto& [chunk_index, entry] : oldest->entries()) {
+    uint64_t chunk_offset = geometry_.chunk_offset_bytes(chunk_index);
+    uint64_t chunk_length = geometry_.chunk_length_bytes(chunk_index);
+    if (entry.state == ChunkState::kZero) {
+      AMIRROR_RETURN_IF_ERROR(base_->punch_hole(chunk_offset, chunk_length));
+      continue;
+    }
+    std::span<uint8_t> content = chunk.subspan(0, chunk_length);
+    AMIRROR_RETURN_IF_ERROR(oldest->read_slot(entry.slot, 0, content));
+    AMIRROR_RETURN_IF_ERROR(base_->write_at(chunk_offset, content));
+  }
+  AMIRROR_RETURN_IF_ERROR(base_->sync());
+  {
+    std::lock_guard meta(meta_mutex_);
+    base_cycle_ = oldest->id();
+    int64_t removed_time = freeze_times_unix_ms_.front();
+    freeze_times_unix_ms_.erase(freeze_times_unix_ms_.begin());
+    Status status = write_meta();
+    if (!status.ok()) {
+      base_cycle_ -= 1;
+      freeze_times_unix_ms_.insert(freeze_times_unix_ms_.begin(), removed_time);
+      return status.with_context("merge layer " + std::to_string(oldest->id()) + " of " + dir_);
+    }
+  }
+  {
+    std::unique_lock io(io_lock_);
+    AMIRROR_ASSERT(layers_.front() == oldest);
+    layers_.erase(layers_.begin());
+  }
+  // A failure here leaves an orphan that the next open removes.
+  (void)oldest->remove_files();
+  return Status();
+}
+
+// ---- Deltas and extents -----------------------------------------------------
+
+Result<std::vector<DeltaChunk>> Volume::changed_chunks(uint64_t from_cycle, uint64_t to_cycle) {
+  std::vector<std::shared_ptr<Layer>> selected;
+  {
+    std::shared_lock io(io_lock_);
+    std::lock_guard meta(meta_mutex_);
+    if (from_cycle >= to_cycle || from_cycle < base_cycle_ || to_cycle > cycle_) {
+      return out_of_range("no delta from point " + std::to_string(from_cycle) + " to " +
+                          std::to_string(to_cycle) + " (points " + std::to_string(base_cycle_) +
+                          ".." + std::to_string(cycle_) + " exist)");
+    }
+    for (const auto& layer : layers_) {
+      if (layer->id() > from_cycle && layer->id() <= to_cycle) selected.push_back(layer);
+    }
+  }
+  std::map<uint64_t, ChunkState> merged;
+  for (const auto& layer : selected) {  // oldest first: newer states overwrite
+    for (const auto& [chunk_index, entry] : layer->entries()) merged[chunk_index] = entry.state;
+  }
+  std::vector<DeltaChunk> delta;
+  delta.reserve(merged.size());
+  for (const auto& [chunk_index, state] : merged) delta.push_back({chunk_index, state});
+  return delta;
+}
+
+Result<std::vector<uint64_t>> Volume::allocated_chunks(uint64_t cycle) {
+  std::vector<std::shared_ptr<Layer>> selected;
+  std::shared_lock base_point(base_point_lock_);
+  {
+    std::shared_lock io(io_lock_);
+    std::lock_guard meta(meta_mutex_);
+    if (cycle < base_cycle_ || cycle > cycle_) {
+      return out_of_range("freeze point " + std::to_string(cycle) + " does not exist");
+    }
+    for (const auto& layer : layers_) {
+      if (layer->id() <= cycle) selected.push_back(layer);
+    }
+  }
+  std::set<uint64_t> chunks;
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<Extent> extents, base_->allocated_extents(0, size_bytes()));
+  for (const Extent& extent : extents) {
+    uint64_t first = extent.offset_bytes / chunk_size_bytes();
+    uint64_t last = (extent.offset_bytes + extent.length_bytes - 1) / chunk_size_bytes();
+    for (uint64_t chunk_index = first; chunk_index <= last; ++chunk_index) chunks.insert(chunk_index);
+  }
+  for (const auto& layer : selected) {
+    for (const auto& [chunk_index, entry] : layer->entries()) {
+      if (entry.state == ChunkState::kData) {
+        chunks.insert(chunk_index);
+      } else {
+        chunks.erase(chunk_index);
+      }
+    }
+  }
+  return std::vector<uint64_t>(chunks.begin(), chunks.end());
+}
+
+Result<std::vector<Extent>> Volume::allocated_extents(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (!geometry_.in_range(offset_bytes, length_bytes)) {
+    return out_of_range("extent query beyond the volume's end");
+  }
+  if (length_bytes == 0) return std::vector<Extent>{};
+  std::shared_lock io(io_lock_);
+  uint64_t range_end = offset_bytes + length_bytes;
+  uint64_t first_chunk = offset_bytes / chunk_size_bytes();
+  uint64_t last_chunk = (range_end - 1) / chunk_size_bytes();
+  // Newest layer state per chunk in range (true = data, false = zero). Look chunks up
+  // one by one when the range is small, else scan the maps: whichever is less work.
+  std::map<uint64_t, bool> overrides;
+  size_t layer_entries = 0;
+  for (const auto& layer : layers_) layer_entries += layer->chunk_count();
+  if (last_chunk - first_chunk + 1 <= layer_entries) {
+    for (uint64_t chunk_index = first_chunk; chunk_index <= last_chunk; ++chunk_index) {
+      for (size_t i = layers_.size(); i-- > 0;) {
+        if (auto entry = layers_[i]->find(chunk_index)) {
+          overrides[chunk_index] = entry->state == ChunkState::kData;
+          break;
+        }
+      }
+    }
+  } else {
+    for (const auto& layer : layers_) {  // oldest first: newer states overwrite
+      for (const auto& [chunk_index, entry] : layer->entries()) {
+        if (chunk_index >= first_chunk && chunk_index <= last_chunk) {
+          overrides[chunk_index] = entry.state == ChunkState::kData;
+        }
+      }
+    }
+  }
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<Extent> base_extents,
+                           base_->allocated_extents(offset_bytes, length_bytes));
+
+  // Allocated = (base extents minus chunks a layer decides) + chunks a layer holds as data.
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;  // [start, end)
+  for (const Extent& extent : base_extents) {
+    uint64_t position = extent.offset_bytes;
+    uint64_t end = extent.offset_bytes + extent.length_bytes;
+    for (auto it = overrides.lower_bound(position / chunk_size_bytes());
+         it != overrides.end() && geometry_.chunk_offset_bytes(it->first) < end; ++it) {
+      uint64_t chunk_start = geometry_.chunk_offset_bytes(it->first);
+      if (chunk_start > position) ranges.push_back({position, chunk_start});
+      position = std::max(position, chunk_start + chunk_size_bytes());
+    }
+    if (position < end) ranges.push_back({position, end});
+  }
+  for (const auto& [chunk_index, holds_data] : overrides) {
+    if (!holds_data) continue;
+    uint64_t chunk_start = geometry_.chunk_offset_bytes(chunk_index);
+    ranges.push_back({chunk_start, chunk_start + geometry_.chunk_length_bytes(chunk_index)});
+  }
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<Extent> result;
+  for (auto [start, end] : ranges) {
+    start = std::max(start, offset_bytes);
+    end = std::min(end, range_end);
+    if (start >= end) continue;
+    if (!result.empty() && result.back().offset_bytes + result.back().length_bytes >= start) {
+      uint64_t merged_end = std::max(result.back().offset_bytes + result.back().length_bytes, end);
+      result.back().length_bytes = merged_end - result.back().offset_bytes;
+    } else {
+      result.push_back({start, end - start});
+    }
+  }
+  return result;
+}
+
+std::vector<LayerInfo> Volume::layers() const {
+  std::shared_lock io(io_lock_);
+  std::lock_guard meta(meta_mutex_);
+  std::vector<LayerInfo> infos;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& layer = *layers_[i];
+    bool frozen = i + 1 < layers_.size();
+    int64_t time = 0;
+    if (frozen && layer.id() >= base_cycle_ && layer.id() <= cycle_) {
+      time = freeze_times_unix_ms_[layer.id() - base_cycle_];
+    }
+    infos.push_back({layer.id(), frozen, layer.chunk_count(), layer.data_bytes(), time});
+  }
+  return infos;
+}
+
+}  // namespace amirror
