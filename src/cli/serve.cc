@@ -1,14 +1,181 @@
 // SPDX-License-Identifier: Apache-2.0
-// `amirror serve`: placeholder until the NBD server lands (issue 3).
-#include <cstdio>
+// `amirror serve`: serves every volume of a data directory over NBD until SIGTERM or
+// SIGINT. Stand-alone until the node daemon folds the server in (issue 3).
+//
+// Shutdown order: stop accepting, shut down client sockets and wait for in-flight
+// requests (nbd::Server::stop), stop the freezer, flush every volume. Signals are
+// blocked in every thread and taken synchronously by the main thread (sigwait), so no
+// async-signal-safety concerns.
+#include <signal.h>
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "base/names.h"
 #include "cli/commands.h"
+#include "nbd/server.h"
+#include "nbd/volume_export.h"
+#include "store/data_dir.h"
 
 namespace amirror::cli {
 
-int run_serve(const ServeArgs&) {
-  std::fprintf(stderr, "amirror serve: the NBD server is not built yet\n");
-  return 1;
+namespace {
+
+struct NamedVolume {
+  std::string name;
+  std::shared_ptr<Volume> volume;
+};
+
+// Freezes every volume and merges its oldest frozen layer every interval, so clients
+// see "freezes and merges happen underneath". Stops promptly on request.
+class Freezer {
+ public:
+  Freezer(std::vector<NamedVolume> volumes, uint64_t interval_ms)
+      : volumes_(std::move(volumes)), interval_ms_(interval_ms) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Freezer() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void run() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      if (wake_.wait_for(lock, std::chrono::milliseconds(interval_ms_),
+                         [&] { return stopping_; })) {
+        return;
+      }
+      lock.unlock();
+      for (const NamedVolume& entry : volumes_) {
+        Result<uint64_t> cycle = entry.volume->freeze();
+        if (!cycle.ok()) {
+          std::fprintf(stderr, "amirror serve: freeze of volume %s failed: %s\n",
+                       entry.name.c_str(), cycle.status().to_string().c_str());
+          continue;
+        }
+        Status merged = entry.volume->merge_oldest();
+        if (!merged.ok()) {
+          std::fprintf(stderr, "amirror serve: merge of volume %s failed: %s\n",
+                       entry.name.c_str(), merged.to_string().c_str());
+        }
+      }
+      lock.lock();
+    }
+  }
+
+  std::vector<NamedVolume> volumes_;
+  const uint64_t interval_ms_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;  // GUARDED_BY(mutex_)
+  std::thread thread_;
+};
+
+Result<std::vector<NamedVolume>> open_volumes(DataDir& data_dir, const ServeArgs& args) {
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, data_dir.list_volumes());
+  if (!args.create_volume.empty() &&
+      std::find(names.begin(), names.end(), args.create_volume) == names.end()) {
+    AMIRROR_RETURN_IF_ERROR(validate_name(args.create_volume, "volume name"));
+    if (args.create_size_bytes == 0) {
+      return invalid_argument("--create " + args.create_volume + " needs --size, e.g. --size 10G");
+    }
+    VolumeOptions options;
+    options.size_bytes = args.create_size_bytes;
+    if (args.create_chunk_size_bytes != 0) options.chunk_size_bytes = args.create_chunk_size_bytes;
+    AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> created,
+                             data_dir.create_volume(args.create_volume, options));
+    created.reset();
+    names.push_back(args.create_volume);
+  }
+  std::vector<NamedVolume> volumes;
+  for (const std::string& name : names) {
+    AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> volume, data_dir.open_volume(name));
+    volumes.push_back(NamedVolume{name, std::shared_ptr<Volume>(std::move(volume))});
+  }
+  return volumes;
+}
+
+}  // namespace
+
+int run_serve(const ServeArgs& args) {
+  if (args.socket_path.empty() && args.tcp_address.empty()) {
+    std::fprintf(stderr, "amirror serve: give --socket PATH and/or --tcp HOST:PORT\n");
+    return 2;
+  }
+  // Before any thread exists, so every thread inherits the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  Result<std::unique_ptr<DataDir>> data_dir = DataDir::open(posix_file_system(), args.data_dir);
+  if (!data_dir.ok()) {
+    std::fprintf(stderr, "amirror serve: cannot use data directory %s: %s\n",
+                 args.data_dir.c_str(), data_dir.status().to_string().c_str());
+    return 1;
+  }
+  Result<std::vector<NamedVolume>> volumes = open_volumes(**data_dir, args);
+  if (!volumes.ok()) {
+    std::fprintf(stderr, "amirror serve: %s\n", volumes.status().to_string().c_str());
+    return 1;
+  }
+  auto catalog = std::make_shared<nbd::StaticCatalog>();
+  for (const NamedVolume& entry : *volumes) {
+    catalog->add(entry.name, std::make_shared<nbd::VolumeExport>(entry.volume));
+  }
+
+  nbd::ServerOptions options;
+  options.unix_socket_path = args.socket_path;
+  options.tcp_address = args.tcp_address;
+  options.quiet = args.quiet;
+  Result<std::unique_ptr<nbd::Server>> server = nbd::Server::start(options, catalog);
+  if (!server.ok()) {
+    std::fprintf(stderr, "amirror serve: %s\n", server.status().to_string().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "amirror serve: serving %zu volume(s) from %s on %s%s%s\n",
+               volumes->size(), args.data_dir.c_str(),
+               args.socket_path.empty() ? "" : args.socket_path.c_str(),
+               args.tcp_address.empty() ? "" : " tcp ",
+               args.tcp_address.empty() ? "" : args.tcp_address.c_str());
+
+  std::unique_ptr<Freezer> freezer;
+  if (args.freeze_interval_ms > 0) {
+    freezer = std::make_unique<Freezer>(*volumes, args.freeze_interval_ms);
+  }
+
+  int signal_number = 0;
+  while (sigwait(&stop_signals, &signal_number) != 0) {
+  }
+  std::fprintf(stderr, "amirror serve: %s received, shutting down\n",
+               signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  (*server)->stop();
+  freezer.reset();
+  int exit_code = 0;
+  for (const NamedVolume& entry : *volumes) {
+    Status flushed = entry.volume->flush();
+    if (!flushed.ok()) {
+      std::fprintf(stderr, "amirror serve: final flush of volume %s failed: %s\n",
+                   entry.name.c_str(), flushed.to_string().c_str());
+      exit_code = 1;
+    }
+  }
+  std::fprintf(stderr, "amirror serve: stopped\n");
+  return exit_code;
 }
 
 }  // namespace amirror::cli

@@ -239,28 +239,22 @@ int64_t Volume::freeze_time_unix_ms(uint64_t cycle) const {
 
 // ---- Reads ----------------------------------------------------------------
 
-// Reads one piece from the newest of layers[0, top) holding its chunk, else the base.
-// `active_index` is the index of the active layer within `layers` (or SIZE_MAX): its
-// slots can be freed and reused, so reading one takes the chunk's stripe lock.
-Status Volume::read_chunk_piece(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
-                                const ChunkPiece& piece, uint8_t* out, bool lock_active) {
-  std::span<uint8_t> destination(out, piece.length_bytes);
+// The newest of layers[0, top) holding `chunk_index`: its index and entry, or
+// index SIZE_MAX when the chunk comes from the base.
+std::pair<size_t, std::optional<ChunkEntry>> Volume::resolve(
+    const std::vector<std::shared_ptr<Layer>>& layers, size_t top, uint64_t chunk_index) {
   for (size_t i = top; i-- > 0;) {
-    Layer& layer = *layers[i];
-    std::optional<ChunkEntry> entry;
-    std::shared_lock<std::shared_mutex> stripe;
-    bool is_active = lock_active && i + 1 == layers.size();
-    if (is_active) stripe = std::shared_lock(stripes_[piece.chunk_index % kStripeCount]);
-    entry = layer.find(piece.chunk_index);
-    if (!entry) continue;
-    if (entry->state == ChunkState::kZero) {
-      std::memset(out, 0, piece.length_bytes);
-      return Status();
-    }
-    return layer.read_slot(entry->slot, piece.offset_in_chunk_bytes, destination);
+    if (auto entry = layers[i]->find(chunk_index)) return {i, entry};
   }
-  return base_->read_at(geometry_.chunk_offset_bytes(piece.chunk_index) + piece.offset_in_chunk_bytes,
-                        destination);
+  return {SIZE_MAX, std::nullopt};
+}
+
+Status Volume::read_from(Layer& layer, const ChunkEntry& entry, const ChunkPiece& piece, uint8_t* out) {
+  if (entry.state == ChunkState::kZero) {
+    std::memset(out, 0, piece.length_bytes);
+    return Status();
+  }
+  return layer.read_slot(entry.slot, piece.offset_in_chunk_bytes, std::span(out, piece.length_bytes));
 }
 
 Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
@@ -276,17 +270,24 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
   };
   geometry_.for_each_piece(offset_bytes, out.size(), [&](const ChunkPiece& piece) {
     if (!status.ok()) return;
-    bool in_layer = false;
-    for (size_t i = top; i-- > 0 && !in_layer;) in_layer = layers[i]->find(piece.chunk_index).has_value();
-    if (!in_layer) {
+    auto [index, entry] = resolve(layers, top, piece.chunk_index);
+    if (!entry) {
       if (base_run_length == 0) base_run_start = piece.offset_in_request_bytes;
       base_run_length += piece.length_bytes;
       return;
     }
     flush_base_run();
-    if (status.ok()) {
-      status = read_chunk_piece(layers, top, piece, out.data() + piece.offset_in_request_bytes,
-                                lock_active);
+    if (!status.ok()) return;
+    uint8_t* destination = out.data() + piece.offset_in_request_bytes;
+    if (lock_active && index + 1 == layers.size()) {
+      // An active slot may be freed and reused by a concurrent zeroing; look the entry
+      // up again under the chunk's stripe. Entries never leave a layer's map.
+      std::shared_lock stripe(stripes_[piece.chunk_index % kStripeCount]);
+      entry = layers[index]->find(piece.chunk_index);
+      AMIRROR_ASSERT(entry.has_value());
+      status = read_from(*layers[index], *entry, piece, destination);
+    } else {
+      status = read_from(*layers[index], *entry, piece, destination);
     }
   });
   flush_base_run();
@@ -361,8 +362,9 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
     if (entry) {  // kZero in the active layer: the current content is zeros
       std::memset(chunk.data(), 0, chunk_length);
     } else {
-      ChunkPiece whole{piece.chunk_index, 0, chunk_length, 0, true};
-      status = read_chunk_piece(layers_, layers_.size() - 1, whole, chunk.data(), false);
+      // The writer holds this chunk's stripe, so the lower layers' content is stable.
+      status = read_layers(layers_, layers_.size() - 1, geometry_.chunk_offset_bytes(piece.chunk_index),
+                           chunk, /*lock_active=*/false);
     }
     if (status.ok()) {
       std::memcpy(chunk.data() + piece.offset_in_chunk_bytes, source, piece.length_bytes);

@@ -145,8 +145,9 @@ class Volume {
   // Routing helpers. REQUIRES: io_lock_ held (shared or exclusive). `top` = how
   // many layers from the bottom form the image read; `lock_active` = the active layer
   // is among them and its slots must be read under the chunk's stripe lock.
-  Status read_chunk_piece(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
-                          const ChunkPiece& piece, uint8_t* out, bool lock_active);
+  static std::pair<size_t, std::optional<ChunkEntry>> resolve(
+      const std::vector<std::shared_ptr<Layer>>& layers, size_t top, uint64_t chunk_index);
+  static Status read_from(Layer& layer, const ChunkEntry& entry, const ChunkPiece& piece, uint8_t* out);
   Status read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
                      uint64_t offset_bytes, std::span<uint8_t> out, bool lock_active);
   Status write_piece(const ChunkPiece& piece, const uint8_t* data);  // data null = zeroes
