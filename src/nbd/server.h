@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: Apache-2.0
+// The NBD server: listeners (Unix socket, optional TCP), one connection object per
+// client, and per connection a small pool of workers that read, run and answer
+// requests concurrently (nbdkit's "parallel" thread model).
+//
+// Per connection, each worker loops: take the receive lock, read one request header
+// (and a WRITE's payload) into its own reused buffer, validate it at the edge
+// (protocol.h validate_request), drop the lock, run it against the Export, then send
+// the reply under the send lock with one sendmsg (header + payload). Replies may thus
+// leave out of order, as the protocol allows. No request is handed between threads, so
+// iodepth 1 costs one wakeup per request.
+//
+// Bounds: kMaxConnections clients (more are closed at accept), kWorkersPerConnection
+// requests in flight per connection, kMaxInFlightPayloadBytesPerConnection bytes of
+// READ/WRITE buffers in flight per connection, handshakes must finish within
+// kHandshakeTimeoutSeconds.
+//
+// Shutdown (stop()): close the listeners, shutdown(2) every client socket so blocked
+// receives and sends return, let in-flight requests finish, join every thread. Bounded
+// by the slowest in-flight store operation.
+// Thread-safety: start/stop from one controlling thread; everything else is internal.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/status.h"
+#include "nbd/export.h"
+
+namespace amirror::nbd {
+
+constexpr uint32_t kMaxConnections = 128;
+constexpr uint32_t kWorkersPerConnection = 16;
+constexpr uint64_t kMaxInFlightPayloadBytesPerConnection = 128ULL * 1024 * 1024;
+// Buffers up to this size stay with their worker for the next request; bigger ones
+// are freed after use so an idle connection does not pin 32 MiB per worker.
+constexpr uint64_t kRetainedBufferBytes = 4ULL * 1024 * 1024;
+constexpr int kHandshakeTimeoutSeconds = 30;
+
+struct ServerOptions {
+  std::string unix_socket_path;  // empty = none
+  std::string tcp_address;       // "host:port"; empty = none; port 0 = any free port
+  bool quiet = false;            // no per-connection log lines
+};
+
+class Connection;
+
+class Server {
+ public:
+  static Result<std::unique_ptr<Server>> start(const ServerOptions& options,
+                                               std::shared_ptr<const ExportCatalog> catalog);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Idempotent. Returns once every connection thread has exited.
+  void stop();
+  // The bound TCP port (useful with port 0); 0 without TCP.
+  uint16_t tcp_port() const { return tcp_port_; }
+  uint32_t connection_count() const;
+
+ private:
+  Server(ServerOptions options, std::shared_ptr<const ExportCatalog> catalog);
+  Status listen_unix();
+  Status listen_tcp();
+  void accept_loop();
+  void run_connection(std::shared_ptr<Connection> connection);
+
+  const ServerOptions options_;
+  const std::shared_ptr<const ExportCatalog> catalog_;
+  int unix_fd_ = -1;
+  int tcp_fd_ = -1;
+  uint16_t tcp_port_ = 0;
+  int wake_pipe_[2] = {-1, -1};
+  std::thread accept_thread_;
+  std::atomic<bool> stopped_{false};
+
+  mutable std::mutex connections_mutex_;
+  std::condition_variable connections_changed_;
+  bool stopping_ = false;                                 // GUARDED_BY(connections_mutex_)
+  std::vector<std::shared_ptr<Connection>> connections_;  // GUARDED_BY(connections_mutex_)
+  uint64_t next_connection_id_ = 1;                       // GUARDED_BY(connections_mutex_)
+};
+
+}  // namespace amirror::nbd
