@@ -47,6 +47,9 @@ class Freezer {
     }
     wake_.notify_all();
     thread_.join();
+    // Tests read this line to know the cycles really ran underneath.
+    std::fprintf(stderr, "amirror serve: freezer ran %llu freeze+merge cycles\n",
+                 static_cast<unsigned long long>(cycles_));
   }
 
  private:
@@ -72,6 +75,7 @@ class Freezer {
         }
       }
       lock.lock();
+      ++cycles_;
     }
   }
 
@@ -80,6 +84,7 @@ class Freezer {
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;  // GUARDED_BY(mutex_)
+  uint64_t cycles_ = 0;    // GUARDED_BY(mutex_)
   std::thread thread_;
 };
 

@@ -1,0 +1,104 @@
+# SPDX-License-Identifier: Apache-2.0
+# Shared helpers for the e2e scripts (nbdkit's tests/functions.sh in spirit).
+# Source it first thing:   source "$(dirname "$0")/lib.sh"
+#
+# Gives: $WORK (a fresh temp dir removed on exit, with every server started through
+# start_serve killed), fail MSG, require_cmd CMD..., start_serve NAME ARGS...,
+# stop_serve NAME (SIGTERM, must exit within $STOP_TIMEOUT_S), nbd_uri NAME EXPORT,
+# server_alive NAME, freeze_cycles NAME.
+# Env: AMIRROR (the binary; set by ctest), TOOLS_DIR (tests/tools binaries),
+# KEEP_WORK=1 keeps $WORK for inspection.
+set -euo pipefail
+
+: "${AMIRROR:?set AMIRROR to the amirror binary (ctest does this)}"
+STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-10}
+TEST_NAME=$(basename "$0" .sh)
+WORK=$(mktemp -d "/tmp/nbd-e2e-$TEST_NAME.XXXXXX")
+declare -A SERVE_PID=()
+
+log() { echo "[$TEST_NAME] $*" >&2; }
+
+fail() {
+  echo "[$TEST_NAME] FAIL: $*" >&2
+  for name in "${!SERVE_PID[@]}"; do
+    if [[ -f "$WORK/$name.log" ]]; then
+      echo "--- last lines of server $name log ---" >&2
+      tail -n 30 "$WORK/$name.log" >&2 || true
+    fi
+  done
+  exit 1
+}
+
+cleanup() {
+  local rc=$?
+  for name in "${!SERVE_PID[@]}"; do
+    local pid=${SERVE_PID[$name]}
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  if [[ ${KEEP_WORK:-0} == 1 ]]; then
+    log "kept $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+
+require_cmd() {
+  for cmd in "$@"; do
+    command -v "$cmd" >/dev/null 2>&1 || fail "required command '$cmd' is not installed (see scripts/bootstrap.sh)"
+  done
+}
+
+# start_serve NAME [extra amirror serve args...]
+# Data dir $WORK/NAME.d, socket $WORK/NAME.sock, log $WORK/NAME.log.
+start_serve() {
+  local name=$1
+  shift
+  "$AMIRROR" serve --data-dir "$WORK/$name.d" --socket "$WORK/$name.sock" "$@" \
+    >"$WORK/$name.log" 2>&1 &
+  SERVE_PID[$name]=$!
+  local waited=0
+  until [[ -S "$WORK/$name.sock" ]]; do
+    kill -0 "${SERVE_PID[$name]}" 2>/dev/null || fail "amirror serve $name exited at startup: $(cat "$WORK/$name.log")"
+    sleep 0.05
+    waited=$((waited + 1))
+    ((waited < 400)) || fail "amirror serve $name did not create its socket within 20 s"
+  done
+}
+
+server_alive() { kill -0 "${SERVE_PID[$1]}" 2>/dev/null; }
+
+# stop_serve NAME: SIGTERM, then require a clean exit (status 0) within STOP_TIMEOUT_S.
+stop_serve() {
+  local name=$1 pid=${SERVE_PID[$1]}
+  kill -TERM "$pid" 2>/dev/null || fail "server $name was not running at stop"
+  local waited=0
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 0.1
+    waited=$((waited + 1))
+    if ((waited > STOP_TIMEOUT_S * 10)); then
+      fail "server $name did not exit within ${STOP_TIMEOUT_S} s of SIGTERM"
+    fi
+  done
+  local rc=0
+  wait "$pid" || rc=$?
+  unset "SERVE_PID[$name]"
+  ((rc == 0)) || fail "server $name exited with status $rc after SIGTERM: $(tail -n 5 "$WORK/$name.log")"
+  [[ ! -e "$WORK/$name.sock" ]] || fail "server $name left its socket file behind"
+  # Store errors (freeze, merge, I/O) are logged as "... failed: ..."; none is expected.
+  if grep -q 'failed' "$WORK/$name.log"; then
+    fail "server $name logged failures: $(grep -m3 failed "$WORK/$name.log")"
+  fi
+}
+
+# freeze_cycles NAME: how many freeze+merge cycles the last stopped server ran.
+freeze_cycles() {
+  sed -n 's/.*freezer ran \([0-9]*\) freeze+merge cycles.*/\1/p' "$WORK/$1.log" | tail -n 1
+}
+
+# nbd_uri NAME EXPORT -> nbd+unix URI (libnbd, qemu and fio understand it).
+nbd_uri() { echo "nbd+unix:///$2?socket=$WORK/$1.sock"; }
