@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace amirror::cli {
 
@@ -27,5 +28,35 @@ struct ServeArgs {
   bool quiet = false;  // no per-connection log lines
 };
 int run_serve(const ServeArgs& args);
+
+// `amirror node --config FILE`: runs a node in the foreground until SIGTERM/SIGINT.
+int run_node(const std::string& config_path);
+
+// Client commands: talk to a running node through its control socket.
+struct ClientArgs {
+  std::string node_socket;
+  bool json = false;  // print the node's JSON answer instead of a summary
+};
+struct VolumeArgs {
+  std::string name;
+  uint64_t size_bytes = 0;
+  uint64_t chunk_size_bytes = 0;  // 0 = the node's default
+  std::string group;
+  std::string from;  // import only
+};
+struct MirrorArgs {
+  std::string volume;
+  std::string group;
+  std::vector<std::string> targets;
+  uint64_t interval_ms = 0;  // 0 = the node's default
+  uint64_t timeout_ms = 0;   // sync only; 0 = default
+};
+int run_volume_create(const ClientArgs& client, const VolumeArgs& args);
+int run_volume_import(const ClientArgs& client, const VolumeArgs& args);
+int run_volume_list(const ClientArgs& client);
+int run_mirror_start(const ClientArgs& client, const MirrorArgs& args);
+int run_mirror_break(const ClientArgs& client, const MirrorArgs& args);
+int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args);
+int run_status(const ClientArgs& client);
 
 }  // namespace amirror::cli

@@ -17,6 +17,12 @@ uint64_t parse_size_or_throw(const std::string& text) {
   return size.value();
 }
 
+uint64_t parse_duration_or_throw(const std::string& text) {
+  auto duration = amirror::parse_duration_ms(text);
+  if (!duration.ok()) throw CLI::ValidationError(duration.status().message());
+  return duration.value();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -41,8 +47,74 @@ int main(int argc, char** argv) {
                     "Testing aid: freeze every volume and merge its oldest layer this often (e.g. 1s)");
   serve->add_flag("--quiet", serve_args.quiet, "Do not log each NBD connection");
 
+  std::string config_path;
+  CLI::App* node = app.add_subcommand("node", "Run a node in the foreground (stop with SIGTERM)");
+  node->add_option("--config", config_path, "The node's TOML config file")->required();
+
+  // Client commands reach a running node through its control socket.
+  amirror::cli::ClientArgs client;
+  auto add_client_options = [&](CLI::App* command) {
+    command->add_option("--node", client.node_socket, "The node's control socket (or set AMIRROR_NODE)")
+        ->envname("AMIRROR_NODE")
+        ->required();
+  };
+  std::string size_text, chunk_text, interval_text, timeout_text;
+  amirror::cli::VolumeArgs volume_args;
+  CLI::App* volume = app.add_subcommand("volume", "Create, import and list volumes");
+  volume->require_subcommand(1);
+  CLI::App* volume_create = volume->add_subcommand("create", "Create an empty (sparse) volume");
+  volume_create->add_option("name", volume_args.name, "Volume name: letters, digits, '.', '_', '-'")->required();
+  volume_create->add_option("--size", size_text, "Size, e.g. 10G (a multiple of 512 bytes)")->required();
+  volume_create->add_option("--chunk-size", chunk_text, "Chunk size, a power of two from 4K to 4M (default 64K)");
+  volume_create->add_option("--group", volume_args.group, "Consistency group: its volumes freeze together");
+  add_client_options(volume_create);
+  CLI::App* volume_import = volume->add_subcommand("import", "Create a volume holding a copy of a file");
+  volume_import->add_option("name", volume_args.name, "Volume name")->required();
+  volume_import->add_option("--from", volume_args.from, "File or block device to copy in")->required();
+  volume_import->add_option("--chunk-size", chunk_text, "Chunk size, a power of two from 4K to 4M (default 64K)");
+  volume_import->add_option("--group", volume_args.group, "Consistency group");
+  add_client_options(volume_import);
+  CLI::App* volume_list = volume->add_subcommand("list", "List the node's volumes");
+  volume_list->add_flag("--json", client.json, "Print JSON");
+  add_client_options(volume_list);
+
+  amirror::cli::MirrorArgs mirror_args;
+  std::string targets_text;
+  CLI::App* mirror = app.add_subcommand("mirror", "Start, break and sync mirrors");
+  mirror->require_subcommand(1);
+  auto add_unit_options = [&](CLI::App* command) {
+    command->add_option("volume", mirror_args.volume, "The volume (or use --group)");
+    command->add_option("--group", mirror_args.group, "All volumes of this consistency group, frozen together");
+    add_client_options(command);
+  };
+  CLI::App* mirror_start = mirror->add_subcommand("start", "Mirror a volume or group to peers by freeze-and-copy cycles");
+  add_unit_options(mirror_start);
+  mirror_start->add_option("--to", targets_text, "Target peers, comma-separated (names from the config)")->required();
+  mirror_start->add_option("--interval", interval_text, "Time between cycles, e.g. 10s (default: the node's)");
+  CLI::App* mirror_break = mirror->add_subcommand("break", "Stop mirroring; a later start resumes incrementally");
+  add_unit_options(mirror_break);
+  CLI::App* mirror_sync = mirror->add_subcommand("sync", "Freeze now and wait until every target applied that cycle");
+  add_unit_options(mirror_sync);
+  mirror_sync->add_option("--timeout", timeout_text, "Give up after this long, e.g. 60s (default 5m)");
+
+  CLI::App* status = app.add_subcommand("status", "Show volumes, mirrors, lag and replicas");
+  status->add_flag("--json", client.json, "Print the machine-readable status");
+  add_client_options(status);
+
   try {
     app.parse(argc, argv);
+    if (!size_text.empty()) volume_args.size_bytes = parse_size_or_throw(size_text);
+    if (!chunk_text.empty()) volume_args.chunk_size_bytes = parse_size_or_throw(chunk_text);
+    if (!interval_text.empty()) mirror_args.interval_ms = parse_duration_or_throw(interval_text);
+    if (!timeout_text.empty()) mirror_args.timeout_ms = parse_duration_or_throw(timeout_text);
+    for (size_t start = 0; !targets_text.empty() && start <= targets_text.size();) {
+      size_t comma = targets_text.find(',', start);
+      if (comma == std::string::npos) comma = targets_text.size();
+      std::string target = targets_text.substr(start, comma - start);
+      if (target.empty()) throw CLI::ValidationError("--to", "empty peer name in '" + targets_text + "'");
+      mirror_args.targets.push_back(target);
+      start = comma + 1;
+    }
     if (!create_size_text.empty()) serve_args.create_size_bytes = parse_size_or_throw(create_size_text);
     if (!create_chunk_text.empty()) {
       serve_args.create_chunk_size_bytes = parse_size_or_throw(create_chunk_text);
@@ -58,5 +130,13 @@ int main(int argc, char** argv) {
 
   if (demo->parsed()) return amirror::cli::run_demo(demo_args);
   if (serve->parsed()) return amirror::cli::run_serve(serve_args);
+  if (node->parsed()) return amirror::cli::run_node(config_path);
+  if (volume_create->parsed()) return amirror::cli::run_volume_create(client, volume_args);
+  if (volume_import->parsed()) return amirror::cli::run_volume_import(client, volume_args);
+  if (volume_list->parsed()) return amirror::cli::run_volume_list(client);
+  if (mirror_start->parsed()) return amirror::cli::run_mirror_start(client, mirror_args);
+  if (mirror_break->parsed()) return amirror::cli::run_mirror_break(client, mirror_args);
+  if (mirror_sync->parsed()) return amirror::cli::run_mirror_sync(client, mirror_args);
+  if (status->parsed()) return amirror::cli::run_status(client);
   return 2;
 }

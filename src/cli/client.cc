@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: Apache-2.0
+// The client subcommands: build one control request, send it to the node, print the
+// answer for a person (or as JSON). Exit codes: 0 ok, 1 the node refused or failed,
+// 3 the node could not be reached.
+#include <fmt/core.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "base/units.h"
+#include "cli/commands.h"
+#include "node/control_socket.h"
+
+namespace amirror::cli {
+namespace {
+
+using nlohmann::json;
+constexpr uint64_t kDefaultRequestTimeoutMs = 120'000;
+
+// Sends the request; on success returns the parsed answer, else prints the error.
+bool call(const ClientArgs& client, const json& request, json& answer, uint64_t timeout_ms = kDefaultRequestTimeoutMs) {
+  auto response = node::control_call(client.node_socket, request.dump(), timeout_ms);
+  if (!response.ok()) {
+    fmt::print(stderr, "amirror: {}\n", response.status().message());
+    return false;
+  }
+  try {
+    answer = json::parse(response.value());
+  } catch (const json::exception&) {
+    fmt::print(stderr, "amirror: the node sent an answer that is not JSON\n");
+    return false;
+  }
+  if (!answer.value("ok", false)) {
+    fmt::print(stderr, "amirror: {}\n", answer.value("error", std::string("the node refused the request")));
+    return false;
+  }
+  return true;
+}
+
+json unit_request(const char* command, const MirrorArgs& args) {
+  json request = {{"command", command}};
+  if (!args.volume.empty()) request["volume"] = args.volume;
+  if (!args.group.empty()) request["group"] = args.group;
+  return request;
+}
+
+std::string progress_bar(double fraction, int width) {
+  int filled = static_cast<int>(fraction * width + 0.5);
+  filled = std::max(0, std::min(width, filled));
+  return "[" + std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(width - filled), '.') + "]";
+}
+
+std::string text_or(const json& value, const char* fallback) {
+  return value.is_string() ? value.get<std::string>() : fallback;
+}
+
+}  // namespace
+
+int run_volume_create(const ClientArgs& client, const VolumeArgs& args) {
+  json request = {{"command", "volume_create"}, {"name", args.name}, {"size_bytes", args.size_bytes}};
+  if (args.chunk_size_bytes != 0) request["chunk_size_bytes"] = args.chunk_size_bytes;
+  if (!args.group.empty()) request["group"] = args.group;
+  json answer;
+  if (!call(client, request, answer)) return 1;
+  fmt::print("created volume {} ({}, {} chunks)\n", args.name, format_bytes(answer["size_bytes"].get<uint64_t>()),
+             format_bytes(answer["chunk_size_bytes"].get<uint64_t>()));
+  return 0;
+}
+
+int run_volume_import(const ClientArgs& client, const VolumeArgs& args) {
+  json request = {{"command", "volume_import"}, {"name", args.name}, {"from", args.from}};
+  if (args.chunk_size_bytes != 0) request["chunk_size_bytes"] = args.chunk_size_bytes;
+  if (!args.group.empty()) request["group"] = args.group;
+  json answer;
+  if (!call(client, request, answer, 24 * 3600 * 1000ull)) return 1;
+  fmt::print("imported {} into volume {} ({})\n", args.from, args.name, format_bytes(answer["size_bytes"].get<uint64_t>()));
+  return 0;
+}
+
+int run_volume_list(const ClientArgs& client) {
+  json answer;
+  if (!call(client, {{"command", "volume_list"}}, answer)) return 1;
+  if (client.json) {
+    fmt::print("{}\n", answer["volumes"].dump());
+    return 0;
+  }
+  fmt::print("{:<24} {:>12} {:>10} {:<16} {:>8}\n", "VOLUME", "SIZE", "CHUNK", "GROUP", "CYCLE");
+  for (const json& volume : answer["volumes"]) {
+    fmt::print("{:<24} {:>12} {:>10} {:<16} {:>8}\n", volume["name"].get<std::string>(),
+               format_bytes(volume["size_bytes"].get<uint64_t>()), format_bytes(volume["chunk_size_bytes"].get<uint64_t>()),
+               volume["group"].get<std::string>().empty() ? "-" : volume["group"].get<std::string>(),
+               volume["cycle"].get<uint64_t>());
+  }
+  return 0;
+}
+
+int run_mirror_start(const ClientArgs& client, const MirrorArgs& args) {
+  json request = unit_request("mirror_start", args);
+  request["targets"] = args.targets;
+  if (args.interval_ms != 0) request["interval_ms"] = args.interval_ms;
+  json answer;
+  if (!call(client, request, answer)) return 1;
+  std::string targets;
+  for (const std::string& target : args.targets) targets += (targets.empty() ? "" : ",") + target;
+  fmt::print("mirroring {} to {}\n", args.volume.empty() ? "group " + args.group : args.volume, targets);
+  return 0;
+}
+
+int run_mirror_break(const ClientArgs& client, const MirrorArgs& args) {
+  json answer;
+  if (!call(client, unit_request("mirror_break", args), answer)) return 1;
+  fmt::print("mirror of {} stopped; `mirror start` resumes it incrementally\n",
+             args.volume.empty() ? "group " + args.group : args.volume);
+  return 0;
+}
+
+int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args) {
+  json request = unit_request("mirror_sync", args);
+  uint64_t timeout_ms = args.timeout_ms != 0 ? args.timeout_ms : 300'000;
+  request["timeout_ms"] = timeout_ms;
+  auto start = std::chrono::steady_clock::now();
+  json answer;
+  if (!call(client, request, answer, timeout_ms + 30'000)) return 1;
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  fmt::print("synced {}: every target applied the new cycle ({:.2f} s)\n",
+             args.volume.empty() ? "group " + args.group : args.volume, seconds);
+  return 0;
+}
+
+int run_status(const ClientArgs& client) {
+  json answer;
+  if (!call(client, {{"command", "status"}}, answer)) return 1;
+  if (client.json) {
+    answer.erase("ok");
+    fmt::print("{}\n", answer.dump(2));
+    return 0;
+  }
+  fmt::print("node {}\n", answer["node"].get<std::string>());
+  for (const json& volume : answer["volumes"]) {
+    fmt::print("volume {}  {}  cycle {}{}\n", volume["name"].get<std::string>(),
+               format_bytes(volume["size_bytes"].get<uint64_t>()), volume["cycle"].get<uint64_t>(),
+               volume["group"].is_string() ? "  group " + volume["group"].get<std::string>() : "");
+    for (const json& mirror : volume["mirrors"]) {
+      std::string lag = mirror["lag_seconds"].is_number() ? fmt::format("{:.1f}s", mirror["lag_seconds"].get<double>()) : "-";
+      fmt::print("  -> {:<16} {:<13} replica cycle {:<6} lag {:<8} pending {:<10} sent {}\n",
+                 mirror["target"].get<std::string>(), mirror["state"].get<std::string>(),
+                 mirror["applied_cycle"].get<uint64_t>(), lag, format_bytes(mirror["bytes_pending"].get<uint64_t>()),
+                 format_bytes(mirror["bytes_sent"].get<uint64_t>()));
+      if (mirror.contains("copy")) {
+        const json& copy = mirror["copy"];
+        double done = copy["done_bytes"].get<double>(), total = std::max(1.0, copy["total_bytes"].get<double>());
+        double rate = copy["rate_bytes_per_second"].get<double>();
+        std::string eta = rate > 0 ? fmt::format("{:.0f}s", (total - done) / rate) : "?";
+        fmt::print("     {} {:.0f}%  {}/s  ETA {}\n", progress_bar(done / total, 30), 100 * done / total,
+                   format_bytes(static_cast<uint64_t>(rate)), eta);
+      }
+      if (mirror["last_error"].is_string()) fmt::print("     last error: {}\n", mirror["last_error"].get<std::string>());
+    }
+  }
+  for (const json& replica : answer["replicas"]) {
+    fmt::print("replica {}/{}  cycle {}  frozen at {}  {}  {}\n", replica["source"].get<std::string>(),
+               replica["volume"].get<std::string>(), replica["applied_cycle"].get<uint64_t>(),
+               text_or(replica["freeze_time"], "-"), replica["state"].get<std::string>(),
+               replica["image_path"].get<std::string>());
+  }
+  return 0;
+}
+
+}  // namespace amirror::cli

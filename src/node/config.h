@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: Apache-2.0
+// The node's TOML configuration (`amirror node --config FILE`). Every key is checked:
+// an unknown key, a missing required one or a bad value is an error naming the key,
+// so a typo never silently changes behaviour. Example and reference: README.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace amirror::node {
+
+struct PeerConfig {
+  std::string name;
+  std::string address;  // HOST:PORT where that peer listens for replicas
+};
+
+struct NodeConfig {
+  std::string name;            // [A-Za-z0-9._-]{1,64}
+  std::string data_dir;
+  std::string control_socket;  // Unix socket for the CLI
+  std::string nbd_socket;      // Unix socket for NBD clients (mode 0600); may be empty
+  std::string nbd_listen;      // HOST:PORT for NBD over TCP; empty = none
+  std::string listen;          // HOST:PORT where peers connect to send replicas; empty = none
+  uint64_t peer_timeout_ms = 30'000;   // a silent peer is given up after this long
+  uint64_t default_interval_ms = 10'000;
+  std::vector<PeerConfig> peers;
+
+  const PeerConfig* find_peer(const std::string& peer_name) const;
+};
+
+// Parses and validates. `source_name` is used in error messages (the file's path).
+Result<NodeConfig> parse_node_config(const std::string& text, const std::string& source_name);
+Result<NodeConfig> load_node_config(const std::string& path);
+
+}  // namespace amirror::node

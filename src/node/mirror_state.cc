@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "node/mirror_state.h"
+
+#include <nlohmann/json.hpp>
+
+#include "base/names.h"
+
+namespace amirror::node {
+
+using nlohmann::json;
+
+Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
+  AMIRROR_ASSIGN_OR_RETURN(std::string text, read_small_file(fs, path, 1ull << 32));
+  MirrorState state;
+  try {
+    json document = json::parse(text);
+    if (document.at("format").get<int>() != 1) return corruption(path + ": unknown format");
+    state.unit = document.at("unit").get<std::string>();
+    state.targets = document.at("targets").get<std::vector<std::string>>();
+    state.interval_ms = document.at("interval_ms").get<uint64_t>();
+    state.running = document.at("running").get<bool>();
+    for (const auto& [name, entry] : document.at("target_states").items()) {
+      AMIRROR_RETURN_IF_ERROR(validate_name(name, "target name").with_context(path));
+      TargetState target;
+      target.applied_cycle = entry.at("applied_cycle").get<uint64_t>();
+      target.applied_freeze_time_unix_ms = entry.at("applied_freeze_time_unix_ms").get<int64_t>();
+      target.inflight_cycle = entry.at("inflight_cycle").get<uint64_t>();
+      target.bytes_sent = entry.at("bytes_sent").get<uint64_t>();
+      for (uint64_t chunk : entry.at("pending_chunks")) target.pending_chunks.insert(chunk);
+      state.target_states[name] = std::move(target);
+    }
+  } catch (const json::exception& error) {
+    return corruption(path + " is damaged: " + error.what());
+  }
+  return state;
+}
+
+Status save_mirror_state(FileSystem& fs, const std::string& dir, const std::string& volume,
+                         const MirrorState& state) {
+  json document;
+  document["format"] = 1;
+  document["unit"] = state.unit;
+  document["targets"] = state.targets;
+  document["interval_ms"] = state.interval_ms;
+  document["running"] = state.running;
+  json targets = json::object();
+  for (const auto& [name, target] : state.target_states) {
+    targets[name] = {{"applied_cycle", target.applied_cycle},
+                     {"applied_freeze_time_unix_ms", target.applied_freeze_time_unix_ms},
+                     {"inflight_cycle", target.inflight_cycle},
+                     {"bytes_sent", target.bytes_sent},
+                     {"pending_chunks", target.pending_chunks}};
+  }
+  document["target_states"] = targets;
+  return write_file_atomically(fs, dir, volume + ".json", document.dump());
+}
+
+}  // namespace amirror::node

@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: Apache-2.0
+// What a source node remembers about mirroring one volume, persisted in
+// <data_dir>/mirrors/<volume>.json (replaced atomically; format in
+// docs/formats/mirror-state.md). Survives restarts, so `mirror start` after a break or
+// a crash resumes incrementally.
+//
+// Per target it keeps the cycle the target is known to have applied and the chunks it
+// lacks beyond what the source's unmerged layers record (`pending_chunks`): when a
+// layer is merged into the base while a target has not applied it, that layer's
+// chunks are added here first. So what the source holds back for a lagging target is
+// at most one chunk index per chunk of the volume, however long the target is away.
+// Thread-safety: plain data; MirrorEngine guards it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "store/file_system.h"
+
+namespace amirror::node {
+
+struct TargetState {
+  uint64_t applied_cycle = 0;           // 0 = no replica yet (next transfer is a full one)
+  int64_t applied_freeze_time_unix_ms = 0;
+  uint64_t inflight_cycle = 0;          // a transfer to this cycle may have been applied
+  uint64_t bytes_sent = 0;              // every byte ever sent to this target for this volume
+  std::set<uint64_t> pending_chunks;    // chunks changed in layers merged before it applied them
+};
+
+struct MirrorState {
+  std::string unit;                     // "volume:NAME" or "group:NAME"
+  std::vector<std::string> targets;
+  uint64_t interval_ms = 10'000;
+  bool running = false;
+  std::map<std::string, TargetState> target_states;
+};
+
+Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path);
+Status save_mirror_state(FileSystem& fs, const std::string& dir, const std::string& volume,
+                         const MirrorState& state);
+
+}  // namespace amirror::node

@@ -1,0 +1,482 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "node/node.h"
+
+#include <fcntl.h>
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+#include "base/names.h"
+#include "base/units.h"
+#include "nbd/server.h"
+#include "nbd/volume_export.h"
+
+namespace amirror::node {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr uint64_t kDefaultSyncTimeoutMs = 300'000;
+constexpr size_t kMaxPeerConnections = 64;
+
+std::string iso_time(int64_t unix_ms) {
+  if (unix_ms <= 0) return "";
+  std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[40];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &utc);
+  return fmt::format("{}.{:03d}Z", text, static_cast<int>(unix_ms % 1000));
+}
+
+int64_t now_unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+json error_response(const Status& status) { return {{"ok", false}, {"error", status.message()}}; }
+
+// A replica served read-only over NBD as SOURCE/VOLUME.
+class ReplicaExport final : public nbd::Export {
+ public:
+  explicit ReplicaExport(std::shared_ptr<repl::Replica> replica) : replica_(std::move(replica)) {}
+  uint64_t size_bytes() const override { return replica_->size_bytes(); }
+  bool read_only() const override { return true; }
+  Status read(uint64_t offset_bytes, std::span<uint8_t> out) override { return replica_->read(offset_bytes, out); }
+  Status write(uint64_t, std::span<const uint8_t>, bool) override { return refuse(); }
+  Status write_zeroes(uint64_t, uint64_t, bool) override { return refuse(); }
+  Status trim(uint64_t, uint64_t) override { return refuse(); }
+  Status flush() override { return Status(); }
+  Result<std::vector<Extent>> allocated_extents(uint64_t offset_bytes, uint64_t length_bytes) override {
+    return replica_->allocated_extents(offset_bytes, length_bytes);
+  }
+
+ private:
+  static Status refuse() { return Status(ErrorCode::kUnsupported, "replicas are read-only"); }
+  std::shared_ptr<repl::Replica> replica_;
+};
+
+class NodeCatalog final : public nbd::ExportCatalog {
+ public:
+  explicit NodeCatalog(const Node* node) : node_(node) {}
+  std::vector<std::string> names() const override { return node_->export_names(); }
+  // The same name always yields the same Export object: the NBD server relies on that
+  // identity between SET_META_CONTEXT and GO. Volumes and replicas are never removed.
+  std::shared_ptr<nbd::Export> find(const std::string& name) const override {
+    std::string resolved = name;
+    if (resolved.empty()) {
+      std::vector<std::string> all = names();
+      if (all.size() != 1) return nullptr;
+      resolved = all.front();
+    }
+    std::lock_guard lock(mutex_);
+    auto cached = cache_.find(resolved);
+    if (cached != cache_.end()) return cached->second;
+    std::shared_ptr<nbd::Export> found;
+    size_t slash = resolved.find('/');
+    if (slash != std::string::npos) {
+      auto replica = node_->find_replica(resolved.substr(0, slash), resolved.substr(slash + 1));
+      if (replica) found = std::make_shared<ReplicaExport>(replica);
+    } else if (auto entry = node_->find_volume(resolved)) {
+      found = std::make_shared<nbd::VolumeExport>(entry->volume);
+    }
+    if (found) cache_[resolved] = found;
+    return found;
+  }
+
+ private:
+  const Node* node_;
+  mutable std::mutex mutex_;
+  mutable std::map<std::string, std::shared_ptr<nbd::Export>> cache_;
+};
+
+}  // namespace
+
+Node::Node(NodeConfig config) : config_(std::move(config)) {}
+
+Node::~Node() { stop(); }
+
+Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config) {
+  std::unique_ptr<Node> node(new Node(config));
+  AMIRROR_RETURN_IF_ERROR(node->open_everything());
+  AMIRROR_RETURN_IF_ERROR(node->start_listeners());
+  // Mirrors that were running before the restart resume.
+  std::map<std::string, std::vector<std::shared_ptr<VolumeEntry>>> units;
+  for (const auto& [name, entry] : node->volumes_) {
+    if (entry->state.running) units[entry->state.unit].push_back(entry);
+  }
+  for (auto& [unit, members] : units) {
+    const MirrorState& state = members.front()->state;
+    AMIRROR_RETURN_IF_ERROR(node->start_mirror(unit, members, state.targets, state.interval_ms, false));
+  }
+  return node;
+}
+
+Status Node::open_everything() {
+  FileSystem& fs = posix_file_system();
+  AMIRROR_ASSIGN_OR_RETURN(data_dir_, DataDir::open(fs, config_.data_dir));
+  mirrors_dir_ = config_.data_dir + "/mirrors";
+  AMIRROR_RETURN_IF_ERROR(fs.make_dir(mirrors_dir_));
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, data_dir_->list_volumes());
+  for (const std::string& name : names) {
+    auto volume = data_dir_->open_volume(name);
+    if (!volume.ok()) return volume.status().with_context("open volume " + name);
+    auto entry = std::make_shared<VolumeEntry>();
+    entry->name = name;
+    entry->volume = std::move(volume).value();
+    std::string state_path = mirrors_dir_ + "/" + name + ".json";
+    AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
+    if (has_state) {
+      AMIRROR_ASSIGN_OR_RETURN(entry->state, load_mirror_state(fs, state_path));
+    }
+    volumes_[name] = std::move(entry);
+  }
+  replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas");
+  return replicas_->load();
+}
+
+Status Node::start_listeners() {
+  if (!config_.nbd_socket.empty() || !config_.nbd_listen.empty()) {
+    nbd::ServerOptions options;
+    options.unix_socket_path = config_.nbd_socket;
+    options.tcp_address = config_.nbd_listen;
+    options.quiet = true;
+    AMIRROR_ASSIGN_OR_RETURN(nbd_server_, nbd::Server::start(options, std::make_shared<NodeCatalog>(this)));
+  }
+  if (!config_.listen.empty()) {
+    AMIRROR_ASSIGN_OR_RETURN(peer_listener_, repl::PeerListener::listen(config_.listen));
+    peer_accept_thread_ = std::thread([this] { peer_accept_loop(); });
+  }
+  AMIRROR_ASSIGN_OR_RETURN(control_, ControlServer::start(config_.control_socket,
+                                                          [this](const std::string& request) { return handle_control(request); }));
+  return Status();
+}
+
+void Node::peer_accept_loop() {
+  while (!stopping_.load()) {
+    auto accepted = peer_listener_->accept();
+    if (!accepted.ok()) {
+      if (accepted.status().code() == ErrorCode::kCancelled) return;
+      continue;
+    }
+    std::unique_lock lock(peers_mutex_);
+    if (peer_sockets_.size() >= kMaxPeerConnections) continue;  // dropped: closes on destruction
+    repl::PeerSocket* socket = accepted.value().release();
+    peer_sockets_.push_back(socket);
+    std::thread([this, socket] {
+      serve_peer_connection(*socket, config_, *replicas_, stopping_);
+      std::lock_guard done_lock(peers_mutex_);
+      std::erase(peer_sockets_, socket);
+      delete socket;
+      peers_done_.notify_all();
+    }).detach();
+  }
+}
+
+void Node::stop() {
+  if (stopping_.exchange(true)) return;
+  std::map<std::string, std::unique_ptr<MirrorEngine>> engines;
+  {
+    std::lock_guard lock(mutex_);
+    engines.swap(engines_);
+  }
+  for (auto& [unit, engine] : engines) engine->stop();
+  if (control_) control_->stop();
+  if (peer_listener_) peer_listener_->close();
+  if (peer_accept_thread_.joinable()) peer_accept_thread_.join();
+  {
+    std::unique_lock lock(peers_mutex_);
+    for (repl::PeerSocket* socket : peer_sockets_) socket->shutdown();
+    peers_done_.wait(lock, [&] { return peer_sockets_.empty(); });
+  }
+  if (nbd_server_) nbd_server_->stop();
+  std::lock_guard lock(mutex_);
+  for (auto& [name, entry] : volumes_) {
+    Status status = entry->volume->flush();
+    if (!status.ok()) fmt::print(stderr, "flush of volume {} at shutdown failed: {}\n", name, status.to_string());
+  }
+}
+
+std::vector<std::string> Node::export_names() const {
+  std::vector<std::string> names;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [name, entry] : volumes_) names.push_back(name);
+  }
+  for (const auto& replica : replicas_->all()) names.push_back(replica->source_node() + "/" + replica->volume());
+  return names;
+}
+
+std::shared_ptr<VolumeEntry> Node::find_volume(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  auto it = volumes_.find(name);
+  return it == volumes_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<repl::Replica> Node::find_replica(const std::string& source, const std::string& volume) const {
+  return replicas_->find(source, volume);
+}
+
+Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::string& volume, const std::string& group,
+                                                                     std::string& unit_key) {
+  if (volume.empty() == group.empty()) return invalid_argument("name exactly one of a volume or --group GROUP");
+  std::vector<std::shared_ptr<VolumeEntry>> members;
+  if (!volume.empty()) {
+    AMIRROR_RETURN_IF_ERROR(validate_name(volume, "volume name"));
+    auto it = volumes_.find(volume);
+    if (it == volumes_.end()) return not_found("no volume named '" + volume + "' (see `amirror volume list`)");
+    members.push_back(it->second);
+    unit_key = "volume:" + volume;
+  } else {
+    AMIRROR_RETURN_IF_ERROR(validate_name(group, "group name"));
+    for (const auto& [name, entry] : volumes_) {
+      if (entry->volume->group() == group) members.push_back(entry);
+    }
+    if (members.empty()) return not_found("no volume is in group '" + group + "'");
+    unit_key = "group:" + group;
+  }
+  return members;
+}
+
+Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
+                          std::vector<std::string> targets, uint64_t interval_ms, bool persist) {
+  for (auto& entry : members) {
+    entry->state.unit = unit_key;
+    entry->state.targets = targets;
+    entry->state.interval_ms = interval_ms;
+    entry->state.running = true;
+    for (const std::string& target : targets) entry->state.target_states[target];  // ensure present
+    if (persist) AMIRROR_RETURN_IF_ERROR(save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, entry->state));
+    unit_of_volume_[entry->name] = unit_key;
+  }
+  auto engine = std::make_unique<MirrorEngine>(EngineContext{&posix_file_system(), &config_, mirrors_dir_}, members);
+  engine->start();
+  engines_[unit_key] = std::move(engine);
+  return Status();
+}
+
+std::string Node::handle_control(const std::string& request_text) {
+  json request;
+  try {
+    request = json::parse(request_text);
+  } catch (const json::exception&) {
+    return error_response(invalid_argument("control request is not valid JSON")).dump();
+  }
+  try {
+    std::string command = request.value("command", "");
+    if (command == "status") return status_json();
+
+    if (command == "volume_list") {
+      std::lock_guard lock(mutex_);
+      json volumes = json::array();
+      for (const auto& [name, entry] : volumes_) {
+        volumes.push_back({{"name", name},
+                           {"size_bytes", entry->volume->size_bytes()},
+                           {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
+                           {"group", entry->volume->group()},
+                           {"cycle", entry->volume->cycle()}});
+      }
+      return json{{"ok", true}, {"volumes", volumes}}.dump();
+    }
+
+    if (command == "volume_create" || command == "volume_import") {
+      std::string name = request.value("name", "");
+      VolumeOptions options;
+      options.chunk_size_bytes = request.value("chunk_size_bytes", kDefaultChunkSizeBytes);
+      options.group = request.value("group", "");
+      std::string from = request.value("from", "");
+      int source_fd = -1;
+      if (command == "volume_import") {
+        source_fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+        if (source_fd < 0) return error_response(Status::from_errno(errno, "cannot open " + from)).dump();
+        off_t end = ::lseek(source_fd, 0, SEEK_END);
+        options.size_bytes = (static_cast<uint64_t>(end) + kSectorSizeBytes - 1) / kSectorSizeBytes * kSectorSizeBytes;
+        if (options.size_bytes == 0) {
+          ::close(source_fd);
+          return error_response(invalid_argument(from + " is empty; nothing to import")).dump();
+        }
+      } else {
+        options.size_bytes = request.value("size_bytes", uint64_t{0});
+      }
+      std::lock_guard lock(mutex_);
+      auto created = data_dir_->create_volume(name, options);
+      if (!created.ok()) {
+        if (source_fd >= 0) ::close(source_fd);
+        return error_response(created.status()).dump();
+      }
+      auto entry = std::make_shared<VolumeEntry>();
+      entry->name = name;
+      entry->volume = std::move(created).value();
+      if (source_fd >= 0) {
+        // Copy the file in, leaving all-zero blocks unwritten so the volume stays sparse.
+        std::vector<uint8_t> buffer(kMiB);
+        uint64_t offset = 0;
+        Status status;
+        while (status.ok()) {
+          ssize_t n = ::pread(source_fd, buffer.data(), buffer.size(), static_cast<off_t>(offset));
+          if (n < 0) status = Status::from_errno(errno, "read " + from);
+          if (n <= 0) break;
+          size_t length = static_cast<size_t>(n);
+          size_t padded = (length + kSectorSizeBytes - 1) / kSectorSizeBytes * kSectorSizeBytes;
+          std::fill(buffer.begin() + static_cast<ptrdiff_t>(length), buffer.begin() + static_cast<ptrdiff_t>(padded), 0);
+          for (size_t block = 0; block < padded && status.ok(); block += 4096) {
+            size_t block_length = std::min<size_t>(4096, padded - block);
+            bool zero = std::all_of(buffer.begin() + static_cast<ptrdiff_t>(block),
+                                    buffer.begin() + static_cast<ptrdiff_t>(block + block_length), [](uint8_t b) { return b == 0; });
+            if (!zero) status = entry->volume->write(offset + block, std::span(buffer.data() + block, block_length));
+          }
+          offset += length;
+        }
+        ::close(source_fd);
+        if (status.ok()) status = entry->volume->flush();
+        if (!status.ok()) return error_response(status.with_context("import into volume " + name)).dump();
+      }
+      volumes_[name] = entry;
+      return json{{"ok", true}, {"name", name}, {"size_bytes", entry->volume->size_bytes()},
+                  {"chunk_size_bytes", entry->volume->chunk_size_bytes()}}.dump();
+    }
+
+    if (command == "mirror_start") {
+      std::lock_guard lock(mutex_);
+      std::string unit_key;
+      auto members = resolve_unit(request.value("volume", ""), request.value("group", ""), unit_key);
+      if (!members.ok()) return error_response(members.status()).dump();
+      std::vector<std::string> targets = request.value("targets", std::vector<std::string>{});
+      if (targets.empty()) return error_response(invalid_argument("name at least one target with --to PEER")).dump();
+      for (const std::string& target : targets) {
+        if (config_.find_peer(target) == nullptr) {
+          return error_response(not_found("unknown peer '" + target + "'; add it under [[peers]] in " + config_.name +
+                                          "'s config")).dump();
+        }
+      }
+      uint64_t interval_ms = request.value("interval_ms", config_.default_interval_ms);
+      if (interval_ms < 100) return error_response(invalid_argument("interval must be at least 100ms")).dump();
+      for (const auto& entry : members.value()) {
+        auto running = unit_of_volume_.find(entry->name);
+        if (running != unit_of_volume_.end() && engines_.count(running->second)) {
+          return error_response(Status(ErrorCode::kAlreadyExists, "volume '" + entry->name + "' is already mirrored (" +
+                                                                      running->second + "); `mirror break` it first")).dump();
+        }
+      }
+      Status status = start_mirror(unit_key, members.value(), targets, interval_ms, true);
+      if (!status.ok()) return error_response(status).dump();
+      return json{{"ok", true}, {"unit", unit_key}}.dump();
+    }
+
+    if (command == "mirror_break" || command == "mirror_sync") {
+      std::unique_lock lock(mutex_);
+      std::string unit_key;
+      auto members = resolve_unit(request.value("volume", ""), request.value("group", ""), unit_key);
+      if (!members.ok()) return error_response(members.status()).dump();
+      auto running = unit_of_volume_.find(members.value().front()->name);
+      if (running == unit_of_volume_.end() || !engines_.count(running->second)) {
+        return error_response(not_found(unit_key.substr(unit_key.find(':') + 1) +
+                                        " is not being mirrored; `amirror mirror start` it first")).dump();
+      }
+      MirrorEngine* engine = engines_[running->second].get();
+      if (command == "mirror_sync") {
+        uint64_t timeout_ms = request.value("timeout_ms", kDefaultSyncTimeoutMs);
+        lock.unlock();  // the engine stays alive: only mirror_break (under this lock) removes it... see below
+        Status status = engine->sync(timeout_ms);
+        if (!status.ok()) return error_response(status).dump();
+        return json{{"ok", true}}.dump();
+      }
+      std::unique_ptr<MirrorEngine> stopped = std::move(engines_[running->second]);
+      engines_.erase(running->second);
+      std::vector<std::shared_ptr<VolumeEntry>> unit_members;
+      for (const auto& [name, entry] : volumes_) {
+        auto unit = unit_of_volume_.find(name);
+        if (unit != unit_of_volume_.end() && unit->second == running->second) unit_members.push_back(entry);
+      }
+      lock.unlock();
+      stopped->stop();
+      lock.lock();
+      for (const auto& entry : unit_members) {
+        entry->state.running = false;
+        unit_of_volume_.erase(entry->name);
+        Status status = save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, entry->state);
+        if (!status.ok()) return error_response(status).dump();
+      }
+      // Keep the engine object until no sync can still be using it.
+      retired_engines_.push_back(std::move(stopped));
+      return json{{"ok", true}}.dump();
+    }
+    return error_response(invalid_argument("unknown command '" + command + "'")).dump();
+  } catch (const json::exception& error) {
+    return error_response(invalid_argument(std::string("bad control request: ") + error.what())).dump();
+  }
+}
+
+std::string Node::status_json() {
+  std::lock_guard lock(mutex_);
+  json volumes = json::array();
+  int64_t now_ms = now_unix_ms();
+  for (const auto& [name, entry] : volumes_) {
+    std::vector<MirrorStatus> mirrors;
+    auto unit = unit_of_volume_.find(name);
+    if (unit != unit_of_volume_.end() && engines_.count(unit->second)) {
+      for (MirrorStatus& status : engines_[unit->second]->status()) {
+        if (status.volume == name) mirrors.push_back(std::move(status));
+      }
+    } else {
+      for (const auto& [target, state] : entry->state.target_states) {
+        MirrorStatus status;
+        status.volume = name;
+        status.target = target;
+        status.state = "stopped";
+        status.applied_cycle = state.applied_cycle;
+        status.applied_freeze_time_unix_ms = state.applied_freeze_time_unix_ms;
+        status.bytes_sent = state.bytes_sent;
+        mirrors.push_back(std::move(status));
+      }
+    }
+    json mirror_list = json::array();
+    for (const MirrorStatus& status : mirrors) {
+      json item = {{"target", status.target},
+                   {"state", status.state},
+                   {"applied_cycle", status.applied_cycle},
+                   {"applied_freeze_time", status.applied_freeze_time_unix_ms > 0 ? json(iso_time(status.applied_freeze_time_unix_ms)) : json(nullptr)},
+                   {"lag_seconds", status.applied_freeze_time_unix_ms > 0 ? json((now_ms - status.applied_freeze_time_unix_ms) / 1000.0) : json(nullptr)},
+                   {"bytes_pending", status.bytes_pending},
+                   {"bytes_sent", status.bytes_sent},
+                   {"last_error", status.last_error.empty() ? json(nullptr) : json(status.last_error)}};
+      if (status.copy_total_bytes > 0) {
+        item["copy"] = {{"cycle", status.copy_cycle},
+                        {"done_bytes", status.copy_done_bytes},
+                        {"total_bytes", status.copy_total_bytes},
+                        {"rate_bytes_per_second", status.copy_rate_bytes_per_second}};
+      }
+      mirror_list.push_back(std::move(item));
+    }
+    json layers = json::array();
+    for (const LayerInfo& layer : entry->volume->layers()) {
+      layers.push_back({{"id", layer.id}, {"frozen", layer.frozen}, {"chunks", layer.chunk_count}, {"data_bytes", layer.data_bytes}});
+    }
+    volumes.push_back({{"name", name},
+                       {"size_bytes", entry->volume->size_bytes()},
+                       {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
+                       {"group", entry->volume->group().empty() ? json(nullptr) : json(entry->volume->group())},
+                       {"cycle", entry->volume->cycle()},
+                       {"base_cycle", entry->volume->base_cycle()},
+                       {"last_freeze_stall_us", entry->volume->last_freeze_stall_us()},
+                       {"layers", layers},
+                       {"mirrors", mirror_list}});
+  }
+  json replicas = json::array();
+  for (const auto& replica : replicas_->all()) {
+    repl::ReplicaState state = replica->state();
+    replicas.push_back({{"source", replica->source_node()},
+                        {"volume", replica->volume()},
+                        {"size_bytes", replica->size_bytes()},
+                        {"applied_cycle", state.applied_cycle},
+                        {"freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
+                        {"image_path", replica->image_path()},
+                        {"state", replica->activity()}});
+  }
+  return json{{"ok", true}, {"node", config_.name}, {"volumes", volumes}, {"replicas", replicas}}.dump();
+}
+
+}  // namespace amirror::node

@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: Apache-2.0
+// A node: one `amirror node` process. It owns the data directory (volumes, mirror
+// state, replicas), serves volumes and replicas over NBD, runs mirrors as a source
+// and receives replicas as a target — all at once — and answers the CLI on its
+// control socket.
+//
+// Control requests are JSON objects with a "command" field; responses are
+// {"ok": true, ...} or {"ok": false, "error": "..."}. Commands: volume_create,
+// volume_import, volume_list, mirror_start, mirror_break, mirror_sync, status
+// (fields in node.cc, next to each handler). Errors change nothing.
+// Thread-safety: handle_control may be called from many threads at once.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "node/config.h"
+#include "node/control_socket.h"
+#include "node/mirror_engine.h"
+#include "node/receiver.h"
+#include "store/data_dir.h"
+
+namespace amirror::nbd {
+class Server;
+}
+
+namespace amirror::node {
+
+class Node {
+ public:
+  static Result<std::unique_ptr<Node>> start(const NodeConfig& config);
+  ~Node();
+  // Stops mirrors, listeners and NBD; flushes every volume. Idempotent.
+  void stop();
+  std::string handle_control(const std::string& request);
+
+  // For the NBD catalog.
+  std::vector<std::string> export_names() const;
+  std::shared_ptr<VolumeEntry> find_volume(const std::string& name) const;
+  std::shared_ptr<repl::Replica> find_replica(const std::string& source, const std::string& volume) const;
+
+ private:
+  explicit Node(NodeConfig config);
+  Status open_everything();
+  Status start_listeners();
+  void peer_accept_loop();
+
+  std::string status_json();
+  Result<std::vector<std::shared_ptr<VolumeEntry>>> resolve_unit(const std::string& volume, const std::string& group,
+                                                                 std::string& unit_key);
+  Status start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
+                      std::vector<std::string> targets, uint64_t interval_ms, bool persist);
+
+  const NodeConfig config_;
+  std::unique_ptr<DataDir> data_dir_;
+  std::string mirrors_dir_;
+  std::unique_ptr<ReplicaRegistry> replicas_;
+
+  mutable std::mutex mutex_;  // guards volumes_, engines_, and MirrorStates of volumes without an engine
+  std::map<std::string, std::shared_ptr<VolumeEntry>> volumes_;
+  std::map<std::string, std::unique_ptr<MirrorEngine>> engines_;  // by unit key
+  std::map<std::string, std::string> unit_of_volume_;             // volume -> unit key
+  // Stopped engines live until the node stops: a `mirror sync` may still hold one.
+  std::vector<std::unique_ptr<MirrorEngine>> retired_engines_;
+
+  std::unique_ptr<nbd::Server> nbd_server_;
+  std::unique_ptr<repl::PeerListener> peer_listener_;
+  std::thread peer_accept_thread_;
+  std::atomic<bool> stopping_{false};
+  std::mutex peers_mutex_;
+  std::condition_variable peers_done_;
+  std::vector<repl::PeerSocket*> peer_sockets_;
+  std::unique_ptr<ControlServer> control_;
+};
+
+}  // namespace amirror::node

@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: Apache-2.0
+// The target side of mirroring: the replicas this node holds, by source node and
+// volume, and the handler for one incoming peer connection.
+//
+// Connection protocol (docs/formats/wire.md): HELLO from a configured peer, then for
+// each volume OPEN_REPLICA -> REPLICA_STATE, BEGIN_DELTA, CHUNK..., END_DELTA ->
+// DELTA_DURABLE -> (apply) -> APPLIED. Anything out of sequence, malformed, or from a
+// node that is not a configured peer gets an ERROR frame and the connection closes;
+// nothing is staged from a frame that failed its checks.
+// Thread-safety: ReplicaRegistry is thread-safe; a replica is used by one connection
+// at a time (a second one is refused as busy).
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "node/config.h"
+#include "repl/replica.h"
+#include "repl/socket.h"
+
+namespace amirror::node {
+
+class ReplicaRegistry {
+ public:
+  ReplicaRegistry(FileSystem& fs, std::string replicas_dir) : fs_(fs), replicas_dir_(std::move(replicas_dir)) {}
+  // Opens every replica under the directory (finishing interrupted applies).
+  Status load();
+  // "SOURCE/VOLUME" -> replica; nullptr when unknown.
+  std::shared_ptr<repl::Replica> find(const std::string& source, const std::string& volume) const;
+  std::vector<std::shared_ptr<repl::Replica>> all() const;
+  Result<std::shared_ptr<repl::Replica>> open_or_create(const std::string& source, const std::string& volume,
+                                                        uint64_t size_bytes, uint64_t chunk_size_bytes);
+  // Marks a replica as used by a connection; false if another holds it.
+  bool acquire(const std::string& key);
+  void release(const std::string& key);
+
+ private:
+  FileSystem& fs_;
+  const std::string replicas_dir_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<repl::Replica>> replicas_;  // key "source/volume"
+  std::set<std::string> in_use_;
+};
+
+// Serves one peer connection until it closes or `stopping` becomes true.
+void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, ReplicaRegistry& registry,
+                           const std::atomic<bool>& stopping);
+
+}  // namespace amirror::node

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: Apache-2.0
+// TCP plumbing for the peer protocol: listening, connecting with a timeout, and
+// sending/receiving whole checked frames (repl/wire.h) with per-operation timeouts, so
+// a silently dead peer is noticed within a bounded time.
+// Thread-safety: a PeerSocket is used by one thread at a time, except shutdown(),
+// which any thread may call to wake a blocked send or receive.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "base/status.h"
+#include "repl/wire.h"
+
+namespace amirror::repl {
+
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+// "127.0.0.1:7401", "[::1]:7401", "localhost:7401".
+Result<HostPort> parse_host_port(const std::string& address);
+
+class PeerSocket {
+ public:
+  explicit PeerSocket(int fd, std::string peer_description);
+  ~PeerSocket();
+  PeerSocket(const PeerSocket&) = delete;
+  PeerSocket& operator=(const PeerSocket&) = delete;
+
+  static Result<std::unique_ptr<PeerSocket>> connect(const std::string& address, int timeout_ms);
+
+  // Every send and receive fails with kTimeout after this long without progress.
+  void set_timeout_ms(int timeout_ms);
+  Status send_frame(FrameType type, std::span<const uint8_t> payload);
+  Status send_encoded(std::span<const uint8_t> frame);
+  // Receives one frame whose header and checksum are valid.
+  Result<Frame> receive_frame();
+  // Wakes any blocked send/receive; later calls fail.
+  void shutdown();
+
+  const std::string& peer() const { return peer_; }
+  uint64_t bytes_sent() const { return bytes_sent_.load(); }
+  uint64_t bytes_received() const { return bytes_received_.load(); }
+
+ private:
+  Status read_exact(std::span<uint8_t> out);
+  int fd_;
+  std::string peer_;
+  std::atomic<uint64_t> bytes_sent_{0};
+  std::atomic<uint64_t> bytes_received_{0};
+};
+
+// A listening TCP socket; accept() returns connected sockets.
+class PeerListener {
+ public:
+  static Result<std::unique_ptr<PeerListener>> listen(const std::string& address);
+  ~PeerListener();
+  // Blocks until a connection arrives or close() is called (then kCancelled).
+  Result<std::unique_ptr<PeerSocket>> accept();
+  void close();
+  uint16_t port() const { return port_; }
+
+ private:
+  PeerListener(int fd, uint16_t port) : fd_(fd), port_(port) {}
+  std::atomic<int> fd_;
+  uint16_t port_;
+};
+
+}  // namespace amirror::repl

@@ -1,0 +1,310 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "repl/wire.h"
+
+#include "base/checksum.h"
+#include "base/coding.h"
+#include "base/names.h"
+
+namespace amirror::repl {
+namespace {
+
+constexpr size_t kChunkHeaderBytes = 8 + 8 + 1;
+constexpr size_t kMaxErrorBytes = 4096;
+
+// Sequential little-endian reader over a payload; every read is bounds-checked and
+// a short payload turns into a corruption Status.
+class Reader {
+ public:
+  Reader(std::span<const uint8_t> bytes, const char* what) : bytes_(bytes), what_(what) {}
+  bool u8(uint8_t& value) {
+    if (!has(1)) return false;
+    value = bytes_[position_++];
+    return true;
+  }
+  bool u32(uint32_t& value) {
+    if (!has(4)) return false;
+    value = get_u32(bytes_.data() + position_);
+    position_ += 4;
+    return true;
+  }
+  bool u64(uint64_t& value) {
+    if (!has(8)) return false;
+    value = get_u64(bytes_.data() + position_);
+    position_ += 8;
+    return true;
+  }
+  bool name(std::string& value) {
+    uint32_t length = 0;
+    if (!u32(length) || length > kMaxNameBytes || !has(length)) return false;
+    value.assign(reinterpret_cast<const char*>(bytes_.data() + position_), length);
+    position_ += length;
+    return true;
+  }
+  std::span<const uint8_t> rest() { return bytes_.subspan(position_); }
+  Status finish() const {
+    if (position_ != bytes_.size()) return corruption(std::string(what_) + " frame has trailing bytes");
+    return Status();
+  }
+  Status bad() const { return corruption(std::string("malformed ") + what_ + " frame"); }
+
+ private:
+  bool has(size_t count) const { return bytes_.size() - position_ >= count; }
+  std::span<const uint8_t> bytes_;
+  const char* what_;
+  size_t position_ = 0;
+};
+
+void put_name(std::vector<uint8_t>& out, const std::string& name) {
+  uint8_t length[4];
+  put_u32(length, static_cast<uint32_t>(name.size()));
+  out.insert(out.end(), length, length + 4);
+  out.insert(out.end(), name.begin(), name.end());
+}
+void put64(std::vector<uint8_t>& out, uint64_t value) {
+  uint8_t bytes[8];
+  put_u64(bytes, value);
+  out.insert(out.end(), bytes, bytes + 8);
+}
+void put32(std::vector<uint8_t>& out, uint32_t value) {
+  uint8_t bytes[4];
+  put_u32(bytes, value);
+  out.insert(out.end(), bytes, bytes + 4);
+}
+
+uint32_t frame_checksum(std::span<const uint8_t> header_prefix, std::span<const uint8_t> payload) {
+  // Checksum of the 12 header bytes before the checksum field, then of the payload,
+  // combined; both parts are covered so a flipped bit anywhere is caught.
+  uint64_t header_sum = checksum64(header_prefix.data(), header_prefix.size());
+  uint64_t payload_sum = checksum64(payload.data(), payload.size());
+  return static_cast<uint32_t>(header_sum ^ (payload_sum * 0x9E3779B97F4A7C15ull));
+}
+
+}  // namespace
+
+const char* frame_type_name(FrameType type) {
+  switch (type) {
+    case FrameType::kHello: return "HELLO";
+    case FrameType::kHelloAck: return "HELLO_ACK";
+    case FrameType::kOpenReplica: return "OPEN_REPLICA";
+    case FrameType::kReplicaState: return "REPLICA_STATE";
+    case FrameType::kBeginDelta: return "BEGIN_DELTA";
+    case FrameType::kChunk: return "CHUNK";
+    case FrameType::kEndDelta: return "END_DELTA";
+    case FrameType::kDeltaDurable: return "DELTA_DURABLE";
+    case FrameType::kApplied: return "APPLIED";
+    case FrameType::kError: return "ERROR";
+    case FrameType::kKeepAlive: return "KEEPALIVE";
+  }
+  return "UNKNOWN";
+}
+
+std::vector<uint8_t> encode_frame(FrameType type, std::span<const uint8_t> payload) {
+  AMIRROR_ASSERT(payload.size() <= kMaxFramePayloadBytes);
+  std::vector<uint8_t> frame(kFrameHeaderBytes + payload.size());
+  put_u32(frame.data(), kFrameMagic);
+  frame[4] = static_cast<uint8_t>(static_cast<uint16_t>(type));
+  frame[5] = static_cast<uint8_t>(static_cast<uint16_t>(type) >> 8);
+  frame[6] = frame[7] = 0;
+  put_u32(frame.data() + 8, static_cast<uint32_t>(payload.size()));
+  put_u32(frame.data() + 12, frame_checksum(std::span(frame.data(), 12), payload));
+  std::copy(payload.begin(), payload.end(), frame.begin() + kFrameHeaderBytes);
+  return frame;
+}
+
+Result<uint32_t> decode_frame_header(std::span<const uint8_t, kFrameHeaderBytes> header,
+                                     FrameType& type) {
+  if (get_u32(header.data()) != kFrameMagic) return corruption("peer sent a frame with bad magic");
+  uint16_t raw_type = static_cast<uint16_t>(header[4] | (header[5] << 8));
+  if (raw_type < static_cast<uint16_t>(FrameType::kHello) ||
+      raw_type > static_cast<uint16_t>(FrameType::kKeepAlive)) {
+    return corruption("peer sent an unknown frame type " + std::to_string(raw_type));
+  }
+  if (header[6] != 0 || header[7] != 0) return corruption("peer sent a frame with reserved bits set");
+  uint32_t length = get_u32(header.data() + 8);
+  if (length > kMaxFramePayloadBytes) {
+    return corruption("peer sent a " + std::to_string(length) + "-byte frame; the limit is " +
+                      std::to_string(kMaxFramePayloadBytes));
+  }
+  type = static_cast<FrameType>(raw_type);
+  return length;
+}
+
+Status verify_frame(std::span<const uint8_t, kFrameHeaderBytes> header, std::span<const uint8_t> payload) {
+  if (get_u32(header.data() + 12) != frame_checksum(header.first(12), payload)) {
+    return corruption("peer frame failed its checksum (corrupted in transit)");
+  }
+  return Status();
+}
+
+std::vector<uint8_t> encode(const Hello& message) {
+  std::vector<uint8_t> out;
+  put32(out, message.protocol_version);
+  put_name(out, message.node_name);
+  return out;
+}
+
+std::vector<uint8_t> encode(const OpenReplica& message) {
+  std::vector<uint8_t> out;
+  put_name(out, message.volume);
+  put64(out, message.size_bytes);
+  put64(out, message.chunk_size_bytes);
+  return out;
+}
+
+std::vector<uint8_t> encode(const ReplicaState& message) {
+  std::vector<uint8_t> out;
+  put64(out, message.applied_cycle);
+  put64(out, static_cast<uint64_t>(message.applied_freeze_time_unix_ms));
+  put64(out, message.staged_target_cycle);
+  put64(out, message.staged_base_cycle);
+  put64(out, message.staged_record_count);
+  put64(out, message.staged_last_chunk_index);
+  return out;
+}
+
+std::vector<uint8_t> encode(const BeginDelta& message) {
+  std::vector<uint8_t> out;
+  put64(out, message.base_cycle);
+  put64(out, message.target_cycle);
+  put64(out, static_cast<uint64_t>(message.freeze_time_unix_ms));
+  put64(out, message.record_count);
+  put64(out, message.first_record);
+  out.push_back(message.full ? 1 : 0);
+  return out;
+}
+
+std::vector<uint8_t> encode(const EndDelta& message) {
+  std::vector<uint8_t> out;
+  put64(out, message.record_count);
+  return out;
+}
+
+std::vector<uint8_t> encode(const Applied& message) {
+  std::vector<uint8_t> out;
+  put64(out, message.applied_cycle);
+  return out;
+}
+
+std::vector<uint8_t> encode_error(const std::string& message) {
+  std::string clipped = message.substr(0, kMaxErrorBytes);
+  return std::vector<uint8_t>(clipped.begin(), clipped.end());
+}
+
+std::vector<uint8_t> encode_chunk_frame(uint64_t record_index, uint64_t chunk_index,
+                                        RecordKind kind, std::span<const uint8_t> data) {
+  AMIRROR_ASSERT(kind == RecordKind::kData ? !data.empty() : data.empty());
+  size_t payload_bytes = kChunkHeaderBytes + data.size();
+  AMIRROR_ASSERT(payload_bytes <= kMaxFramePayloadBytes);
+  std::vector<uint8_t> frame(kFrameHeaderBytes + payload_bytes);
+  uint8_t* payload = frame.data() + kFrameHeaderBytes;
+  put_u64(payload, record_index);
+  put_u64(payload + 8, chunk_index);
+  payload[16] = static_cast<uint8_t>(kind);
+  std::copy(data.begin(), data.end(), payload + kChunkHeaderBytes);
+  put_u32(frame.data(), kFrameMagic);
+  frame[4] = static_cast<uint8_t>(FrameType::kChunk);
+  frame[5] = frame[6] = frame[7] = 0;
+  put_u32(frame.data() + 8, static_cast<uint32_t>(payload_bytes));
+  put_u32(frame.data() + 12, frame_checksum(std::span(frame.data(), 12), std::span(payload, payload_bytes)));
+  return frame;
+}
+
+Result<Hello> decode_hello(std::span<const uint8_t> payload) {
+  Reader reader(payload, "HELLO");
+  Hello message;
+  if (!reader.u32(message.protocol_version) || !reader.name(message.node_name)) return reader.bad();
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  AMIRROR_RETURN_IF_ERROR(validate_name(message.node_name, "peer node name"));
+  return message;
+}
+
+Result<OpenReplica> decode_open_replica(std::span<const uint8_t> payload) {
+  Reader reader(payload, "OPEN_REPLICA");
+  OpenReplica message;
+  if (!reader.name(message.volume) || !reader.u64(message.size_bytes) ||
+      !reader.u64(message.chunk_size_bytes)) {
+    return reader.bad();
+  }
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  AMIRROR_RETURN_IF_ERROR(validate_name(message.volume, "volume name"));
+  return message;
+}
+
+Result<ReplicaState> decode_replica_state(std::span<const uint8_t> payload) {
+  Reader reader(payload, "REPLICA_STATE");
+  ReplicaState message;
+  uint64_t time = 0;
+  if (!reader.u64(message.applied_cycle) || !reader.u64(time) ||
+      !reader.u64(message.staged_target_cycle) || !reader.u64(message.staged_base_cycle) ||
+      !reader.u64(message.staged_record_count) || !reader.u64(message.staged_last_chunk_index)) {
+    return reader.bad();
+  }
+  message.applied_freeze_time_unix_ms = static_cast<int64_t>(time);
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  return message;
+}
+
+Result<BeginDelta> decode_begin_delta(std::span<const uint8_t> payload) {
+  Reader reader(payload, "BEGIN_DELTA");
+  BeginDelta message;
+  uint64_t time = 0;
+  uint8_t full = 0;
+  if (!reader.u64(message.base_cycle) || !reader.u64(message.target_cycle) || !reader.u64(time) ||
+      !reader.u64(message.record_count) || !reader.u64(message.first_record) || !reader.u8(full) ||
+      full > 1) {
+    return reader.bad();
+  }
+  message.freeze_time_unix_ms = static_cast<int64_t>(time);
+  message.full = full == 1;
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  if (message.target_cycle <= message.base_cycle || message.first_record > message.record_count) {
+    return corruption("BEGIN_DELTA with inconsistent cycles or counts");
+  }
+  return message;
+}
+
+Result<ChunkRecord> decode_chunk(std::span<const uint8_t> payload) {
+  Reader reader(payload, "CHUNK");
+  ChunkRecord record;
+  uint8_t kind = 0;
+  if (!reader.u64(record.record_index) || !reader.u64(record.chunk_index) || !reader.u8(kind)) {
+    return reader.bad();
+  }
+  if (kind == static_cast<uint8_t>(RecordKind::kData)) {
+    record.kind = RecordKind::kData;
+    record.data = reader.rest();
+    if (record.data.empty()) return corruption("CHUNK data record without data");
+  } else if (kind == static_cast<uint8_t>(RecordKind::kZero)) {
+    record.kind = RecordKind::kZero;
+    AMIRROR_RETURN_IF_ERROR(reader.finish());
+  } else {
+    return corruption("CHUNK record of unknown kind " + std::to_string(kind));
+  }
+  return record;
+}
+
+Result<EndDelta> decode_end_delta(std::span<const uint8_t> payload) {
+  Reader reader(payload, "END_DELTA");
+  EndDelta message;
+  if (!reader.u64(message.record_count)) return reader.bad();
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  return message;
+}
+
+Result<Applied> decode_applied(std::span<const uint8_t> payload) {
+  Reader reader(payload, "APPLIED");
+  Applied message;
+  if (!reader.u64(message.applied_cycle)) return reader.bad();
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  return message;
+}
+
+std::string decode_error(std::span<const uint8_t> payload) {
+  std::string text(payload.begin(), payload.begin() + static_cast<ptrdiff_t>(std::min(payload.size(), kMaxErrorBytes)));
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+  return text;
+}
+
+}  // namespace amirror::repl

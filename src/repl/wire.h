@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: Apache-2.0
+// The peer protocol between nodes: framing and messages, as pure functions over byte
+// buffers (no sockets here), so the decoder is unit-tested and fuzzed in isolation.
+// Grammar: docs/formats/wire.md.
+//
+// Every frame carries its own checksum over header and payload; a frame that fails
+// any check is refused before anything is staged. Sizes are bounded before any
+// allocation (kMaxFramePayloadBytes).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace amirror::repl {
+
+constexpr uint32_t kProtocolVersion = 1;
+constexpr uint32_t kFrameMagic = 0x31464d41;  // "AMF1"
+constexpr size_t kFrameHeaderBytes = 16;
+// The largest chunk (4 MiB) plus its record fields, with room to spare.
+constexpr uint32_t kMaxFramePayloadBytes = 4 * 1024 * 1024 + 4096;
+
+enum class FrameType : uint16_t {
+  kHello = 1,         // source -> target: version, source node name
+  kHelloAck = 2,      // target -> source: version, target node name
+  kOpenReplica = 3,   // source -> target: volume, size, chunk size
+  kReplicaState = 4,  // target -> source: applied cycle, staged delta progress
+  kBeginDelta = 5,    // source -> target: base cycle, target cycle, freeze time, count, resume
+  kChunk = 6,         // source -> target: one chunk record (data or zero)
+  kEndDelta = 7,      // source -> target: record count
+  kDeltaDurable = 8,  // target -> source: the delta is staged and durable
+  kApplied = 9,       // target -> source: the replica now is the target cycle's image
+  kError = 10,        // either way: a message; the connection closes after it
+  kKeepAlive = 11,    // either way: no payload
+};
+const char* frame_type_name(FrameType type);
+
+struct Frame {
+  FrameType type = FrameType::kError;
+  std::vector<uint8_t> payload;
+};
+
+// header := magic:u32 type:u16 reserved:u16 payload_length:u32 checksum:u32
+// checksum = low 32 bits of checksum64(header[0..12) ++ payload).
+std::vector<uint8_t> encode_frame(FrameType type, std::span<const uint8_t> payload);
+// Validates a header; on success returns the payload length to read next.
+Result<uint32_t> decode_frame_header(std::span<const uint8_t, kFrameHeaderBytes> header,
+                                     FrameType& type);
+// Checks the checksum of a complete frame (header + payload).
+Status verify_frame(std::span<const uint8_t, kFrameHeaderBytes> header,
+                    std::span<const uint8_t> payload);
+
+// ---- Messages ----------------------------------------------------------------
+
+struct Hello {
+  uint32_t protocol_version = kProtocolVersion;
+  std::string node_name;
+};
+
+struct OpenReplica {
+  std::string volume;
+  uint64_t size_bytes = 0;
+  uint64_t chunk_size_bytes = 0;
+};
+
+struct ReplicaState {
+  uint64_t applied_cycle = 0;         // 0 = empty replica (never applied)
+  int64_t applied_freeze_time_unix_ms = 0;
+  uint64_t staged_target_cycle = 0;   // a partly staged delta: its target cycle, else 0
+  uint64_t staged_base_cycle = 0;
+  uint64_t staged_record_count = 0;   // records of it durably staged (resume point)
+  uint64_t staged_last_chunk_index = 0;  // chunk of the last staged record (if any)
+};
+
+struct BeginDelta {
+  uint64_t base_cycle = 0;     // the replica must be at this cycle (0 with full = any)
+  uint64_t target_cycle = 0;
+  int64_t freeze_time_unix_ms = 0;
+  uint64_t record_count = 0;   // records in the whole delta
+  uint64_t first_record = 0;   // resume: records before this one were staged already
+  bool full = false;           // replaces the whole image (initial sync or resync)
+};
+
+enum class RecordKind : uint8_t { kData = 1, kZero = 2 };
+
+struct ChunkRecord {
+  uint64_t record_index = 0;  // position within the delta, 0-based, consecutive
+  uint64_t chunk_index = 0;
+  RecordKind kind = RecordKind::kData;
+  std::span<const uint8_t> data;  // kData only; points into the decoded payload
+};
+
+struct EndDelta {
+  uint64_t record_count = 0;
+};
+
+struct Applied {
+  uint64_t applied_cycle = 0;
+};
+
+std::vector<uint8_t> encode(const Hello& message);
+std::vector<uint8_t> encode(const OpenReplica& message);
+std::vector<uint8_t> encode(const ReplicaState& message);
+std::vector<uint8_t> encode(const BeginDelta& message);
+std::vector<uint8_t> encode(const EndDelta& message);
+std::vector<uint8_t> encode(const Applied& message);
+std::vector<uint8_t> encode_error(const std::string& message);
+// A whole CHUNK frame (header + payload) built with a single copy of the data.
+std::vector<uint8_t> encode_chunk_frame(uint64_t record_index, uint64_t chunk_index,
+                                        RecordKind kind, std::span<const uint8_t> data);
+
+Result<Hello> decode_hello(std::span<const uint8_t> payload);
+Result<OpenReplica> decode_open_replica(std::span<const uint8_t> payload);
+Result<ReplicaState> decode_replica_state(std::span<const uint8_t> payload);
+Result<BeginDelta> decode_begin_delta(std::span<const uint8_t> payload);
+Result<ChunkRecord> decode_chunk(std::span<const uint8_t> payload);
+Result<EndDelta> decode_end_delta(std::span<const uint8_t> payload);
+Result<Applied> decode_applied(std::span<const uint8_t> payload);
+std::string decode_error(std::span<const uint8_t> payload);
+
+}  // namespace amirror::repl
