@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# NBD benchmark: fio's nbd engine against (a) amirror serve, (b) nbdkit's file plugin,
+# (c) qemu-nbd, each serving a same-size, pre-filled image on the same file system
+# (/tmp), medians of REPS runs of each job. amirror runs twice: without freezes and
+# with a freeze + merge every second (the peers have no such mode; their numbers are
+# reused for both tables).
+#
+#   bench/run-nbd.sh [AMIRROR_BINARY]      env: RUNTIME_S (5), REPS (3), SIZE_MIB (512)
+#
+# Prints one table per amirror mode: IOPS (4K jobs) or MiB/s (1M jobs), and amirror's
+# ratio to each peer. Needs fio (with the nbd engine), nbdkit, qemu-nbd, nbdcopy.
+set -euo pipefail
+
+AMIRROR=${1:-${AMIRROR:-$(dirname "$0")/../build-nbd/amirror}}
+RUNTIME_S=${RUNTIME_S:-5}
+REPS=${REPS:-3}
+SIZE_MIB=${SIZE_MIB:-512}
+for cmd in fio nbdkit qemu-nbd nbdcopy python3; do
+  command -v $cmd >/dev/null || { echo "bench: $cmd is not installed" >&2; exit 1; }
+done
+fio --enghelp 2>/dev/null | grep -qw nbd || { echo "bench: this fio lacks the nbd engine" >&2; exit 1; }
+[[ -x "$AMIRROR" ]] || { echo "bench: no amirror binary at $AMIRROR (build it or pass its path)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/nbd-bench.XXXXXX)
+SERVER_PID=""
+stop_server() {
+  if [[ -n "$SERVER_PID" ]]; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+  fi
+}
+trap 'stop_server; rm -rf "$WORK"' EXIT
+
+# name|rw|bs|iodepth|metric
+JOBS=(
+  "randread-4k-qd1|randread|4k|1|iops"
+  "randread-4k-qd16|randread|4k|16|iops"
+  "randwrite-4k-qd1|randwrite|4k|1|iops"
+  "randwrite-4k-qd16|randwrite|4k|16|iops"
+  "seqwrite-1m|write|1m|4|mibps"
+  "seqread-1m|read|1m|4|mibps"
+)
+
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >"$WORK/fill.raw"
+
+wait_socket() {
+  for _ in $(seq 200); do [[ -S "$1" ]] && return 0; sleep 0.05; done
+  echo "bench: server socket $1 never appeared" >&2
+  exit 1
+}
+
+start_server() {  # start_server KIND -> sets URI, SERVER_PID
+  local kind=$1 sock="$WORK/$1.sock"
+  rm -f "$sock"
+  case $kind in
+    amirror | amirror-freeze)
+      rm -rf "$WORK/amirror.d"
+      local extra=()
+      [[ $kind == amirror-freeze ]] && extra=(--freeze-interval 1s)
+      "$AMIRROR" serve --data-dir "$WORK/amirror.d" --socket "$sock" --create vol \
+        --size ${SIZE_MIB}M --quiet "${extra[@]}" 2>"$WORK/$kind.log" &
+      SERVER_PID=$!
+      URI="nbd+unix:///vol?socket=$sock"
+      ;;
+    nbdkit)
+      truncate -s ${SIZE_MIB}M "$WORK/nbdkit.raw"
+      nbdkit --foreground --unix "$sock" file file="$WORK/nbdkit.raw" 2>"$WORK/nbdkit.log" &
+      SERVER_PID=$!
+      URI="nbd+unix:///?socket=$sock"
+      ;;
+    qemu-nbd)
+      truncate -s ${SIZE_MIB}M "$WORK/qemu.raw"
+      qemu-nbd --format=raw --socket="$sock" --persistent --shared=16 --cache=writeback \
+        "$WORK/qemu.raw" 2>"$WORK/qemu-nbd.log" &
+      SERVER_PID=$!
+      URI="nbd+unix:///?socket=$sock"
+      ;;
+  esac
+  wait_socket "$sock"
+  nbdcopy "$WORK/fill.raw" "$URI"  # same data everywhere, so reads hit allocated data
+  # Warm-up (discarded): first runs against a fresh server are consistently slower.
+  fio --name=warmup --ioengine=nbd --uri="$URI" --rw=randrw --bs=4k --iodepth=16 \
+    --size=${SIZE_MIB}M --runtime=2 --time_based >/dev/null
+}
+
+run_job() {  # run_job SPEC -> prints the metric
+  IFS='|' read -r name rw bs depth metric <<<"$1"
+  fio --name="$name" --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth="$depth" \
+    --size=${SIZE_MIB}M --runtime="$RUNTIME_S" --time_based --output-format=json \
+    --output="$WORK/fio.json" >/dev/null
+  python3 - "$WORK/fio.json" "$rw" "$metric" <<'EOF'
+import json, sys
+job = json.load(open(sys.argv[1]))["jobs"][0]
+side = job["read"] if "read" in sys.argv[2] else job["write"]
+print(round(side["iops"]) if sys.argv[3] == "iops" else round(side["bw"] / 1024, 1))
+EOF
+}
+
+RESULTS="$WORK/results.txt"
+: >"$RESULTS"
+for kind in amirror amirror-freeze nbdkit qemu-nbd; do
+  echo "bench: $kind" >&2
+  start_server "$kind"
+  for spec in "${JOBS[@]}"; do
+    name=${spec%%|*}
+    values=()
+    for ((rep = 0; rep < REPS; rep++)); do values+=("$(run_job "$spec")"); done
+    echo "$kind $name ${values[*]}" >>"$RESULTS"
+    echo "bench:   $name ${values[*]}" >&2
+  done
+  stop_server
+done
+[[ -s "$WORK/amirror-freeze.log" ]] && grep -h "freezer ran" "$WORK/amirror-freeze.log" >&2 || true
+
+python3 - "$RESULTS" "$RUNTIME_S" "$REPS" "$SIZE_MIB" <<'EOF'
+import statistics, sys
+rows = {}
+order = []
+for line in open(sys.argv[1]):
+    kind, job, *values = line.split()
+    rows[(kind, job)] = statistics.median(float(v) for v in values)
+    if job not in order: order.append(job)
+print(f"fio nbd engine, {sys.argv[4]} MiB image in /tmp, {sys.argv[2]} s per run, median of {sys.argv[3]}")
+for mode, label in (("amirror", "no freezes"), ("amirror-freeze", "freeze+merge every 1 s")):
+    print(f"\namirror ({label}) vs nbdkit file plugin and qemu-nbd")
+    print(f"{'job':<20}{'unit':>6}{'amirror':>11}{'nbdkit':>11}{'qemu-nbd':>11}{'vs nbdkit':>11}{'vs qemu':>9}")
+    for job in order:
+        unit = "IOPS" if "4k" in job else "MiB/s"
+        a, k, q = rows[(mode, job)], rows[("nbdkit", job)], rows[("qemu-nbd", job)]
+        print(f"{job:<20}{unit:>6}{a:>11.0f}{k:>11.0f}{q:>11.0f}{a / k:>10.2f}x{a / q:>8.2f}x")
+EOF
