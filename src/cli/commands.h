@@ -12,6 +12,7 @@ namespace amirror::cli {
 struct DemoArgs {
   std::string work_dir;  // empty = a fresh temporary directory, removed afterwards
   bool keep = false;     // keep the temporary directory for inspection
+  bool store_only = false;  // the single-process store walkthrough instead of two nodes
 };
 int run_demo(const DemoArgs& args);
 

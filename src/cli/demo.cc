@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// `amirror demo`: shows the volume store at work on a temporary directory — create a
+// `amirror demo --store`: shows the volume store at work on a temporary directory — create a
 // volume, write, freeze, write more (copy-on-first-write), read a frozen point, merge,
 // reopen — and verifies every byte against an in-memory copy at each step.
 #include <fmt/core.h>
@@ -13,6 +13,7 @@
 
 #include "base/units.h"
 #include "cli/commands.h"
+#include "cli/demo.h"
 #include "store/data_dir.h"
 
 namespace amirror::cli {
@@ -170,7 +171,7 @@ class Demo {
 
 }  // namespace
 
-int run_demo(const DemoArgs& args) {
+int run_store_demo(const DemoArgs& args) {
   std::string dir = args.work_dir;
   bool temporary = dir.empty();
   if (temporary) {
@@ -181,7 +182,7 @@ int run_demo(const DemoArgs& args) {
     }
     dir = pattern;
   }
-  fmt::print("amirror demo in {}\n", dir);
+  fmt::print("amirror store demo in {}\n", dir);
   bool ok = Demo(dir).run();
   if (temporary && !args.keep) {
     std::error_code ignored;

@@ -30,9 +30,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   amirror::cli::DemoArgs demo_args;
-  CLI::App* demo = app.add_subcommand("demo", "Show the volume store at work on a temporary directory");
+  CLI::App* demo = app.add_subcommand("demo", "Run two nodes on a temporary directory, write through NBD while mirroring, verify the replica");
   demo->add_option("--dir", demo_args.work_dir, "Work in this directory instead of a temporary one");
   demo->add_flag("--keep", demo_args.keep, "Keep the temporary directory afterwards");
+  demo->add_flag("--store", demo_args.store_only, "Only walk through the volume store (no nodes, no network)");
 
   amirror::cli::ServeArgs serve_args;
   std::string create_size_text, create_chunk_text, freeze_interval_text;

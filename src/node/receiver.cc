@@ -62,14 +62,16 @@ Result<std::shared_ptr<repl::Replica>> ReplicaRegistry::open_or_create(const std
   return shared;
 }
 
-bool ReplicaRegistry::acquire(const std::string& key) {
-  std::lock_guard lock(mutex_);
+bool ReplicaRegistry::acquire(const std::string& key, uint64_t wait_ms) {
+  std::unique_lock lock(mutex_);
+  released_.wait_for(lock, std::chrono::milliseconds(wait_ms), [&] { return !in_use_.count(key); });
   return in_use_.insert(key).second;
 }
 
 void ReplicaRegistry::release(const std::string& key) {
   std::lock_guard lock(mutex_);
   in_use_.erase(key);
+  released_.notify_all();
 }
 
 namespace {
@@ -121,7 +123,7 @@ class PeerSession {
         AMIRROR_ASSIGN_OR_RETURN(repl::OpenReplica open, repl::decode_open_replica(frame.payload));
         release();
         std::string key = peer_name_ + "/" + open.volume;
-        if (!registry_.acquire(key)) return Status(ErrorCode::kBusy, "replica " + key + " is in use by another connection");
+        if (!registry_.acquire(key, config_.peer_timeout_ms)) return Status(ErrorCode::kBusy, "replica " + key + " is in use by another connection");
         held_key_ = key;
         AMIRROR_ASSIGN_OR_RETURN(replica_, registry_.open_or_create(peer_name_, open.volume, open.size_bytes,
                                                                     open.chunk_size_bytes));

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,8 +36,9 @@ class ReplicaRegistry {
   std::vector<std::shared_ptr<repl::Replica>> all() const;
   Result<std::shared_ptr<repl::Replica>> open_or_create(const std::string& source, const std::string& volume,
                                                         uint64_t size_bytes, uint64_t chunk_size_bytes);
-  // Marks a replica as used by a connection; false if another holds it.
-  bool acquire(const std::string& key);
+  // Marks a replica as used by a connection. If another connection holds it (often the
+  // source's previous connection, not yet seen closing), waits up to `wait_ms` for it.
+  bool acquire(const std::string& key, uint64_t wait_ms);
   void release(const std::string& key);
 
  private:
@@ -45,6 +47,7 @@ class ReplicaRegistry {
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<repl::Replica>> replicas_;  // key "source/volume"
   std::set<std::string> in_use_;
+  std::condition_variable released_;
 };
 
 // Serves one peer connection until it closes or `stopping` becomes true.

@@ -151,6 +151,11 @@ Status Layer::replay_map(uint64_t file_size_bytes) {
 }
 
 std::optional<ChunkEntry> Layer::find(uint64_t chunk_index) const {
+  if (frozen_.load(std::memory_order_acquire)) {
+    auto it = map_.find(chunk_index);
+    if (it == map_.end()) return std::nullopt;
+    return it->second;
+  }
   std::shared_lock lock(map_mutex_);
   auto it = map_.find(chunk_index);
   if (it == map_.end()) return std::nullopt;
@@ -187,8 +192,9 @@ Status Layer::write_slot(uint64_t slot, uint64_t offset_in_chunk_bytes,
                          std::span<const uint8_t> data) {
   AMIRROR_ASSERT(offset_in_chunk_bytes + data.size() <= chunk_size_bytes_);
   Status status = data_file_->write_at(slot * chunk_size_bytes_ + offset_in_chunk_bytes, data);
-  // Set after the write completed: a sync that starts later must include it.
-  data_dirty_.store(true, std::memory_order_release);
+  // Set after the write completed: a sync that starts later must include it. Only
+  // stored when clear, so steady writers do not bounce the cache line.
+  if (!data_dirty_.load(std::memory_order_relaxed)) data_dirty_.store(true, std::memory_order_release);
   return status;
 }
 
@@ -208,6 +214,7 @@ void Layer::release_slot(uint64_t slot) {
 }
 
 void Layer::publish_data(uint64_t chunk_index, uint64_t slot) {
+  AMIRROR_ASSERT(!frozen_.load());
   std::unique_lock lock(map_mutex_);
   auto [it, inserted] = map_.try_emplace(chunk_index, ChunkEntry{ChunkState::kData, slot});
   if (!inserted) {
@@ -219,6 +226,7 @@ void Layer::publish_data(uint64_t chunk_index, uint64_t slot) {
 }
 
 void Layer::publish_zero(uint64_t chunk_index) {
+  AMIRROR_ASSERT(!frozen_.load());
   std::unique_lock lock(map_mutex_);
   auto [it, inserted] = map_.try_emplace(chunk_index, ChunkEntry{ChunkState::kZero, 0});
   if (!inserted) {

@@ -60,6 +60,9 @@ class Layer {
   uint64_t chunk_size_bytes() const { return chunk_size_bytes_; }
 
   std::optional<ChunkEntry> find(uint64_t chunk_index) const;
+  // Declares the layer immutable (it was frozen and synced): later lookups skip the
+  // map lock. REQUIRES: no further publish_*/write_slot calls.
+  void mark_frozen() { frozen_.store(true, std::memory_order_release); }
   size_t chunk_count() const;
   // A sorted copy of the map: (chunk_index, entry).
   std::vector<std::pair<uint64_t, ChunkEntry>> entries() const;
@@ -111,6 +114,7 @@ class Layer {
   uint64_t next_slot_ = 0;                             // GUARDED_BY(map_mutex_)
   uint64_t data_chunk_count_ = 0;                      // GUARDED_BY(map_mutex_)
 
+  std::atomic<bool> frozen_{false};
   std::atomic<bool> data_dirty_{false};  // a slot was written since the last data sync
   std::mutex sync_mutex_;      // one sync at a time
   uint64_t map_end_bytes_ = 0; // GUARDED_BY(sync_mutex_): end of the last durable batch

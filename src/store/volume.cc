@@ -133,6 +133,7 @@ Result<std::unique_ptr<Volume>> Volume::open(FileSystem& fs, const std::string& 
     if (!layer.ok()) {
       return layer.status().with_context("open layer " + std::to_string(id) + " of " + dir);
     }
+    if (id <= volume->cycle_) layer.value()->mark_frozen();
     volume->layers_.push_back(std::move(layer).value());
   }
   return volume;
@@ -308,19 +309,22 @@ Status Volume::read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint
   if (!geometry_.in_range(offset_bytes, out.size())) {
     return out_of_range("read beyond the volume's end");
   }
-  // Reading the base point itself must not overlap a merge rewriting the base.
+  // Reading the base point itself must not overlap a merge rewriting the base: wait
+  // for a running merge, then check again (the merge may have moved past this point).
+  // A point above the base needs no such lock: a merge only rewrites base chunks that
+  // the layer being merged still covers, and that layer is part of the point.
   std::shared_lock base_point(base_point_lock_, std::defer_lock);
-  {
-    std::lock_guard meta(meta_mutex_);
-    if (cycle < base_cycle_ || cycle > cycle_) {
-      return out_of_range("freeze point " + std::to_string(cycle) + " does not exist (points " +
-                          std::to_string(base_cycle_) + ".." + std::to_string(cycle_) + " do)");
-    }
-    if (cycle == base_cycle_) {
-      if (!base_point.try_lock()) {
-        return Status(ErrorCode::kBusy, "freeze point " + std::to_string(cycle) + " is being merged");
+  for (int attempt = 0;; ++attempt) {
+    {
+      std::lock_guard meta(meta_mutex_);
+      if (cycle < base_cycle_ || cycle > cycle_) {
+        return out_of_range("freeze point " + std::to_string(cycle) + " does not exist (points " +
+                            std::to_string(base_cycle_) + ".." + std::to_string(cycle_) + " do)");
       }
+      if (cycle > base_cycle_ || base_point.owns_lock()) break;
     }
+    AMIRROR_ASSERT(attempt == 0);
+    base_point.lock();
   }
   std::shared_lock io(io_lock_);
   // Layers are contiguous by id; those with id <= cycle form the point.
@@ -442,6 +446,7 @@ Status Volume::freeze_locked(int64_t time_unix_ms) {
     (void)next->remove_files();
     return status.with_context("freeze " + dir_);
   }
+  active.mark_frozen();
   layers_.push_back(std::move(next));
   return Status();
 }
