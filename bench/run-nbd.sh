@@ -4,7 +4,8 @@
 # (c) qemu-nbd, each serving a same-size, pre-filled image on the same file system
 # (/tmp), medians of REPS runs of each job. amirror runs twice: without freezes and
 # with a freeze + merge every second (the peers have no such mode; their numbers are
-# reused for both tables).
+# reused for both tables). All four servers run at once and the runs are interleaved;
+# the idle freezing server's cycles cost next to nothing while others are measured.
 #
 #   bench/run-nbd.sh [AMIRROR_BINARY]      env: RUNTIME_S (5), REPS (3), SIZE_MIB (512)
 #
@@ -23,15 +24,14 @@ fio --enghelp 2>/dev/null | grep -qw nbd || { echo "bench: this fio lacks the nb
 [[ -x "$AMIRROR" ]] || { echo "bench: no amirror binary at $AMIRROR (build it or pass its path)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/nbd-bench.XXXXXX)
-SERVER_PID=""
-stop_server() {
-  if [[ -n "$SERVER_PID" ]]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-  fi
+declare -A URIS=()
+SERVER_PIDS=()
+stop_servers() {
+  for pid in "${SERVER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${SERVER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  SERVER_PIDS=()
 }
-trap 'stop_server; rm -rf "$WORK"' EXIT
+trap 'stop_servers; rm -rf "$WORK"' EXIT
 
 # name|rw|bs|iodepth|metric
 JOBS=(
@@ -51,33 +51,32 @@ wait_socket() {
   exit 1
 }
 
-start_server() {  # start_server KIND -> sets URI, SERVER_PID
+start_server() {  # start_server KIND -> URIS[KIND], SERVER_PIDS
   local kind=$1 sock="$WORK/$1.sock"
   rm -f "$sock"
   case $kind in
     amirror | amirror-freeze)
-      rm -rf "$WORK/amirror.d"
+      rm -rf "$WORK/$kind.d"
       local extra=()
       [[ $kind == amirror-freeze ]] && extra=(--freeze-interval 1s)
-      "$AMIRROR" serve --data-dir "$WORK/amirror.d" --socket "$sock" --create vol \
+      "$AMIRROR" serve --data-dir "$WORK/$kind.d" --socket "$sock" --create vol \
         --size ${SIZE_MIB}M --quiet "${extra[@]}" 2>"$WORK/$kind.log" &
-      SERVER_PID=$!
       URI="nbd+unix:///vol?socket=$sock"
       ;;
     nbdkit)
       truncate -s ${SIZE_MIB}M "$WORK/nbdkit.raw"
       nbdkit --foreground --unix "$sock" file file="$WORK/nbdkit.raw" 2>"$WORK/nbdkit.log" &
-      SERVER_PID=$!
       URI="nbd+unix:///?socket=$sock"
       ;;
     qemu-nbd)
       truncate -s ${SIZE_MIB}M "$WORK/qemu.raw"
       qemu-nbd --format=raw --socket="$sock" --persistent --shared=16 --cache=writeback \
         "$WORK/qemu.raw" 2>"$WORK/qemu-nbd.log" &
-      SERVER_PID=$!
       URI="nbd+unix:///?socket=$sock"
       ;;
   esac
+  SERVER_PIDS+=($!)
+  URIS[$kind]=$URI
   wait_socket "$sock"
   nbdcopy "$WORK/fill.raw" "$URI"  # same data everywhere, so reads hit allocated data
   # Warm-up (discarded): first runs against a fresh server are consistently slower.
@@ -100,18 +99,25 @@ EOF
 
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
-for kind in amirror amirror-freeze nbdkit qemu-nbd; do
-  echo "bench: $kind" >&2
+KINDS=(amirror amirror-freeze nbdkit qemu-nbd)
+for kind in "${KINDS[@]}"; do
+  echo "bench: starting and filling $kind" >&2
   start_server "$kind"
-  for spec in "${JOBS[@]}"; do
-    name=${spec%%|*}
-    values=()
-    for ((rep = 0; rep < REPS; rep++)); do values+=("$(run_job "$spec")"); done
-    echo "$kind $name ${values[*]}" >>"$RESULTS"
-    echo "bench:   $name ${values[*]}" >&2
-  done
-  stop_server
 done
+# Runs are interleaved (rep 1 of every server, then rep 2, ...) so that load from
+# anything else on the machine spreads evenly over the servers compared.
+for spec in "${JOBS[@]}"; do
+  name=${spec%%|*}
+  for ((rep = 0; rep < REPS; rep++)); do
+    for kind in "${KINDS[@]}"; do
+      URI=${URIS[$kind]}
+      value=$(run_job "$spec")
+      echo "$kind $name $value" >>"$RESULTS"
+      echo "bench:   $name rep $((rep + 1)) $kind $value" >&2
+    done
+  done
+done
+stop_servers
 [[ -s "$WORK/amirror-freeze.log" ]] && grep -h "freezer ran" "$WORK/amirror-freeze.log" >&2 || true
 
 python3 - "$RESULTS" "$RUNTIME_S" "$REPS" "$SIZE_MIB" <<'EOF'
@@ -119,9 +125,10 @@ import statistics, sys
 rows = {}
 order = []
 for line in open(sys.argv[1]):
-    kind, job, *values = line.split()
-    rows[(kind, job)] = statistics.median(float(v) for v in values)
+    kind, job, value = line.split()
+    rows.setdefault((kind, job), []).append(float(value))
     if job not in order: order.append(job)
+rows = {key: statistics.median(values) for key, values in rows.items()}
 print(f"fio nbd engine, {sys.argv[4]} MiB image in /tmp, {sys.argv[2]} s per run, median of {sys.argv[3]}")
 for mode, label in (("amirror", "no freezes"), ("amirror-freeze", "freeze+merge every 1 s")):
     print(f"\namirror ({label}) vs nbdkit file plugin and qemu-nbd")

@@ -203,6 +203,9 @@ void Connection::serve(const ExportCatalog& catalog) {
   }
   worker_loop();
   for (std::thread& worker : workers) worker.join();
+  // Drop the export here, on a joined path, not in whichever thread happens to destroy
+  // the Connection last: the server's owner may be closing volumes right after stop().
+  target_.reset();
   if (!quiet_) {
     log_line("connection %llu from %s: closed", static_cast<unsigned long long>(id_),
              peer_.c_str());

@@ -18,7 +18,7 @@ qemu-io -f raw -c 'write -q -P 0x5a 0 1M' "$URI" || fail "writing the pattern fa
 
 "$ABUSE" "$WORK/a.sock" vol all || fail "abuse scenarios failed (see above)"
 server_alive a || fail "server died during the abuse scenarios"
-qemu-io -f raw -c 'read -q -P 0x5a 0 1M' "$URI" | grep -qi fail && fail "pattern damaged after abuse"
+out=$(qemu-io -f raw -c 'read -P 0x5a 0 1M' "$URI" 2>&1) || fail "pattern damaged after abuse: $out"
 
 # Shutdown while clients hold sockets open.
 "$ABUSE" "$WORK/a.sock" vol hold >"$WORK/hold1.out" 2>&1 &
