@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "base/units.h"
 #include "repl/wire.h"
@@ -16,6 +17,10 @@ using Clock = std::chrono::steady_clock;
 constexpr uint64_t kFirstBackoffMs = 1000;
 constexpr uint64_t kMaxBackoffMs = 30'000;
 constexpr auto kMinLagGrace = std::chrono::seconds(5);
+constexpr uint32_t kMaxPinnedFailures = 6;
+// bytes_sent is saved at least this often during a transfer, so a crash loses little
+// of the count.
+constexpr uint64_t kSaveEveryBytes = 16ull << 20;
 
 bool all_zero(std::span<const uint8_t> data) {
   // Compare in words; chunks are at least 4 KiB.
@@ -84,6 +89,17 @@ bool MirrorEngine::target_has_all_locked(const std::string& target,
   return true;
 }
 
+uint64_t MirrorEngine::pinned_point_locked(const VolumeEntry& entry, const TargetRuntime& target) const {
+  auto state = entry.state.target_states.find(target.name);
+  if (state == entry.state.target_states.end()) return 0;
+  uint64_t inflight = state->second.inflight_cycle;
+  if (inflight == 0 || inflight <= state->second.applied_cycle || target.consecutive_failures >= kMaxPinnedFailures) {
+    return 0;
+  }
+  if (inflight < entry.volume->base_cycle() || inflight > entry.volume->cycle()) return 0;
+  return inflight;
+}
+
 bool MirrorEngine::freeze_due_locked(Clock::time_point now) const {
   if (!freeze_requested_ && now < next_freeze_at_) return false;
   auto lag_grace = std::max<Clock::duration>(2 * interval_, kMinLagGrace);
@@ -114,10 +130,14 @@ void MirrorEngine::start_transfers_locked(Clock::time_point now) {
     for (const auto& [volume, point] : latest_points_) any_point = any_point || point > 0;
     if (!any_point) continue;
     if (target->thread.joinable()) target->thread.join();  // finished earlier
+    std::map<std::string, uint64_t> points = latest_points_;
+    for (const auto& entry : volumes_) {
+      if (uint64_t pinned = pinned_point_locked(*entry, *target)) points[entry->name] = pinned;
+    }
     target->busy = true;
-    target->busy_points = latest_points_;
+    target->busy_points = points;
     target->busy_since = now;
-    target->thread = std::thread([this, runtime = target.get(), points = latest_points_] { transfer(runtime, points); });
+    target->thread = std::thread([this, runtime = target.get(), points] { transfer(runtime, points); });
   }
 }
 
@@ -211,7 +231,10 @@ void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_
   if (status.ok()) {
     target->last_error.clear();
     target->backoff_ms = 0;
+    target->consecutive_failures = 0;
+    target->retry_at = {};  // it may have caught up to an older point: go on at once
   } else {
+    target->consecutive_failures += 1;
     target->last_error = status.to_string();
     target->backoff_ms = std::min(kMaxBackoffMs, target->backoff_ms == 0 ? kFirstBackoffMs : target->backoff_ms * 2);
     target->retry_at = Clock::now() + std::chrono::milliseconds(target->backoff_ms);
@@ -233,12 +256,28 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
                                      uint64_t point) {
   Volume& volume = *entry.volume;
   uint64_t sent_before = socket.bytes_sent();
+  uint64_t unsaved_bytes = 0;
   auto account = [&] {
     // Every byte on the wire for this volume counts, payload and framing.
     std::lock_guard lock(mutex_);
-    entry.state.target_states[target->name].bytes_sent += socket.bytes_sent() - sent_before;
+    uint64_t sent = socket.bytes_sent() - sent_before;
+    entry.state.target_states[target->name].bytes_sent += sent;
     sent_before = socket.bytes_sent();
+    unsaved_bytes += sent;
+    if (unsaved_bytes >= kSaveEveryBytes) {
+      (void)save_locked(entry);
+      unsaved_bytes = 0;
+    }
   };
+  // Whatever way this returns, the bytes that went out are counted and saved.
+  struct AccountOnExit {
+    std::function<void()> flush;
+    ~AccountOnExit() { flush(); }
+  } account_on_exit{[&] {
+    account();
+    std::lock_guard lock(mutex_);
+    if (unsaved_bytes > 0) (void)save_locked(entry);
+  }};
   auto expect = [&](repl::FrameType wanted) -> Result<repl::Frame> {
     while (true) {
       AMIRROR_ASSIGN_OR_RETURN(repl::Frame frame, socket.receive_frame());
@@ -387,6 +426,7 @@ void MirrorEngine::merge_what_is_possible() {
         for (const auto& target : targets_) {
           auto busy = target->busy_points.find(entry->name);
           if (target->busy && busy != target->busy_points.end()) limit = std::min(limit, busy->second);
+          if (uint64_t pinned = pinned_point_locked(*entry, *target)) limit = std::min(limit, pinned);
         }
         if (layer_to_merge > limit) break;
       }

@@ -13,9 +13,14 @@
 //    coalesced delta per volume (pending chunks + layers since its applied cycle), read
 //    from that frozen point. A failed transfer is retried with exponential backoff
 //    (1 s .. 30 s) and always aims at the newest point.
-//  - A frozen layer is merged into the base once no running transfer still needs to
-//    read a point below it; targets that have not applied it get its chunks added to
-//    their pending set first (see mirror_state.h).
+//  - A transfer cut short (dropped connection, target or source restart) resumes at
+//    the same freeze point, from where the target's durable staging ends, as long as
+//    that point still exists and the target failed fewer than kMaxPinnedFailures times
+//    in a row; after that the point is released and the target catches up from a new
+//    one, so a dead target cannot pin layers forever.
+//  - A frozen layer is merged into the base once no running or resumable transfer
+//    still needs to read a point below it; targets that have not applied it get its
+//    chunks added to their pending set first (see mirror_state.h).
 // Thread-safety: public methods are thread-safe. One engine thread plus one thread per
 // running transfer; mutex_ guards all runtime state and each VolumeEntry's MirrorState.
 #pragma once
@@ -92,6 +97,7 @@ class MirrorEngine {
     std::chrono::steady_clock::time_point retry_at;
     uint64_t backoff_ms = 0;
     std::string last_error;
+    uint32_t consecutive_failures = 0;
     std::thread thread;
     repl::PeerSocket* socket = nullptr;  // the running transfer's socket, for abort
     std::string copy_volume;
@@ -110,6 +116,9 @@ class MirrorEngine {
   void merge_what_is_possible();
   Status save_locked(VolumeEntry& entry);
   bool target_has_all_locked(const std::string& target, const std::map<std::string, uint64_t>& points) const;
+  // The point a target's interrupted transfer aimed at, if it should be resumed rather
+  // than restarted at a newer point (0 if none). Such a point is kept from merging.
+  uint64_t pinned_point_locked(const VolumeEntry& entry, const TargetRuntime& target) const;
 
   EngineContext context_;
   std::vector<std::shared_ptr<VolumeEntry>> volumes_;

@@ -76,6 +76,10 @@ Result<std::shared_ptr<Layer>> Layer::open(FileSystem& fs, const std::string& di
                            fs.open(dir + "/" + map_file_name(layer_id), OpenMode::kOpenExisting));
   AMIRROR_ASSIGN_OR_RETURN(uint64_t map_size, layer->map_file_->size_bytes());
   AMIRROR_RETURN_IF_ERROR(layer->replay_map(map_size));
+  // A killed process may have left writes in the page cache that were never synced;
+  // sync them now, before anything new is promised durable on top of them.
+  AMIRROR_RETURN_IF_ERROR(layer->data_file_->sync());
+  AMIRROR_RETURN_IF_ERROR(layer->map_file_->sync());
   return layer;
 }
 

@@ -119,6 +119,7 @@ Result<std::unique_ptr<Volume>> Volume::open(FileSystem& fs, const std::string& 
   std::unique_ptr<Volume> volume(new Volume(fs, dir, meta.options));
   volume->cycle_ = meta.cycle;
   volume->base_cycle_ = meta.base_cycle;
+  volume->merging_layer_ = meta.merging_layer;
   volume->freeze_times_unix_ms_ = std::move(meta.freeze_times_unix_ms);
 
   AMIRROR_ASSIGN_OR_RETURN(volume->base_, fs.open(dir + "/" + kBaseFileName, OpenMode::kOpenExisting));
@@ -127,14 +128,21 @@ Result<std::unique_ptr<Volume>> Volume::open(FileSystem& fs, const std::string& 
     return corruption(dir + "/" + kBaseFileName + " is " + std::to_string(base_size) +
                       " bytes but the volume is " + std::to_string(meta.options.size_bytes));
   }
+  // Writes of a killed process may still sit in the page cache; sync them before
+  // anything new is promised durable on top of them.
+  AMIRROR_RETURN_IF_ERROR(volume->base_->sync());
   AMIRROR_RETURN_IF_ERROR(volume->remove_orphan_files());
-  for (uint64_t id = volume->base_cycle_ + 1; id <= volume->cycle_ + 1; ++id) {
+  for (uint64_t id = volume->first_layer_id(); id <= volume->cycle_ + 1; ++id) {
     auto layer = Layer::open(fs, dir, id, meta.options.chunk_size_bytes);
     if (!layer.ok()) {
       return layer.status().with_context("open layer " + std::to_string(id) + " of " + dir);
     }
     if (id <= volume->cycle_) layer.value()->mark_frozen();
     volume->layers_.push_back(std::move(layer).value());
+  }
+  if (volume->merging_layer_ != 0) {
+    // A merge was cut short: its layer is immutable, so redoing it is safe.
+    AMIRROR_RETURN_IF_ERROR(volume->merge_oldest().with_context("finish the interrupted merge of " + dir));
   }
   return volume;
 }
@@ -149,7 +157,7 @@ Status Volume::remove_orphan_files() {
     uint64_t layer_id = 0;
     bool orphan = false;
     if (parse_layer_file_name(name, layer_id)) {
-      orphan = layer_id <= base_cycle_ || layer_id > cycle_ + 1;
+      orphan = layer_id < first_layer_id() || layer_id > cycle_ + 1;
     } else if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
       orphan = true;
     }
@@ -170,6 +178,7 @@ std::string Volume::encode_meta() const {
   append_u64(meta, geometry_.chunk_size_bytes());
   append_u64(meta, cycle_);
   append_u64(meta, base_cycle_);
+  append_u64(meta, merging_layer_);
   append_u32(meta, static_cast<uint32_t>(group_.size()));
   meta += group_;
   AMIRROR_ASSERT(freeze_times_unix_ms_.size() == cycle_ - base_cycle_ + 1);
@@ -185,7 +194,7 @@ Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents,
                                                const std::string& where) {
   const auto* bytes = reinterpret_cast<const uint8_t*>(contents.data());
   size_t size = contents.size();
-  constexpr size_t kFixedBytes = 8 + 4 + 4 + 8 * 4 + 4;
+  constexpr size_t kFixedBytes = 8 + 4 + 4 + 8 * 5 + 4;
   if (size < kFixedBytes + 4 + 8 || std::memcmp(bytes, kMetaMagic, 8) != 0) {
     return corruption(where + " is not an amirror volume file");
   }
@@ -201,7 +210,8 @@ Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents,
   meta.options.chunk_size_bytes = get_u64(bytes + 24);
   meta.cycle = get_u64(bytes + 32);
   meta.base_cycle = get_u64(bytes + 40);
-  uint32_t group_bytes = get_u32(bytes + 48);
+  meta.merging_layer = get_u64(bytes + 48);
+  uint32_t group_bytes = get_u32(bytes + 56);
   size_t position = kFixedBytes;
   if (group_bytes > kMaxNameBytes || size - 8 < position + group_bytes + 4) {
     return corruption(where + ": bad group name length");
@@ -211,6 +221,7 @@ Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents,
   uint32_t time_count = get_u32(bytes + position);
   position += 4;
   if (meta.base_cycle > meta.cycle || time_count != meta.cycle - meta.base_cycle + 1 ||
+      (meta.merging_layer != 0 && meta.merging_layer != meta.base_cycle) ||
       size - 8 - position != uint64_t{time_count} * 8) {
     return corruption(where + ": cycle numbers are inconsistent");
   }
@@ -434,6 +445,9 @@ Status Volume::freeze_locked(int64_t time_unix_ms) {
     std::lock_guard meta(meta_mutex_);
     new_cycle = cycle_ + 1;
   }
+  // Files of this id can only be leftovers of an earlier failed freeze.
+  (void)fs_.remove(dir_ + "/" + Layer::data_file_name(new_cycle + 1));
+  (void)fs_.remove(dir_ + "/" + Layer::map_file_name(new_cycle + 1));
   AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> next,
                            Layer::create(fs_, dir_, new_cycle + 1, chunk_size_bytes()));
   std::lock_guard meta(meta_mutex_);
@@ -483,15 +497,38 @@ Result<std::vector<uint64_t>> Volume::freeze_group(std::span<Volume* const> volu
   return cycles;
 }
 
+// Merge protocol (docs/formats/store.md): first volume.meta records base_cycle = m with
+// merging_layer = m (point m-1 is given up; layer m stays in the stack), then layer m's
+// chunks are written into the base and synced, then merging_layer is cleared and the
+// layer removed. A merge cut short anywhere (crash, ENOSPC, EIO) is redone, never
+// leaving a freeze point that reads a half-updated base.
 Status Volume::merge_oldest() {
   std::lock_guard merge_lock(merge_mutex_);
   std::shared_ptr<Layer> oldest;
+  bool resuming = false;
   {
     std::shared_lock io(io_lock_);
-    if (layers_.size() < 2) return not_found("no frozen layer to merge in " + dir_);
+    std::lock_guard meta(meta_mutex_);
+    resuming = merging_layer_ != 0;
+    if (!resuming && layers_.size() < 2) return not_found("no frozen layer to merge in " + dir_);
     oldest = layers_.front();
+    AMIRROR_ASSERT(!resuming || oldest->id() == merging_layer_);
   }
   std::unique_lock base_point(base_point_lock_);
+  if (!resuming) {
+    std::lock_guard meta(meta_mutex_);
+    base_cycle_ = oldest->id();
+    merging_layer_ = oldest->id();
+    int64_t removed_time = freeze_times_unix_ms_.front();
+    freeze_times_unix_ms_.erase(freeze_times_unix_ms_.begin());
+    Status status = write_meta();
+    if (!status.ok()) {
+      base_cycle_ -= 1;
+      merging_layer_ = 0;
+      freeze_times_unix_ms_.insert(freeze_times_unix_ms_.begin(), removed_time);
+      return status.with_context("merge layer " + std::to_string(oldest->id()) + " of " + dir_);
+    }
+  }
   // Chunk order keeps the base writes sequential where the layer is dense.
   std::span<uint8_t> chunk = scratch_chunk(chunk_size_bytes());
   for (const auto& [chunk_index, entry] : oldest->entries()) {
@@ -508,14 +545,11 @@ Status Volume::merge_oldest() {
   AMIRROR_RETURN_IF_ERROR(base_->sync());
   {
     std::lock_guard meta(meta_mutex_);
-    base_cycle_ = oldest->id();
-    int64_t removed_time = freeze_times_unix_ms_.front();
-    freeze_times_unix_ms_.erase(freeze_times_unix_ms_.begin());
+    merging_layer_ = 0;
     Status status = write_meta();
     if (!status.ok()) {
-      base_cycle_ -= 1;
-      freeze_times_unix_ms_.insert(freeze_times_unix_ms_.begin(), removed_time);
-      return status.with_context("merge layer " + std::to_string(oldest->id()) + " of " + dir_);
+      merging_layer_ = oldest->id();
+      return status.with_context("finish merge of layer " + std::to_string(oldest->id()) + " of " + dir_);
     }
   }
   {

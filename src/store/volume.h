@@ -137,6 +137,7 @@ class Volume {
     VolumeOptions options;
     uint64_t cycle = 0;
     uint64_t base_cycle = 0;
+    uint64_t merging_layer = 0;
     std::vector<int64_t> freeze_times_unix_ms;
   };
   static Result<VolumeMeta> decode_meta(const std::string& contents, const std::string& where);
@@ -174,6 +175,10 @@ class Volume {
   mutable std::mutex meta_mutex_;
   uint64_t cycle_ = 0;       // GUARDED_BY(meta_mutex_), changed only under io_lock_ too
   uint64_t base_cycle_ = 0;  // GUARDED_BY(meta_mutex_)
+  // Nonzero while layer base_cycle_ is being merged into the base (it is then still
+  // the bottom of the stack). GUARDED_BY(meta_mutex_)
+  uint64_t merging_layer_ = 0;
+  uint64_t first_layer_id() const { return merging_layer_ != 0 ? merging_layer_ : base_cycle_ + 1; }
   // freeze_times_unix_ms_[i] = time of freeze base_cycle_ + i. GUARDED_BY(meta_mutex_)
   std::vector<int64_t> freeze_times_unix_ms_;
 
