@@ -425,7 +425,9 @@ void MirrorEngine::merge_what_is_possible() {
         uint64_t limit = volume.cycle();
         for (const auto& target : targets_) {
           auto busy = target->busy_points.find(entry->name);
-          if (target->busy && busy != target->busy_points.end()) limit = std::min(limit, busy->second);
+          // Keep the layer a running transfer reads from unmerged until it is done:
+          // merging it meanwhile would only compete with the copy for I/O.
+          if (target->busy && busy != target->busy_points.end()) limit = std::min(limit, busy->second - 1);
           if (uint64_t pinned = pinned_point_locked(*entry, *target)) limit = std::min(limit, pinned);
         }
         if (layer_to_merge > limit) break;

@@ -173,6 +173,7 @@ Status Replica::scan_stage() {
   committed_ = false;
   staged_records_ = 0;
   committed_index_.clear();
+  staging_index_.clear();
   uint8_t header[kStageHeaderBytes];
   if (size < kStageHeaderBytes) {
     // Torn while being created: nothing was staged.
@@ -225,7 +226,7 @@ Status Replica::scan_stage() {
   }
   stage_end_bytes_ = position;
   if (position != size) AMIRROR_RETURN_IF_ERROR(stage_->truncate(position));
-  if (!committed_) committed_index_.clear();  // only a committed delta is served
+  if (!committed_) committed_index_.swap(staging_index_);  // only a committed delta is served
   return Status();
 }
 
@@ -265,6 +266,7 @@ Status Replica::begin_delta(const BeginDelta& begin) {
     stage_valid_ = false;
     committed_ = false;
     committed_index_.clear();
+    staging_index_.clear();
     staged_records_ = 0;
   }
   (void)fs_.remove(where);
@@ -313,6 +315,7 @@ Status Replica::stage(const ChunkRecord& record) {
   put_u64(buffer.data() + 32, checksum64(buffer.data(), 32) ^ checksum64(buffer.data() + kRecordHeaderBytes, data_bytes));
   AMIRROR_RETURN_IF_ERROR(stage_->write_at(stage_end_bytes_, buffer));
   std::unique_lock lock(state_mutex_);
+  staging_index_[record.chunk_index] = {stage_end_bytes_ + kRecordHeaderBytes, record.kind};
   stage_end_bytes_ += buffer.size();
   staged_records_ += 1;
   last_staged_chunk_ = record.chunk_index;
@@ -338,8 +341,13 @@ Status Replica::end_delta(uint64_t record_count) {
   AMIRROR_RETURN_IF_ERROR(stage_->write_at(stage_end_bytes_, bytes_of(commit)));
   AMIRROR_RETURN_IF_ERROR(stage_->sync());
   AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_));
-  // Index the committed records so reads can be served from the stage while applying.
-  return scan_stage();
+  // The index built while staging now serves reads until the apply is done.
+  std::unique_lock lock(state_mutex_);
+  stage_end_bytes_ += commit.size();
+  committed_ = true;
+  committed_index_.swap(staging_index_);
+  staging_index_.clear();
+  return Status();
 }
 
 Status Replica::apply(const std::function<void()>& progress) {

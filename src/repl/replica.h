@@ -105,6 +105,7 @@ class Replica {
   bool committed_ = false;
   bool applying_ = false;
   std::map<uint64_t, StagedRecord> committed_index_;  // chunk -> record, while applying
+  std::map<uint64_t, StagedRecord> staging_index_;    // the same, built while staging
 };
 
 }  // namespace amirror::repl
