@@ -11,15 +11,18 @@ namespace {
 
 // CLI11 validator for sizes such as 64K or 10G, reusing the product's parser so the
 // error text matches everywhere.
-uint64_t parse_size_or_throw(const std::string& text) {
+uint64_t parse_size_or_throw(const std::string& text, const char* option = "size") {
   auto size = amirror::parse_size_bytes(text);
-  if (!size.ok()) throw CLI::ValidationError(size.status().message());
+  if (!size.ok()) throw CLI::ValidationError(option, size.status().message());
   return size.value();
 }
 
-uint64_t parse_duration_or_throw(const std::string& text) {
+// Durations given on the command line must be at least 100 ms (0 would mean "default"
+// inside, so it is refused here rather than silently ignored).
+uint64_t parse_duration_or_throw(const std::string& text, const char* option) {
   auto duration = amirror::parse_duration_ms(text);
-  if (!duration.ok()) throw CLI::ValidationError(duration.status().message());
+  if (!duration.ok()) throw CLI::ValidationError(option, duration.status().message());
+  if (duration.value() < 100) throw CLI::ValidationError(option, "must be at least 100ms, got '" + text + "'");
   return duration.value();
 }
 
@@ -104,10 +107,10 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-    if (!size_text.empty()) volume_args.size_bytes = parse_size_or_throw(size_text);
-    if (!chunk_text.empty()) volume_args.chunk_size_bytes = parse_size_or_throw(chunk_text);
-    if (!interval_text.empty()) mirror_args.interval_ms = parse_duration_or_throw(interval_text);
-    if (!timeout_text.empty()) mirror_args.timeout_ms = parse_duration_or_throw(timeout_text);
+    if (!size_text.empty()) volume_args.size_bytes = parse_size_or_throw(size_text, "--size");
+    if (!chunk_text.empty()) volume_args.chunk_size_bytes = parse_size_or_throw(chunk_text, "--chunk-size");
+    if (!interval_text.empty()) mirror_args.interval_ms = parse_duration_or_throw(interval_text, "--interval");
+    if (!timeout_text.empty()) mirror_args.timeout_ms = parse_duration_or_throw(timeout_text, "--timeout");
     for (size_t start = 0; !targets_text.empty() && start <= targets_text.size();) {
       size_t comma = targets_text.find(',', start);
       if (comma == std::string::npos) comma = targets_text.size();
@@ -126,7 +129,8 @@ int main(int argc, char** argv) {
       serve_args.freeze_interval_ms = interval.value();
     }
   } catch (const CLI::ParseError& error) {
-    return app.exit(error);
+    // --help prints and exits 0; every usage error exits 2, whatever CLI11's own code.
+    return app.exit(error) == 0 ? 0 : 2;
   }
 
   if (demo->parsed()) return amirror::cli::run_demo(demo_args);

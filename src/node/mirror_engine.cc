@@ -15,7 +15,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr uint64_t kFirstBackoffMs = 1000;
-constexpr uint64_t kMaxBackoffMs = 30'000;
+constexpr uint64_t kMaxBackoffMs = 10'000;
 constexpr auto kMinLagGrace = std::chrono::seconds(5);
 constexpr uint32_t kMaxPinnedFailures = 6;
 // bytes_sent is saved at least this often during a transfer, so a crash loses little

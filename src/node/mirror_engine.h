@@ -12,7 +12,7 @@
 //  - Every idle target that lacks the latest point gets a transfer of it: one
 //    coalesced delta per volume (pending chunks + layers since its applied cycle), read
 //    from that frozen point. A failed transfer is retried with exponential backoff
-//    (1 s .. 30 s) and always aims at the newest point.
+//    (1 s .. 10 s) and always aims at the newest point.
 //  - A transfer cut short (dropped connection, target or source restart) resumes at
 //    the same freeze point, from where the target's durable staging ends, as long as
 //    that point still exists and the target failed fewer than kMaxPinnedFailures times
