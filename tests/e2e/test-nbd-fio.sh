@@ -11,7 +11,8 @@ start_serve a --create vol --size 256M --freeze-interval 1s --quiet
 URI=$(nbd_uri a vol)
 
 # Each job owns its own half (offset_increment) so verification is well defined.
-run_fio() {  # run_fio EXTRA_ARGS...
+run_fio() {  # run_fio EXTRA_ARGS... (from $WORK: fio writes its verify state files into the cwd)
+  cd "$WORK" || fail "cannot enter $WORK"
   fio --name=verify --ioengine=nbd --uri="$URI" --numjobs=2 --size=128M \
     --offset_increment=128M --rw=randwrite --bsrange=512-16k --iodepth=8 \
     --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting \
