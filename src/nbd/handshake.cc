@@ -12,6 +12,7 @@ Status MemoryStream::read_exact(std::span<uint8_t> out) {
     position_ = input_.size();
     return Status(ErrorCode::kCancelled, "peer closed the connection");
   }
+  if (out.empty()) return Status();  // memcpy from/to a null span pointer is UB
   std::memcpy(out.data(), input_.data() + position_, out.size());
   position_ += out.size();
   return Status();

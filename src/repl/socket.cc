@@ -172,6 +172,11 @@ Result<Frame> PeerSocket::receive_frame() {
 
 void PeerSocket::shutdown() { ::shutdown(fd_, SHUT_RDWR); }
 
+bool PeerSocket::readable_now() const {
+  pollfd waiter{fd_, POLLIN, 0};
+  return ::poll(&waiter, 1, 0) > 0;
+}
+
 Result<std::unique_ptr<PeerListener>> PeerListener::listen(const std::string& address) {
   AMIRROR_ASSIGN_OR_RETURN(HostPort host_port, parse_host_port(address));
   AMIRROR_ASSIGN_OR_RETURN(addrinfo * addresses, resolve(host_port, true));

@@ -39,6 +39,8 @@ class PeerSocket {
   Status send_encoded(std::span<const uint8_t> frame);
   // Receives one frame whose header and checksum are valid.
   Result<Frame> receive_frame();
+  // True when a frame (or the end of the stream) is waiting to be received.
+  bool readable_now() const;
   // Wakes any blocked send/receive; later calls fail.
   void shutdown();
 
