@@ -14,7 +14,7 @@ packages=(
   # real NBD clients and peers used by tests and benchmarks
   qemu-utils libnbd-bin nbdkit nbdfuse fio rsync
   # test plumbing
-  iproute2 procps util-linux python3 openssl
+  iproute2 procps util-linux python3 openssl jq diffutils
 )
 missing=()
 for package in "${packages[@]}"; do
