@@ -13,7 +13,7 @@
 #   bench/run-mirror.sh [AMIRROR_BINARY]
 #     env: REPS (3)        repetitions of cases 1 and 2 (medians are reported)
 #          RSYNC_REPS (REPS) repetitions of the rsync peer
-#          LAG_SECONDS (60) LAG_RATE (20m, fio's --rate) LAG_VOLUME (4G)
+#          LAG_SECONDS (60) LAG_RATE (20m, fio's --rate) LAG_VOLUME (4G) LAG_CHUNK (64K)
 #          INIT_SIZE_GIB (4) size of the case-1 volumes (half of it is written)
 #          INC_SIZE_GIB (8) size of the case-2 volume and files (scale down if /tmp is short)
 #          WORKDIR (/tmp)   where nodes, volumes and peer files live
@@ -37,6 +37,7 @@ RSYNC_REPS=${RSYNC_REPS:-$REPS}
 LAG_SECONDS=${LAG_SECONDS:-60}
 LAG_RATE=${LAG_RATE:-20m}
 LAG_VOLUME=${LAG_VOLUME:-4G}
+LAG_CHUNK=${LAG_CHUNK:-64K}  # the lag volume's chunk size: 4 KiB writes dirty one chunk each
 INC_SIZE_GIB=${INC_SIZE_GIB:-8}
 INIT_SIZE_GIB=${INIT_SIZE_GIB:-4}
 WORKDIR=${WORKDIR:-/tmp}
@@ -333,7 +334,7 @@ rm -f "$WORK/before.raw"
 
 # ---------------------------------------------------------------- 3. lag under load
 log "case 3: lag under ${LAG_RATE}/s of 4 KiB random writes for ${LAG_SECONDS} s, interval 1 s"
-am volume create lag --size $LAG_VOLUME
+am volume create lag --size $LAG_VOLUME --chunk-size $LAG_CHUNK
 am mirror start lag --to dst --interval 1s
 H wait-applied "$SRC" lag dst 1 120
 sleep 3
