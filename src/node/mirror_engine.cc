@@ -18,8 +18,6 @@ constexpr uint64_t kFirstBackoffMs = 1000;
 constexpr uint64_t kMaxBackoffMs = 10'000;
 constexpr auto kMinLagGrace = std::chrono::seconds(5);
 constexpr uint32_t kMaxPinnedFailures = 6;
-// A failed attempt that sent at least this much made progress (see transfer()).
-constexpr uint64_t kProgressBytes = 1ull << 20;
 // bytes_sent is saved at least this often during a transfer, so a crash loses little
 // of the count.
 constexpr uint64_t kSaveEveryBytes = 16ull << 20;
@@ -225,7 +223,6 @@ void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_
     if (point == points.end() || point->second == 0) continue;
     status = transfer_volume(target, *socket, *entry, point->second);
   }
-  uint64_t attempt_bytes = socket ? socket->bytes_sent() : 0;
   std::lock_guard lock(mutex_);
   target->socket = nullptr;
   target->busy = false;
@@ -236,17 +233,6 @@ void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_
     target->backoff_ms = 0;
     target->consecutive_failures = 0;
     target->retry_at = {};  // it may have caught up to an older point: go on at once
-  } else if (attempt_bytes >= kProgressBytes) {
-    // It failed, but only after moving data the target has staged: on a flaky link
-    // keep resuming the same point, retrying soon, rather than giving it up.
-    target->consecutive_failures = 1;
-    target->backoff_ms = kFirstBackoffMs;
-    target->last_error = status.to_string();
-    target->retry_at = Clock::now() + std::chrono::milliseconds(target->backoff_ms);
-    if (!stopping_) {
-      fmt::print(stderr, "{} mirror to {}: {} after {} sent; resuming in 1 s\n", now_text(), target->name,
-                 target->last_error, format_bytes(attempt_bytes));
-    }
   } else {
     target->consecutive_failures += 1;
     target->last_error = status.to_string();
@@ -311,6 +297,18 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
   AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kOpenReplica, repl::encode(open)));
   AMIRROR_ASSIGN_OR_RETURN(repl::Frame state_frame, expect(repl::FrameType::kReplicaState));
   AMIRROR_ASSIGN_OR_RETURN(repl::ReplicaState remote, repl::decode_replica_state(state_frame.payload));
+  {
+    // Progress since the previous attempt (more applied or more durably staged) means
+    // the link works, if flakily: keep resuming this point and retry soon.
+    std::lock_guard lock(mutex_);
+    auto observed = std::make_pair(remote.applied_cycle, remote.staged_record_count);
+    auto& previous = target->last_observed[entry.name];
+    if (observed > previous) {
+      target->consecutive_failures = 0;
+      target->backoff_ms = 0;
+    }
+    previous = observed;
+  }
 
   // Reconcile what we believe the target applied with what it says.
   TargetState local;
@@ -401,8 +399,8 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
       // The target talks during a delta only to refuse it (ERROR, then it closes):
       // notice that now instead of streaming into a dead connection until a timeout.
       if (status.ok() && socket.readable_now()) {
-        auto frame = expect(repl::FrameType::kDeltaDurable);
-        status = frame.ok() ? corruption("DELTA_DURABLE before END_DELTA from " + target->name) : frame.status();
+        auto refusal = expect(repl::FrameType::kDeltaDurable);
+        status = refusal.ok() ? corruption("DELTA_DURABLE before END_DELTA from " + target->name) : refusal.status();
       }
       account();
       std::lock_guard lock(mutex_);

@@ -16,7 +16,8 @@
 //  - A transfer cut short (dropped connection, target or source restart) resumes at
 //    the same freeze point, from where the target's durable staging ends, as long as
 //    that point still exists and the target failed fewer than kMaxPinnedFailures times
-//    in a row; after that the point is released and the target catches up from a new
+//    in a row without progress (its applied cycle or durably staged records grew
+//    since the previous attempt); after that the point is released and the target catches up from a new
 //    one, so a dead target cannot pin layers forever.
 //  - A frozen layer is merged into the base once no running or resumable transfer
 //    still needs to read a point below it; targets that have not applied it get its
@@ -98,6 +99,8 @@ class MirrorEngine {
     uint64_t backoff_ms = 0;
     std::string last_error;
     uint32_t consecutive_failures = 0;
+    // Per volume: (applied cycle, staged records) the target last reported.
+    std::map<std::string, std::pair<uint64_t, uint64_t>> last_observed;
     std::thread thread;
     repl::PeerSocket* socket = nullptr;  // the running transfer's socket, for abort
     std::string copy_volume;

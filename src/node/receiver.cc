@@ -127,6 +127,9 @@ class PeerSession {
         held_key_ = key;
         AMIRROR_ASSIGN_OR_RETURN(replica_, registry_.open_or_create(peer_name_, open.volume, open.size_bytes,
                                                                     open.chunk_size_bytes));
+        // A delta committed earlier whose apply failed (e.g. the disk was full) is
+        // applied now, rather than having the source send it again.
+        if (replica_->activity() == "committed") AMIRROR_RETURN_IF_ERROR(replica_->apply([] {}));
         return socket_.send_frame(repl::FrameType::kReplicaState, repl::encode(replica_->state()));
       }
       case repl::FrameType::kBeginDelta: {

@@ -160,6 +160,7 @@ ReplicaState Replica::state() const {
 std::string Replica::activity() const {
   std::shared_lock lock(state_mutex_);
   if (applying_) return "applying";
+  if (committed_) return "committed";  // durable, waiting to be applied (or a retry of it)
   if (stage_valid_) return "receiving";
   return "idle";
 }

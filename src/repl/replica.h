@@ -54,7 +54,7 @@ class Replica {
   uint64_t chunk_size_bytes() const { return chunk_size_bytes_; }
   std::string image_path() const { return dir_ + "/replica.img"; }
   ReplicaState state() const;
-  // "idle", "receiving", "applying"
+  // "idle", "receiving", "committed" (durable, not yet applied), "applying"
   std::string activity() const;
 
   // Starts (or resumes, when begin.first_record > 0) staging a delta.
