@@ -19,7 +19,8 @@ run_through_proxy() {
   shift
   setup_nodes site-a site-b
   local proxy_port
-  proxy_port=$(free_ports 1)
+  # Not one of the nodes' ports (free_ports only knows what is free right now).
+  proxy_port=$(free_ports 4 | tr ' ' '\n' | grep -vxF -e "${NODE_PORT[site-a]}" -e "${NODE_PORT[site-b]}" | head -1)
   sed -i "s/127.0.0.1:${NODE_PORT[site-b]}\"/127.0.0.1:$proxy_port\"/" "$WORK/site-a.toml"
   python3 "$PROXY_SCRIPT" --listen "$proxy_port" --to "127.0.0.1:${NODE_PORT[site-b]}" --log "$WORK/proxy-$label.log" "$@" &
   local proxy_pid=$!
