@@ -171,7 +171,7 @@ class Demo {
 
 }  // namespace
 
-int run_store_demo(const DemoArgs& args) {
+int run_in_demo_dir(const DemoArgs& args, const char* title, const std::function<bool(const std::string&)>& body) {
   std::string dir = args.work_dir;
   bool temporary = dir.empty();
   if (temporary) {
@@ -181,14 +181,20 @@ int run_store_demo(const DemoArgs& args) {
       return 1;
     }
     dir = pattern;
+  } else {
+    std::filesystem::create_directories(dir);
   }
-  fmt::print("amirror store demo in {}\n", dir);
-  bool ok = Demo(dir).run();
+  fmt::print("{} in {}\n", title, dir);
+  bool ok = body(dir);
   if (temporary && !args.keep) {
     std::error_code ignored;
     std::filesystem::remove_all(dir, ignored);
   }
   return ok ? 0 : 1;
+}
+
+int run_store_demo(const DemoArgs& args) {
+  return run_in_demo_dir(args, "amirror store demo", [](const std::string& dir) { return Demo(dir).run(); });
 }
 
 }  // namespace amirror::cli

@@ -255,25 +255,7 @@ class MirrorDemo {
 
 int run_demo(const DemoArgs& args) {
   if (args.store_only) return run_store_demo(args);
-  std::string dir = args.work_dir;
-  bool temporary = dir.empty();
-  if (temporary) {
-    char pattern[] = "/tmp/amirror-demo-XXXXXX";
-    if (::mkdtemp(pattern) == nullptr) {
-      fmt::print(stderr, "demo: cannot create a temporary directory under /tmp: {}\n", std::strerror(errno));
-      return 1;
-    }
-    dir = pattern;
-  } else {
-    std::filesystem::create_directories(dir);
-  }
-  fmt::print("amirror demo in {}\n", dir);
-  bool ok = MirrorDemo(dir).run();
-  if (temporary && !args.keep) {
-    std::error_code ignored;
-    std::filesystem::remove_all(dir, ignored);
-  }
-  return ok ? 0 : 1;
+  return run_in_demo_dir(args, "amirror demo", [](const std::string& dir) { return MirrorDemo(dir).run(); });
 }
 
 }  // namespace amirror::cli

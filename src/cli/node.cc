@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include "cli/commands.h"
+#include "cli/stop_signals.h"
 #include "node/node.h"
 
 namespace amirror::cli {
@@ -14,13 +15,7 @@ int run_node(const std::string& config_path) {
     fmt::print(stderr, "amirror node: {}\n", config.status().message());
     return 2;
   }
-  // Block the stop signals in every thread; the main thread waits for them below.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  sigset_t stop_signals = block_stop_signals();
 
   auto running = node::Node::start(config.value());
   if (!running.ok()) {
@@ -30,8 +25,7 @@ int run_node(const std::string& config_path) {
   fmt::print(stderr, "amirror node {} running (control {}{}{})\n", config->name, config->control_socket,
              config->nbd_socket.empty() ? "" : ", nbd " + config->nbd_socket,
              config->listen.empty() ? "" : ", peers " + config->listen);
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  int signal_number = wait_for_stop_signal(stop_signals);
   fmt::print(stderr, "amirror node {}: stopping ({})\n", config->name, signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
   running.value()->stop();
   fmt::print(stderr, "amirror node {}: stopped\n", config->name);

@@ -19,6 +19,7 @@
 
 #include "base/names.h"
 #include "cli/commands.h"
+#include "cli/stop_signals.h"
 #include "nbd/server.h"
 #include "nbd/volume_export.h"
 #include "store/data_dir.h"
@@ -120,12 +121,7 @@ int run_serve(const ServeArgs& args) {
     return 2;
   }
   // Before any thread exists, so every thread inherits the mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  sigset_t stop_signals = block_stop_signals();
 
   Result<std::unique_ptr<DataDir>> data_dir = DataDir::open(posix_file_system(), args.data_dir);
   if (!data_dir.ok()) {
@@ -163,9 +159,7 @@ int run_serve(const ServeArgs& args) {
     freezer = std::make_unique<Freezer>(*volumes, args.freeze_interval_ms);
   }
 
-  int signal_number = 0;
-  while (sigwait(&stop_signals, &signal_number) != 0) {
-  }
+  int signal_number = wait_for_stop_signal(stop_signals);
   std::fprintf(stderr, "amirror serve: %s received, shutting down\n",
                signal_number == SIGINT ? "SIGINT" : "SIGTERM");
   (*server)->stop();
