@@ -136,6 +136,13 @@ int run_status(const ClientArgs& client) {
     return 0;
   }
   fmt::print("node {}\n", answer["node"].get<std::string>());
+  const json& transport = answer["peer_transport"];
+  std::string mode = transport.value("mode", "");
+  if (mode == "tls") {
+    fmt::print("peers: TLS 1.3, mutual authentication, this node is {}\n", transport.value("certificate", "?"));
+  } else if (mode == "insecure") {
+    fmt::print("peers: INSECURE: plaintext, unauthenticated (insecure = true in [tls])\n");
+  }
   for (const json& volume : answer["volumes"]) {
     fmt::print("volume {}  {}  cycle {}{}\n", volume["name"].get<std::string>(),
                format_bytes(volume["size_bytes"].get<uint64_t>()), volume["cycle"].get<uint64_t>(),

@@ -36,6 +36,56 @@ Status get_string(const toml::table& table, const std::string& where, const char
   return Status();
 }
 
+bool is_loopback_address(const std::string& address) {
+  std::string host = address.substr(0, address.rfind(':'));
+  return host == "localhost" || host == "[::1]" || host == "::1" || host.starts_with("127.");
+}
+
+Status parse_tls_table(const toml::table& root, const std::string& source_name, NodeConfig& config) {
+  const toml::node* node = root.get("tls");
+  if (node == nullptr) return Status();
+  const toml::table* table = node->as_table();
+  std::string where = source_name + " [tls]";
+  if (table == nullptr) return invalid_argument(where + ": must be a table");
+  AMIRROR_RETURN_IF_ERROR(check_keys(*table, where, {"certificate", "key", "ca", "insecure"}));
+  AMIRROR_RETURN_IF_ERROR(get_string(*table, where, "certificate", false, config.tls.certificate_path));
+  AMIRROR_RETURN_IF_ERROR(get_string(*table, where, "key", false, config.tls.key_path));
+  AMIRROR_RETURN_IF_ERROR(get_string(*table, where, "ca", false, config.tls.ca_path));
+  if (const toml::node* insecure = table->get("insecure")) {
+    if (insecure->as_boolean() == nullptr) return invalid_argument(where + ": 'insecure' must be true or false");
+    config.insecure = insecure->as_boolean()->get();
+  }
+  int files = !config.tls.certificate_path.empty() + !config.tls.key_path.empty() + !config.tls.ca_path.empty();
+  if (files != 0 && files != 3) {
+    return invalid_argument(where + ": 'certificate', 'key' and 'ca' go together; set all three");
+  }
+  if (files == 3 && config.insecure) {
+    return invalid_argument(where + ": 'insecure = true' turns TLS off; remove it or the certificate files");
+  }
+  return Status();
+}
+
+// The security rules that span keys: plaintext only when asked for by name.
+Status check_transport(const NodeConfig& config, const std::string& source_name) {
+  bool talks_to_peers = !config.listen.empty() || !config.peers.empty();
+  if (talks_to_peers && !config.has_tls() && !config.insecure) {
+    return invalid_argument(source_name +
+                            ": peer connections need TLS: add a [tls] table with certificate, key and ca "
+                            "(docs/security.md shows how to make them), or set 'insecure = true' in [tls] "
+                            "for plaintext on a trusted network");
+  }
+  if (config.nbd_tls != NbdTls::kOff && !config.has_tls()) {
+    return invalid_argument(source_name + " [node]: 'nbd_tls' needs the [tls] certificate, key and ca");
+  }
+  if (!config.nbd_listen.empty() && !is_loopback_address(config.nbd_listen) &&
+      config.nbd_tls != NbdTls::kRequire && !config.insecure) {
+    return invalid_argument(source_name + " [node]: 'nbd_listen' " + config.nbd_listen +
+                            " is not a loopback address: set nbd_tls = \"require\" so strangers cannot read "
+                            "or write volumes, or 'insecure = true' in [tls]");
+  }
+  return Status();
+}
+
 }  // namespace
 
 const PeerConfig* NodeConfig::find_peer(const std::string& peer_name) const {
@@ -55,13 +105,13 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
             << error.description();
     return invalid_argument(message.str());
   }
-  AMIRROR_RETURN_IF_ERROR(check_keys(root, source_name, {"node", "peers"}));
+  AMIRROR_RETURN_IF_ERROR(check_keys(root, source_name, {"node", "peers", "tls"}));
   const toml::table* node_table = root["node"].as_table();
   if (node_table == nullptr) return invalid_argument(source_name + ": missing [node] table");
   std::string where = source_name + " [node]";
   AMIRROR_RETURN_IF_ERROR(check_keys(*node_table, where,
                                      {"name", "data_dir", "control_socket", "nbd_socket", "nbd_listen", "listen",
-                                      "peer_timeout", "default_interval"}));
+                                      "nbd_tls", "peer_timeout", "default_interval"}));
   NodeConfig config;
   AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "name", true, config.name));
   AMIRROR_RETURN_IF_ERROR(validate_name(config.name, "node name").with_context(where));
@@ -70,6 +120,16 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
   AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "nbd_socket", false, config.nbd_socket));
   AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "nbd_listen", false, config.nbd_listen));
   AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "listen", false, config.listen));
+  std::string nbd_tls;
+  AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "nbd_tls", false, nbd_tls));
+  if (nbd_tls == "allow") {
+    config.nbd_tls = NbdTls::kAllow;
+  } else if (nbd_tls == "require") {
+    config.nbd_tls = NbdTls::kRequire;
+  } else if (!nbd_tls.empty() && nbd_tls != "off") {
+    return invalid_argument(where + ": 'nbd_tls' must be \"off\", \"allow\" or \"require\", not '" + nbd_tls + "'");
+  }
+  AMIRROR_RETURN_IF_ERROR(parse_tls_table(root, source_name, config));
   for (const char* key : {"peer_timeout", "default_interval"}) {
     std::string duration;
     AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, key, false, duration));
@@ -86,11 +146,14 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
       const toml::table* peer_table = (*list)[i].as_table();
       std::string peer_where = source_name + " [[peers]] #" + std::to_string(i + 1);
       if (peer_table == nullptr) return invalid_argument(peer_where + ": must be a table");
-      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address"}));
+      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address", "identity"}));
       PeerConfig peer;
       AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "name", true, peer.name));
       AMIRROR_RETURN_IF_ERROR(validate_name(peer.name, "peer name").with_context(peer_where));
       AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "address", true, peer.address));
+      AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "identity", false, peer.identity));
+      if (peer.identity.empty()) peer.identity = peer.name;
+      AMIRROR_RETURN_IF_ERROR(validate_name(peer.identity, "peer identity").with_context(peer_where));
       if (peer.name == config.name) return invalid_argument(peer_where + ": a node cannot be its own peer");
       if (config.find_peer(peer.name) != nullptr) {
         return invalid_argument(peer_where + ": peer '" + peer.name + "' is listed twice");
@@ -98,6 +161,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
       config.peers.push_back(std::move(peer));
     }
   }
+  AMIRROR_RETURN_IF_ERROR(check_transport(config, source_name));
   return config;
 }
 

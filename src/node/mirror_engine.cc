@@ -176,6 +176,16 @@ void MirrorEngine::run() {
   }
 }
 
+Status MirrorEngine::authenticate_target(repl::PeerSocket& socket, const PeerConfig& peer) const {
+  AMIRROR_RETURN_IF_ERROR(socket.start_tls(*context_.tls, false));
+  if (!socket.tls()->peer_has_identity(peer.identity)) {
+    return invalid_argument("peer at " + peer.address + " presented certificate " + socket.tls()->peer_subject() +
+                            ", which does not name '" + peer.identity + "' as peer '" + peer.name +
+                            "' must; refusing to send to it");
+  }
+  return Status();
+}
+
 void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_t> points) {
   Status status;
   const PeerConfig* peer = context_.config->find_peer(target->name);
@@ -188,6 +198,7 @@ void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_
       status = connected.status();
     } else {
       socket = std::move(connected).value();
+      if (context_.tls != nullptr) status = authenticate_target(*socket, *peer);
     }
   }
   if (status.ok()) {

@@ -71,6 +71,8 @@ struct EngineContext {
   FileSystem* fs = nullptr;
   const NodeConfig* config = nullptr;
   std::string mirrors_dir;  // where MirrorState files live
+  // Null only with `insecure = true`: then peer connections are plaintext.
+  std::shared_ptr<const net::TlsContext> tls;
 };
 
 class MirrorEngine {
@@ -115,6 +117,8 @@ class MirrorEngine {
   Status freeze_all();
   void start_transfers_locked(std::chrono::steady_clock::time_point now);
   void transfer(TargetRuntime* target, std::map<std::string, uint64_t> points);
+  // TLS handshake, then checks the target's certificate names the peer's identity.
+  Status authenticate_target(repl::PeerSocket& socket, const PeerConfig& peer) const;
   Status transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry, uint64_t point);
   void merge_what_is_possible();
   Status save_locked(VolumeEntry& entry);

@@ -101,6 +101,11 @@ Node::~Node() { stop(); }
 
 Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config) {
   std::unique_ptr<Node> node(new Node(config));
+  if (config.has_tls()) {
+    auto tls = net::TlsContext::load(config.tls);
+    if (!tls.ok()) return tls.status().with_context("[tls]");
+    node->tls_ = std::move(tls).value();
+  }
   AMIRROR_RETURN_IF_ERROR(node->open_everything());
   AMIRROR_RETURN_IF_ERROR(node->start_listeners());
   // Mirrors that were running before the restart resume.
@@ -167,7 +172,7 @@ void Node::peer_accept_loop() {
     repl::PeerSocket* socket = accepted.value().release();
     peer_sockets_.push_back(socket);
     std::thread([this, socket] {
-      serve_peer_connection(*socket, config_, *replicas_, stopping_);
+      serve_peer_connection(*socket, config_, tls_.get(), *replicas_, stopping_);
       std::lock_guard done_lock(peers_mutex_);
       std::erase(peer_sockets_, socket);
       delete socket;
@@ -252,7 +257,7 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
     if (persist) AMIRROR_RETURN_IF_ERROR(save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, entry->state));
     unit_of_volume_[entry->name] = unit_key;
   }
-  auto engine = std::make_unique<MirrorEngine>(EngineContext{&posix_file_system(), &config_, mirrors_dir_}, members);
+  auto engine = std::make_unique<MirrorEngine>(EngineContext{&posix_file_system(), &config_, mirrors_dir_, tls_}, members);
   engine->start();
   engines_[unit_key] = std::move(engine);
   return Status();
@@ -476,7 +481,11 @@ std::string Node::status_json() {
                         {"image_path", replica->image_path()},
                         {"state", replica->activity()}});
   }
-  return json{{"ok", true}, {"node", config_.name}, {"volumes", volumes}, {"replicas", replicas}}.dump();
+  // How replicas travel: "tls" (TLS 1.3, both ends authenticated) or "insecure".
+  json transport = {{"mode", tls_ != nullptr ? "tls" : config_.insecure ? "insecure" : "none"}};
+  if (tls_ != nullptr) transport["certificate"] = tls_->subject();
+  return json{{"ok", true},         {"node", config_.name},     {"peer_transport", transport},
+              {"volumes", volumes}, {"replicas", replicas}}.dump();
 }
 
 }  // namespace amirror::node

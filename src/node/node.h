@@ -68,6 +68,8 @@ class Node {
   // Stopped engines live until the node stops: a `mirror sync` may still hold one.
   std::vector<std::unique_ptr<MirrorEngine>> retired_engines_;
 
+  // Null only with insecure = true (or a node with no peers and no TLS files).
+  std::shared_ptr<const net::TlsContext> tls_;
   std::unique_ptr<nbd::Server> nbd_server_;
   std::unique_ptr<repl::PeerListener> peer_listener_;
   std::thread peer_accept_thread_;

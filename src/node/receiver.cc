@@ -108,8 +108,15 @@ class PeerSession {
       return invalid_argument("peer speaks protocol version " + std::to_string(hello.protocol_version) +
                               ", this node speaks " + std::to_string(repl::kProtocolVersion));
     }
-    if (config_.find_peer(hello.node_name) == nullptr) {
+    const PeerConfig* peer = config_.find_peer(hello.node_name);
+    if (peer == nullptr) {
       return invalid_argument("node '" + hello.node_name + "' is not a configured peer of " + config_.name);
+    }
+    // TLS proved the certificate is the CA's; this proves it is this peer's.
+    if (socket_.tls() != nullptr && !socket_.tls()->peer_has_identity(peer->identity)) {
+      return invalid_argument("a client calling itself '" + hello.node_name + "' presented certificate " +
+                              socket_.tls()->peer_subject() + ", which does not name '" + peer->identity +
+                              "' as that peer must");
     }
     peer_name_ = hello.node_name;
     return socket_.send_frame(repl::FrameType::kHelloAck, repl::encode(repl::Hello{repl::kProtocolVersion, config_.name}));
@@ -179,9 +186,21 @@ class PeerSession {
 
 }  // namespace
 
-void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, ReplicaRegistry& registry,
-                           const std::atomic<bool>& stopping) {
+void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, const net::TlsContext* tls,
+                           ReplicaRegistry& registry, const std::atomic<bool>& stopping) {
   socket.set_timeout_ms(static_cast<int>(config.peer_timeout_ms));
+  if (tls != nullptr) {
+    Status handshake = socket.start_tls(*tls, true);
+    if (!handshake.ok()) {
+      fmt::print(stderr, "peer {}: refused: {}\n", socket.peer(), handshake.message());
+      // A plaintext peer can still read why (it would otherwise just see a closed socket).
+      if (socket.tls() == nullptr && handshake.message().find("plaintext") != std::string::npos) {
+        (void)socket.send_frame(repl::FrameType::kError,
+                                repl::encode_error(config.name + " requires TLS on peer connections"));
+      }
+      return;
+    }
+  }
   PeerSession session(socket, config, registry);
   Status status = session.run(stopping);
   if (!status.ok() && status.code() != ErrorCode::kCancelled) {

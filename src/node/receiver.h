@@ -2,7 +2,8 @@
 // The target side of mirroring: the replicas this node holds, by source node and
 // volume, and the handler for one incoming peer connection.
 //
-// Connection protocol (docs/formats/wire.md): HELLO from a configured peer, then for
+// Connection protocol (docs/formats/wire.md): TLS (docs/security.md), HELLO from a
+// configured peer whose certificate names its identity, then for
 // each volume OPEN_REPLICA -> REPLICA_STATE, BEGIN_DELTA, CHUNK..., END_DELTA ->
 // DELTA_DURABLE -> (apply) -> APPLIED. Anything out of sequence, malformed, or from a
 // node that is not a configured peer gets an ERROR frame and the connection closes;
@@ -50,8 +51,10 @@ class ReplicaRegistry {
   std::condition_variable released_;
 };
 
-// Serves one peer connection until it closes or `stopping` becomes true.
-void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, ReplicaRegistry& registry,
-                           const std::atomic<bool>& stopping);
+// Serves one peer connection until it closes or `stopping` becomes true. With `tls`
+// (null only with insecure = true), the TLS handshake comes first and the HELLO's node
+// must be a configured peer whose identity the client certificate names.
+void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, const net::TlsContext* tls,
+                           ReplicaRegistry& registry, const std::atomic<bool>& stopping);
 
 }  // namespace amirror::node

@@ -71,7 +71,10 @@ PeerSocket::PeerSocket(int fd, std::string peer_description) : fd_(fd), peer_(st
   configure_connected(fd_);
 }
 
-PeerSocket::~PeerSocket() { ::close(fd_); }
+PeerSocket::~PeerSocket() {
+  if (tls_ != nullptr) tls_->close_notify();
+  ::close(fd_);
+}
 
 Result<std::unique_ptr<PeerSocket>> PeerSocket::connect(const std::string& address, int timeout_ms) {
   AMIRROR_ASSIGN_OR_RETURN(HostPort host_port, parse_host_port(address));
@@ -113,13 +116,26 @@ Result<std::unique_ptr<PeerSocket>> PeerSocket::connect(const std::string& addre
   return last_error;
 }
 
+Status PeerSocket::start_tls(const net::TlsContext& context, bool as_server) {
+  AMIRROR_ASSIGN_OR_RETURN(tls_, as_server ? context.accept(fd_, peer_, timeout_ms_)
+                                           : context.connect(fd_, peer_, timeout_ms_));
+  return Status();
+}
+
 void PeerSocket::set_timeout_ms(int timeout_ms) {
+  timeout_ms_ = timeout_ms;
+  if (tls_ != nullptr) tls_->set_timeout_ms(timeout_ms);
   timeval timeout{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
   ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
 }
 
 Status PeerSocket::send_encoded(std::span<const uint8_t> frame) {
+  if (tls_ != nullptr) {
+    AMIRROR_RETURN_IF_ERROR(tls_->write_all(frame));
+    bytes_sent_.fetch_add(frame.size());
+    return Status();
+  }
   size_t done = 0;
   while (done < frame.size()) {
     ssize_t sent = ::send(fd_, frame.data() + done, frame.size() - done, MSG_NOSIGNAL);
@@ -142,6 +158,15 @@ Status PeerSocket::send_frame(FrameType type, std::span<const uint8_t> payload) 
 }
 
 Status PeerSocket::read_exact(std::span<uint8_t> out) {
+  if (tls_ != nullptr) {
+    Status status = tls_->read_exact(out);
+    if (status.code() == ErrorCode::kTimeout) {
+      return Status(ErrorCode::kTimeout, "no data from " + peer_ + " within the peer timeout");
+    }
+    AMIRROR_RETURN_IF_ERROR(status);
+    bytes_received_.fetch_add(out.size());
+    return Status();
+  }
   size_t done = 0;
   while (done < out.size()) {
     ssize_t received = ::recv(fd_, out.data() + done, out.size() - done, 0);
@@ -173,6 +198,7 @@ Result<Frame> PeerSocket::receive_frame() {
 void PeerSocket::shutdown() { ::shutdown(fd_, SHUT_RDWR); }
 
 bool PeerSocket::readable_now() const {
+  if (tls_ != nullptr && tls_->has_buffered_input()) return true;
   pollfd waiter{fd_, POLLIN, 0};
   return ::poll(&waiter, 1, 0) > 0;
 }

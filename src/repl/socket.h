@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // TCP plumbing for the peer protocol: listening, connecting with a timeout, and
 // sending/receiving whole checked frames (repl/wire.h) with per-operation timeouts, so
-// a silently dead peer is noticed within a bounded time.
+// a silently dead peer is noticed within a bounded time. After start_tls() every byte
+// goes through TLS 1.3 (net/tls.h); before it, the socket is plaintext, which a node
+// only uses with `insecure = true`.
 // Thread-safety: a PeerSocket is used by one thread at a time, except shutdown(),
 // which any thread may call to wake a blocked send or receive.
 #pragma once
@@ -13,6 +15,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "net/tls.h"
 #include "repl/wire.h"
 
 namespace amirror::repl {
@@ -33,6 +36,13 @@ class PeerSocket {
 
   static Result<std::unique_ptr<PeerSocket>> connect(const std::string& address, int timeout_ms);
 
+  // Runs the TLS handshake as client (the connecting side) or server; on success every
+  // later send and receive is encrypted. The peer's identity is checked by the caller
+  // (tls()->peer_has_identity), which knows whom to expect.
+  Status start_tls(const net::TlsContext& context, bool as_server);
+  // Null on a plaintext connection.
+  const net::TlsSession* tls() const { return tls_.get(); }
+
   // Every send and receive fails with kTimeout after this long without progress.
   void set_timeout_ms(int timeout_ms);
   Status send_frame(FrameType type, std::span<const uint8_t> payload);
@@ -51,6 +61,8 @@ class PeerSocket {
  private:
   Status read_exact(std::span<uint8_t> out);
   int fd_;
+  int timeout_ms_ = 0;
+  std::unique_ptr<net::TlsSession> tls_;
   std::string peer_;
   std::atomic<uint64_t> bytes_sent_{0};
   std::atomic<uint64_t> bytes_received_{0};

@@ -8,7 +8,8 @@
 # Node NAME lives in $WORK: config NAME.toml, data dir NAME.d, control socket NAME.sock,
 # NBD socket NAME-nbd.sock, log NAME.log (appended across restarts).
 #
-#   setup_nodes NAME...            write one config per node, every other node a peer
+#   setup_nodes NAME...            write one config per node, every other node a peer;
+#                                  certificates for all (TLS) unless MIRROR_TLS=0
 #   start_node NAME / stop_node NAME (SIGTERM, clean exit) / kill_node NAME (kill -9)
 #   am NAME ARGS...                run the CLI against node NAME (fails the test on error)
 #   am_try NAME ARGS...            same, but returns the CLI's status (stdout/stderr kept
@@ -19,6 +20,7 @@
 #   wait_until TIMEOUT_S DESCRIPTION COMMAND...
 #   compare_replica SRC VOL TGT    byte-compare SRC's volume with its replica on TGT
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/pki.sh"
 require_cmd qemu-io qemu-img nbdcopy jq python3 cmp
 # Run a private copy of the binary: a rebuild during the test (or between a node's
 # stop and restart) must not change or break the binary under test.
@@ -37,6 +39,9 @@ copy_binary() {
 copy_binary
 
 MIRROR_PEER_TIMEOUT=${MIRROR_PEER_TIMEOUT:-3s}
+# Peers talk TLS with certificates from $WORK/pki (made by setup_nodes); a test sets
+# MIRROR_TLS=0 before setup_nodes for plaintext (insecure = true).
+MIRROR_TLS=${MIRROR_TLS:-1}
 declare -A NODE_PORT=()
 declare -a NODE_NAMES=()
 
@@ -65,6 +70,15 @@ write_node_config() {
     echo "nbd_socket = \"$WORK/$name-nbd.sock\""
     echo "listen = \"127.0.0.1:${NODE_PORT[$name]}\""
     echo "peer_timeout = \"$MIRROR_PEER_TIMEOUT\""
+    echo
+    echo "[tls]"
+    if ((MIRROR_TLS)); then
+      echo "certificate = \"$WORK/pki/$name.crt\""
+      echo "key = \"$WORK/pki/$name.key\""
+      echo "ca = \"$WORK/pki/ca.crt\""
+    else
+      echo "insecure = true"
+    fi
     for other in "${NODE_NAMES[@]}"; do
       [[ $other == "$name" ]] && continue
       echo
@@ -82,6 +96,7 @@ setup_nodes() {
   read -r -a ports <<<"$(free_ports $#)"
   local i
   for ((i = 0; i < $#; i++)); do NODE_PORT[${NODE_NAMES[$i]}]=${ports[$i]}; done
+  ((MIRROR_TLS)) && make_pki "$WORK/pki" "${NODE_NAMES[@]}"
   for name in "${NODE_NAMES[@]}"; do write_node_config "$name"; done
 }
 

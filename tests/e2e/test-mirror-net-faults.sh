@@ -43,14 +43,29 @@ run_through_proxy() {
   rm -rf "$WORK"/site-*.d "$WORK/$label.data"
 }
 
-log "flipped bits: one in every ~8 MiB"
+# check_flips LABEL TRANSPORT PATTERN: the proxy flipped bits and site-b's log shows
+# PATTERN (how that transport detects corruption) at least once.
+check_flips() {
+  local label=$1 transport=$2 pattern=$3 flips detected
+  flips=$(grep -c flipped "$WORK/proxy-$label.log")
+  ((flips >= 2)) || fail "the proxy flipped only $flips bits; the test did not exercise corruption"
+  detected=$(grep -c "$pattern" "$WORK/site-b.log" || true)
+  ((detected >= 1)) || fail "$flips bits were flipped ($transport) but site-b logged no '$pattern': $(tail -5 "$WORK/site-b.log")"
+  log "$transport: flipped $flips bits, site-b refused $detected corrupt frames, replica exact; sent $SENT bytes for $DATA"
+  ((SENT < 4 * DATA)) || fail "with $flips flips, $SENT bytes were sent for $DATA bytes of data: resends are not bounded"
+  : >"$WORK/site-b.log"
+}
+
+# Plaintext (insecure = true): the frame checksums are what catches corruption.
+log "flipped bits, plaintext: one in every ~8 MiB"
+MIRROR_TLS=0
 run_through_proxy flips --flip-every $((8 * 1024 * 1024)) --seed 7
-flips=$(grep -c flipped "$WORK/proxy-flips.log")
-((flips >= 2)) || fail "the proxy flipped only $flips bits; the test did not exercise corruption"
-detected=$(grep -c "checksum" "$WORK/site-b.log" || true)
-((detected >= 1)) || fail "$flips bits were flipped but site-b logged no checksum failure: $(tail -5 "$WORK/site-b.log")"
-log "flipped $flips bits, site-b refused $detected corrupt frames, replica exact; sent $SENT bytes for $DATA"
-((SENT < 4 * DATA)) || fail "with $flips flips, $SENT bytes were sent for $DATA bytes of data: resends are not bounded"
+check_flips flips plaintext "checksum"
+# TLS: the record MAC catches it before any frame is decoded.
+log "flipped bits, TLS: one in every ~8 MiB"
+MIRROR_TLS=1
+run_through_proxy flips-tls --flip-every $((8 * 1024 * 1024)) --seed 7
+check_flips flips-tls TLS "bad record mac"
 
 log "connection resets at random bytes (first 4 connections)"
 run_through_proxy resets --reset-within $DATA --resets 4 --seed 3
