@@ -68,7 +68,10 @@ Result<std::shared_ptr<TlsContext>> TlsContext::load(const TlsFiles& files) {
                             openssl_error_text());
   }
   if (SSL_CTX_use_PrivateKey_file(raw, files.key_path.c_str(), SSL_FILETYPE_PEM) != 1) {
-    return invalid_argument("TLS key '" + files.key_path + "' is not a usable PEM private key: " + openssl_error_text());
+    std::string reason = openssl_error_text();
+    if (reason.find("mismatch") == std::string::npos) {
+      return invalid_argument("TLS key '" + files.key_path + "' is not a usable PEM private key: " + reason);
+    }
   }
   if (SSL_CTX_check_private_key(raw) != 1) {
     return invalid_argument("TLS key '" + files.key_path + "' does not belong to certificate '" +

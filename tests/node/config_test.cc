@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+// The node config's transport rules: TLS unless plaintext is asked for by name, and
+// every refusal names the key to fix.
+#include "node/config.h"
+
+#include <gtest/gtest.h>
+
+namespace amirror::node {
+namespace {
+
+const std::string kNode =
+    "[node]\nname = \"a\"\ndata_dir = \"/tmp/a\"\ncontrol_socket = \"/tmp/a.sock\"\nlisten = \"127.0.0.1:7401\"\n";
+const std::string kTls = "\n[tls]\ncertificate = \"a.crt\"\nkey = \"a.key\"\nca = \"ca.crt\"\n";
+const std::string kPeer = "\n[[peers]]\nname = \"b\"\naddress = \"127.0.0.1:7402\"\n";
+
+void expect_refused(const std::string& text, const std::string& fragment) {
+  auto config = parse_node_config(text, "node.toml");
+  ASSERT_FALSE(config.ok()) << text;
+  EXPECT_NE(config.status().message().find(fragment), std::string::npos) << config.status().message();
+}
+
+TEST(NodeConfig, TlsFilesAndPeerIdentity) {
+  auto config = parse_node_config(kNode + kTls + kPeer + "identity = \"b.dr.example\"\n", "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_TRUE(config->has_tls());
+  EXPECT_FALSE(config->insecure);
+  EXPECT_EQ(config->tls.ca_path, "ca.crt");
+  EXPECT_EQ(config->peers.at(0).identity, "b.dr.example");
+}
+
+TEST(NodeConfig, IdentityDefaultsToThePeerName) {
+  auto config = parse_node_config(kNode + kTls + kPeer, "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->peers.at(0).identity, "b");
+}
+
+TEST(NodeConfig, PlaintextPeersNeedInsecureByName) {
+  expect_refused(kNode + kPeer, "peer connections need TLS");
+  auto config = parse_node_config(kNode + "\n[tls]\ninsecure = true\n" + kPeer, "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_TRUE(config->insecure);
+  EXPECT_FALSE(config->has_tls());
+}
+
+TEST(NodeConfig, StandaloneNodeNeedsNoTls) {
+  auto config = parse_node_config(
+      "[node]\nname = \"a\"\ndata_dir = \"/tmp/a\"\ncontrol_socket = \"/tmp/a.sock\"\nnbd_socket = \"/tmp/n.sock\"\n",
+      "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+}
+
+TEST(NodeConfig, BadTlsTablesAreRefused) {
+  expect_refused(kNode + "\n[tls]\ncertificate = \"a.crt\"\n" + kPeer, "go together");
+  expect_refused(kNode + kTls + "insecure = true\n" + kPeer, "turns TLS off");
+  expect_refused(kNode + "\n[tls]\ninsecure = \"yes\"\n" + kPeer, "'insecure' must be true or false");
+  expect_refused(kNode + kTls + "cert = \"x\"\n" + kPeer, "unknown key 'cert'");
+  expect_refused(kNode + kTls + kPeer + "identity = \"../b\"\n", "peer identity");
+}
+
+TEST(NodeConfig, NbdTlsRules) {
+  expect_refused(kNode + "nbd_tls = \"maybe\"\n" + kTls + kPeer, "'nbd_tls' must be");
+  expect_refused(kNode + "nbd_tls = \"require\"\n\n[tls]\ninsecure = true\n" + kPeer, "'nbd_tls' needs");
+  // A non-loopback NBD listener is refused unless TLS is required there.
+  expect_refused(kNode + "nbd_listen = \"0.0.0.0:10809\"\n" + kTls + kPeer, "not a loopback address");
+  auto config = parse_node_config(kNode + "nbd_listen = \"0.0.0.0:10809\"\nnbd_tls = \"require\"\n" + kTls + kPeer,
+                                  "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->nbd_tls, NbdTls::kRequire);
+  config = parse_node_config(kNode + "nbd_listen = \"127.0.0.1:10809\"\n" + kTls + kPeer, "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->nbd_tls, NbdTls::kOff);
+}
+
+}  // namespace
+}  // namespace amirror::node
