@@ -149,8 +149,8 @@ Result<std::unique_ptr<TlsSession>> TlsContext::handshake(int fd, const std::str
     std::string hint;
     if (ERR_GET_REASON(code) == SSL_R_WRONG_VERSION_NUMBER || ERR_GET_REASON(code) == SSL_R_PACKET_LENGTH_TOO_LONG) {
       hint = " (the peer does not speak TLS: is it configured with insecure = true?)";
-    } else if (ERR_GET_REASON(code) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
-      hint = " (the peer presented no certificate)";
+    } else if (reason.find("alert") != std::string::npos) {
+      hint = " (the peer ended the handshake: it does not trust this node's certificate or CA; see its log)";
     }
     return Status(ErrorCode::kInvalidArgument, std::string(doing) + " " + peer + " failed: " + reason + hint);
   }

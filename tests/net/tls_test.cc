@@ -112,7 +112,7 @@ TEST_F(TlsTest, ServerRefusesAClientWithoutCertificate) {
   SSL_read(ssl, &byte, 1);  // receives the server's alert
   auto server_result = server_side.get();
   ASSERT_FALSE(server_result.ok());
-  EXPECT_NE(server_result.status().message().find("no certificate"), std::string::npos)
+  EXPECT_NE(server_result.status().message().find("did not return a certificate"), std::string::npos)
       << server_result.status().message();
   SSL_free(ssl);
   SSL_CTX_free(bare);
