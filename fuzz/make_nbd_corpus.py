@@ -30,6 +30,11 @@ seeds = {
     "list-info-abort": FLAGS + opt(3) + opt(6, go(b"other")) + opt(9, meta(b"vol", [])) + opt(2),
     "errors": FLAGS + opt(0x55, b"xyz") + opt(7, go(b"x" * 300)) + opt(7, go(b""))
         + opt(7, go(b"vol")) + req(0, 2**64 - 512, 1024) + req(1, 2**20 - 10, 20, payload=b"C" * 20) + req(99, 0, 1),
+    # STARTTLS (5): plaintext options first (refused when TLS is required, forgotten at
+    # the upgrade otherwise), then negotiation again "inside" TLS (simulated).
+    "starttls": FLAGS + opt(8) + opt(3) + opt(5, b"x") + opt(5) + opt(5) + opt(8)
+        + opt(10, meta(b"vol", [b"base:allocation"])) + opt(7, go(b"vol")) + req(7, 0, 4096),
+    "export-name-before-starttls": FLAGS + opt(1, b"vol") + req(0, 0, 512),
 }
 os.makedirs(OUT, exist_ok=True)
 for name, data in seeds.items():

@@ -9,6 +9,10 @@
 //   - every server option reply is well-formed (magic, length within what was sent);
 //   - a request validate_request accepts is in range: the export never refuses it;
 //   - a refused WRITE asks to discard exactly its length, bounded by kMaxPayloadBytes.
+// The same input is also negotiated in the TLS modes (TLS simulated by MemoryStream):
+//   - with kRequire, no export is looked up before TLS started, and a successful
+//     negotiation always has TLS;
+//   - NBD_REP_ERR_TLS_REQD is never sent after TLS started, nor in kAllow mode.
 // Seed corpus: fuzz/corpus/nbd/ (made by fuzz/make_nbd_corpus.py).
 #include <cstddef>
 #include <cstdint>
@@ -27,15 +31,55 @@ void check(bool condition) {
   if (!condition) __builtin_trap();
 }
 
-void check_option_replies(const std::string& output) {
+// Checks every option reply is well-formed; returns the output offsets of the
+// NBD_REP_ERR_TLS_REQD replies.
+std::vector<size_t> check_option_replies(const std::string& output) {
+  std::vector<size_t> tls_required_at;
   auto* bytes = reinterpret_cast<const uint8_t*>(output.data());
-  if (output.size() < 18) return;  // greeting only partly written cannot happen in memory
+  if (output.size() < 18) return tls_required_at;  // greeting always written whole
   check(get_be64(bytes) == kNbdMagic);
   size_t position = 18;
   while (position + 20 <= output.size() && get_be64(bytes + position) == kOptionReplyMagic) {
     uint32_t length = get_be32(bytes + position + 16);
     check(length <= output.size() - position - 20);
+    if (get_be32(bytes + position + 12) == kRepErrTlsReqd) tls_required_at.push_back(position);
     position += 20 + length;
+  }
+  return tls_required_at;
+}
+
+// Traps on any lookup made before the stream it watches started TLS.
+class TlsGuardedCatalog final : public ExportCatalog {
+ public:
+  TlsGuardedCatalog(const ExportCatalog& inner, const MemoryStream& stream)
+      : inner_(inner), stream_(stream) {}
+  std::vector<std::string> names() const override {
+    check(stream_.tls_started);
+    return inner_.names();
+  }
+  std::shared_ptr<Export> find(const std::string& name) const override {
+    check(stream_.tls_started);
+    return inner_.find(name);
+  }
+
+ private:
+  const ExportCatalog& inner_;
+  const MemoryStream& stream_;
+};
+
+void check_tls_modes(std::span<const uint8_t> input, const ExportCatalog& catalog) {
+  for (TlsMode mode : {TlsMode::kAllow, TlsMode::kRequire}) {
+    MemoryStream stream(input);
+    stream.simulate_tls = true;
+    TlsGuardedCatalog guarded(catalog, stream);
+    const ExportCatalog& used = mode == TlsMode::kRequire ? guarded : catalog;
+    Result<Negotiated> negotiated = negotiate(stream, used, mode);
+    if (negotiated.ok()) check(negotiated->tls == stream.tls_started);
+    if (negotiated.ok() && mode == TlsMode::kRequire) check(negotiated->tls);
+    for (size_t offset : check_option_replies(stream.output)) {
+      check(mode == TlsMode::kRequire);
+      check(!stream.tls_started || offset < stream.tls_output_offset);
+    }
   }
 }
 
@@ -48,9 +92,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     c->add("other", std::make_shared<MemoryExport>(3 * 512));
     return c;
   }();
+  check_tls_modes({data, size}, *catalog);
   MemoryStream stream({data, size});
   Result<Negotiated> negotiated = negotiate(stream, *catalog);
-  check_option_replies(stream.output);
+  check(check_option_replies(stream.output).empty());  // NOTLS never says TLS_REQD
   if (!negotiated.ok()) return 0;
   check(negotiated->target != nullptr);
   check(negotiated->limits.export_size_bytes == negotiated->target->size_bytes());

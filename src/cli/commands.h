@@ -27,6 +27,12 @@ struct ServeArgs {
   // freeze every volume and merge its oldest frozen layer. 0 = never.
   uint64_t freeze_interval_ms = 0;
   bool quiet = false;  // no per-connection log lines
+  // NBD STARTTLS: "off", "allow" or "require" (required on TCP only; the Unix socket
+  // allows it). The three files are needed unless "off" (main.cc checks).
+  std::string tls_mode = "off";
+  std::string tls_certificate_path;
+  std::string tls_key_path;
+  std::string tls_ca_path;
 };
 int run_serve(const ServeArgs& args);
 

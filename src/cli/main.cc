@@ -43,13 +43,22 @@ int main(int argc, char** argv) {
   CLI::App* serve = app.add_subcommand("serve", "Serve the volumes of a data directory over NBD");
   serve->add_option("--data-dir", serve_args.data_dir, "Data directory (created if absent)")->required();
   serve->add_option("--socket", serve_args.socket_path, "Unix socket to listen on (mode 0600)");
-  serve->add_option("--tcp", serve_args.tcp_address, "Also listen on HOST:PORT (e.g. 127.0.0.1:10809)");
+  serve->add_option("--tcp", serve_args.tcp_address,
+                    "Also listen on TCP: PORT (loopback only) or HOST:PORT (e.g. 0.0.0.0:10809)");
   serve->add_option("--create", serve_args.create_volume, "Create this volume first if it does not exist");
   serve->add_option("--size", create_size_text, "Size of the volume --create makes, e.g. 10G");
   serve->add_option("--chunk-size", create_chunk_text, "Chunk size of the volume --create makes (4K..4M)");
   serve->add_option("--freeze-interval", freeze_interval_text,
                     "Testing aid: freeze every volume and merge its oldest layer this often (e.g. 1s)");
   serve->add_flag("--quiet", serve_args.quiet, "Do not log each NBD connection");
+  serve->add_option("--tls", serve_args.tls_mode,
+                    "NBD STARTTLS: off, allow, or require (on TCP; the Unix socket only allows it)")
+      ->check(CLI::IsMember({"off", "allow", "require"}));
+  CLI::Option* serve_tls_certificate =
+      serve->add_option("--tls-certificate", serve_args.tls_certificate_path, "PEM certificate of this server");
+  CLI::Option* serve_tls_key = serve->add_option("--tls-key", serve_args.tls_key_path, "PEM private key of this server");
+  CLI::Option* serve_tls_ca =
+      serve->add_option("--tls-ca", serve_args.tls_ca_path, "PEM CA that signs the clients' certificates");
 
   std::string config_path;
   CLI::App* node = app.add_subcommand("node", "Run a node in the foreground (stop with SIGTERM)");
@@ -122,6 +131,14 @@ int main(int argc, char** argv) {
     if (!create_size_text.empty()) serve_args.create_size_bytes = parse_size_or_throw(create_size_text);
     if (!create_chunk_text.empty()) {
       serve_args.create_chunk_size_bytes = parse_size_or_throw(create_chunk_text);
+    }
+    for (CLI::Option* tls_file : {serve_tls_certificate, serve_tls_key, serve_tls_ca}) {
+      if (serve_args.tls_mode == "off" && tls_file->count() > 0) {
+        throw CLI::ValidationError(tls_file->get_name(), "is only used with --tls allow or --tls require");
+      }
+      if (serve_args.tls_mode != "off" && tls_file->count() == 0) {
+        throw CLI::ValidationError(tls_file->get_name(), "is required with --tls " + serve_args.tls_mode);
+      }
     }
     if (!freeze_interval_text.empty()) {
       auto interval = amirror::parse_duration_ms(freeze_interval_text);

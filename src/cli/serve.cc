@@ -2,6 +2,10 @@
 // `amirror serve`: serves every volume of a data directory over NBD until SIGTERM or
 // SIGINT. Stand-alone until the node daemon folds the server in (issue 3).
 //
+// TLS (--tls allow|require): the certificate, key and CA are loaded and checked before
+// anything is served; a file problem stops startup (exit 1). See nbd/server.h for what
+// each mode means on TCP and on the Unix socket.
+//
 // Shutdown order: stop accepting, shut down client sockets and wait for in-flight
 // requests (nbd::Server::stop), stop the freezer, flush every volume. Signals are
 // blocked in every thread and taken synchronously by the main thread (sigwait), so no
@@ -14,6 +18,7 @@
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -22,6 +27,7 @@
 #include "cli/stop_signals.h"
 #include "nbd/server.h"
 #include "nbd/volume_export.h"
+#include "net/tls.h"
 #include "store/data_dir.h"
 
 namespace amirror::cli {
@@ -113,12 +119,46 @@ Result<std::vector<NamedVolume>> open_volumes(DataDir& data_dir, const ServeArgs
   return volumes;
 }
 
+// The host of a --tcp address; "" for PORT or :PORT, which nbd::Server binds to
+// loopback (127.0.0.1).
+std::string tcp_host(const std::string& requested) {
+  size_t colon = requested.rfind(':');
+  return colon == std::string::npos ? "" : requested.substr(0, colon);
+}
+
+// "HOST:PORT" as bound: port 0 becomes the port the kernel chose (tests start servers
+// on port 0 and read it from the startup line).
+std::string bound_tcp_address(const std::string& requested, uint16_t port) {
+  std::string host = tcp_host(requested);
+  return (host.empty() ? "127.0.0.1" : host) + ":" + std::to_string(port);
+}
+
+bool is_loopback_address(const std::string& requested) {
+  std::string host = tcp_host(requested);
+  return host.empty() || host == "localhost" || host == "[::1]" || host.starts_with("127.");
+}
+
 }  // namespace
 
 int run_serve(const ServeArgs& args) {
   if (args.socket_path.empty() && args.tcp_address.empty()) {
-    std::fprintf(stderr, "amirror serve: give --socket PATH and/or --tcp HOST:PORT\n");
+    std::fprintf(stderr, "amirror serve: give --socket PATH and/or --tcp [HOST:]PORT\n");
     return 2;
+  }
+  Result<nbd::TlsMode> tls_mode = nbd::parse_tls_mode(args.tls_mode);
+  if (!tls_mode.ok()) {
+    std::fprintf(stderr, "amirror serve: --tls: %s\n", tls_mode.status().message().c_str());
+    return 2;
+  }
+  std::shared_ptr<net::TlsContext> tls;
+  if (*tls_mode != nbd::TlsMode::kOff) {
+    Result<std::shared_ptr<net::TlsContext>> loaded = net::TlsContext::load(
+        net::TlsFiles{args.tls_certificate_path, args.tls_key_path, args.tls_ca_path});
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "amirror serve: %s\n", loaded.status().message().c_str());
+      return 1;
+    }
+    tls = std::move(*loaded);
   }
   // Before any thread exists, so every thread inherits the mask.
   sigset_t stop_signals = block_stop_signals();
@@ -143,16 +183,34 @@ int run_serve(const ServeArgs& args) {
   options.unix_socket_path = args.socket_path;
   options.tcp_address = args.tcp_address;
   options.quiet = args.quiet;
+  options.tls = tls;
+  options.tls_mode = *tls_mode;
   Result<std::unique_ptr<nbd::Server>> server = nbd::Server::start(options, catalog);
   if (!server.ok()) {
     std::fprintf(stderr, "amirror serve: %s\n", server.status().to_string().c_str());
     return 1;
   }
-  std::fprintf(stderr, "amirror serve: serving %zu volume(s) from %s on %s%s%s\n",
-               volumes->size(), args.data_dir.c_str(),
-               args.socket_path.empty() ? "" : args.socket_path.c_str(),
-               args.tcp_address.empty() ? "" : " tcp ",
-               args.tcp_address.empty() ? "" : args.tcp_address.c_str());
+  std::string tls_note = "no TLS";
+  if (tls != nullptr) {
+    tls_note = "TLS " + std::string(nbd::tls_mode_name(*tls_mode)) + " as " + tls->subject();
+    if (*tls_mode == nbd::TlsMode::kRequire && !args.socket_path.empty()) {
+      tls_note += "; allowed, not required, on the Unix socket";
+    }
+  }
+  std::string listeners = args.socket_path;
+  if (!args.tcp_address.empty()) {
+    listeners += (listeners.empty() ? "tcp " : " tcp ") +
+                 bound_tcp_address(args.tcp_address, (*server)->tcp_port());
+  }
+  std::fprintf(stderr, "amirror serve: serving %zu volume(s) from %s on %s (%s)\n",
+               volumes->size(), args.data_dir.c_str(), listeners.c_str(), tls_note.c_str());
+  if (!args.tcp_address.empty() && !is_loopback_address(args.tcp_address) &&
+      *tls_mode != nbd::TlsMode::kRequire) {
+    std::fprintf(stderr,
+                 "amirror serve: warning: TCP listener %s is not loopback and TLS is not "
+                 "required: whoever reaches it can read and write every volume\n",
+                 args.tcp_address.c_str());
+  }
 
   std::unique_ptr<Freezer> freezer;
   if (args.freeze_interval_ms > 0) {

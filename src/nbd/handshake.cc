@@ -23,6 +23,32 @@ Status MemoryStream::write_all(std::span<const uint8_t> data) {
   return Status();
 }
 
+Status MemoryStream::start_tls() {
+  if (!simulate_tls) return ByteStream::start_tls();
+  AMIRROR_ASSERT(!tls_started && "negotiation must not start TLS twice");
+  tls_started = true;
+  tls_input_offset = position_;
+  tls_output_offset = output.size();
+  return Status();
+}
+
+Result<TlsMode> parse_tls_mode(std::string_view text) {
+  if (text == "off") return TlsMode::kOff;
+  if (text == "allow") return TlsMode::kAllow;
+  if (text == "require") return TlsMode::kRequire;
+  return invalid_argument("TLS mode must be off, allow or require, not '" + std::string(text) +
+                          "'");
+}
+
+const char* tls_mode_name(TlsMode mode) {
+  switch (mode) {
+    case TlsMode::kOff: return "off";
+    case TlsMode::kAllow: return "allow";
+    case TlsMode::kRequire: return "require";
+  }
+  return "?";
+}
+
 uint16_t transmission_flags(const Export& target, bool structured_replies) {
   uint16_t flags = kTransHasFlags | kTransSendFlush;
   if (target.read_only()) {
@@ -44,8 +70,8 @@ namespace {
 
 class Negotiation {
  public:
-  Negotiation(ByteStream& stream, const ExportCatalog& catalog)
-      : stream_(stream), catalog_(catalog) {}
+  Negotiation(ByteStream& stream, const ExportCatalog& catalog, TlsMode tls_mode)
+      : stream_(stream), catalog_(catalog), tls_mode_(tls_mode) {}
 
   Result<Negotiated> run();
 
@@ -57,10 +83,18 @@ class Negotiation {
   Status handle_info_or_go(uint32_t option, std::span<const uint8_t> payload, bool* done);
   Status handle_meta_context(uint32_t option, std::span<const uint8_t> payload);
   Status handle_export_name(std::span<const uint8_t> payload, bool* done);
+  Status handle_start_tls(std::span<const uint8_t> payload);
+  // kRequire before TLS, for every option but STARTTLS and ABORT: EXPORT_NAME closes,
+  // everything else is refused unread.
+  Status refuse_without_tls(uint32_t option);
 
   ByteStream& stream_;
   const ExportCatalog& catalog_;
+  const TlsMode tls_mode_;
+  bool tls_active_ = false;
+  bool told_tls_required_ = false;  // for a clearer log line when the client gives up
   bool no_zeroes_ = false;
+  // Option state below is what STARTTLS must reset (handle_start_tls).
   bool structured_ = false;
   bool base_allocation_ = false;
   std::shared_ptr<Export> meta_context_export_;  // export SET_META_CONTEXT chose for
@@ -122,15 +156,55 @@ Result<Negotiated> Negotiation::run() {
     AMIRROR_RETURN_IF_ERROR(stream_.read_exact(payload));
     bool done = false;
     AMIRROR_RETURN_IF_ERROR(handle_option(option, payload, &done));
-    if (done) return std::move(result_);
+    if (done) {
+      AMIRROR_ASSERT(tls_active_ || tls_mode_ != TlsMode::kRequire);
+      result_.tls = tls_active_;
+      return std::move(result_);
+    }
   }
   (void)send_error(0, kRepErrPolicy, "too many options");
   return invalid_argument("NBD client sent more than " +
                           std::to_string(kMaxOptionsPerHandshake) + " options");
 }
 
+Status Negotiation::refuse_without_tls(uint32_t option) {
+  AMIRROR_ASSERT(option != kOptStartTls && option != kOptAbort);
+  if (option == kOptExportName) {
+    // It has no error reply, so the spec's answer is to end the session.
+    return invalid_argument(
+        "NBD client sent NBD_OPT_EXPORT_NAME before STARTTLS; this server requires TLS "
+        "(use a client with TLS credentials)");
+  }
+  told_tls_required_ = true;
+  return send_error(option, kRepErrTlsReqd, "TLS is required: send NBD_OPT_STARTTLS first");
+}
+
+Status Negotiation::handle_start_tls(std::span<const uint8_t> payload) {
+  const uint32_t option = kOptStartTls;
+  if (tls_mode_ == TlsMode::kOff) {
+    return send_error(option, kRepErrPolicy, "TLS is not enabled on this server");
+  }
+  if (tls_active_) return send_error(option, kRepErrInvalid, "TLS is already active");
+  if (!payload.empty()) return send_error(option, kRepErrInvalid, "STARTTLS takes no data");
+  AMIRROR_RETURN_IF_ERROR(send_reply(option, kRepAck));
+  Status upgraded = stream_.start_tls();
+  if (!upgraded.ok()) {
+    return Status(upgraded.code(), "TLS handshake failed: " + upgraded.message());
+  }
+  tls_active_ = true;
+  // Nothing negotiated in plaintext survives (spec, NBD_OPT_STARTTLS; CVE-2021-3716).
+  structured_ = false;
+  base_allocation_ = false;
+  meta_context_export_.reset();
+  return Status();
+}
+
 Status Negotiation::handle_option(uint32_t option, std::span<const uint8_t> payload,
                                   bool* done) {
+  if (tls_mode_ == TlsMode::kRequire && !tls_active_ && option != kOptStartTls &&
+      option != kOptAbort) {
+    return refuse_without_tls(option);
+  }
   switch (option) {
     case kOptExportName:
       return handle_export_name(payload, done);
@@ -139,7 +213,10 @@ Status Negotiation::handle_option(uint32_t option, std::span<const uint8_t> payl
       return handle_info_or_go(option, payload, done);
     case kOptAbort:
       (void)send_reply(option, kRepAck);  // best effort; the client may be gone
-      return Status(ErrorCode::kCancelled, "NBD client aborted the handshake");
+      return Status(ErrorCode::kCancelled,
+                    told_tls_required_
+                        ? "NBD client aborted the handshake after being told TLS is required"
+                        : "NBD client aborted the handshake");
     case kOptList: {
       if (!payload.empty()) return send_error(option, kRepErrInvalid, "LIST takes no data");
       for (const std::string& name : catalog_.names()) {
@@ -163,7 +240,7 @@ Status Negotiation::handle_option(uint32_t option, std::span<const uint8_t> payl
     case kOptSetMetaContext:
       return handle_meta_context(option, payload);
     case kOptStartTls:
-      return send_error(option, kRepErrPolicy, "TLS is not supported by this server");
+      return handle_start_tls(payload);
     default:
       return send_error(option, kRepErrUnsup, "unknown option");
   }
@@ -318,8 +395,9 @@ Status Negotiation::handle_meta_context(uint32_t option, std::span<const uint8_t
 
 }  // namespace
 
-Result<Negotiated> negotiate(ByteStream& stream, const ExportCatalog& catalog) {
-  Negotiation negotiation(stream, catalog);
+Result<Negotiated> negotiate(ByteStream& stream, const ExportCatalog& catalog,
+                             TlsMode tls_mode) {
+  Negotiation negotiation(stream, catalog, tls_mode);
   return negotiation.run();
 }
 

@@ -77,23 +77,61 @@ bool send_all(int fd, iovec* iov, int count) {
   return true;
 }
 
-class SocketStream final : public ByteStream {
+// Replies up to this size are copied into one buffer and sent as one TLS record (the
+// largest record holds 16 KiB); larger ones go out piece by piece, the header in a
+// record of its own, which costs a few dozen bytes against at least 16 KiB of data.
+constexpr size_t kTlsCoalesceBytes = 16 * 1024;
+
+// The handshake's transport: the socket in plaintext, then the TLS session once
+// start_tls() succeeded. Plaintext receives are exact-length with no buffer of our own
+// (recv_exact), so when STARTTLS is acknowledged every byte the client sent after it
+// is still in the kernel, and goes to the TLS handshake, which fails unless it is one
+// (TlsContext::accept refuses a first byte that is not a TLS handshake record).
+class HandshakeStream final : public ByteStream {
  public:
-  explicit SocketStream(int fd) : fd_(fd) {}
+  HandshakeStream(int fd, const net::TlsContext* tls, const std::string& peer)
+      : fd_(fd), tls_(tls), peer_(peer) {}
   Status read_exact(std::span<uint8_t> out) override {
+    if (session_ != nullptr) {
+      for (size_t done = 0; done < out.size();) {
+        AMIRROR_ASSIGN_OR_RETURN(size_t received, session_->read_some(out.subspan(done)));
+        if (received == 0) return Status(ErrorCode::kCancelled, "client closed the connection");
+        done += received;
+      }
+      return Status();
+    }
     if (!recv_exact(fd_, out.data(), out.size())) {
       return Status(ErrorCode::kCancelled, "client closed the connection or timed out");
     }
     return Status();
   }
   Status write_all(std::span<const uint8_t> data) override {
+    if (session_ != nullptr) return session_->write_all(data);
     iovec iov{const_cast<uint8_t*>(data.data()), data.size()};
     if (!send_all(fd_, &iov, 1)) return Status(ErrorCode::kCancelled, "client went away");
     return Status();
   }
+  Status start_tls() override {
+    AMIRROR_ASSERT(tls_ != nullptr && session_ == nullptr);
+    Result<std::unique_ptr<net::TlsSession>> session =
+        tls_->accept(fd_, peer_, kHandshakeTimeoutSeconds * 1000);
+    if (!session.ok()) {
+      tls_failed_ = true;
+      return session.status();
+    }
+    session_ = std::move(*session);
+    return Status();
+  }
+  // The TLS session, if STARTTLS succeeded; the transmission phase continues on it.
+  std::unique_ptr<net::TlsSession> take_session() { return std::move(session_); }
+  bool tls_failed() const { return tls_failed_; }
 
  private:
-  int fd_;
+  const int fd_;
+  const net::TlsContext* const tls_;  // null when the mode is kOff
+  const std::string& peer_;
+  std::unique_ptr<net::TlsSession> session_;
+  bool tls_failed_ = false;
 };
 
 // A worker's request buffer: grows on demand, kept while small (see kRetainedBufferBytes).
@@ -125,8 +163,14 @@ class Buffer {
 // One client connection. Lives until its last worker exits.
 class Connection {
  public:
-  Connection(uint64_t id, int fd, std::string peer, bool quiet)
-      : id_(id), fd_(fd), peer_(std::move(peer)), quiet_(quiet) {}
+  Connection(uint64_t id, int fd, std::string peer, bool quiet, TlsMode tls_mode,
+             const net::TlsContext* tls_context)
+      : id_(id),
+        fd_(fd),
+        peer_(std::move(peer)),
+        quiet_(quiet),
+        tls_mode_(tls_mode),
+        tls_context_(tls_context) {}
 
   uint64_t id() const { return id_; }
   int fd() const { return fd_; }
@@ -152,18 +196,28 @@ class Connection {
   void release_payload(uint64_t length_bytes);
   void execute(const RequestHeader& header, Buffer& buffer);
   void reply_error(const RequestHeader& header, uint32_t error, const char* reason);
+  // Reads exactly `length` bytes of the request stream. REQUIRES: recv_mutex_ held.
+  bool receive(uint8_t* out, size_t length);
   bool send(iovec* iov, int count);
+  // REQUIRES: send_mutex_ held, tls_ set.
+  bool send_tls(const iovec* iov, int count);
 
   const uint64_t id_;
   int fd_;
   const std::string peer_;
   const bool quiet_;
+  const TlsMode tls_mode_;
+  const net::TlsContext* const tls_context_;  // null when tls_mode_ is kOff
   std::atomic<bool> closing_{false};
   std::shared_ptr<Export> target_;
   ConnectionLimits limits_;
+  // Set by serve() before the workers start, when the client negotiated TLS; then
+  // every request byte and reply byte goes through it.
+  std::unique_ptr<net::TlsSession> tls_;
 
   std::mutex recv_mutex_;  // one worker reads from the socket at a time
   std::mutex send_mutex_;  // one reply on the wire at a time
+  std::vector<uint8_t> tls_send_buffer_;  // GUARDED_BY(send_mutex_)
 
   std::mutex budget_mutex_;
   std::condition_variable budget_released_;
@@ -174,26 +228,37 @@ void Connection::serve(const ExportCatalog& catalog) {
   // A client that never finishes the handshake must not hold a slot forever.
   timeval timeout{kHandshakeTimeoutSeconds, 0};
   ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  SocketStream stream(fd_);
-  Result<Negotiated> negotiated = negotiate(stream, catalog);
+  HandshakeStream stream(fd_, tls_context_, peer_);
+  Result<Negotiated> negotiated = negotiate(stream, catalog, tls_mode_);
   if (!negotiated.ok()) {
-    if (!quiet_ || negotiated.status().code() != ErrorCode::kCancelled) {
+    if (stream.tls_failed()) {
+      if (!quiet_) {
+        log_line("connection %llu from %s: %s; closing", static_cast<unsigned long long>(id_),
+                 peer_.c_str(), negotiated.status().message().c_str());
+      }
+    } else if (!quiet_ || negotiated.status().code() != ErrorCode::kCancelled) {
       log_line("connection %llu from %s: handshake ended: %s",
                static_cast<unsigned long long>(id_), peer_.c_str(),
                negotiated.status().to_string().c_str());
     }
+    if (std::unique_ptr<net::TlsSession> session = stream.take_session()) session->close_notify();
     return;
   }
   timeval no_timeout{0, 0};
   ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &no_timeout, sizeof no_timeout);
   target_ = negotiated->target;
   limits_ = negotiated->limits;
+  tls_ = stream.take_session();
+  AMIRROR_ASSERT(negotiated->tls == (tls_ != nullptr));
+  if (tls_ != nullptr) tls_->set_timeout_ms(0);  // idle clients may stay, as in plaintext
   if (!quiet_) {
+    std::string tls_note =
+        tls_ != nullptr ? ", TLS with client " + tls_->peer_subject() : ", no TLS";
     log_line("connection %llu from %s: serving export '%s' (structured replies %s, "
-             "base:allocation %s)",
+             "base:allocation %s%s)",
              static_cast<unsigned long long>(id_), peer_.c_str(),
              negotiated->export_name.c_str(), limits_.structured_replies ? "on" : "off",
-             limits_.base_allocation ? "on" : "off");
+             limits_.base_allocation ? "on" : "off", tls_note.c_str());
   }
 
   std::vector<std::thread> workers;
@@ -203,6 +268,9 @@ void Connection::serve(const ExportCatalog& catalog) {
   }
   worker_loop();
   for (std::thread& worker : workers) worker.join();
+  // The spec asks for a TLS shutdown before the TCP close (best effort: the peer may
+  // be gone, or the socket already shut down after an error).
+  if (tls_ != nullptr) tls_->close_notify();
   // Drop the export here, on a joined path, not in whichever thread happens to destroy
   // the Connection last: the server's owner may be closing volumes right after stop().
   target_.reset();
@@ -232,9 +300,32 @@ void Connection::release_payload(uint64_t length_bytes) {
   budget_released_.notify_one();
 }
 
+bool Connection::receive(uint8_t* out, size_t length) {
+  if (tls_ == nullptr) return recv_exact(fd_, out, length);
+  return tls_->read_exact(std::span(out, length)).ok();
+}
+
+bool Connection::send_tls(const iovec* iov, int count) {
+  size_t total_bytes = 0;
+  for (int i = 0; i < count; ++i) total_bytes += iov[i].iov_len;
+  if (total_bytes <= kTlsCoalesceBytes) {
+    tls_send_buffer_.clear();
+    for (int i = 0; i < count; ++i) {
+      const uint8_t* piece = static_cast<const uint8_t*>(iov[i].iov_base);
+      tls_send_buffer_.insert(tls_send_buffer_.end(), piece, piece + iov[i].iov_len);
+    }
+    return tls_->write_all(tls_send_buffer_).ok();
+  }
+  for (int i = 0; i < count; ++i) {
+    std::span piece(static_cast<const uint8_t*>(iov[i].iov_base), iov[i].iov_len);
+    if (!tls_->write_all(piece).ok()) return false;
+  }
+  return true;
+}
+
 bool Connection::send(iovec* iov, int count) {
   std::lock_guard lock(send_mutex_);
-  if (send_all(fd_, iov, count)) return true;
+  if (tls_ == nullptr ? send_all(fd_, iov, count) : send_tls(iov, count)) return true;
   closing_.store(true);
   ::shutdown(fd_, SHUT_RDWR);  // wake the worker blocked in recv
   return false;
@@ -267,7 +358,7 @@ void Connection::worker_loop() {
       std::lock_guard recv_lock(recv_mutex_);
       if (closing_.load()) return;
       uint8_t raw[kRequestHeaderBytes];
-      if (!recv_exact(fd_, raw, sizeof raw)) {
+      if (!receive(raw, sizeof raw)) {
         stop_reading();
         return;
       }
@@ -288,7 +379,7 @@ void Connection::worker_loop() {
         uint64_t remaining = validation.payload_bytes;
         while (remaining > 0) {
           size_t piece = std::min<uint64_t>(remaining, 65536);
-          if (!recv_exact(fd_, scratch, piece)) {
+          if (!receive(scratch, piece)) {
             stop_reading();
             return;
           }
@@ -306,7 +397,7 @@ void Connection::worker_loop() {
         reserved_bytes = header.length_bytes;
         reserve_payload(reserved_bytes);
         uint8_t* data = buffer.ensure(header.length_bytes);
-        if (header.type == kCmdWrite && !recv_exact(fd_, data, header.length_bytes)) {
+        if (header.type == kCmdWrite && !receive(data, header.length_bytes)) {
           release_payload(reserved_bytes);
           stop_reading();  // client vanished mid-write: nothing of it is applied
           return;
@@ -424,6 +515,10 @@ Result<std::unique_ptr<Server>> Server::start(const ServerOptions& options,
   if (options.unix_socket_path.empty() && options.tcp_address.empty()) {
     return invalid_argument("NBD server needs a Unix socket path or a TCP address");
   }
+  if (options.tls_mode != TlsMode::kOff && options.tls == nullptr) {
+    return invalid_argument(std::string("NBD TLS mode '") + tls_mode_name(options.tls_mode) +
+                            "' needs a TLS certificate, key and CA");
+  }
   std::unique_ptr<Server> server(new Server(options, std::move(catalog)));
   if (::pipe2(server->wake_pipe_, O_CLOEXEC) != 0) {
     return Status::from_errno(errno, "create wake pipe");
@@ -484,12 +579,16 @@ Status Server::listen_unix() {
 
 Status Server::listen_tcp() {
   const std::string& text = options_.tcp_address;
-  size_t colon = text.rfind(':');
-  if (colon == std::string::npos || colon + 1 == text.size()) {
-    return invalid_argument("TCP address '" + text + "' must be HOST:PORT, e.g. 127.0.0.1:10809");
+  // "PORT" alone means loopback, like ":PORT": reaching beyond this machine must be asked
+  // for by naming the address.
+  const bool port_only = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
+  size_t colon = port_only ? std::string::npos : text.rfind(':');
+  if (!port_only && (colon == std::string::npos || colon + 1 == text.size())) {
+    return invalid_argument("TCP address '" + text +
+                            "' must be PORT (loopback) or HOST:PORT, e.g. 127.0.0.1:10809");
   }
-  std::string host = text.substr(0, colon);
-  std::string port = text.substr(colon + 1);
+  std::string host = port_only ? "" : text.substr(0, colon);
+  std::string port = port_only ? text : text.substr(colon + 1);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
     host = host.substr(1, host.size() - 2);
   }
@@ -577,13 +676,20 @@ void Server::accept_loop() {
         ::close(fd);
         continue;
       }
-      auto connection =
-          std::make_shared<Connection>(next_connection_id_++, fd, peer_name, options_.quiet);
+      const TlsMode tls_mode = tls_mode_for(is_tcp);
+      auto connection = std::make_shared<Connection>(
+          next_connection_id_++, fd, peer_name, options_.quiet, tls_mode,
+          tls_mode == TlsMode::kOff ? nullptr : options_.tls.get());
       connections_.push_back(connection);
       lock.unlock();
       std::thread([this, connection] { run_connection(connection); }).detach();
     }
   }
+}
+
+TlsMode Server::tls_mode_for(bool is_tcp) const {
+  if (options_.tls_mode == TlsMode::kOff) return TlsMode::kOff;
+  return is_tcp ? options_.tls_mode : TlsMode::kAllow;
 }
 
 void Server::run_connection(std::shared_ptr<Connection> connection) {

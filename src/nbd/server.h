@@ -10,6 +10,16 @@
 // leave out of order, as the protocol allows. No request is handed between threads, so
 // iodepth 1 costs one wakeup per request.
 //
+// TLS (NBD STARTTLS, handshake.h): ServerOptions.tls_mode applies to TCP connections.
+// The Unix socket is mode 0600, so only this user (and root) can reach it; there TLS
+// is never required, but a client may still ask for it when the server has a TLS
+// context (kAllow), so the same client configuration works on both listeners. After a
+// successful STARTTLS the whole transmission phase runs over the TLS session: requests
+// are read under the receive lock and replies written under the send lock, which
+// TlsSession allows concurrently (one reader, one writer). Plaintext connections keep
+// the zero-copy recv/sendmsg path. Clients must present a certificate that verifies
+// against the CA (net::TlsContext); which CA-signed certificate it is does not matter.
+//
 // Bounds: kMaxConnections clients (more are closed at accept), kWorkersPerConnection
 // requests in flight per connection, kMaxInFlightPayloadBytesPerConnection bytes of
 // READ/WRITE buffers in flight per connection, handshakes must finish within
@@ -32,6 +42,8 @@
 
 #include "base/status.h"
 #include "nbd/export.h"
+#include "nbd/handshake.h"
+#include "net/tls.h"
 
 namespace amirror::nbd {
 
@@ -45,8 +57,13 @@ constexpr int kHandshakeTimeoutSeconds = 30;
 
 struct ServerOptions {
   std::string unix_socket_path;  // empty = none
-  std::string tcp_address;       // "host:port"; empty = none; port 0 = any free port
-  bool quiet = false;            // no per-connection log lines
+  // "HOST:PORT", or "PORT" / ":PORT" for loopback (127.0.0.1); empty = none; port 0 =
+  // any free port. Binding beyond loopback takes an explicit host (e.g. 0.0.0.0:10809).
+  std::string tcp_address;
+  bool quiet = false;  // no per-connection log lines
+  // TLS for STARTTLS; required unless tls_mode is kOff (start() refuses otherwise).
+  std::shared_ptr<const net::TlsContext> tls;
+  TlsMode tls_mode = TlsMode::kOff;  // for TCP; the Unix socket never requires TLS
 };
 
 class Connection;
@@ -70,6 +87,8 @@ class Server {
   Status listen_unix();
   Status listen_tcp();
   void accept_loop();
+  // The mode a connection on that listener gets (see the top of this file).
+  TlsMode tls_mode_for(bool is_tcp) const;
   void run_connection(std::shared_ptr<Connection> connection);
 
   const ServerOptions options_;

@@ -7,10 +7,19 @@
 //   nbd_abuse SOCKET EXPORT hold    negotiate, print "holding", wait for the server to
 //                                   close the socket (shutdown test); exit 0 on EOF
 //   nbd_abuse SOCKET EXPORT hold-handshake   same, but stop before any option
+//   nbd_abuse tcp:HOST:PORT EXPORT tls-refusals   against a server running with
+//                                   --tls require: plaintext options get TLS_REQD,
+//                                   EXPORT_NAME before TLS closes, plaintext pipelined
+//                                   after STARTTLS is never answered (the connection
+//                                   closes right after STARTTLS's ACK)
+//
+// SOCKET is a Unix socket path, or tcp:HOST:PORT for an IPv4 TCP address.
 //
 // Every receive has a 20 s deadline so a hung server fails the test instead of hanging
 // it (not a timing assertion: the server answers in microseconds).
 // Exit status: 0 all passed, 1 a scenario failed (message on stderr).
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -44,14 +53,29 @@ constexpr uint8_t kPattern = 0x5a;
 class Client {
  public:
   Client() {
-    fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    if (fd_ < 0) die("socket()");
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    std::snprintf(address.sun_path, sizeof address.sun_path, "%s", g_socket_path.c_str());
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
-      die("connect to " + g_socket_path + ": " + std::strerror(errno));
+    int connected = -1;
+    if (g_socket_path.starts_with("tcp:")) {
+      const std::string host_port = g_socket_path.substr(4);
+      const size_t colon = host_port.rfind(':');
+      sockaddr_in address{};
+      address.sin_family = AF_INET;
+      address.sin_port = htons(static_cast<uint16_t>(std::atoi(host_port.c_str() + colon + 1)));
+      if (colon == std::string::npos ||
+          ::inet_pton(AF_INET, host_port.substr(0, colon).c_str(), &address.sin_addr) != 1) {
+        die("bad address " + g_socket_path + "; expected tcp:IPV4:PORT");
+      }
+      fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (fd_ < 0) die("socket()");
+      connected = ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    } else {
+      fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+      if (fd_ < 0) die("socket()");
+      sockaddr_un address{};
+      address.sun_family = AF_UNIX;
+      std::snprintf(address.sun_path, sizeof address.sun_path, "%s", g_socket_path.c_str());
+      connected = ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address);
     }
+    if (connected != 0) die("connect to " + g_socket_path + ": " + std::strerror(errno));
     timeval timeout{20, 0};
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   }
@@ -91,12 +115,14 @@ class Client {
   void recv_or_die(void* data, size_t length, const char* what) {
     if (!recv(data, length)) die(std::string("server closed the connection; expected ") + what);
   }
-  // Reads until EOF (the server must close): dies if data keeps coming forever.
-  void expect_close(const char* scenario) {
+  // Reads until EOF (the server must close): dies if data keeps coming forever, or
+  // with `silently`, if any byte comes before the close.
+  void expect_close(const char* scenario, bool silently = false) {
     uint8_t sink[4096];
     for (int i = 0; i < 100000; ++i) {
       ssize_t n = ::recv(fd_, sink, sizeof sink, 0);
       if (n == 0 || (n < 0 && errno == ECONNRESET)) return;
+      if (n > 0 && silently) die(std::string(scenario) + ": server sent data instead of closing");
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         die(std::string(scenario) + ": server kept the connection open (expected it closed)");
@@ -503,11 +529,71 @@ std::vector<Scenario> scenarios() {
   return list;
 }
 
+// Against a server that requires TLS (on TCP). None of these may reach an export.
+std::vector<Scenario> tls_refusal_scenarios() {
+  std::vector<Scenario> list;
+  list.push_back({"plaintext options get TLS_REQD", [] {
+    Client client;
+    client.start_handshake();
+    std::vector<uint8_t> data;
+    for (uint32_t option : {kOptList, kOptStructuredReply, 0x1234u}) {
+      client.send_option(option, {});
+      if (client.read_option_reply(option, &data) != kRepErrTlsReqd) {
+        die("option " + std::to_string(option) + " before STARTTLS not ERR_TLS_REQD");
+      }
+    }
+    if (client.go(g_export) != kRepErrTlsReqd) die("GO before STARTTLS not ERR_TLS_REQD");
+    client.send_option(kOptAbort, {});
+    client.expect_close("abort after TLS_REQD");
+  }});
+  list.push_back({"EXPORT_NAME before STARTTLS", [] {
+    Client client;
+    client.start_handshake();
+    client.send_option(kOptExportName, std::vector<uint8_t>(g_export.begin(), g_export.end()));
+    client.expect_close("EXPORT_NAME before STARTTLS", /*silently=*/true);
+  }});
+  list.push_back({"STARTTLS with data", [] {
+    Client client;
+    client.start_handshake();
+    client.send_option(kOptStartTls, {1});
+    std::vector<uint8_t> data;
+    if (client.read_option_reply(kOptStartTls, &data) != kRepErrInvalid) {
+      die("STARTTLS with data not ERR_INVALID");
+    }
+    client.send_option(kOptAbort, {});
+    client.expect_close("abort after STARTTLS with data");
+  }});
+  list.push_back({"plaintext pipelined after STARTTLS", [] {
+    // STARTTLS and a plaintext GO in one write, as a man in the middle injecting
+    // plaintext after the client's STARTTLS would (nbdkit CVE-2021-3716): the server
+    // must acknowledge STARTTLS, then fail the TLS handshake on the GO's bytes and close
+    // without ever answering the GO.
+    Client client;
+    client.start_handshake();
+    std::vector<uint8_t> bytes(16);
+    put_be64(bytes.data(), kOptionMagic);
+    put_be32(bytes.data() + 8, kOptStartTls);
+    put_be32(bytes.data() + 12, 0);
+    std::vector<uint8_t> go = Client::go_payload(g_export);
+    std::vector<uint8_t> go_header(16);
+    put_be64(go_header.data(), kOptionMagic);
+    put_be32(go_header.data() + 8, kOptGo);
+    put_be32(go_header.data() + 12, static_cast<uint32_t>(go.size()));
+    bytes.insert(bytes.end(), go_header.begin(), go_header.end());
+    bytes.insert(bytes.end(), go.begin(), go.end());
+    client.send_or_die(bytes.data(), bytes.size(), "STARTTLS + GO");
+    std::vector<uint8_t> data;
+    if (client.read_option_reply(kOptStartTls, &data) != kRepAck) die("STARTTLS not acknowledged");
+    client.expect_close("plaintext after STARTTLS", /*silently=*/true);
+  }});
+  return list;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    std::fprintf(stderr, "usage: nbd_abuse SOCKET EXPORT all|hold|hold-handshake\n");
+    std::fprintf(stderr, "usage: nbd_abuse SOCKET|tcp:HOST:PORT EXPORT all|hold|hold-handshake|tls-refusals\n");
     return 2;
   }
   g_socket_path = argv[1];
@@ -529,6 +615,14 @@ int main(int argc, char** argv) {
     while (::recv(client.fd(), &byte, 1, 0) > 0) {
     }
     std::printf("closed by server\n");
+    return 0;
+  }
+  if (mode == "tls-refusals") {
+    for (const Scenario& scenario : tls_refusal_scenarios()) {
+      std::fprintf(stderr, "nbd_abuse: %s\n", scenario.name);
+      scenario.run();
+    }
+    std::fprintf(stderr, "nbd_abuse: all TLS refusal scenarios passed\n");
     return 0;
   }
   if (mode != "all") {
