@@ -153,7 +153,8 @@ int run_serve(const ServeArgs& args) {
   std::shared_ptr<net::TlsContext> tls;
   if (*tls_mode != nbd::TlsMode::kOff) {
     Result<std::shared_ptr<net::TlsContext>> loaded = net::TlsContext::load(
-        net::TlsFiles{args.tls_certificate_path, args.tls_key_path, args.tls_ca_path});
+        net::TlsFiles{args.tls_certificate_path, args.tls_key_path, args.tls_ca_path},
+        net::TlsVersions::k12AndLater);  // the NBD spec requires servers to offer TLS 1.2
     if (!loaded.ok()) {
       std::fprintf(stderr, "amirror serve: %s\n", loaded.status().message().c_str());
       return 1;

@@ -232,10 +232,9 @@ void Connection::serve(const ExportCatalog& catalog) {
   Result<Negotiated> negotiated = negotiate(stream, catalog, tls_mode_);
   if (!negotiated.ok()) {
     if (stream.tls_failed()) {
-      if (!quiet_) {
-        log_line("connection %llu from %s: %s; closing", static_cast<unsigned long long>(id_),
-                 peer_.c_str(), negotiated.status().message().c_str());
-      }
+      // A refused client is a security event: logged even when quiet.
+      log_line("connection %llu from %s: %s; closing", static_cast<unsigned long long>(id_), peer_.c_str(),
+               negotiated.status().message().c_str());
     } else if (!quiet_ || negotiated.status().code() != ErrorCode::kCancelled) {
       log_line("connection %llu from %s: handshake ended: %s",
                static_cast<unsigned long long>(id_), peer_.c_str(),

@@ -46,7 +46,7 @@ std::string subject_of(X509* certificate) {
 
 }  // namespace
 
-Result<std::shared_ptr<TlsContext>> TlsContext::load(const TlsFiles& files) {
+Result<std::shared_ptr<TlsContext>> TlsContext::load(const TlsFiles& files, TlsVersions versions) {
   AMIRROR_RETURN_IF_ERROR(check_readable(files.certificate_path, "certificate"));
   AMIRROR_RETURN_IF_ERROR(check_readable(files.key_path, "key"));
   AMIRROR_RETURN_IF_ERROR(check_readable(files.ca_path, "CA"));
@@ -54,11 +54,13 @@ Result<std::shared_ptr<TlsContext>> TlsContext::load(const TlsFiles& files) {
   SSL_CTX* raw = SSL_CTX_new(TLS_method());
   if (raw == nullptr) return Status(ErrorCode::kIo, "cannot create a TLS context: " + openssl_error_text());
   std::shared_ptr<TlsContext> context(new TlsContext(raw));
-  SSL_CTX_set_min_proto_version(raw, TLS1_3_VERSION);
+  SSL_CTX_set_min_proto_version(raw, versions == TlsVersions::k13Only ? TLS1_3_VERSION : TLS1_2_VERSION);
   SSL_CTX_set_max_proto_version(raw, TLS1_3_VERSION);
   // Framed protocols detect truncation themselves, so a peer vanishing without
-  // close_notify is an ordinary "connection closed", not a TLS error.
-  SSL_CTX_set_options(raw, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_TICKET);
+  // close_notify is an ordinary "connection closed", not a TLS error. No
+  // renegotiation (TLS 1.2): a reader and a writer share a session, which is only safe
+  // while neither can be asked to redo the handshake.
+  SSL_CTX_set_options(raw, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
   SSL_CTX_set_num_tickets(raw, 0);
   SSL_CTX_set_session_cache_mode(raw, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_mode(raw, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
@@ -122,9 +124,7 @@ Result<std::unique_ptr<TlsSession>> TlsContext::handshake(int fd, const std::str
     uint8_t first = 0;
     ssize_t peeked = ::recv(fd, &first, 1, MSG_PEEK);
     if (peeked == 1 && first != 22) {
-      return Status(ErrorCode::kInvalidArgument,
-                    peer + " sent plaintext where a TLS handshake was expected; configure TLS on both ends "
-                           "(or insecure = true on both, for a trusted network only)");
+      return Status(ErrorCode::kInvalidArgument, peer + " sent plaintext where a TLS handshake was expected");
     }
   } else {
     SSL_set_connect_state(ssl);

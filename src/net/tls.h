@@ -7,7 +7,7 @@
 // (a subjectAltName DNS entry, or the subject CN when there is no DNS entry), so a
 // certificate that is valid but belongs to another node is refused.
 //
-// Protocol choices: TLS 1.3 only; no session tickets (a server never sends
+// Protocol choices: TLS 1.3 only (NBD may allow 1.2); no renegotiation; no session tickets (a server never sends
 // post-handshake data, so "readable" on the socket means application data or an
 // alert); no renegotiation exists in 1.3.
 //
@@ -31,6 +31,10 @@ typedef struct ssl_st SSL;
 
 namespace amirror::net {
 
+// Peer connections use TLS 1.3 only. The NBD specification requires servers to offer
+// TLS 1.2 as well, so NBD listeners may allow it (still without renegotiation).
+enum class TlsVersions { k13Only, k12AndLater };
+
 struct TlsFiles {
   std::string certificate_path;  // PEM: this node's certificate (may include the chain)
   std::string key_path;          // PEM: its private key (keep it mode 0600)
@@ -44,7 +48,8 @@ class TlsContext {
   // Loads and checks the files: the key must match the certificate, and the certificate
   // must verify against the CA (a node whose own certificate is not trusted by its
   // peers is a configuration error better reported at startup).
-  static Result<std::shared_ptr<TlsContext>> load(const TlsFiles& files);
+  static Result<std::shared_ptr<TlsContext>> load(const TlsFiles& files,
+                                                   TlsVersions versions = TlsVersions::k13Only);
   ~TlsContext();
   TlsContext(const TlsContext&) = delete;
   TlsContext& operator=(const TlsContext&) = delete;

@@ -74,11 +74,11 @@ Status check_transport(const NodeConfig& config, const std::string& source_name)
                             "(docs/security.md shows how to make them), or set 'insecure = true' in [tls] "
                             "for plaintext on a trusted network");
   }
-  if (config.nbd_tls != NbdTls::kOff && !config.has_tls()) {
+  if (config.nbd_tls != nbd::TlsMode::kOff && !config.has_tls()) {
     return invalid_argument(source_name + " [node]: 'nbd_tls' needs the [tls] certificate, key and ca");
   }
   if (!config.nbd_listen.empty() && !is_loopback_address(config.nbd_listen) &&
-      config.nbd_tls != NbdTls::kRequire && !config.insecure) {
+      config.nbd_tls != nbd::TlsMode::kRequire && !config.insecure) {
     return invalid_argument(source_name + " [node]: 'nbd_listen' " + config.nbd_listen +
                             " is not a loopback address: set nbd_tls = \"require\" so strangers cannot read "
                             "or write volumes, or 'insecure = true' in [tls]");
@@ -122,12 +122,10 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
   AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "listen", false, config.listen));
   std::string nbd_tls;
   AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "nbd_tls", false, nbd_tls));
-  if (nbd_tls == "allow") {
-    config.nbd_tls = NbdTls::kAllow;
-  } else if (nbd_tls == "require") {
-    config.nbd_tls = NbdTls::kRequire;
-  } else if (!nbd_tls.empty() && nbd_tls != "off") {
-    return invalid_argument(where + ": 'nbd_tls' must be \"off\", \"allow\" or \"require\", not '" + nbd_tls + "'");
+  if (!nbd_tls.empty()) {
+    auto mode = nbd::parse_tls_mode(nbd_tls);
+    if (!mode.ok()) return invalid_argument(where + ": 'nbd_tls': " + mode.status().message());
+    config.nbd_tls = mode.value();
   }
   AMIRROR_RETURN_IF_ERROR(parse_tls_table(root, source_name, config));
   for (const char* key : {"peer_timeout", "default_interval"}) {

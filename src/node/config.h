@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "nbd/handshake.h"
 #include "net/tls.h"
 
 namespace amirror::node {
@@ -19,8 +20,6 @@ struct PeerConfig {
   std::string identity;  // the name its TLS certificate must carry (default: name)
 };
 
-// Who may use the NBD TCP listener without TLS (docs/security.md).
-enum class NbdTls { kOff, kAllow, kRequire };
 
 struct NodeConfig {
   std::string name;            // [A-Za-z0-9._-]{1,64}
@@ -31,7 +30,7 @@ struct NodeConfig {
   std::string listen;          // HOST:PORT where peers connect to send replicas; empty = none
   uint64_t peer_timeout_ms = 30'000;   // a silent peer is given up after this long
   uint64_t default_interval_ms = 10'000;
-  NbdTls nbd_tls = NbdTls::kOff;       // STARTTLS policy of the NBD listeners
+  nbd::TlsMode nbd_tls = nbd::TlsMode::kOff;  // STARTTLS policy of the NBD TCP listener
   // [tls]: this node's certificate, key and CA. Peer connections use TLS 1.3 with
   // mutual authentication whenever a node has peers or listens for them, unless
   // `insecure = true` (plaintext, for trusted networks and tests only).

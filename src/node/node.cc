@@ -105,6 +105,10 @@ Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config) {
     auto tls = net::TlsContext::load(config.tls);
     if (!tls.ok()) return tls.status().with_context("[tls]");
     node->tls_ = std::move(tls).value();
+    // The same files for NBD, whose specification requires servers to offer TLS 1.2.
+    auto nbd_tls = net::TlsContext::load(config.tls, net::TlsVersions::k12AndLater);
+    if (!nbd_tls.ok()) return nbd_tls.status().with_context("[tls]");
+    node->nbd_tls_ = std::move(nbd_tls).value();
   }
   AMIRROR_RETURN_IF_ERROR(node->open_everything());
   AMIRROR_RETURN_IF_ERROR(node->start_listeners());
@@ -148,6 +152,8 @@ Status Node::start_listeners() {
     nbd::ServerOptions options;
     options.unix_socket_path = config_.nbd_socket;
     options.tcp_address = config_.nbd_listen;
+    options.tls = nbd_tls_;
+    options.tls_mode = config_.nbd_tls;
     options.quiet = true;
     AMIRROR_ASSIGN_OR_RETURN(nbd_server_, nbd::Server::start(options, std::make_shared<NodeCatalog>(this)));
   }

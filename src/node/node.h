@@ -69,7 +69,8 @@ class Node {
   std::vector<std::unique_ptr<MirrorEngine>> retired_engines_;
 
   // Null only with insecure = true (or a node with no peers and no TLS files).
-  std::shared_ptr<const net::TlsContext> tls_;
+  std::shared_ptr<const net::TlsContext> tls_;      // peers: TLS 1.3 only
+  std::shared_ptr<const net::TlsContext> nbd_tls_;  // NBD STARTTLS: TLS 1.2 or 1.3
   std::unique_ptr<nbd::Server> nbd_server_;
   std::unique_ptr<repl::PeerListener> peer_listener_;
   std::thread peer_accept_thread_;

@@ -58,17 +58,17 @@ TEST(NodeConfig, BadTlsTablesAreRefused) {
 }
 
 TEST(NodeConfig, NbdTlsRules) {
-  expect_refused(kNode + "nbd_tls = \"maybe\"\n" + kTls + kPeer, "'nbd_tls' must be");
+  expect_refused(kNode + "nbd_tls = \"maybe\"\n" + kTls + kPeer, "'nbd_tls': TLS mode must be");
   expect_refused(kNode + "nbd_tls = \"require\"\n\n[tls]\ninsecure = true\n" + kPeer, "'nbd_tls' needs");
   // A non-loopback NBD listener is refused unless TLS is required there.
   expect_refused(kNode + "nbd_listen = \"0.0.0.0:10809\"\n" + kTls + kPeer, "not a loopback address");
   auto config = parse_node_config(kNode + "nbd_listen = \"0.0.0.0:10809\"\nnbd_tls = \"require\"\n" + kTls + kPeer,
                                   "node.toml");
   ASSERT_TRUE(config.ok()) << config.status().to_string();
-  EXPECT_EQ(config->nbd_tls, NbdTls::kRequire);
+  EXPECT_EQ(config->nbd_tls, nbd::TlsMode::kRequire);
   config = parse_node_config(kNode + "nbd_listen = \"127.0.0.1:10809\"\n" + kTls + kPeer, "node.toml");
   ASSERT_TRUE(config.ok()) << config.status().to_string();
-  EXPECT_EQ(config->nbd_tls, NbdTls::kOff);
+  EXPECT_EQ(config->nbd_tls, nbd::TlsMode::kOff);
 }
 
 }  // namespace
