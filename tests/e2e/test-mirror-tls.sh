@@ -25,6 +25,24 @@ grep -q "peers: TLS 1.3, mutual authentication, this node is CN=site-a" "$WORK/s
 good_cycle=$(replica_field site-b site-a good applied_cycle)
 log "good pair: mirrored over TLS, replica exact at cycle $good_cycle"
 
+log "the replica over NBD with STARTTLS required (nbd_tls = \"require\")"
+nbd_port=$(free_ports 1)
+sed -i "/^listen = /a nbd_listen = \"127.0.0.1:$nbd_port\"\nnbd_tls = \"require\"" "$WORK/site-b.toml"
+stop_node site-b
+start_node site-b
+mkdir -p "$WORK/nbd-client"  # libnbd's layout: ca-cert.pem, client-cert.pem, client-key.pem
+cp "$WORK/pki/ca.crt" "$WORK/nbd-client/ca-cert.pem"
+cp "$WORK/pki/site-a.crt" "$WORK/nbd-client/client-cert.pem"
+cp "$WORK/pki/site-a.key" "$WORK/nbd-client/client-key.pem"
+nbdcopy "nbds://localhost:$nbd_port/site-a/good?tls-certificates=$WORK/nbd-client" "$WORK/replica-over-tls.img" ||
+  fail "nbdcopy over TLS from site-b failed"
+nbdcopy "$(vol_uri site-a good)" "$WORK/source.img" || fail "cannot read the source volume"
+cmp "$WORK/source.img" "$WORK/replica-over-tls.img" || fail "the replica read over NBD+TLS differs from the source"
+if nbdinfo "nbd://localhost:$nbd_port/site-a/good" >"$WORK/plain.out" 2>&1; then
+  fail "a plaintext NBD client read the replica although nbd_tls = require"
+fi
+log "read the replica over nbds:// (TLS) and compared it; a plaintext client was refused"
+
 # set_tls NODE CERT_DIR CERT_NAME [IDENTITY_OF_PEER]: rewrite NODE's [tls] files.
 set_tls() {
   local node=$1 dir=$2 cert=$3
@@ -103,7 +121,7 @@ grep -q "peers: INSECURE: plaintext" "$WORK/status.txt" || fail "status does not
 log "refused: $LAST_ERROR"
 
 log "insecure = true on both ends: plaintext works, and status says so"
-sed -i -e '/^certificate = /d' -e '/^key = /d' -e 's|^ca = .*|insecure = true|' "$WORK/site-b.toml"
+sed -i -e '/^certificate = /d' -e '/^key = /d' -e 's|^ca = .*|insecure = true|' -e '/^nbd_tls = /d' "$WORK/site-b.toml"
 stop_node site-b
 start_node site-b
 stop_node site-a
