@@ -25,3 +25,12 @@ make_pki() {
     chmod 600 "$dir/$name.key"
   done
 }
+
+# client_dir DIR CA CERT KEY: the layout qemu's tls-creds-x509 (endpoint=client) and
+# libnbd's tls-certificates both read.
+client_dir() {
+  mkdir -p "$1"
+  cp "$2" "$1/ca-cert.pem"
+  cp "$3" "$1/client-cert.pem"
+  cp "$4" "$1/client-key.pem"
+}

@@ -30,10 +30,7 @@ nbd_port=$(free_ports 1)
 sed -i "/^listen = /a nbd_listen = \"127.0.0.1:$nbd_port\"\nnbd_tls = \"require\"" "$WORK/site-b.toml"
 stop_node site-b
 start_node site-b
-mkdir -p "$WORK/nbd-client"  # libnbd's layout: ca-cert.pem, client-cert.pem, client-key.pem
-cp "$WORK/pki/ca.crt" "$WORK/nbd-client/ca-cert.pem"
-cp "$WORK/pki/site-a.crt" "$WORK/nbd-client/client-cert.pem"
-cp "$WORK/pki/site-a.key" "$WORK/nbd-client/client-key.pem"
+client_dir "$WORK/nbd-client" "$WORK/pki/ca.crt" "$WORK/pki/site-a.crt" "$WORK/pki/site-a.key"
 nbdcopy "nbds://localhost:$nbd_port/site-a/good?tls-certificates=$WORK/nbd-client" "$WORK/replica-over-tls.img" ||
   fail "nbdcopy over TLS from site-b failed"
 nbdcopy "$(vol_uri site-a good)" "$WORK/source.img" || fail "cannot read the source volume"

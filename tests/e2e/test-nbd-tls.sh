@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # NBD STARTTLS with `amirror serve --tls require`, certificates made with the openssl
-# command line (make_pki below: the commands docs/security.md shows). Checks:
+# command line (tests/e2e/pki.sh: the commands docs/security.md shows). Checks:
 #   - qemu-io (tls-creds-x509) and nbdinfo (nbds://, tls-certificates=) work over TLS,
 #     including writes and reads of patterns bigger than one TLS record;
 #   - plaintext clients on TCP are refused with "TLS required" (nbdinfo, qemu-io);
@@ -13,46 +13,14 @@
 #   - the Unix socket still serves plaintext (TLS allowed there, not required);
 #   - `--tcp PORT` binds loopback only; usage errors exit 2 and name the missing flag.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/pki.sh"
 : "${TOOLS_DIR:?set TOOLS_DIR to the tests/tools build directory (ctest does this)}"
 ABUSE="$TOOLS_DIR/nbd_abuse"
 [[ -x "$ABUSE" ]] || fail "missing $ABUSE; build the tests first"
 require_cmd qemu-io nbdinfo openssl
 
-# make_pki DIR CA_NAME NAME...: an EC P-256 CA in DIR/ca.crt (its key DIR/ca.key), and
-# per NAME a key DIR/NAME.key and certificate DIR/NAME.crt for CN=NAME with subjectAltName
-# DNS:NAME, DNS:localhost, IP:127.0.0.1, good for TLS server and client use.
-make_pki() {
-  local dir=$1 ca_name=$2 name
-  shift 2
-  mkdir -p "$dir"
-  (
-    umask 077
-    openssl req -x509 -new -noenc -newkey ec -pkeyopt ec_paramgen_curve:P-256 -sha256 -days 30 \
-      -subj "/CN=$ca_name" -keyout "$dir/ca.key" -out "$dir/ca.crt" \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-    for name; do
-      openssl req -new -noenc -newkey ec -pkeyopt ec_paramgen_curve:P-256 -subj "/CN=$name" \
-        -keyout "$dir/$name.key" -out "$dir/$name.csr"
-      openssl x509 -req -sha256 -days 30 -in "$dir/$name.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
-        -CAcreateserial -out "$dir/$name.crt" -extfile <(printf '%s\n' \
-          "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
-          "extendedKeyUsage=serverAuth,clientAuth" \
-          "subjectAltName=DNS:$name,DNS:localhost,IP:127.0.0.1")
-    done
-  ) 2>"$dir/openssl.log" || fail "openssl failed: $(cat "$dir/openssl.log")"
-}
-
-# client_dir DIR CA CERT KEY: the layout qemu's tls-creds-x509 and libnbd's
-# tls-certificates both read.
-client_dir() {
-  mkdir -p "$1"
-  cp "$2" "$1/ca-cert.pem"
-  cp "$3" "$1/client-cert.pem"
-  cp "$4" "$1/client-key.pem"
-}
-
-make_pki "$WORK/pki" "amirror test CA" server client
-make_pki "$WORK/other" "another CA" stranger
+make_pki "$WORK/pki" server client
+make_pki "$WORK/other" stranger
 client_dir "$WORK/client" "$WORK/pki/ca.crt" "$WORK/pki/client.crt" "$WORK/pki/client.key"
 # Trusts the server, but its own certificate is signed by a CA the server does not know.
 client_dir "$WORK/stranger" "$WORK/pki/ca.crt" "$WORK/other/stranger.crt" "$WORK/other/stranger.key"
