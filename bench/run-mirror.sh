@@ -17,6 +17,7 @@
 #          INIT_SIZE_GIB (4) size of the case-1 volumes (half of it is written)
 #          INC_SIZE_GIB (8) size of the case-2 volume and files (scale down if /tmp is short)
 #          WORKDIR (/tmp)   where nodes, volumes and peer files live
+#          TRANSPORT (tls)  tls: peers on TLS 1.3 (as deployed); insecure: plaintext
 #
 # Without an argument it uses build-mbench/amirror, building it (Release) if absent.
 # See bench/README.md ("## Mirroring").
@@ -41,6 +42,8 @@ LAG_CHUNK=${LAG_CHUNK:-64K}  # the lag volume's chunk size: 4 KiB writes dirty o
 INC_SIZE_GIB=${INC_SIZE_GIB:-8}
 INIT_SIZE_GIB=${INIT_SIZE_GIB:-4}
 WORKDIR=${WORKDIR:-/tmp}
+TRANSPORT=${TRANSPORT:-tls}
+[[ $TRANSPORT == tls || $TRANSPORT == insecure ]] || { echo "bench: TRANSPORT must be tls or insecure" >&2; exit 1; }
 for cmd in nbdcopy fio rsync python3 openssl; do
   command -v $cmd >/dev/null || { echo "bench: $cmd is not installed" >&2; exit 1; }
 done
@@ -217,6 +220,20 @@ import socket
 ss = [socket.socket() for _ in range(2)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))')"
+# Peers talk TLS 1.3 with certificates made like docs/security.md's; TRANSPORT=insecure
+# measures plaintext instead (the price of TLS is the difference).
+fail() { echo "bench: $*" >&2; exit 1; }
+source "$repo/tests/e2e/pki.sh"
+if [[ $TRANSPORT == tls ]]; then
+  make_pki "$WORK/pki" src dst
+fi
+tls_table() {  # NAME
+  if [[ $TRANSPORT == tls ]]; then
+    printf 'certificate = "%s"\nkey = "%s"\nca = "%s"\n' "$WORK/pki/$1.crt" "$WORK/pki/$1.key" "$WORK/pki/ca.crt"
+  else
+    echo "insecure = true"
+  fi
+}
 write_config() {  # NAME PORT PEER PEER_PORT
   cat >"$WORK/$1.toml" <<EOF
 [node]
@@ -225,6 +242,9 @@ data_dir = "$WORK/$1.d"
 control_socket = "$WORK/$1.sock"
 nbd_socket = "$WORK/$1-nbd.sock"
 listen = "127.0.0.1:$2"
+
+[tls]
+$(tls_table "$1")
 
 [[peers]]
 name = "$3"
