@@ -89,7 +89,13 @@ Result<std::unique_ptr<Replica>> Replica::open(FileSystem& fs, const std::string
   if (has_stage) {
     std::lock_guard delta(replica->delta_mutex_);
     AMIRROR_RETURN_IF_ERROR(replica->scan_stage());
-    if (replica->committed_) AMIRROR_RETURN_IF_ERROR(replica->apply_locked([] {}));
+    if (replica->committed_) {
+      // The commit record may not be durable (end_delta's fdatasync failed, then the
+      // process restarted): make it so before acting on it, else a power loss after the
+      // apply could bring this stage back without its commit, stale and "receiving".
+      AMIRROR_RETURN_IF_ERROR(replica->stage_->sync());
+      AMIRROR_RETURN_IF_ERROR(replica->apply_locked([] {}));
+    }
   }
   return replica;
 }
@@ -260,7 +266,12 @@ Status Replica::begin_delta(const BeginDelta& begin) {
     stage_header_.record_count = begin.record_count;
     return Status();
   }
-  // A fresh delta replaces whatever was staged.
+  // A fresh delta replaces whatever was staged. If the old stage cannot be removed,
+  // that is the error to report (not the "File exists" of creating the new one over
+  // it), and the old stage stays what the replica holds, in memory as on disk.
+  if (Status removed = fs_.remove(where); !removed.ok() && removed.code() != ErrorCode::kNotFound) {
+    return removed.with_context("replacing the staged delta");
+  }
   {
     std::unique_lock lock(state_mutex_);
     stage_.reset();
@@ -270,7 +281,6 @@ Status Replica::begin_delta(const BeginDelta& begin) {
     staging_index_.clear();
     staged_records_ = 0;
   }
-  (void)fs_.remove(where);
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<File> stage, fs_.open(where, OpenMode::kCreateNew));
   std::string header = encode_stage_header(begin);
   AMIRROR_RETURN_IF_ERROR(stage->write_at(0, bytes_of(header)));
