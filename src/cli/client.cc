@@ -4,6 +4,7 @@
 // 3 the node could not be reached.
 #include <fmt/core.h>
 
+#include <ctime>
 #include <chrono>
 #include <nlohmann/json.hpp>
 
@@ -140,6 +141,12 @@ int run_status(const ClientArgs& client) {
   std::string mode = transport.value("mode", "");
   if (mode == "tls") {
     fmt::print("peers: TLS 1.3, mutual authentication, this node is {}\n", transport.value("certificate", "?"));
+    // Expiry stops every mirror at once: warn a month ahead.
+    int64_t days_left = (transport.value("certificate_expires_unix_s", int64_t{0}) - static_cast<int64_t>(std::time(nullptr))) / 86400;
+    if (days_left < 30) {
+      fmt::print("WARNING: this node's certificate {} in {} days; renew it (docs/security.md)\n",
+                 days_left < 0 ? "expired" : "expires", days_left < 0 ? -days_left : days_left);
+    }
   } else if (mode == "insecure") {
     fmt::print("peers: INSECURE: plaintext, unauthenticated (insecure = true in [tls])\n");
   }

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 
 namespace amirror::net {
@@ -85,6 +86,8 @@ Result<std::shared_ptr<TlsContext>> TlsContext::load(const TlsFiles& files, TlsV
   // Our own certificate must verify against the CA, or every peer would refuse us.
   X509* own = SSL_CTX_get0_certificate(raw);
   context->subject_ = subject_of(own);
+  struct tm expiry {};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(own), &expiry) == 1) context->not_after_unix_s_ = timegm(&expiry);
   X509_STORE_CTX* check = X509_STORE_CTX_new();
   X509_STORE_CTX_init(check, SSL_CTX_get_cert_store(raw), own, nullptr);
   int verified = X509_verify_cert(check);

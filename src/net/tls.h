@@ -62,6 +62,8 @@ class TlsContext {
 
   // The subject of this node's own certificate, e.g. "CN=node-a".
   const std::string& subject() const { return subject_; }
+  // When this node's certificate expires (Unix seconds): status warns ahead of time.
+  int64_t not_after_unix_s() const { return not_after_unix_s_; }
 
  private:
   explicit TlsContext(SSL_CTX* context) : context_(context) {}
@@ -69,6 +71,7 @@ class TlsContext {
                                                 bool is_server) const;
   SSL_CTX* context_;
   std::string subject_;
+  int64_t not_after_unix_s_ = 0;
 };
 
 class TlsSession {

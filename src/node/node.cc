@@ -489,7 +489,10 @@ std::string Node::status_json() {
   }
   // How replicas travel: "tls" (TLS 1.3, both ends authenticated) or "insecure".
   json transport = {{"mode", tls_ != nullptr ? "tls" : config_.insecure ? "insecure" : "none"}};
-  if (tls_ != nullptr) transport["certificate"] = tls_->subject();
+  if (tls_ != nullptr) {
+    transport["certificate"] = tls_->subject();
+    transport["certificate_expires_unix_s"] = tls_->not_after_unix_s();
+  }
   return json{{"ok", true},         {"node", config_.name},     {"peer_transport", transport},
               {"volumes", volumes}, {"replicas", replicas}}.dump();
 }
