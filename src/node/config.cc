@@ -2,6 +2,7 @@
 // Only this file includes toml++ (a large header-only library).
 #include "node/config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -88,6 +89,10 @@ Status check_transport(const NodeConfig& config, const std::string& source_name)
 
 }  // namespace
 
+bool PeerConfig::may_send(const std::string& volume) const {
+  return volumes.empty() || std::find(volumes.begin(), volumes.end(), volume) != volumes.end();
+}
+
 const PeerConfig* NodeConfig::find_peer(const std::string& peer_name) const {
   for (const PeerConfig& peer : peers) {
     if (peer.name == peer_name) return &peer;
@@ -144,7 +149,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
       const toml::table* peer_table = (*list)[i].as_table();
       std::string peer_where = source_name + " [[peers]] #" + std::to_string(i + 1);
       if (peer_table == nullptr) return invalid_argument(peer_where + ": must be a table");
-      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address", "identity"}));
+      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address", "identity", "volumes"}));
       PeerConfig peer;
       AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "name", true, peer.name));
       AMIRROR_RETURN_IF_ERROR(validate_name(peer.name, "peer name").with_context(peer_where));
@@ -152,6 +157,19 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
       AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "identity", false, peer.identity));
       if (peer.identity.empty()) peer.identity = peer.name;
       AMIRROR_RETURN_IF_ERROR(validate_name(peer.identity, "peer identity").with_context(peer_where));
+      if (const toml::node* volumes = peer_table->get("volumes")) {
+        const toml::array* list = volumes->as_array();
+        if (list == nullptr) return invalid_argument(peer_where + ": 'volumes' must be a list of volume names");
+        for (const toml::node& item : *list) {
+          const auto* volume = item.as_string();
+          if (volume == nullptr) return invalid_argument(peer_where + ": 'volumes' must be a list of volume names");
+          AMIRROR_RETURN_IF_ERROR(validate_name(volume->get(), "volume name").with_context(peer_where + " volumes"));
+          peer.volumes.push_back(volume->get());
+        }
+        if (peer.volumes.empty()) {
+          return invalid_argument(peer_where + ": 'volumes' is empty; remove it to accept any volume from this peer");
+        }
+      }
       if (peer.name == config.name) return invalid_argument(peer_where + ": a node cannot be its own peer");
       if (config.find_peer(peer.name) != nullptr) {
         return invalid_argument(peer_where + ": peer '" + peer.name + "' is listed twice");

@@ -18,6 +18,11 @@ struct PeerConfig {
   std::string name;
   std::string address;   // HOST:PORT where that peer listens for replicas
   std::string identity;  // the name its TLS certificate must carry (default: name)
+  // Volumes this peer may send here as a source; empty = any. Bounds what a peer
+  // (or whoever holds its key) can create or overwrite on this node.
+  std::vector<std::string> volumes;
+
+  bool may_send(const std::string& volume) const;
 };
 
 

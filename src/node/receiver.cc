@@ -129,6 +129,11 @@ class PeerSession {
         if (in_delta_) return invalid_argument("OPEN_REPLICA in the middle of a delta");
         AMIRROR_ASSIGN_OR_RETURN(repl::OpenReplica open, repl::decode_open_replica(frame.payload));
         release();
+        const PeerConfig* peer = config_.find_peer(peer_name_);  // non-null: handshake() checked
+        if (peer == nullptr || !peer->may_send(open.volume)) {
+          return invalid_argument("peer '" + peer_name_ + "' may not send volume '" + open.volume +
+                                  "': it is not in that peer's 'volumes' list on " + config_.name);
+        }
         std::string key = peer_name_ + "/" + open.volume;
         if (!registry_.acquire(key, config_.peer_timeout_ms)) return Status(ErrorCode::kBusy, "replica " + key + " is in use by another connection");
         held_key_ = key;

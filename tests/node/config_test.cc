@@ -28,6 +28,19 @@ TEST(NodeConfig, TlsFilesAndPeerIdentity) {
   EXPECT_EQ(config->peers.at(0).identity, "b.dr.example");
 }
 
+TEST(NodeConfig, PeerVolumesBoundWhatAPeerMaySend) {
+  auto config = parse_node_config(kNode + kTls + kPeer + "volumes = [\"db\", \"vm-1\"]\n", "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_TRUE(config->peers.at(0).may_send("db"));
+  EXPECT_FALSE(config->peers.at(0).may_send("db2"));
+  config = parse_node_config(kNode + kTls + kPeer, "node.toml");
+  ASSERT_TRUE(config.ok());
+  EXPECT_TRUE(config->peers.at(0).may_send("anything"));
+  expect_refused(kNode + kTls + kPeer + "volumes = []\n", "'volumes' is empty");
+  expect_refused(kNode + kTls + kPeer + "volumes = [\"../x\"]\n", "volume name");
+  expect_refused(kNode + kTls + kPeer + "volumes = \"db\"\n", "must be a list");
+}
+
 TEST(NodeConfig, IdentityDefaultsToThePeerName) {
   auto config = parse_node_config(kNode + kTls + kPeer, "node.toml");
   ASSERT_TRUE(config.ok()) << config.status().to_string();
