@@ -118,6 +118,9 @@ Result<std::unique_ptr<TlsSession>> TlsContext::handshake(int fd, const std::str
   if (ssl == nullptr) return Status(ErrorCode::kIo, "cannot create a TLS session: " + openssl_error_text());
   std::unique_ptr<TlsSession> session(new TlsSession(ssl, fd, peer));
   session->set_timeout_ms(timeout_ms);
+  // One deadline for the whole handshake, so a peer trickling bytes cannot hold the
+  // connection (and its thread) longer than timeout_ms.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   SSL_set_fd(ssl, fd);
   if (is_server) {
     SSL_set_accept_state(ssl);
@@ -139,6 +142,14 @@ Result<std::unique_ptr<TlsSession>> TlsContext::handshake(int fd, const std::str
     if (result == 1) break;
     int error = SSL_get_error(ssl, result);
     if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      if (timeout_ms > 0) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+          return Status(ErrorCode::kTimeout, std::string(doing) + " " + peer + ": not finished within " +
+                                                 std::to_string(timeout_ms) + " ms");
+        }
+        session->set_timeout_ms(static_cast<int>(left.count()));
+      }
       AMIRROR_RETURN_IF_ERROR(session->wait(error == SSL_ERROR_WANT_WRITE, doing));
       continue;
     }
@@ -158,6 +169,7 @@ Result<std::unique_ptr<TlsSession>> TlsContext::handshake(int fd, const std::str
     return Status(ErrorCode::kInvalidArgument, std::string(doing) + " " + peer + " failed: " + reason + hint);
   }
   session->peer_subject_ = subject_of(SSL_get0_peer_certificate(ssl));
+  session->set_timeout_ms(timeout_ms);
   return session;
 }
 

@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <future>
 #include <thread>
 #include <vector>
@@ -132,6 +134,26 @@ TEST_F(TlsTest, SilentPeerTimesOut) {
   auto result = server->accept(fds_[1], "client", 200);
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.status().code(), ErrorCode::kTimeout);
+}
+
+TEST_F(TlsTest, TricklingPeerCannotStretchTheHandshake) {
+  auto server = context(scratch_.path(), "node-b");
+  // A record header announcing a big ClientHello, then one byte every 50 ms: each wait
+  // sees progress, but the handshake as a whole must end at its deadline.
+  std::atomic<bool> done{false};
+  std::thread trickler([&] {
+    const uint8_t header[] = {22, 3, 1, 0x3f, 0xff, 1, 0, 0x3f, 0xfb};
+    for (size_t i = 0; !done.load(); ++i) {  // without a deadline, accept() would wait ~14 min
+      uint8_t byte = i < sizeof header ? header[i] : 0;
+      if (::write(fds_[0], &byte, 1) != 1) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+  auto result = server->accept(fds_[1], "client", 400);
+  done = true;
+  trickler.join();
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), ErrorCode::kTimeout) << result.status().to_string();
 }
 
 TEST_F(TlsTest, LoadNamesTheBadFile) {
