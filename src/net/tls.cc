@@ -130,7 +130,7 @@ Result<std::unique_ptr<TlsSession>> TlsContext::handshake(int fd, const std::str
     uint8_t first = 0;
     ssize_t peeked = ::recv(fd, &first, 1, MSG_PEEK);
     if (peeked == 1 && first != 22) {
-      return Status(ErrorCode::kInvalidArgument, peer + " sent plaintext where a TLS handshake was expected");
+      return Status(ErrorCode::kUnsupported, peer + " sent plaintext where a TLS handshake was expected");
     }
   } else {
     SSL_set_connect_state(ssl);
@@ -221,11 +221,10 @@ Result<size_t> TlsSession::read_some(std::span<uint8_t> out) {
       case SSL_ERROR_ZERO_RETURN: return size_t{0};
       case SSL_ERROR_WANT_READ: AMIRROR_RETURN_IF_ERROR(wait(false, "receiving from")); break;
       case SSL_ERROR_WANT_WRITE: AMIRROR_RETURN_IF_ERROR(wait(true, "receiving from")); break;
-      default: {
-        Status status = error_status(error, "receiving from");
-        if (status.message().ends_with("closed the connection")) return size_t{0};
-        return status;
-      }
+      case SSL_ERROR_SYSCALL:
+        if (errno == 0) return size_t{0};  // the socket ended without close_notify
+        [[fallthrough]];
+      default: return error_status(error, "receiving from");
     }
   }
 }

@@ -56,7 +56,8 @@ class TlsContext {
 
   // Runs the client or server side of the handshake on a connected socket, waiting at
   // most `timeout_ms` for each step. The socket stays owned by the caller (and is
-  // switched to non-blocking). `peer` names the other end in error messages.
+  // switched to non-blocking). `peer` names the other end in error messages. accept()
+  // fails with kUnsupported when the client speaks plaintext instead of TLS.
   Result<std::unique_ptr<TlsSession>> connect(int fd, const std::string& peer, int timeout_ms) const;
   Result<std::unique_ptr<TlsSession>> accept(int fd, const std::string& peer, int timeout_ms) const;
 

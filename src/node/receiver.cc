@@ -197,11 +197,11 @@ void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, c
   if (tls != nullptr) {
     Status handshake = socket.start_tls(*tls, true);
     if (!handshake.ok()) {
-      bool plaintext = handshake.message().find("plaintext") != std::string::npos;
+      bool plaintext = handshake.code() == ErrorCode::kUnsupported;
       fmt::print(stderr, "peer {}: refused: {}{}\n", socket.peer(), handshake.message(),
                  plaintext ? "; configure [tls] on both nodes (or insecure = true on both, trusted networks only)" : "");
       // A plaintext peer can still read why (it would otherwise just see a closed socket).
-      if (socket.tls() == nullptr && plaintext) {
+      if (plaintext) {
         (void)socket.send_frame(repl::FrameType::kError,
                                 repl::encode_error(config.name + " requires TLS on peer connections"));
       }

@@ -55,4 +55,17 @@ bool env_seed(uint64_t* seed) {
   return true;
 }
 
+std::vector<uint64_t> seeds_to_run(uint64_t default_count, uint64_t shard, uint64_t shard_count) {
+  std::vector<uint64_t> seeds;
+  uint64_t replay_seed = 0;
+  if (env_seed(&replay_seed)) {
+    if (shard == 0) seeds.push_back(replay_seed);
+    return seeds;
+  }
+  const uint64_t seed_count = env_uint("AMIRROR_SEEDS", default_count);
+  const uint64_t first_seed = env_uint("AMIRROR_FIRST_SEED", 1);
+  for (uint64_t seed = first_seed + shard; seed < first_seed + seed_count; seed += shard_count) seeds.push_back(seed);
+  return seeds;
+}
+
 }  // namespace amirror::testing

@@ -53,5 +53,9 @@ bool long_mode();
 bool env_seed(uint64_t* seed);
 // Reads an unsigned integer from the environment, or returns `fallback`.
 uint64_t env_uint(const char* name, uint64_t fallback);
+// The seeds a model-based test runs: AMIRROR_SEED alone (on shard 0) when set, else
+// AMIRROR_SEEDS seeds (default `default_count`) from AMIRROR_FIRST_SEED (1), every
+// shard_count-th one starting at `shard`.
+std::vector<uint64_t> seeds_to_run(uint64_t default_count, uint64_t shard = 0, uint64_t shard_count = 1);
 
 }  // namespace amirror::testing

@@ -80,11 +80,7 @@ grep -q "peer 127.0.0.1:[0-9]*: refused: TLS handshake with .* failed: .*unknown
 log "refused: $LAST_ERROR"
 
 log "a source presenting another node's valid certificate"
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/pki/site-c.key" \
-  -out "$WORK/pki/site-c.csr" -subj "/CN=site-c" 2>/dev/null
-printf '%s\n' "extendedKeyUsage=serverAuth,clientAuth" "subjectAltName=DNS:site-c" >"$WORK/pki/site-c.ext"
-openssl x509 -req -in "$WORK/pki/site-c.csr" -CA "$WORK/pki/ca.crt" -CAkey "$WORK/pki/ca.key" -CAcreateserial \
-  -days 30 -extfile "$WORK/pki/site-c.ext" -out "$WORK/pki/site-c.crt" 2>/dev/null || fail "cannot sign site-c"
+issue_cert "$WORK/pki" site-c # from the good CA
 set_tls site-a "$WORK/pki" site-c
 attempt wrong-identity
 grep -q "presented certificate CN=site-c, which does not name 'site-a'" "$WORK/site-b.log" ||

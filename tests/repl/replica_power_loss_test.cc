@@ -836,16 +836,8 @@ class PowerLossRun {
 
 TEST(ReplicaPowerLossTest, RandomDeltasAndPowerLossesMatchModel) {
   const bool long_run = long_mode();
-  const uint64_t seed_count = env_uint("AMIRROR_SEEDS", long_run ? 300 : 20);
   const uint64_t operation_count = env_uint("AMIRROR_OPS", long_run ? 2000 : 400);
-  const uint64_t first_seed = env_uint("AMIRROR_FIRST_SEED", 1);
-  std::vector<uint64_t> seeds;
-  uint64_t replay_seed = 0;
-  if (env_seed(&replay_seed)) {
-    seeds.push_back(replay_seed);
-  } else {
-    for (uint64_t s = first_seed; s < first_seed + seed_count; s++) seeds.push_back(s);
-  }
+  const std::vector<uint64_t> seeds = seeds_to_run(long_run ? 300 : 20);
   uint64_t total_power_losses = 0;
   uint64_t total_resumes_after_power_loss = 0;
   std::map<std::string, uint64_t> crash_sites;

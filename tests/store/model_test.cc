@@ -718,19 +718,9 @@ class ModelTest : public ::testing::TestWithParam<int> {};
 TEST_P(ModelTest, RandomOperationsMatchModel) {
   const int shard = GetParam();
   const bool long_run = long_mode();
-  const uint64_t seed_count = env_uint("AMIRROR_SEEDS", long_run ? 200 : 20);
   const uint64_t operation_count = env_uint("AMIRROR_OPS", long_run ? 20000 : 5000);
-  const uint64_t first_seed = env_uint("AMIRROR_FIRST_SEED", 1);
-  std::vector<uint64_t> seeds;
-  uint64_t replay_seed = 0;
-  if (env_seed(&replay_seed)) {
-    if (shard == 0) seeds.push_back(replay_seed);
-  } else {
-    for (uint64_t s = first_seed + static_cast<uint64_t>(shard); s < first_seed + seed_count;
-         s += kShardCount) {
-      seeds.push_back(s);
-    }
-  }
+  const std::vector<uint64_t> seeds =
+      seeds_to_run(long_run ? 200 : 20, static_cast<uint64_t>(shard), kShardCount);
   for (uint64_t seed : seeds) {
     ModelRun run(seed, operation_count);
     std::string failure = run.run();
