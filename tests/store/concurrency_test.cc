@@ -31,6 +31,10 @@ constexpr int kReaders = 2;
 constexpr uint64_t kVolumeSizeBytes = 2 * kMiB + 512;
 constexpr uint64_t kChunkSizeBytes = 16 * kKiB;
 constexpr uint64_t kSectors = kVolumeSizeBytes / kStampSectorBytes;
+// The freezer must run this often while writers write, or the test proves little;
+// writers go on (up to kMaxWritesFactor x their quota) until it has.
+constexpr uint64_t kMinFreezes = 4;
+constexpr uint64_t kMaxWritesFactor = 100;
 
 struct Region {
   uint64_t first_sector;
@@ -132,12 +136,19 @@ TEST_F(ConcurrencyTest, WritersReadersFreezesAndMerges) {
     failed = true;
   };
 
+  std::atomic<uint64_t> freezes{0};
+  uint64_t merges = 0;
   std::vector<std::thread> threads;
   for (int w = 0; w < kWriters; w++) {
     threads.emplace_back([&, w] {
       Random random(seed_ * 31 + static_cast<uint64_t>(w));
       std::vector<uint8_t> buffer;
-      for (uint64_t g = 1; g <= writes_per_writer && !failed; g++) {
+      // Write at least writes_per_writer, and on until the freezer has frozen kMinFreezes
+      // times: the test needs freezes under writes however fast either side runs.
+      auto more = [&](uint64_t g) {
+        return g <= writes_per_writer || (freezes.load() < kMinFreezes && g <= kMaxWritesFactor * writes_per_writer);
+      };
+      for (uint64_t g = 1; more(g) && !failed; g++) {
         uint64_t r = owned_[w][random.uniform(0, owned_[w].size() - 1)];
         const Region& region = regions_[r];
         {
@@ -179,7 +190,6 @@ TEST_F(ConcurrencyTest, WritersReadersFreezesAndMerges) {
       }
     });
   }
-  uint64_t freezes = 0, merges = 0;
   std::thread freezer([&] {
     Random random(seed_ * 5);
     std::map<uint64_t, std::vector<uint8_t>> snapshots;
@@ -246,8 +256,8 @@ TEST_F(ConcurrencyTest, WritersReadersFreezesAndMerges) {
   }
   std::printf("concurrency: %d writers x %llu writes, %llu freezes, %llu merges\n", kWriters,
               static_cast<unsigned long long>(writes_per_writer),
-              static_cast<unsigned long long>(freezes), static_cast<unsigned long long>(merges));
-  EXPECT_GT(freezes, 3u);
+              static_cast<unsigned long long>(freezes.load()), static_cast<unsigned long long>(merges));
+  EXPECT_GE(freezes.load(), kMinFreezes);
 }
 
 }  // namespace

@@ -49,6 +49,7 @@ struct ChildLog {
   uint64_t durable_sequence = 0;  // highest F
   std::map<uint64_t, uint64_t> freezes;  // cycle -> last sequence included
   bool ready = false;
+  bool reached_min_ops = false;  // it logged the operations asked for before the kill
   std::string error;
   std::string raw_tail;
 };
@@ -58,8 +59,10 @@ using Image = std::vector<uint64_t>;
 
 class CrashTest : public ::testing::Test {
  protected:
-  // Runs one child until it has lived `lifetime_ms` after opening, then SIGKILLs it.
-  ChildLog run_child(const std::string& dir, uint64_t first_sequence, uint64_t seed,
+  // Runs one child until it has logged `min_ops` operations and then lived `lifetime_ms`
+  // more, then SIGKILLs it. Counting operations first, not time, keeps the kills as
+  // deep into the child's work on a slow machine as on a fast one.
+  ChildLog run_child(const std::string& dir, uint64_t first_sequence, uint64_t seed, uint64_t min_ops,
                      uint64_t lifetime_ms) {
     ChildLog log;
     int pipe_fds[2];
@@ -75,8 +78,10 @@ class CrashTest : public ::testing::Test {
     }
     ::close(pipe_fds[1]);
     std::string pending;
-    // Until the child reports R, give it 30 s to open the volume (then it is killed).
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    // A bound on progress, not a schedule: a child that neither opens the volume nor
+    // logs its first `min_ops` operations within 10 minutes is killed (and the test fails).
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+    bool armed = false;
     bool killed = false;
     auto parse = [&](const std::string& line) {
       std::istringstream in(line);
@@ -84,7 +89,6 @@ class CrashTest : public ::testing::Test {
       in >> kind;
       if (kind == 'R') {
         log.ready = true;
-        deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(lifetime_ms);
       } else if (kind == 'W' || kind == 'T') {
         uint64_t seq, offset, length;
         in >> seq >> offset >> length;
@@ -120,6 +124,11 @@ class CrashTest : public ::testing::Test {
       while ((newline = pending.find('\n')) != std::string::npos) {
         parse(pending.substr(0, newline));
         pending.erase(0, newline + 1);
+      }
+      if (!armed && log.ready && log.ops.size() >= min_ops) {
+        armed = true;
+        log.reached_min_ops = true;
+        deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(lifetime_ms);
       }
     }
     ::close(pipe_fds[0]);
@@ -211,10 +220,13 @@ TEST_F(CrashTest, KillNineNeverLosesFlushedWrites) {
   uint64_t total_ops = 0, total_durable_checks = 0;
   for (uint64_t kill = 0; kill < kills; kill++) {
     SCOPED_TRACE("kill #" + std::to_string(kill));
-    uint64_t lifetime_ms = random.uniform(10, 300);
-    ChildLog log = run_child(scratch.path(), next_sequence, random.next() % 1000000007, lifetime_ms);
+    uint64_t min_ops = random.uniform(0, 40);
+    uint64_t lifetime_ms = random.uniform(0, 100);
+    ChildLog log = run_child(scratch.path(), next_sequence, random.next() % 1000000007, min_ops, lifetime_ms);
     ASSERT_TRUE(log.error.empty()) << log.error;
     ASSERT_TRUE(log.ready) << "child never opened the volume";
+    ASSERT_TRUE(log.reached_min_ops) << "child logged only " << log.ops.size() << " of " << min_ops
+                                     << " operations in 10 minutes";
     total_ops += log.ops.size();
     total_durable_checks += log.durable_sequence >= next_sequence;
     if (!log.ops.empty()) next_sequence = log.ops.back().sequence + 1;
@@ -226,7 +238,7 @@ TEST_F(CrashTest, KillNineNeverLosesFlushedWrites) {
     Image actual = read_image(volume, std::nullopt, &error);
     ASSERT_EQ(error, "") << "current image";
     std::string bad = check_current(current, log, actual);
-    ASSERT_EQ(bad, "") << "after kill #" << kill << " (lifetime " << lifetime_ms << " ms, "
+    ASSERT_EQ(bad, "") << "after kill #" << kill << " (" << min_ops << " ops + " << lifetime_ms << " ms, "
                        << log.ops.size() << " ops)";
     // Freeze points: announced ones hold the ops up to their sequence; a freeze cut
     // short by the kill that still happened holds every op of the child (it was idle).
