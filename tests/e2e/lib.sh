@@ -5,13 +5,16 @@
 # Gives: $WORK (a fresh temp dir removed on exit, with every server started through
 # start_serve killed), fail MSG, require_cmd CMD..., start_serve NAME ARGS...,
 # stop_serve NAME (SIGTERM, must exit within $STOP_TIMEOUT_S), nbd_uri NAME EXPORT,
-# server_alive NAME, freeze_cycles NAME.
+# server_alive NAME, freeze_cycles NAME, volume_cycle NAME VOLUME,
+# wait_for_cycle NAME VOLUME CYCLE, wait_for_line FILE ERE, skip REASON (exit 77: ctest reports "skipped").
 # Env: AMIRROR (the binary; set by ctest), TOOLS_DIR (tests/tools binaries),
 # KEEP_WORK=1 keeps $WORK for inspection, EXPECTED_FAILURES (see stop_serve).
 set -euo pipefail
 
 : "${AMIRROR:?set AMIRROR to the amirror binary (ctest does this)}"
-STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-10}
+# Bounds on progress, not schedules: generous, so a machine ten times slower passes too.
+STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-120}
+START_TIMEOUT_S=${START_TIMEOUT_S:-120}
 TEST_NAME=$(basename "$0" .sh)
 WORK=$(mktemp -d "/tmp/nbd-e2e-$TEST_NAME.XXXXXX")
 declare -A SERVE_PID=()
@@ -66,7 +69,7 @@ start_serve() {
     kill -0 "${SERVE_PID[$name]}" 2>/dev/null || fail "amirror serve $name exited at startup: $(cat "$WORK/$name.log")"
     sleep 0.05
     waited=$((waited + 1))
-    ((waited < 400)) || fail "amirror serve $name did not create its socket within 20 s"
+    ((waited < START_TIMEOUT_S * 20)) || fail "amirror serve $name did not create its socket within $START_TIMEOUT_S s"
   done
 }
 
@@ -96,6 +99,42 @@ stop_serve() {
   if [[ -n "$failures" ]]; then
     fail "server $name logged failures: $(head -n 3 <<<"$failures")"
   fi
+}
+
+# skip REASON: this test cannot run here; ctest shows it as skipped (SKIP_RETURN_CODE 77).
+skip() {
+  echo "[$TEST_NAME] SKIP: $*" >&2
+  exit 77
+}
+
+# wait_for_line FILE ERE: until a line of FILE matches (a bound of START_TIMEOUT_S, not
+# a schedule); fails the test if none does by then.
+wait_for_line() {
+  local deadline=$((SECONDS + START_TIMEOUT_S))
+  until grep -Eq "$2" "$1" 2>/dev/null; do
+    ((SECONDS < deadline)) || fail "no line matching '$2' in $1 within $START_TIMEOUT_S s"
+    sleep 0.05
+  done
+}
+
+# volume_cycle NAME VOLUME: the volume's latest freeze number, read from the data
+# directory while the server runs (layer <cycle + 1> is the active one; see
+# docs/formats/store.md). Lets a test count freezes instead of waiting for time.
+volume_cycle() {
+  local dir=$WORK/$1.d/volumes/$2 newest
+  newest=$(find "$dir" -maxdepth 1 -name 'layer-*.map' -printf '%f\n' 2>/dev/null |
+    sed -n 's/^layer-0*\([0-9][0-9]*\)\.map$/\1/p' | sort -n | tail -n 1)
+  [[ -n $newest ]] || fail "no layer files in $dir"
+  echo $((newest - 1))
+}
+
+# wait_for_cycle NAME VOLUME CYCLE: until the server has frozen VOLUME at least to CYCLE.
+wait_for_cycle() {
+  local deadline=$((SECONDS + START_TIMEOUT_S))
+  until (($(volume_cycle "$1" "$2") >= $3)); do
+    ((SECONDS < deadline)) || fail "volume $2 on $1 did not reach freeze $3 within $START_TIMEOUT_S s (at $(volume_cycle "$1" "$2"))"
+    sleep 0.05
+  done
 }
 
 # freeze_cycles NAME: how many freeze+merge cycles the last stopped server ran.

@@ -62,7 +62,7 @@ for ((first = 0; first < count; first += batch)); do
   done
   run_qemu_io "$URI" "$cmds"
   verify_regions "$first" "$last"
-  sleep 0.5  # a few freeze + merge cycles between batches
+  wait_for_cycle a vol $(($(volume_cycle a vol) + 2))  # freezes + merges between batches
 done
 verify_regions 0 "$count"
 log "phase 1: all regions verified across freezes"
@@ -93,7 +93,7 @@ for round in 1 2 3 4; do
   run_qemu_io "$MODEL" "$cmds"
   qemu-img compare -q -f raw -F raw "$MODEL" "$URI" ||
     fail "round $round: the export differs from the model file (seed $SEED)"
-  sleep 0.4
+  wait_for_cycle a vol $(($(volume_cycle a vol) + 2))
 done
 log "phase 2: 240 random ops match the model"
 
