@@ -16,8 +16,10 @@
 #                                  in $WORK/last.out / $WORK/last.err)
 #   vol_uri NODE VOL, replica_uri TARGET SOURCE VOL
 #   write_pattern NODE VOL OFF LEN PATTERN, write_random NODE VOL OFF LEN
-#   status_json NODE, mirror_field SRC VOL TARGET FIELD, replica_field TGT SRC VOL FIELD
-#   wait_until TIMEOUT_S DESCRIPTION COMMAND...
+#   status_json NODE, mirror_field SRC VOL TARGET FIELD, replica_field TGT SRC VOL FIELD,
+#   volume_field NODE VOL FIELD, cycle_at_least NODE VOL CYCLE, mirror_no_error SRC VOL TGT
+#   wait_until TIMEOUT_S DESCRIPTION COMMAND...  (TIMEOUT_S is scaled by TIMEOUT_SCALE, 4)
+#   proxy_link SRC TGT LABEL ARGS..., unproxy LABEL   faults between two nodes
 #   compare_replica SRC VOL TGT    byte-compare SRC's volume with its replica on TGT
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/pki.sh"
@@ -100,6 +102,31 @@ setup_nodes() {
   for name in "${NODE_NAMES[@]}"; do write_node_config "$name"; done
 }
 
+# proxy_link SRC TGT LABEL PROXY_ARGS...: SRC reaches TGT through tests/e2e/fault_proxy.py
+# with these faults (call after setup_nodes, before starting SRC). The proxy's pid is
+# PROXY_PID; it logs to $WORK/proxy-LABEL.log; the cleanup trap stops it.
+proxy_link() {
+  local src=$1 tgt=$2 label=$3 port
+  shift 3
+  # Not one of the nodes' ports (free_ports only knows what is free right now).
+  port=$(free_ports $((${#NODE_NAMES[@]} + 2)) | tr ' ' '\n' |
+    grep -vxF "$(for n in "${NODE_NAMES[@]}"; do echo "${NODE_PORT[$n]}"; done)" | head -1)
+  sed -i "s/127.0.0.1:${NODE_PORT[$tgt]}\"/127.0.0.1:$port\"/" "$WORK/$src.toml"
+  python3 "$(dirname "${BASH_SOURCE[0]}")/fault_proxy.py" --listen "$port" --to "127.0.0.1:${NODE_PORT[$tgt]}" \
+    --log "$WORK/proxy-$label.log" "$@" &
+  PROXY_PID=$!
+  SERVE_PID[proxy-$label]=$PROXY_PID
+  wait_until 60 "proxy $label up" grep -q ready "$WORK/proxy-$label.log"
+}
+
+# unproxy LABEL: stop the proxy started by proxy_link.
+unproxy() {
+  local pid=${SERVE_PID[proxy-$1]}
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true  # its status is the signal
+  unset "SERVE_PID[proxy-$1]"
+}
+
 node_sock() { echo "$WORK/$1.sock"; }
 node_alive() { [[ -n ${SERVE_PID[$1]:-} ]] && kill -0 "${SERVE_PID[$1]}" 2>/dev/null; }
 
@@ -119,7 +146,7 @@ start_node() {
     fi
     sleep 0.1
     waited=$((waited + 1))
-    ((waited < 300)) || fail "node $name did not answer on its control socket within 30 s"
+    ((waited < START_TIMEOUT_S * 10)) || fail "node $name did not answer on its control socket within $START_TIMEOUT_S s"
   done
 }
 
@@ -194,9 +221,28 @@ mirror_field() {
     '.volumes[] | select(.name == $v) | .mirrors[]? | select(.target == $t) | .[$f] // empty'
 }
 
+# mirror_no_error SRC VOL TARGET: the mirror exists and its last_error is null (a
+# missing mirror or field fails the test instead of passing as "no error").
+mirror_no_error() {
+  local err
+  status_json "$1" | jq -e --arg v "$2" --arg t "$3" \
+    '[.volumes[] | select(.name == $v) | .mirrors[]? | select(.target == $t)] | length == 1 and (.[0] | has("last_error"))' \
+    >/dev/null || fail "status --json of $1 has no mirror $2 -> $3 with a last_error field"
+  err=$(mirror_field "$1" "$2" "$3" last_error)
+  [[ -z $err ]] || fail "the mirror $2 -> $3 reports last_error '$err'"
+}
+
 # volume_field NODE VOL FIELD
 volume_field() {
   status_json "$1" | jq -r --arg v "$2" --arg f "$3" '.volumes[] | select(.name == $v) | .[$f] // empty'
+}
+
+# cycle_at_least NODE VOL CYCLE: the volume has been frozen at least to CYCLE.
+cycle_at_least() {
+  local cycle
+  cycle=$(volume_field "$1" "$2" cycle)
+  [[ -n $cycle ]] || fail "status --json of $1 has no cycle for volume $2"
+  ((cycle >= $3))
 }
 
 # replica_field TGT SRC VOL FIELD: one field of the replica of SRC:VOL held on TGT.
@@ -209,6 +255,8 @@ replica_field() {
 wait_until() {
   local timeout=$1 what=$2
   shift 2
+  # A bound on progress, not a schedule: scaled so a machine several times slower passes.
+  timeout=$((timeout * ${TIMEOUT_SCALE:-4}))
   local deadline=$((SECONDS + timeout))
   until "$@"; do
     ((SECONDS < deadline)) || fail "timed out after ${timeout} s waiting for: $what"

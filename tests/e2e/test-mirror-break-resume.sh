@@ -11,6 +11,9 @@ start_node site-a
 start_node site-b
 
 am site-a volume create db --size 64M >/dev/null
+# A second mirror with the same short interval keeps running: its cycles are the clock
+# against which "db ran no cycle while broken" is counted.
+am site-a volume create tick --size 1M >/dev/null
 write_random site-a db 0 $((16 * 1024 * 1024))
 am site-a mirror start db --to site-b --interval 2s >/dev/null
 mirror_sync site-a db
@@ -23,9 +26,13 @@ log "break, write 3 chunks, start again"
 am site-a mirror break db >/dev/null
 # an empty cycle may have run between the sync and the break: count from here
 sent_at_break=$(mirror_field site-a db site-b bytes_sent)
-[[ -z $sent_at_break ]] || sent0=$sent_at_break
+[[ -n $sent_at_break ]] || fail "after mirror break, status --json has no bytes_sent for db -> site-b: $(status_json site-a)"
+sent0=$sent_at_break
+cycle_at_break=$(volume_field site-a db cycle)
+[[ -n $cycle_at_break ]] || fail "status --json has no cycle for volume db"
 state=$(mirror_field site-a db site-b state)
-[[ -z $state || $state == broken || $state == stopped ]] || fail "after mirror break the mirror reports state '$state'"
+[[ $state == stopped ]] || fail "after mirror break the mirror reports state '$state', not 'stopped'"
+am site-a mirror start tick --to site-b --interval 2s >/dev/null
 write_random site-a db $((5 * CHUNK)) $CHUNK                  # one whole chunk
 write_pattern site-a db $((40 * CHUNK + 100)) 1000 0x77         # part of a chunk
 write_pattern site-a db $((500 * CHUNK + 7)) 100 0x78           # a chunk never written before
@@ -33,12 +40,22 @@ write_pattern site-a db $((500 * CHUNK + 7)) 100 0x78           # a chunk never 
 if qemu-img compare -q -f raw -F raw "$(vol_uri site-a db)" "$(replica_uri site-b site-a db)" 2>/dev/null; then
   fail "replica already equals the source after mirror break + writes"
 fi
-sleep 3 # more than the interval: a broken mirror must not run cycles
+# While `tick` (same interval) applies two more cycles, the broken mirror of db runs none.
+tick_applied() { mirror_field site-a tick site-b applied_cycle; }
+tick_reached() {
+  local applied
+  applied=$(tick_applied)
+  [[ -n $applied ]] && ((applied >= $1))
+}
+wait_until 120 "the mirror of tick to apply its first cycle" tick_reached 1
+tick0=$(tick_applied)
+tick_min=$((${tick0:-0} + 2))
+wait_until 120 "the mirror of tick to apply cycle $tick_min" tick_reached "$tick_min"
+cycle_now=$(volume_field site-a db cycle)
+((cycle_now == cycle_at_break)) || fail "volume db was frozen (cycle $cycle_at_break -> $cycle_now) while its mirror was broken"
 sent_break=$(mirror_field site-a db site-b bytes_sent)
-if [[ -n $sent_break ]]; then
-  ((sent_break == sent_at_break)) || fail "bytes_sent moved from $sent_at_break to $sent_break while the mirror was broken"
-  sent0=$sent_break
-fi
+[[ -n $sent_break ]] || fail "status --json lost bytes_sent for db -> site-b while broken"
+((sent_break == sent_at_break)) || fail "bytes_sent moved from $sent_at_break to $sent_break while the mirror was broken"
 am site-a mirror start db --to site-b --interval 2s >/dev/null
 mirror_sync site-a db
 compare_replica site-a db site-b

@@ -73,7 +73,7 @@ wait_writer() {
   while kill -0 "$WRITER_PID" 2>/dev/null; do
     sleep 0.05
     waited=$((waited + 1))
-    ((waited < 1200)) || fail "the writer did not exit within 60 s of losing its server"
+    ((waited < 12000)) || fail "the writer did not exit within 600 s of losing its server"
   done
   wait "$WRITER_PID" || rc=$?
   WRITER_PID=""

@@ -8,7 +8,7 @@
 # 2. The source's data directory fills up: writes through NBD get ENOSPC, data written
 #    before is intact, the node stays up and keeps serving.
 source "$(dirname "$0")/mirror-lib.sh"
-[[ $(id -u) == 0 ]] || { log "SKIP: needs root to mount tmpfs"; exit 0; }
+[[ $(id -u) == 0 ]] || skip "needs root to mount tmpfs"
 
 MOUNTS=()
 unmount_all() {

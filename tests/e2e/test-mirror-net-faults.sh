@@ -6,7 +6,6 @@
 # replica; corrupted frames must be detected (never staged or applied); a reset must
 # cost at most the unacknowledged part again (bytes_sent bounds); status must show
 # the error while it lasts.
-PROXY_SCRIPT=$(cd "$(dirname "$0")" && pwd)/fault_proxy.py
 source "$(dirname "$0")/mirror-lib.sh"
 MIRROR_PEER_TIMEOUT=3s
 SIZE_MIB=32
@@ -18,14 +17,7 @@ run_through_proxy() {
   local label=$1
   shift
   setup_nodes site-a site-b
-  local proxy_port
-  # Not one of the nodes' ports (free_ports only knows what is free right now).
-  proxy_port=$(free_ports 4 | tr ' ' '\n' | grep -vxF -e "${NODE_PORT[site-a]}" -e "${NODE_PORT[site-b]}" | head -1)
-  sed -i "s/127.0.0.1:${NODE_PORT[site-b]}\"/127.0.0.1:$proxy_port\"/" "$WORK/site-a.toml"
-  python3 "$PROXY_SCRIPT" --listen "$proxy_port" --to "127.0.0.1:${NODE_PORT[site-b]}" --log "$WORK/proxy-$label.log" "$@" &
-  local proxy_pid=$!
-  SERVE_PID[proxy]=$proxy_pid  # the cleanup trap stops it on failure
-  wait_until 10 "proxy $label up" grep -q ready "$WORK/proxy-$label.log"
+  proxy_link site-a site-b "$label" "$@"
   start_node site-a
   start_node site-b
   am site-a volume create "$label" --size ${SIZE_MIB}M >/dev/null
@@ -35,9 +27,7 @@ run_through_proxy() {
   SYNC_TIMEOUT=240s mirror_sync site-a "$label"
   compare_replica site-a "$label" site-b
   SENT=$(mirror_field site-a "$label" site-b bytes_sent)
-  kill -KILL "$proxy_pid" 2>/dev/null
-  wait "$proxy_pid" 2>/dev/null || true  # its status is the signal
-  unset "SERVE_PID[proxy]"
+  unproxy "$label"
   stop_node site-a
   stop_node site-b
   rm -rf "$WORK"/site-*.d "$WORK/$label.data"

@@ -42,7 +42,10 @@ round() {
     # the source keeps writing while its target is away
     if [[ $how == kill ]]; then kill_node site-b; else stop_node site-b; fi
     wr $((seed * 1048576 + 2 * 1048576 + 3)) 200000
-    sleep 2
+    # and freezes twice more (cycles run on without it)
+    local next
+    next=$(($(volume_field site-a db cycle) + 2))
+    wait_until 60 "site-a to freeze db twice while site-b is away" cycle_at_least site-a db "$next"
     start_node site-b
   else
     if [[ $how == kill ]]; then kill_node site-a; else stop_node site-a; fi

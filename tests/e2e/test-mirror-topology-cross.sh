@@ -34,7 +34,11 @@ for i in 1 2 3 4 5 6; do
   write_random site-b vol-b $((i * 999983)) 70000
   write_pattern site-a shared $((i * 65536 + 17)) 3000 $((i + 1))
   write_pattern site-b shared $((i * 65536 + 17)) 3000 $((i + 100))
-  sleep 0.5
+  # A cycle on each side between batches (counted, not slept for).
+  next_a=$(($(volume_field site-a shared cycle) + 1))
+  next_b=$(($(volume_field site-b shared cycle) + 1))
+  wait_until 60 "site-a to freeze shared again" cycle_at_least site-a shared $next_a
+  wait_until 60 "site-b to freeze shared again" cycle_at_least site-b shared $next_b
 done
 mirror_sync site-a vol-a &
 s1=$!

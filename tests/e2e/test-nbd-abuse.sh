@@ -26,8 +26,7 @@ hold1=$!
 "$ABUSE" "$WORK/a.sock" vol hold-handshake >"$WORK/hold2.out" 2>&1 &
 hold2=$!
 for out in hold1 hold2; do
-  for _ in $(seq 100); do grep -q holding "$WORK/$out.out" && break; sleep 0.1; done
-  grep -q holding "$WORK/$out.out" || fail "$out never started holding: $(cat "$WORK/$out.out")"
+  wait_for_line "$WORK/$out.out" holding
 done
 stop_serve a
 wait $hold1 || fail "holding client: $(cat "$WORK/hold1.out")"

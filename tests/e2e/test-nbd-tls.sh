@@ -43,7 +43,7 @@ expect_usage_error --tls --tls sometimes "${TLS_FLAGS[@]}"
 # The server; --tcp 0 picks a free port, which the startup line names.
 start_serve a --create vol --size 64M --chunk-size 16K --freeze-interval 500ms \
   --tcp 127.0.0.1:0 --tls require "${TLS_FLAGS[@]}"
-for _ in $(seq 100); do grep -q 'amirror serve: serving' "$WORK/a.log" && break; sleep 0.1; done
+wait_for_line "$WORK/a.log" 'amirror serve: serving'
 PORT=$(sed -n 's/.*amirror serve: serving .* tcp 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$WORK/a.log")
 [[ -n "$PORT" ]] || fail "no TCP port in the startup line: $(cat "$WORK/a.log")"
 grep -q 'TLS require as CN=server' "$WORK/a.log" || fail "startup line does not mention TLS"
@@ -82,7 +82,7 @@ grep -q 'aborted the handshake after being told TLS is required' "$WORK/a.log" |
 if out=$(nbdinfo --size "nbds://127.0.0.1:$PORT/vol?tls-certificates=$WORK/stranger" 2>&1); then
   fail "a client certificate from another CA was accepted: $out"
 fi
-for _ in $(seq 50); do grep -q 'TLS handshake failed.*not trusted' "$WORK/a.log" && break; sleep 0.1; done
+wait_for_line "$WORK/a.log" 'TLS handshake failed.*not trusted'
 grep -q 'TLS handshake failed.*not trusted.*; closing' "$WORK/a.log" ||
   fail "server did not log the untrusted client certificate"
 
@@ -105,7 +105,7 @@ EXPECTED_FAILURES='TLS handshake failed' stop_serve a
 
 # `--tcp PORT` listens on loopback only, TLS or not.
 start_serve b --create vol --size 16M --tcp 0 --tls allow "${TLS_FLAGS[@]}" --quiet
-for _ in $(seq 100); do grep -q 'amirror serve: serving' "$WORK/b.log" && break; sleep 0.1; done
+wait_for_line "$WORK/b.log" 'amirror serve: serving'
 grep -q ' tcp 127\.0\.0\.1:[0-9]* ' "$WORK/b.log" || fail "--tcp PORT did not bind loopback: $(cat "$WORK/b.log")"
 PORT=$(sed -n 's/.* tcp 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$WORK/b.log")
 # /proc/net/tcp: local address 0100007F is 127.0.0.1, state 0A is LISTEN.
