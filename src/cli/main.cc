@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "base/units.h"
 #include "cli/commands.h"
@@ -64,12 +65,15 @@ int main(int argc, char** argv) {
   CLI::App* node = app.add_subcommand("node", "Run a node in the foreground (stop with SIGTERM)");
   node->add_option("--config", config_path, "The node's TOML config file")->required();
 
-  // Client commands reach a running node through its control socket.
+  // Client commands reach a running node through its control socket, named anywhere on
+  // the line: `amirror --node S status` and `amirror status --node S` both work.
   amirror::cli::ClientArgs client;
+  std::string node_before_verb;
+  app.add_option("--node", node_before_verb, "The node's control socket, for the commands that talk to a node");
+  std::vector<CLI::App*> client_commands;
   auto add_client_options = [&](CLI::App* command) {
-    command->add_option("--node", client.node_socket, "The node's control socket (or set AMIRROR_NODE)")
-        ->envname("AMIRROR_NODE")
-        ->required();
+    command->add_option("--node", client.node_socket, "The node's control socket (or set AMIRROR_NODE)");
+    client_commands.push_back(command);
   };
   std::string size_text, chunk_text, interval_text, timeout_text;
   amirror::cli::VolumeArgs volume_args;
@@ -116,6 +120,16 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+    for (CLI::App* command : client_commands) {
+      if (!command->parsed()) continue;
+      // Given after the verb, before it, or in AMIRROR_NODE: the first of these wins.
+      if (client.node_socket.empty()) client.node_socket = node_before_verb;
+      const char* from_environment = std::getenv("AMIRROR_NODE");
+      if (client.node_socket.empty() && from_environment != nullptr) client.node_socket = from_environment;
+      if (client.node_socket.empty()) {
+        throw CLI::RequiredError("--node SOCKET (the node's control socket; or set AMIRROR_NODE)");
+      }
+    }
     if (!size_text.empty()) volume_args.size_bytes = parse_size_or_throw(size_text, "--size");
     if (!chunk_text.empty()) volume_args.chunk_size_bytes = parse_size_or_throw(chunk_text, "--chunk-size");
     if (!interval_text.empty()) mirror_args.interval_ms = parse_duration_or_throw(interval_text, "--interval");

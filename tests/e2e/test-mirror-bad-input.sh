@@ -119,6 +119,20 @@ mirror_sync site-a db
 compare_replica site-a db site-b
 log "$checks bad inputs rejected"
 
+# The connection option works anywhere on the line, and without one the CLI says how.
+"$AMIRROR" --node "$WORK/site-a.sock" status --json | jq -e '.node == "site-a"' >/dev/null ||
+  fail "'amirror --node SOCKET status --json' does not reach site-a"
+"$AMIRROR" --node "$WORK/site-a.sock" volume list | grep -q '^db\b\|db' ||
+  fail "'amirror --node SOCKET volume list' does not list db"
+"$AMIRROR" --node "$WORK/site-b.sock" status --node "$WORK/site-a.sock" --json | jq -e '.node == "site-a"' >/dev/null ||
+  fail "--node after the verb must win over --node before it"
+AMIRROR_NODE=$WORK/site-b.sock "$AMIRROR" --node "$WORK/site-a.sock" status --json | jq -e '.node == "site-a"' >/dev/null ||
+  fail "--node on the command line must win over AMIRROR_NODE"
+rc=0
+env -u AMIRROR_NODE "$AMIRROR" status >/dev/null 2>"$WORK/no-node.err" || rc=$?
+((rc == 2)) || fail "status without --node exited $rc, expected 2 (usage)"
+grep -q -- '--node' "$WORK/no-node.err" || fail "status without --node does not name --node: $(cat "$WORK/no-node.err")"
+
 stop_node site-a
 stop_node site-b
 log "PASS"
