@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 
 #include "base/names.h"
+#include "repl/receiver_session.h"
 
 namespace amirror::node {
 
@@ -76,118 +77,76 @@ void ReplicaRegistry::release(const std::string& key) {
 
 namespace {
 
-// Per-connection protocol state machine.
-class PeerSession {
+// Frames out go to the connection's socket.
+class SocketSink : public repl::FrameSink {
  public:
-  PeerSession(repl::PeerSocket& socket, const NodeConfig& config, ReplicaRegistry& registry)
-      : socket_(socket), config_(config), registry_(registry) {}
-  ~PeerSession() { release(); }
-
-  Status run(const std::atomic<bool>& stopping) {
-    AMIRROR_RETURN_IF_ERROR(handshake());
-    while (!stopping.load()) {
-      auto frame = socket_.receive_frame();
-      if (!frame.ok()) {
-        // A clean close between deltas is the normal end of a session.
-        if (!in_delta_ && frame.status().message().find("closed the connection") != std::string::npos) return Status();
-        return frame.status();
-      }
-      AMIRROR_RETURN_IF_ERROR(handle(frame.value()));
-    }
-    return Status(ErrorCode::kCancelled, "node stopping");
+  explicit SocketSink(repl::PeerSocket& socket) : socket_(socket) {}
+  Status send(repl::FrameType type, std::span<const uint8_t> payload) override {
+    return socket_.send_frame(type, payload);
   }
 
-  const std::string& peer_name() const { return peer_name_; }
-
  private:
-  Status handshake() {
-    AMIRROR_ASSIGN_OR_RETURN(repl::Frame frame, socket_.receive_frame());
-    if (frame.type != repl::FrameType::kHello) return invalid_argument("expected HELLO first");
-    AMIRROR_ASSIGN_OR_RETURN(repl::Hello hello, repl::decode_hello(frame.payload));
-    if (hello.protocol_version != repl::kProtocolVersion) {
-      return invalid_argument("peer speaks protocol version " + std::to_string(hello.protocol_version) +
-                              ", this node speaks " + std::to_string(repl::kProtocolVersion));
-    }
-    const PeerConfig* peer = config_.find_peer(hello.node_name);
-    if (peer == nullptr) {
-      return invalid_argument("node '" + hello.node_name + "' is not a configured peer of " + config_.name);
-    }
+  repl::PeerSocket& socket_;
+};
+
+// The node's rules for who may send what, over its replica registry.
+class NodeReplicaAccess : public repl::ReplicaAccess {
+ public:
+  NodeReplicaAccess(const repl::PeerSocket& socket, const NodeConfig& config, ReplicaRegistry& registry)
+      : socket_(socket), config_(config), registry_(registry) {}
+
+  Status admit_peer(const std::string& node_name) override {
+    const PeerConfig* peer = config_.find_peer(node_name);
+    if (peer == nullptr) return invalid_argument("node '" + node_name + "' is not a configured peer of " + config_.name);
     // TLS proved the certificate is the CA's; this proves it is this peer's.
     if (socket_.tls() != nullptr && !socket_.tls()->peer_has_identity(peer->identity)) {
-      return invalid_argument("a client calling itself '" + hello.node_name + "' presented certificate " +
+      return invalid_argument("a client calling itself '" + node_name + "' presented certificate " +
                               socket_.tls()->peer_subject() + ", which does not name '" + peer->identity +
                               "' as that peer must");
     }
-    peer_name_ = hello.node_name;
-    return socket_.send_frame(repl::FrameType::kHelloAck, repl::encode(repl::Hello{repl::kProtocolVersion, config_.name}));
+    return Status();
   }
 
-  Status handle(const repl::Frame& frame) {
-    switch (frame.type) {
-      case repl::FrameType::kKeepAlive: return Status();
-      case repl::FrameType::kOpenReplica: {
-        if (in_delta_) return invalid_argument("OPEN_REPLICA in the middle of a delta");
-        AMIRROR_ASSIGN_OR_RETURN(repl::OpenReplica open, repl::decode_open_replica(frame.payload));
-        release();
-        const PeerConfig* peer = config_.find_peer(peer_name_);  // non-null: handshake() checked
-        if (peer == nullptr || !peer->may_send(open.volume)) {
-          return invalid_argument("peer '" + peer_name_ + "' may not send volume '" + open.volume +
-                                  "': it is not in that peer's 'volumes' list on " + config_.name);
-        }
-        std::string key = peer_name_ + "/" + open.volume;
-        if (!registry_.acquire(key, config_.peer_timeout_ms)) return Status(ErrorCode::kBusy, "replica " + key + " is in use by another connection");
-        held_key_ = key;
-        AMIRROR_ASSIGN_OR_RETURN(replica_, registry_.open_or_create(peer_name_, open.volume, open.size_bytes,
-                                                                    open.chunk_size_bytes));
-        // A delta committed earlier whose apply failed (e.g. the disk was full) is
-        // applied now, rather than having the source send it again.
-        if (replica_->activity() == "committed") AMIRROR_RETURN_IF_ERROR(replica_->apply([] {}));
-        return socket_.send_frame(repl::FrameType::kReplicaState, repl::encode(replica_->state()));
-      }
-      case repl::FrameType::kBeginDelta: {
-        if (replica_ == nullptr || in_delta_) return invalid_argument("BEGIN_DELTA out of sequence");
-        AMIRROR_ASSIGN_OR_RETURN(repl::BeginDelta begin, repl::decode_begin_delta(frame.payload));
-        AMIRROR_RETURN_IF_ERROR(replica_->begin_delta(begin));
-        in_delta_ = true;
-        return Status();
-      }
-      case repl::FrameType::kChunk: {
-        if (!in_delta_) return invalid_argument("CHUNK outside a delta");
-        AMIRROR_ASSIGN_OR_RETURN(repl::ChunkRecord record, repl::decode_chunk(frame.payload));
-        return replica_->stage(record);
-      }
-      case repl::FrameType::kEndDelta: {
-        if (!in_delta_) return invalid_argument("END_DELTA outside a delta");
-        AMIRROR_ASSIGN_OR_RETURN(repl::EndDelta end, repl::decode_end_delta(frame.payload));
-        AMIRROR_RETURN_IF_ERROR(replica_->end_delta(end.record_count));
-        in_delta_ = false;
-        AMIRROR_RETURN_IF_ERROR(socket_.send_frame(repl::FrameType::kDeltaDurable, {}));
-        Status keepalive_status;
-        AMIRROR_RETURN_IF_ERROR(replica_->apply([&] {
-          if (keepalive_status.ok()) keepalive_status = socket_.send_frame(repl::FrameType::kKeepAlive, {});
-        }));
-        repl::Applied applied{replica_->state().applied_cycle};
-        return socket_.send_frame(repl::FrameType::kApplied, repl::encode(applied));
-      }
-      default:
-        return invalid_argument(std::string("unexpected ") + repl::frame_type_name(frame.type) + " frame");
+  Result<std::shared_ptr<repl::Replica>> acquire(const std::string& peer_name, const repl::OpenReplica& open) override {
+    const PeerConfig* peer = config_.find_peer(peer_name);  // non-null: admit_peer checked
+    if (peer == nullptr || !peer->may_send(open.volume)) {
+      return invalid_argument("peer '" + peer_name + "' may not send volume '" + open.volume +
+                              "': it is not in that peer's 'volumes' list on " + config_.name);
     }
+    std::string key = peer_name + "/" + open.volume;
+    if (!registry_.acquire(key, config_.peer_timeout_ms)) {
+      return Status(ErrorCode::kBusy, "replica " + key + " is in use by another connection");
+    }
+    auto replica = registry_.open_or_create(peer_name, open.volume, open.size_bytes, open.chunk_size_bytes);
+    if (!replica.ok()) registry_.release(key);
+    return replica;
   }
 
-  void release() {
-    if (!held_key_.empty()) registry_.release(held_key_);
-    held_key_.clear();
-    replica_.reset();
+  void release(const std::string& peer_name, const std::string& volume) override {
+    registry_.release(peer_name + "/" + volume);
   }
 
-  repl::PeerSocket& socket_;
+ private:
+  const repl::PeerSocket& socket_;
   const NodeConfig& config_;
   ReplicaRegistry& registry_;
-  std::string peer_name_;
-  std::string held_key_;
-  std::shared_ptr<repl::Replica> replica_;
-  bool in_delta_ = false;
 };
+
+// Feeds the socket's frames to the session until the peer closes or the node stops.
+Status run_session(repl::PeerSocket& socket, repl::ReceiverSession& session, const std::atomic<bool>& stopping) {
+  while (!stopping.load()) {
+    auto frame = socket.receive_frame();
+    if (!frame.ok()) {
+      // A clean close between deltas is the normal end of a session.
+      if (!session.in_delta() && frame.status().message().find("closed the connection") != std::string::npos) {
+        return Status();
+      }
+      return frame.status();
+    }
+    AMIRROR_RETURN_IF_ERROR(session.on_frame(frame.value()));
+  }
+  return Status(ErrorCode::kCancelled, "node stopping");
+}
 
 }  // namespace
 
@@ -208,8 +167,10 @@ void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, c
       return;
     }
   }
-  PeerSession session(socket, config, registry);
-  Status status = session.run(stopping);
+  SocketSink sink(socket);
+  NodeReplicaAccess access(socket, config, registry);
+  repl::ReceiverSession session(config.name, access, sink);
+  Status status = run_session(socket, session, stopping);
   if (!status.ok() && status.code() != ErrorCode::kCancelled) {
     fmt::print(stderr, "peer {} ({}): {}; closing the connection\n", socket.peer(),
                session.peer_name().empty() ? "unidentified" : session.peer_name(), status.to_string());

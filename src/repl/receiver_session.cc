@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "repl/receiver_session.h"
+
+namespace amirror::repl {
+
+Status ReceiverSession::on_frame(const Frame& frame) {
+  if (peer_name_.empty()) {
+    if (frame.type != FrameType::kHello) return invalid_argument("expected HELLO first");
+    return on_hello(frame);
+  }
+  switch (frame.type) {
+    case FrameType::kKeepAlive: return Status();
+    case FrameType::kOpenReplica: return on_open_replica(frame);
+    case FrameType::kBeginDelta: {
+      if (replica_ == nullptr || in_delta_) return invalid_argument("BEGIN_DELTA out of sequence");
+      AMIRROR_ASSIGN_OR_RETURN(BeginDelta begin, decode_begin_delta(frame.payload));
+      AMIRROR_RETURN_IF_ERROR(replica_->begin_delta(begin));
+      in_delta_ = true;
+      return Status();
+    }
+    case FrameType::kChunk: {
+      if (!in_delta_) return invalid_argument("CHUNK outside a delta");
+      AMIRROR_ASSIGN_OR_RETURN(ChunkRecord record, decode_chunk(frame.payload));
+      return replica_->stage(record);
+    }
+    case FrameType::kEndDelta: return on_end_delta(frame);
+    default: return invalid_argument(std::string("unexpected ") + frame_type_name(frame.type) + " frame");
+  }
+}
+
+Status ReceiverSession::on_hello(const Frame& frame) {
+  AMIRROR_ASSIGN_OR_RETURN(Hello hello, decode_hello(frame.payload));
+  if (hello.protocol_version != kProtocolVersion) {
+    return invalid_argument("peer speaks protocol version " + std::to_string(hello.protocol_version) +
+                            ", this node speaks " + std::to_string(kProtocolVersion));
+  }
+  AMIRROR_RETURN_IF_ERROR(replicas_.admit_peer(hello.node_name));
+  peer_name_ = hello.node_name;
+  return sink_.send(FrameType::kHelloAck, encode(Hello{kProtocolVersion, node_name_}));
+}
+
+Status ReceiverSession::on_open_replica(const Frame& frame) {
+  if (in_delta_) return invalid_argument("OPEN_REPLICA in the middle of a delta");
+  AMIRROR_ASSIGN_OR_RETURN(OpenReplica open, decode_open_replica(frame.payload));
+  release();
+  AMIRROR_ASSIGN_OR_RETURN(replica_, replicas_.acquire(peer_name_, open));
+  held_volume_ = open.volume;
+  // A delta committed earlier whose apply failed (e.g. the disk was full) is applied
+  // now, rather than having the source send it again.
+  if (replica_->activity() == "committed") AMIRROR_RETURN_IF_ERROR(replica_->apply([] {}));
+  return sink_.send(FrameType::kReplicaState, encode(replica_->state()));
+}
+
+Status ReceiverSession::on_end_delta(const Frame& frame) {
+  if (!in_delta_) return invalid_argument("END_DELTA outside a delta");
+  AMIRROR_ASSIGN_OR_RETURN(EndDelta end, decode_end_delta(frame.payload));
+  AMIRROR_RETURN_IF_ERROR(replica_->end_delta(end.record_count));
+  in_delta_ = false;
+  AMIRROR_RETURN_IF_ERROR(sink_.send(FrameType::kDeltaDurable, {}));
+  // Keep-alives while applying, so the source does not time a long apply out.
+  Status keepalive_status;
+  AMIRROR_RETURN_IF_ERROR(replica_->apply([&] {
+    if (keepalive_status.ok()) keepalive_status = sink_.send(FrameType::kKeepAlive, {});
+  }));
+  return sink_.send(FrameType::kApplied, encode(Applied{replica_->state().applied_cycle}));
+}
+
+void ReceiverSession::release() {
+  if (replica_ != nullptr) replicas_.release(peer_name_, held_volume_);
+  held_volume_.clear();
+  replica_.reset();
+}
+
+}  // namespace amirror::repl

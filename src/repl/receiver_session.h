@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: Apache-2.0
+// The target side of one peer connection as a sans-I/O state machine: frames in
+// (on_frame), frames out (through a FrameSink), replicas through a ReplicaAccess. No
+// sockets, threads or clocks here, so the node, the fuzzer and the deterministic
+// simulation (tests/sim/) all drive this one implementation.
+//
+// Protocol (docs/formats/wire.md): HELLO from an admitted peer -> HELLO_ACK; then per
+// volume OPEN_REPLICA -> REPLICA_STATE, BEGIN_DELTA, CHUNK..., END_DELTA ->
+// DELTA_DURABLE -> (apply) -> APPLIED.
+//
+// States:   awaiting-hello --HELLO--> open --OPEN_REPLICA--> replica --BEGIN--> delta
+//           delta --END_DELTA--> replica (after DELTA_DURABLE, apply, APPLIED)
+// Invariant: nothing is staged from a frame that failed its checks, and any error
+// returned by on_frame ends the session: the caller sends ERROR and closes.
+// Thread-safety: one thread at a time.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+
+#include "base/status.h"
+#include "repl/replica.h"
+#include "repl/wire.h"
+
+namespace amirror::repl {
+
+// Where the session's outgoing frames go (a socket in the node, a queue in tests).
+class FrameSink {
+ public:
+  virtual ~FrameSink() = default;
+  virtual Status send(FrameType type, std::span<const uint8_t> payload) = 0;
+};
+
+// What the session needs from the node that holds the replicas.
+class ReplicaAccess {
+ public:
+  virtual ~ReplicaAccess() = default;
+  // May `node_name` (from HELLO) send replicas here? An error says why not.
+  virtual Status admit_peer(const std::string& node_name) = 0;
+  // Exclusive use of the replica `peer`/`volume` until release(); creates it if absent.
+  // Errors: not allowed, busy, another size, or the replica cannot be opened.
+  virtual Result<std::shared_ptr<Replica>> acquire(const std::string& peer, const OpenReplica& open) = 0;
+  virtual void release(const std::string& peer, const std::string& volume) = 0;
+};
+
+class ReceiverSession {
+ public:
+  ReceiverSession(std::string node_name, ReplicaAccess& replicas, FrameSink& sink)
+      : node_name_(std::move(node_name)), replicas_(replicas), sink_(sink) {}
+  ~ReceiverSession() { release(); }
+  ReceiverSession(const ReceiverSession&) = delete;
+  ReceiverSession& operator=(const ReceiverSession&) = delete;
+
+  // Feeds one frame whose header and checksum were verified. An error ends the session.
+  Status on_frame(const Frame& frame);
+  // A close now would cut a delta short (the source resumes it from the durable staging).
+  bool in_delta() const { return in_delta_; }
+  // The peer's node name once HELLO was accepted, else empty.
+  const std::string& peer_name() const { return peer_name_; }
+
+ private:
+  Status on_hello(const Frame& frame);
+  Status on_open_replica(const Frame& frame);
+  Status on_end_delta(const Frame& frame);
+  void release();
+
+  const std::string node_name_;
+  ReplicaAccess& replicas_;
+  FrameSink& sink_;
+  std::string peer_name_;
+  std::string held_volume_;
+  std::shared_ptr<Replica> replica_;
+  bool in_delta_ = false;
+};
+
+}  // namespace amirror::repl
