@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "node/mirror_bookkeeping.h"
+
+namespace amirror::node {
+
+void set_targets(MirrorState& state, const std::vector<std::string>& targets) {
+  state.targets = targets;
+  for (const std::string& target : targets) state.target_states[target];  // ensure present
+}
+
+bool note_merged_layer(MirrorState& state, uint64_t layer, std::span<const DeltaChunk> chunks) {
+  bool changed = false;
+  for (const std::string& name : state.targets) {
+    TargetState& target = state.target_states[name];
+    if (target.applied_cycle >= layer || target.applied_cycle == 0) continue;  // has it / gets a full copy
+    for (const DeltaChunk& chunk : chunks) target.pending_chunks.insert(chunk.chunk_index);
+    changed = true;
+  }
+  return changed;
+}
+
+repl::TargetView view_of(const TargetState& target) {
+  return {target.applied_cycle, target.applied_freeze_time_unix_ms, target.inflight_cycle, target.pending_chunks};
+}
+
+void adopt_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms) {
+  target.applied_cycle = cycle;
+  target.applied_freeze_time_unix_ms = freeze_time_unix_ms;
+  target.inflight_cycle = 0;
+}
+
+void reset_to_full(TargetState& target) {
+  target.applied_cycle = 0;
+  target.pending_chunks.clear();
+}
+
+void mark_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms) {
+  target.applied_cycle = cycle;
+  target.applied_freeze_time_unix_ms = freeze_time_unix_ms;
+  target.inflight_cycle = 0;
+  target.pending_chunks.clear();
+}
+
+}  // namespace amirror::node

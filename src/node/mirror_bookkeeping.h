@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: Apache-2.0
+// The rules that change a source's MirrorState (node/mirror_state.h), in one place: the
+// mirror engine applies them under its lock, the deterministic simulation (tests/sim/)
+// applies the same functions, so what the simulation proves holds for the engine.
+//
+// Invariant they keep: for every target with a replica (applied_cycle > 0), the chunks
+// it lacks up to the newest freeze point are exactly its pending_chunks plus the
+// chunks of the source's unmerged layers above its applied cycle.
+// Thread-safety: plain functions on plain data; the caller serialises.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "node/mirror_state.h"
+#include "repl/sender_session.h"
+#include "store/volume.h"
+
+namespace amirror::node {
+
+// `mirror start --to TARGETS`: the list changes; every target gets a state entry. A
+// target's stored state survives being left off the list.
+void set_targets(MirrorState& state, const std::vector<std::string>& targets);
+
+// Before layer `layer` is folded into the base, every target with a replica that has
+// not applied it keeps the layer's chunks as pending. Returns true if any changed.
+bool note_merged_layer(MirrorState& state, uint64_t layer, std::span<const DeltaChunk> chunks);
+
+repl::TargetView view_of(const TargetState& target);
+// The target applied the cycle that was in flight, though its APPLIED was lost.
+void adopt_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms);
+// The target's replica is not what the source believed: the next delta is a full copy.
+void reset_to_full(TargetState& target);
+// The target applied `cycle` (its delta held every pending chunk).
+void mark_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms);
+
+}  // namespace amirror::node

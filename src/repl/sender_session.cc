@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "repl/sender_session.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+namespace amirror::repl {
+namespace {
+
+bool all_zero(std::span<const uint8_t> data) {
+  static const uint8_t kZeros[4096] = {};
+  for (size_t offset = 0; offset < data.size(); offset += sizeof kZeros) {
+    size_t length = std::min(sizeof kZeros, data.size() - offset);
+    if (std::memcmp(data.data() + offset, kZeros, length) != 0) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Status SenderSession::start() {
+  AMIRROR_ASSERT(phase_ == Phase::kHello);
+  return sink_.send(FrameType::kHello, encode(Hello{kProtocolVersion, source_node_}));
+}
+
+Status SenderSession::begin_volume(const std::string& name, Volume& volume, uint64_t point) {
+  AMIRROR_ASSERT(phase_ == Phase::kIdle);
+  AMIRROR_ASSERT(point > 0);
+  name_ = name;
+  volume_ = &volume;
+  point_ = point;
+  phase_ = Phase::kAwaitingState;
+  return sink_.send(FrameType::kOpenReplica, encode(OpenReplica{name, volume.size_bytes(), volume.chunk_size_bytes()}));
+}
+
+Status SenderSession::on_frame(const Frame& frame) {
+  if (frame.type == FrameType::kKeepAlive) return Status();
+  if (frame.type == FrameType::kError) return Status(ErrorCode::kIo, target_node_ + " refused: " + decode_error(frame.payload));
+  auto unexpected = [&](const char* wanted) {
+    return corruption(std::string("expected ") + wanted + " from " + target_node_ + ", got " +
+                      frame_type_name(frame.type));
+  };
+  switch (phase_) {
+    case Phase::kHello: {
+      if (frame.type != FrameType::kHelloAck) return unexpected("HELLO_ACK");
+      AMIRROR_ASSIGN_OR_RETURN(Hello ack, decode_hello(frame.payload));
+      if (ack.node_name != target_node_) {
+        return invalid_argument("the peer says it is '" + ack.node_name + "', not '" + target_node_ +
+                                "'; check the peer's address in the config");
+      }
+      phase_ = Phase::kIdle;
+      return Status();
+    }
+    case Phase::kAwaitingState:
+      if (frame.type != FrameType::kReplicaState) return unexpected("REPLICA_STATE");
+      return on_replica_state(frame);
+    case Phase::kStreaming:
+      // The target talks during a delta only to refuse it (ERROR, handled above).
+      return corruption(std::string(frame_type_name(frame.type)) + " from " + target_node_ + " before END_DELTA");
+    case Phase::kAwaitingDurable:
+      if (frame.type != FrameType::kDeltaDurable) return unexpected("DELTA_DURABLE");
+      phase_ = Phase::kAwaitingApplied;
+      return Status();
+    case Phase::kAwaitingApplied:
+      if (frame.type != FrameType::kApplied) return unexpected("APPLIED");
+      return on_applied(frame);
+    case Phase::kIdle: break;
+  }
+  return corruption(std::string("unexpected ") + frame_type_name(frame.type) + " from " + target_node_);
+}
+
+Status SenderSession::on_replica_state(const Frame& frame) {
+  AMIRROR_ASSIGN_OR_RETURN(ReplicaState remote, decode_replica_state(frame.payload));
+  host_.observed(name_, remote);
+  TargetView local = host_.view(name_);
+  if (remote.applied_cycle != local.applied_cycle) {
+    if (local.inflight_cycle != 0 && remote.applied_cycle == local.inflight_cycle) {
+      // Our last delta was applied but its acknowledgement was lost.
+      AMIRROR_RETURN_IF_ERROR(host_.adopt_applied(name_, remote.applied_cycle, remote.applied_freeze_time_unix_ms));
+    } else {
+      AMIRROR_RETURN_IF_ERROR(host_.reset_to_full(name_, remote.applied_cycle));
+    }
+    local = host_.view(name_);
+  }
+  if (local.applied_cycle >= point_) {
+    phase_ = Phase::kIdle;  // it has this point already
+    return Status();
+  }
+  AMIRROR_RETURN_IF_ERROR(plan_delta(local, remote));
+  AMIRROR_RETURN_IF_ERROR(host_.set_inflight(name_, point_));
+  phase_ = Phase::kStreaming;
+  return sink_.send(FrameType::kBeginDelta, encode(begin_));
+}
+
+Status SenderSession::plan_delta(const TargetView& local, const ReplicaState& remote) {
+  // The chunks the target lacks, coalesced: a chunk changed in many cycles appears once.
+  bool full = local.applied_cycle == 0;
+  chunks_.clear();
+  if (full) {
+    AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> allocated, volume_->allocated_chunks(point_));
+    for (uint64_t chunk_index : allocated) chunks_.push_back({chunk_index, ChunkState::kData});
+  } else {
+    std::map<uint64_t, ChunkState> merged;
+    for (uint64_t chunk_index : local.pending_chunks) merged[chunk_index] = ChunkState::kData;
+    uint64_t from = std::max(local.applied_cycle, volume_->base_cycle());
+    if (from < point_) {
+      AMIRROR_ASSIGN_OR_RETURN(std::vector<DeltaChunk> changed, volume_->changed_chunks(from, point_));
+      for (const DeltaChunk& chunk : changed) merged[chunk.chunk_index] = chunk.state;
+    }
+    for (const auto& [chunk_index, state] : merged) chunks_.push_back({chunk_index, state});
+  }
+  begin_ = BeginDelta{};
+  begin_.base_cycle = full ? 0 : local.applied_cycle;
+  begin_.target_cycle = point_;
+  begin_.freeze_time_unix_ms = volume_->freeze_time_unix_ms(point_);
+  begin_.record_count = chunks_.size();
+  begin_.full = full;
+  first_chunk_ = 0;
+  if (remote.staged_record_count > 0 && remote.staged_target_cycle == point_ && remote.staged_base_cycle == begin_.base_cycle) {
+    // Resume where the target's durable staging ends, not from the start.
+    while (first_chunk_ < chunks_.size() && chunks_[first_chunk_].chunk_index <= remote.staged_last_chunk_index) {
+      ++first_chunk_;
+    }
+    begin_.first_record = remote.staged_record_count;
+  }
+  next_chunk_ = first_chunk_;
+  record_index_ = begin_.first_record;
+  buffer_.resize(volume_->chunk_size_bytes());
+  return Status();
+}
+
+Status SenderSession::send_next() {
+  AMIRROR_ASSERT(phase_ == Phase::kStreaming);
+  const ChunkGeometry& geometry = volume_->geometry();
+  while (next_chunk_ < chunks_.size()) {
+    const DeltaChunk& chunk = chunks_[next_chunk_++];
+    std::span<uint8_t> content(buffer_.data(), geometry.chunk_length_bytes(chunk.chunk_index));
+    RecordKind kind = RecordKind::kZero;
+    if (chunk.state == ChunkState::kData) {
+      AMIRROR_RETURN_IF_ERROR(volume_->read_frozen(point_, geometry.chunk_offset_bytes(chunk.chunk_index), content));
+      if (!all_zero(content)) kind = RecordKind::kData;
+    }
+    // A full copy starts from an empty (all-zero) replica: zero chunks need no record.
+    if (begin_.full && kind == RecordKind::kZero) continue;
+    std::vector<uint8_t> frame = encode_chunk_frame(
+        record_index_++, chunk.chunk_index, kind,
+        kind == RecordKind::kData ? std::span<const uint8_t>(content) : std::span<const uint8_t>());
+    return sink_.send_encoded(frame);
+  }
+  phase_ = Phase::kAwaitingDurable;
+  return sink_.send(FrameType::kEndDelta, encode(EndDelta{record_index_}));
+}
+
+Status SenderSession::on_applied(const Frame& frame) {
+  AMIRROR_ASSIGN_OR_RETURN(Applied applied, decode_applied(frame.payload));
+  if (applied.applied_cycle != point_) {
+    return corruption(target_node_ + " acknowledged cycle " + std::to_string(applied.applied_cycle) + ", expected " +
+                      std::to_string(point_));
+  }
+  phase_ = Phase::kIdle;
+  return host_.applied(name_, point_, begin_.freeze_time_unix_ms);
+}
+
+}  // namespace amirror::repl

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: Apache-2.0
+// The source side of one peer connection as a sans-I/O state machine: it decides what
+// a target lacks and streams it as one coalesced delta per volume. Frames in
+// (on_frame), frames out (through a FrameSink, repl/receiver_session.h), what the source
+// believes about the target through a SenderHost. No sockets, threads or clocks here:
+// the node's mirror engine and the deterministic simulation (tests/sim/) drive this one
+// implementation.
+//
+// Per connection: start() sends HELLO; HELLO_ACK must name the expected target. Then per
+// volume, begin_volume() sends OPEN_REPLICA and on REPLICA_STATE the session reconciles:
+//   - the target is where the source believes (applied cycle equal): keep;
+//   - it applied the cycle that was in flight (the APPLIED was lost): adopt it;
+//   - anything else (replica deleted, replaced, or older): a full copy.
+// Then it sends BEGIN_DELTA (after the host durably recorded the point as in flight),
+// the CHUNK frames one send_next() at a time, END_DELTA, and on DELTA_DURABLE + APPLIED
+// tells the host the target applied the point.
+//
+// Phases: hello -> idle -> awaiting-state -> streaming -> awaiting-durable ->
+//         awaiting-applied -> idle (volume done; begin_volume() for the next)
+// Invariant: the host is told "applied s" only after the target said APPLIED s, and
+// a delta's chunk set is every chunk the target lacks up to s: its pending chunks, the
+// layers since its applied cycle, or everything allocated for a full copy.
+// Thread-safety: one thread at a time; the host may be called from it.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "repl/receiver_session.h"
+#include "repl/wire.h"
+#include "store/volume.h"
+
+namespace amirror::repl {
+
+// What the source believes about one target for one volume.
+struct TargetView {
+  uint64_t applied_cycle = 0;  // 0: no replica yet, the next delta is a full copy
+  int64_t applied_freeze_time_unix_ms = 0;
+  uint64_t inflight_cycle = 0;  // a delta to this cycle was sent and may have been applied
+  std::set<uint64_t> pending_chunks;  // chunks of merged layers it has not applied
+};
+
+// The source's record of its targets. Each call that changes it must be durable when
+// it returns (the node saves its mirror state), since the session acts on it next.
+class SenderHost {
+ public:
+  virtual ~SenderHost() = default;
+  virtual TargetView view(const std::string& volume) = 0;
+  // The target reported its state (for progress tracking; no decision needed).
+  virtual void observed(const std::string& volume, const ReplicaState& remote) = 0;
+  // The target applied `cycle` although its APPLIED never arrived.
+  virtual Status adopt_applied(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms) = 0;
+  // The target's replica is not what the source believed: the next delta is a full copy.
+  virtual Status reset_to_full(const std::string& volume, uint64_t remote_cycle) = 0;
+  virtual Status set_inflight(const std::string& volume, uint64_t cycle) = 0;
+  // The target applied `cycle`; every pending chunk was in that delta.
+  virtual Status applied(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms) = 0;
+};
+
+class SenderSession {
+ public:
+  enum class Phase { kHello, kIdle, kAwaitingState, kStreaming, kAwaitingDurable, kAwaitingApplied };
+
+  SenderSession(std::string source_node, std::string target_node, SenderHost& host, FrameSink& sink)
+      : source_node_(std::move(source_node)), target_node_(std::move(target_node)), host_(host), sink_(sink) {}
+
+  Status start();  // sends HELLO
+  // Sends OPEN_REPLICA for `volume`, aiming at freeze point `point`. REQUIRES: idle.
+  Status begin_volume(const std::string& name, Volume& volume, uint64_t point);
+  // Feeds one checked frame from the target. An error ends the connection.
+  Status on_frame(const Frame& frame);
+  // While streaming: sends the next CHUNK (or END_DELTA after the last one).
+  Status send_next();
+
+  Phase phase() const { return phase_; }
+  // Progress of the delta being streamed (records of this delta sent, and in all).
+  uint64_t chunks_done() const { return next_chunk_; }
+  uint64_t chunks_total() const { return chunks_.size(); }
+  // First chunk index sent by this attempt (after a resume, > 0).
+  uint64_t first_chunk() const { return first_chunk_; }
+
+ private:
+  Status on_replica_state(const Frame& frame);
+  Status plan_delta(const TargetView& local, const ReplicaState& remote);
+  Status on_applied(const Frame& frame);
+
+  const std::string source_node_;
+  const std::string target_node_;
+  SenderHost& host_;
+  FrameSink& sink_;
+  Phase phase_ = Phase::kHello;
+
+  // The volume being sent.
+  std::string name_;
+  Volume* volume_ = nullptr;
+  uint64_t point_ = 0;
+  BeginDelta begin_;
+  std::vector<DeltaChunk> chunks_;
+  uint64_t next_chunk_ = 0;
+  uint64_t first_chunk_ = 0;
+  uint64_t record_index_ = 0;
+  std::vector<uint8_t> buffer_;
+};
+
+}  // namespace amirror::repl
