@@ -163,6 +163,11 @@ ReplicaState Replica::state() const {
   return state;
 }
 
+uint64_t Replica::readable_cycle() const {
+  std::shared_lock lock(state_mutex_);
+  return committed_ ? stage_header_.target_cycle : applied_cycle_;
+}
+
 std::string Replica::activity() const {
   std::shared_lock lock(state_mutex_);
   if (applying_) return "applying";

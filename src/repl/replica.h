@@ -56,6 +56,9 @@ class Replica {
   ReplicaState state() const;
   // "idle", "receiving", "committed" (durable, not yet applied), "applying"
   std::string activity() const;
+  // The freeze point read() serves: a committed delta's target cycle from its commit
+  // on (even while its apply waits, e.g. for disk space), else the applied cycle.
+  uint64_t readable_cycle() const;
 
   // Starts (or resumes, when begin.first_record > 0) staging a delta.
   // Refuses a delta whose base is not the applied cycle (replayed, duplicated or out of
