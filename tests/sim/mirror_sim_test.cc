@@ -22,8 +22,8 @@
 // A failure prints the seed, the first failing step (the shortest failing prefix of the
 // schedule: the run is deterministic, so any shorter prefix passes) and the steps
 // before it. Replay: AMIRROR_SEED=<seed> (and AMIRROR_SIM_STEPS=<step> to stop there).
-// Knobs: AMIRROR_SEEDS (default 200; long mode 2000), AMIRROR_SIM_STEPS (default 150;
-// long mode 1500), AMIRROR_LONG=1, AMIRROR_SIM_TRACE=1 (print every step as it runs).
+// Knobs: AMIRROR_SEEDS (default 200), AMIRROR_SIM_STEPS (default 150; long mode 1500),
+// AMIRROR_SIM_FAULTS (long mode: seeds run until 1,000,000 faults were simulated), AMIRROR_LONG=1, AMIRROR_SIM_TRACE=1 (print every step as it runs).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -99,6 +99,7 @@ class TargetNode : public repl::ReplicaAccess {
 
   const std::string& name() const { return name_; }
   FaultFileSystem& fs() { return fs_; }
+  const FaultFileSystem& fs() const { return fs_; }
   std::string dir() const { return scratch_.sub("replicas"); }
   std::map<std::string, std::shared_ptr<repl::Replica>>& replicas() { return replicas_; }
 
@@ -200,7 +201,13 @@ class Simulation {
 
   // Runs the schedule; returns "" or the failure (with the failing step).
   std::string run();
-  uint64_t faults() const { return faults_; }
+  // Faults the schedule injected: network faults, crashes, power losses, disk-fault
+  // rules, plus every operation the fault-injecting disks then failed.
+  uint64_t faults() const {
+    uint64_t failed_operations = source_fs_.injected_failure_count();
+    for (const auto& target : targets_) failed_operations += target->fs().injected_failure_count();
+    return faults_ + failed_operations;
+  }
   uint64_t steps_run() const { return step_; }
 
  private:
@@ -698,9 +705,13 @@ std::string Simulation::run() {
 
 TEST(MirrorSimulation, RandomSchedulesKeepEveryInvariant) {
   const uint64_t steps = env_uint("AMIRROR_SIM_STEPS", long_mode() ? 1500 : 150);
-  const std::vector<uint64_t> seeds = seeds_to_run(long_mode() ? 2000 : 200);
-  uint64_t faults = 0, failures = 0;
+  // Long mode runs seeds until this many faults were simulated.
+  const uint64_t fault_goal = env_uint("AMIRROR_SIM_FAULTS", long_mode() ? 1'000'000 : 0);
+  const std::vector<uint64_t> seeds = seeds_to_run(long_mode() ? 1'000'000 : 200);
+  uint64_t faults = 0, failures = 0, seeds_run = 0;
   for (uint64_t seed : seeds) {
+    if (fault_goal > 0 && faults >= fault_goal) break;
+    seeds_run += 1;
     Simulation simulation(seed, steps);
     std::string failure = simulation.run();
     faults += simulation.faults();
@@ -709,7 +720,8 @@ TEST(MirrorSimulation, RandomSchedulesKeepEveryInvariant) {
       if (++failures >= 3) break;
     }
   }
-  std::printf("mirror simulation: %zu seeds from %llu, %llu steps each, %llu simulated faults\n", seeds.size(),
+  std::printf("mirror simulation: %llu seeds from %llu, %llu steps each, %llu simulated faults\n",
+              static_cast<unsigned long long>(seeds_run),
               static_cast<unsigned long long>(seeds.front()), static_cast<unsigned long long>(steps),
               static_cast<unsigned long long>(faults));
 }
