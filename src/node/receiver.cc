@@ -81,9 +81,7 @@ namespace {
 class SocketSink : public repl::FrameSink {
  public:
   explicit SocketSink(repl::PeerSocket& socket) : socket_(socket) {}
-  Status send(repl::FrameType type, std::span<const uint8_t> payload) override {
-    return socket_.send_frame(type, payload);
-  }
+  Status send_encoded(std::span<const uint8_t> frame) override { return socket_.send_encoded(frame); }
 
  private:
   repl::PeerSocket& socket_;

@@ -25,11 +25,13 @@
 
 namespace amirror::repl {
 
-// Where the session's outgoing frames go (a socket in the node, a queue in tests).
+// Where a session's outgoing frames go (a socket in the node, a queue in tests).
 class FrameSink {
  public:
   virtual ~FrameSink() = default;
-  virtual Status send(FrameType type, std::span<const uint8_t> payload) = 0;
+  // A whole frame: header and payload (encode_frame, encode_chunk_frame).
+  virtual Status send_encoded(std::span<const uint8_t> frame) = 0;
+  Status send(FrameType type, std::span<const uint8_t> payload) { return send_encoded(encode_frame(type, payload)); }
 };
 
 // What the session needs from the node that holds the replicas.
