@@ -10,9 +10,12 @@ void set_targets(MirrorState& state, const std::vector<std::string>& targets) {
 
 bool note_merged_layer(MirrorState& state, uint64_t layer, std::span<const DeltaChunk> chunks) {
   bool changed = false;
-  for (const std::string& name : state.targets) {
-    TargetState& target = state.target_states[name];
-    if (target.applied_cycle >= layer || target.applied_cycle == 0) continue;  // has it / gets a full copy
+  for (auto& [name, target] : state.target_states) {
+    if (target.applied_cycle >= layer) continue;  // has it
+    // No replica and nothing in flight: the next delta is a full copy. With a delta in
+    // flight, the target may have applied it without the source hearing so; if that
+    // point is below this layer, the target lacks the layer once the source adopts it.
+    if (target.applied_cycle == 0 && target.inflight_cycle == 0) continue;
     for (const DeltaChunk& chunk : chunks) target.pending_chunks.insert(chunk.chunk_index);
     changed = true;
   }
