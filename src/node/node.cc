@@ -234,6 +234,7 @@ std::shared_ptr<repl::Replica> Node::find_replica(const std::string& source, con
 Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::string& volume, const std::string& group,
                                                                      std::string& unit_key) {
   if (volume.empty() == group.empty()) return invalid_argument("name exactly one of a volume or --group GROUP");
+  AMIRROR_RETURN_IF_ERROR(check_unit_available(volume, group));
   std::vector<std::shared_ptr<VolumeEntry>> members;
   if (!volume.empty()) {
     AMIRROR_RETURN_IF_ERROR(validate_name(volume, "volume name"));
@@ -290,65 +291,11 @@ std::string Node::handle_control(const std::string& request_text) {
                            {"group", entry->volume->group()},
                            {"cycle", entry->volume->cycle()}});
       }
+      list_unavailable_volumes(volumes);
       return json{{"ok", true}, {"volumes", volumes}}.dump();
     }
 
-    if (command == "volume_create" || command == "volume_import") {
-      std::string name = request.value("name", "");
-      VolumeOptions options;
-      options.chunk_size_bytes = request.value("chunk_size_bytes", kDefaultChunkSizeBytes);
-      options.group = request.value("group", "");
-      std::string from = request.value("from", "");
-      int source_fd = -1;
-      if (command == "volume_import") {
-        source_fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
-        if (source_fd < 0) return error_response(Status::from_errno(errno, "cannot open " + from)).dump();
-        off_t end = ::lseek(source_fd, 0, SEEK_END);
-        options.size_bytes = (static_cast<uint64_t>(end) + kSectorSizeBytes - 1) / kSectorSizeBytes * kSectorSizeBytes;
-        if (options.size_bytes == 0) {
-          ::close(source_fd);
-          return error_response(invalid_argument(from + " is empty; nothing to import")).dump();
-        }
-      } else {
-        options.size_bytes = request.value("size_bytes", uint64_t{0});
-      }
-      std::lock_guard lock(mutex_);
-      auto created = data_dir_->create_volume(name, options);
-      if (!created.ok()) {
-        if (source_fd >= 0) ::close(source_fd);
-        return error_response(created.status()).dump();
-      }
-      auto entry = std::make_shared<VolumeEntry>();
-      entry->name = name;
-      entry->volume = std::move(created).value();
-      if (source_fd >= 0) {
-        // Copy the file in, leaving all-zero blocks unwritten so the volume stays sparse.
-        std::vector<uint8_t> buffer(kMiB);
-        uint64_t offset = 0;
-        Status status;
-        while (status.ok()) {
-          ssize_t n = ::pread(source_fd, buffer.data(), buffer.size(), static_cast<off_t>(offset));
-          if (n < 0) status = Status::from_errno(errno, "read " + from);
-          if (n <= 0) break;
-          size_t length = static_cast<size_t>(n);
-          size_t padded = (length + kSectorSizeBytes - 1) / kSectorSizeBytes * kSectorSizeBytes;
-          std::fill(buffer.begin() + static_cast<ptrdiff_t>(length), buffer.begin() + static_cast<ptrdiff_t>(padded), 0);
-          for (size_t block = 0; block < padded && status.ok(); block += 4096) {
-            size_t block_length = std::min<size_t>(4096, padded - block);
-            bool zero = std::all_of(buffer.begin() + static_cast<ptrdiff_t>(block),
-                                    buffer.begin() + static_cast<ptrdiff_t>(block + block_length), [](uint8_t b) { return b == 0; });
-            if (!zero) status = entry->volume->write(offset + block, std::span(buffer.data() + block, block_length));
-          }
-          offset += length;
-        }
-        ::close(source_fd);
-        if (status.ok()) status = entry->volume->flush();
-        if (!status.ok()) return error_response(status.with_context("import into volume " + name)).dump();
-      }
-      volumes_[name] = entry;
-      return json{{"ok", true}, {"name", name}, {"size_bytes", entry->volume->size_bytes()},
-                  {"chunk_size_bytes", entry->volume->chunk_size_bytes()}}.dump();
-    }
+    if (command == "volume_create" || command == "volume_import") return create_or_import_volume(request);
 
     if (command == "mirror_start") {
       std::lock_guard lock(mutex_);
@@ -421,6 +368,19 @@ std::string Node::handle_control(const std::string& request_text) {
   }
 }
 
+void Node::list_unavailable_volumes(json& volumes) const {
+  for (json& item : volumes) item["state"] = "ok";
+  for (const auto& [name, progress] : imports_) {
+    const VolumeOptions& options = progress->options;
+    volumes.push_back({{"name", name}, {"state", "importing"}, {"size_bytes", options.size_bytes},
+                       {"chunk_size_bytes", options.chunk_size_bytes},
+                       {"group", options.group.empty() ? json(nullptr) : json(options.group)}, {"cycle", 0},
+                       {"mirrors", json::array()},
+                       {"import", {{"source", progress->source}, {"done_bytes", progress->done_bytes.load()},
+                                   {"total_bytes", progress->total_bytes}}}});
+  }
+}
+
 std::string Node::status_json() {
   std::lock_guard lock(mutex_);
   json volumes = json::array();
@@ -476,6 +436,7 @@ std::string Node::status_json() {
                        {"layers", layers},
                        {"mirrors", mirror_list}});
   }
+  list_unavailable_volumes(volumes);
   json replicas = json::array();
   for (const auto& replica : replicas_->all()) {
     repl::ReplicaState state = replica->state();

@@ -8,6 +8,9 @@
 // {"ok": true, ...} or {"ok": false, "error": "..."}. Commands: volume_create,
 // volume_import, volume_list, mirror_start, mirror_break, mirror_sync, status
 // (fields in node.cc, next to each handler). Errors change nothing.
+//
+// A volume being imported is reserved by name ("importing" in status)
+// and published only when its copy is complete (node_volumes.cc).
 // Thread-safety: handle_control may be called from many threads at once.
 #pragma once
 
@@ -15,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,6 +34,8 @@ class Server;
 }
 
 namespace amirror::node {
+
+class ImportSource;
 
 class Node {
  public:
@@ -51,6 +57,20 @@ class Node {
   void peer_accept_loop();
 
   std::string status_json();
+  // Adds "state" to each volume of `volumes` (a status or volume_list array) and
+  // appends the importing ones. REQUIRES: mutex_ held
+  void list_unavailable_volumes(nlohmann::json& volumes) const;
+
+  // volume_create / volume_import (node_volumes.cc).
+  std::string create_or_import_volume(const nlohmann::json& request);
+  std::string import_volume(const std::string& name, const std::string& from, uint64_t declared_size_bytes,
+                            VolumeOptions options);
+  Result<std::unique_ptr<Volume>> copy_import(const std::string& name, ImportSource& source,
+                                              const VolumeOptions& options, std::atomic<uint64_t>& done_bytes);
+  // Why `name` cannot be created now (exists, being imported), or ok.
+  Status check_name_free(const std::string& name) const;  // REQUIRES: mutex_ held
+  // Why a volume or group cannot be mirrored now (it or a member is being imported), or ok.
+  Status check_unit_available(const std::string& volume, const std::string& group) const;  // REQUIRES: mutex_ held
   Result<std::vector<std::shared_ptr<VolumeEntry>>> resolve_unit(const std::string& volume, const std::string& group,
                                                                  std::string& unit_key);
   Status start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
@@ -67,6 +87,15 @@ class Node {
   std::map<std::string, std::string> unit_of_volume_;             // volume -> unit key
   // Stopped engines live until the node stops: a `mirror sync` may still hold one.
   std::vector<std::unique_ptr<MirrorEngine>> retired_engines_;
+
+  struct ImportProgress {
+    std::string source;
+    VolumeOptions options;
+    std::atomic<uint64_t> done_bytes{0};
+    uint64_t total_bytes = 0;
+  };
+  // Names reserved by running imports: not in volumes_ (so not exported) until done.
+  std::map<std::string, std::shared_ptr<ImportProgress>> imports_;  // GUARDED_BY(mutex_)
 
   // Null only with insecure = true (or a node with no peers and no TLS files).
   std::shared_ptr<const net::TlsContext> tls_;      // peers: TLS 1.3 only
