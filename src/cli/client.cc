@@ -55,10 +55,14 @@ std::string text_or(const json& value, const char* fallback) {
   return value.is_string() ? value.get<std::string>() : fallback;
 }
 
-// An importing volume (status and volume list): one line saying how far. Returns
-// false for a volume in service.
+// A failed or importing volume (status and volume list): one line saying why or how
+// far. Returns false for a volume in service.
 bool print_unavailable_volume(const json& volume) {
   std::string state = volume.value("state", "ok");
+  if (state == "failed") {
+    fmt::print("volume {}  FAILED: {}\n", volume["name"].get<std::string>(), volume.value("error", "?"));
+    return true;
+  }
   if (state == "importing") {
     const json& import = volume["import"];
     double done = import["done_bytes"].get<double>(), total = std::max(1.0, import["total_bytes"].get<double>());
@@ -189,6 +193,11 @@ int run_status(const ClientArgs& client) {
     }
   }
   for (const json& replica : answer["replicas"]) {
+    if (replica.value("state", "") == "failed") {
+      fmt::print("replica {}/{}  FAILED: {}\n", replica["source"].get<std::string>(), replica["volume"].get<std::string>(),
+                 replica.value("error", "?"));
+      continue;
+    }
     fmt::print("replica {}/{}  cycle {}  frozen at {}  {}  {}\n", replica["source"].get<std::string>(),
                replica["volume"].get<std::string>(), replica["applied_cycle"].get<uint64_t>(),
                text_or(replica["freeze_time"], "-"), replica["state"].get<std::string>(),

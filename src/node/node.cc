@@ -118,6 +118,12 @@ Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config) {
     if (entry->state.running) units[entry->state.unit].push_back(entry);
   }
   for (auto& [unit, members] : units) {
+    std::lock_guard lock(node->mutex_);
+    if (std::string why = node->unit_blocked_reason(unit); !why.empty()) {
+      fmt::print(stderr, "amirror node {}: mirror {} is not resumed: {}\n", config.name, unit, why);
+      node->blocked_units_[unit] = why;
+      continue;
+    }
     const MirrorState& state = members.front()->state;
     AMIRROR_RETURN_IF_ERROR(node->start_mirror(unit, members, state.targets, state.interval_ms, false));
   }
@@ -130,21 +136,51 @@ Status Node::open_everything() {
   mirrors_dir_ = config_.data_dir + "/mirrors";
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(mirrors_dir_));
   AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, data_dir_->list_volumes());
-  for (const std::string& name : names) {
-    auto volume = data_dir_->open_volume(name);
-    if (!volume.ok()) return volume.status().with_context("open volume " + name);
+  std::lock_guard lock(mutex_);
+  for (const std::string& name : names) open_volume_entry(fs, name);
+  replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas");
+  return replicas_->load();
+}
+
+void Node::open_volume_entry(FileSystem& fs, const std::string& name) {
+  auto volume = data_dir_->open_volume(name);
+  std::string state_path = mirrors_dir_ + "/" + name + ".json";
+  Result<std::optional<MirrorState>> state = [&]() -> Result<std::optional<MirrorState>> {
+    AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
+    if (!has_state) return std::optional<MirrorState>();
+    AMIRROR_ASSIGN_OR_RETURN(MirrorState loaded, load_mirror_state(fs, state_path));
+    return std::optional<MirrorState>(std::move(loaded));
+  }();
+  if (volume.ok() && state.ok()) {
     auto entry = std::make_shared<VolumeEntry>();
     entry->name = name;
     entry->volume = std::move(volume).value();
-    std::string state_path = mirrors_dir_ + "/" + name + ".json";
-    AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
-    if (has_state) {
-      AMIRROR_ASSIGN_OR_RETURN(entry->state, load_mirror_state(fs, state_path));
-    }
+    if (state.value()) entry->state = std::move(*state.value());
     volumes_[name] = std::move(entry);
+    return;
   }
-  replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas");
-  return replicas_->load();
+  // Keep what is known (its group, its mirror's targets): status shows it, and a
+  // mirror it belongs to is not resumed without it.
+  FailedVolume failed;
+  failed.error = !volume.ok() ? volume.status().message() : "mirror state " + state.status().message();
+  if (volume.ok()) failed.group = volume.value()->group();
+  if (state.ok()) failed.state = state.value();
+  // With volume.meta unreadable, a group mirror's state still names the group.
+  const std::string group_unit = "group:";
+  if (failed.group.empty() && failed.state && failed.state->unit.starts_with(group_unit)) {
+    failed.group = failed.state->unit.substr(group_unit.size());
+  }
+  fmt::print(stderr, "amirror node {}: volume {} failed to open and is not served: {}\n", config_.name, name, failed.error);
+  failed_volumes_[name] = std::move(failed);
+}
+
+std::string Node::unit_blocked_reason(const std::string& unit_key) const {
+  for (const auto& [name, failed] : failed_volumes_) {
+    bool member = (failed.state && failed.state->unit == unit_key) ||
+                  (!failed.group.empty() && unit_key == "group:" + failed.group);
+    if (member) return "its volume '" + name + "' failed to open: " + failed.error;
+  }
+  return "";
 }
 
 Status Node::start_listeners() {
@@ -370,6 +406,21 @@ std::string Node::handle_control(const std::string& request_text) {
 
 void Node::list_unavailable_volumes(json& volumes) const {
   for (json& item : volumes) item["state"] = "ok";
+  // Every field a healthy volume has, null where unknown, so tooling need not special-case.
+  for (const auto& [name, failed] : failed_volumes_) {
+    json mirrors = json::array();
+    if (failed.state) {
+      for (const auto& [target, state] : failed.state->target_states) {
+        mirrors.push_back({{"target", target}, {"state", "stopped"}, {"applied_cycle", state.applied_cycle},
+                           {"applied_freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
+                           {"lag_seconds", nullptr}, {"bytes_pending", 0}, {"bytes_sent", state.bytes_sent},
+                           {"last_error", "volume failed: " + failed.error}});
+      }
+    }
+    volumes.push_back({{"name", name}, {"state", "failed"}, {"error", failed.error}, {"size_bytes", nullptr},
+                       {"chunk_size_bytes", nullptr}, {"group", failed.group.empty() ? json(nullptr) : json(failed.group)},
+                       {"cycle", nullptr}, {"mirrors", mirrors}});
+  }
   for (const auto& [name, progress] : imports_) {
     const VolumeOptions& options = progress->options;
     volumes.push_back({{"name", name}, {"state", "importing"}, {"size_bytes", options.size_bytes},
@@ -401,6 +452,9 @@ std::string Node::status_json() {
         status.applied_cycle = state.applied_cycle;
         status.applied_freeze_time_unix_ms = state.applied_freeze_time_unix_ms;
         status.bytes_sent = state.bytes_sent;
+        if (auto blocked = blocked_units_.find(entry->state.unit); entry->state.running && blocked != blocked_units_.end()) {
+          status.last_error = "not resumed at start: " + blocked->second;
+        }
         mirrors.push_back(std::move(status));
       }
     }
@@ -447,6 +501,12 @@ std::string Node::status_json() {
                         {"freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
                         {"image_path", replica->image_path()},
                         {"state", replica->activity()}});
+  }
+  // Every field a healthy replica has, null where unknown, so tooling need not special-case.
+  for (const FailedReplica& failed : replicas_->failed()) {
+    replicas.push_back({{"source", failed.source}, {"volume", failed.volume}, {"size_bytes", nullptr},
+                        {"applied_cycle", nullptr}, {"freeze_time", nullptr},
+                        {"image_path", failed.dir + "/replica.img"}, {"state", "failed"}, {"error", failed.error}});
   }
   // How replicas travel: "tls" (TLS 1.3, both ends authenticated) or "insecure".
   json transport = {{"mode", tls_ != nullptr ? "tls" : config_.insecure ? "insecure" : "none"}};

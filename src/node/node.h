@@ -9,7 +9,10 @@
 // volume_import, volume_list, mirror_start, mirror_break, mirror_sync, status
 // (fields in node.cc, next to each handler). Errors change nothing.
 //
-// A volume being imported is reserved by name ("importing" in status)
+// A volume or replica that cannot be opened at start is "failed": the node starts
+// anyway, serves and mirrors everything else, and shows it in status with the reason;
+// it is not exported over NBD, commands naming it say why, and a mirror it belongs to
+// is not resumed. A volume being imported is reserved by name ("importing" in status)
 // and published only when its copy is complete (node_volumes.cc).
 // Thread-safety: handle_control may be called from many threads at once.
 #pragma once
@@ -19,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,8 +62,12 @@ class Node {
 
   std::string status_json();
   // Adds "state" to each volume of `volumes` (a status or volume_list array) and
-  // appends the importing ones. REQUIRES: mutex_ held
+  // appends the failed and importing ones. REQUIRES: mutex_ held
   void list_unavailable_volumes(nlohmann::json& volumes) const;
+  // Opens one volume and its mirror state into volumes_, or records it as failed.
+  void open_volume_entry(FileSystem& fs, const std::string& name);
+  // Why a mirror unit that was running must not be resumed (a member failed); "" if none.
+  std::string unit_blocked_reason(const std::string& unit_key) const;  // REQUIRES: mutex_ held
 
   // volume_create / volume_import (node_volumes.cc).
   std::string create_or_import_volume(const nlohmann::json& request);
@@ -67,9 +75,10 @@ class Node {
                             VolumeOptions options);
   Result<std::unique_ptr<Volume>> copy_import(const std::string& name, ImportSource& source,
                                               const VolumeOptions& options, std::atomic<uint64_t>& done_bytes);
-  // Why `name` cannot be created now (exists, being imported), or ok.
+  // Why `name` cannot be created now (exists, failed, being imported), or ok.
   Status check_name_free(const std::string& name) const;  // REQUIRES: mutex_ held
-  // Why a volume or group cannot be mirrored now (it or a member is being imported), or ok.
+  // Why a volume or group cannot be mirrored now (it or a member failed or is being
+  // imported), or ok. For a group: a failed volume counts when its group is known.
   Status check_unit_available(const std::string& volume, const std::string& group) const;  // REQUIRES: mutex_ held
   Result<std::vector<std::shared_ptr<VolumeEntry>>> resolve_unit(const std::string& volume, const std::string& group,
                                                                  std::string& unit_key);
@@ -88,6 +97,14 @@ class Node {
   // Stopped engines live until the node stops: a `mirror sync` may still hold one.
   std::vector<std::unique_ptr<MirrorEngine>> retired_engines_;
 
+  struct FailedVolume {
+    std::string error;
+    std::string group;                  // from volume.meta, when that was readable
+    std::optional<MirrorState> state;   // when <name>.json was readable
+  };
+  std::map<std::string, FailedVolume> failed_volumes_;  // never in volumes_. GUARDED_BY(mutex_)
+  // Mirror units that were running but were not resumed at start: unit -> why.
+  std::map<std::string, std::string> blocked_units_;    // GUARDED_BY(mutex_)
   struct ImportProgress {
     std::string source;
     VolumeOptions options;

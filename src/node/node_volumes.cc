@@ -105,6 +105,11 @@ Result<std::unique_ptr<Volume>> Node::copy_import(const std::string& name, Impor
 
 Status Node::check_name_free(const std::string& name) const {
   if (volumes_.count(name)) return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' already exists");
+  if (auto failed = failed_volumes_.find(name); failed != failed_volumes_.end()) {
+    return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' exists but failed to open (" + failed->second.error +
+                                                 "); repair or remove " + data_dir_->volume_dir(name) +
+                                                 " and restart the node");
+  }
   if (auto import = imports_.find(name); import != imports_.end()) {
     return Status(ErrorCode::kBusy, "volume '" + name + "' is being imported from " + import->second->source + " (" +
                                         format_bytes(import->second->done_bytes.load()) + " of " +
@@ -114,6 +119,17 @@ Status Node::check_name_free(const std::string& name) const {
 }
 
 Status Node::check_unit_available(const std::string& volume, const std::string& group) const {
+  for (const auto& [name, failed] : failed_volumes_) {
+    if (name == volume) {
+      return Status(ErrorCode::kCorruption, "volume '" + name + "' failed to open when the node started: " +
+                                                failed.error + "; repair or remove " + data_dir_->volume_dir(name) +
+                                                " and restart the node");
+    }
+    if (!group.empty() && failed.group == group) {
+      return Status(ErrorCode::kCorruption, "volume '" + name + "' of group '" + group + "' failed to open (" + failed.error +
+                                                "); its group freezes together, so it is not mirrored without it");
+    }
+  }
   for (const auto& [name, import] : imports_) {
     if (name == volume || (!group.empty() && import->options.group == group)) {
       return Status(ErrorCode::kBusy, "volume '" + name + "' is still being imported (" +
