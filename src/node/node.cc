@@ -65,6 +65,7 @@ class NodeCatalog final : public nbd::ExportCatalog {
   std::vector<std::string> names() const override { return node_->export_names(); }
   // The same name always yields the same Export object: the NBD server relies on that
   // identity between SET_META_CONTEXT and GO. Volumes and replicas are never removed.
+  std::string unavailable_reason(const std::string& name) const override { return node_->unavailable_reason(name); }
   std::shared_ptr<nbd::Export> find(const std::string& name) const override {
     std::string resolved = name;
     if (resolved.empty()) {
@@ -265,6 +266,18 @@ std::shared_ptr<VolumeEntry> Node::find_volume(const std::string& name) const {
 
 std::shared_ptr<repl::Replica> Node::find_replica(const std::string& source, const std::string& volume) const {
   return replicas_->find(source, volume);
+}
+
+std::string Node::unavailable_reason(const std::string& export_name) const {
+  for (const FailedReplica& failed : replicas_->failed()) {
+    if (failed.source + "/" + failed.volume == export_name) return "replica failed to open: " + failed.error;
+  }
+  std::lock_guard lock(mutex_);
+  if (auto failed = failed_volumes_.find(export_name); failed != failed_volumes_.end()) {
+    return "volume failed to open: " + failed->second.error;
+  }
+  if (imports_.count(export_name)) return "volume is still being imported";
+  return "";
 }
 
 Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::string& volume, const std::string& group,

@@ -64,10 +64,13 @@ am site-b status | grep -q "volume b2  FAILED" || fail "human status does not sh
 log "healthy objects are served over NBD, failed ones are not"
 compare_replica site-a a1 site-b
 qemu-io -r -f raw -c "read -q 0 4096" "$(vol_uri site-b b1)" >/dev/null 2>&1 || fail "cannot read b1 over NBD"
-if qemu-io -r -f raw -c "read -q 0 4096" "$(vol_uri site-b b2)" >/dev/null 2>&1; then fail "failed volume b2 is exported"; fi
-if qemu-io -r -f raw -c "read -q 0 4096" "$(replica_uri site-b site-a a2)" >/dev/null 2>&1; then
+# refused with the reason (qemu-io prints the server's message)
+if qemu-io -r -f raw -c "read -q 0 4096" "$(vol_uri site-b b2)" >/dev/null 2>"$WORK/nbd.err"; then fail "failed volume b2 is exported"; fi
+grep -q "export 'b2' is unavailable: volume failed to open" "$WORK/nbd.err" || fail "NBD refusal of b2 says not why: $(cat "$WORK/nbd.err")"
+if qemu-io -r -f raw -c "read -q 0 4096" "$(replica_uri site-b site-a a2)" >/dev/null 2>"$WORK/nbd.err"; then
   fail "failed replica site-a/a2 is exported"
 fi
+grep -q "unavailable: replica failed to open" "$WORK/nbd.err" || fail "NBD refusal of site-a/a2 says not why: $(cat "$WORK/nbd.err")"
 
 log "commands aimed at a failed volume say why"
 am_try site-b mirror start b2 --to site-a && fail "mirror start of failed volume b2 succeeded"

@@ -75,9 +75,10 @@ jq -e '.[] | select(.name == "big" and .state == "importing")' "$WORK/last.out" 
   fail "volume list does not show big importing: $(cat "$WORK/last.out")"
 timeout 60 qemu-io -r -f raw -c "read -q -P 0x5a 0 1M" "$(vol_uri site-a other)" >/dev/null ||
   fail "NBD read of volume other failed or hung during the import"
-if timeout 60 qemu-io -r -f raw -c "read -q 0 4096" "$(vol_uri site-a big)" >/dev/null 2>&1; then
+if timeout 60 qemu-io -r -f raw -c "read -q 0 4096" "$(vol_uri site-a big)" >/dev/null 2>"$WORK/nbd.err"; then
   fail "volume big is exported over NBD before its import finished"
 fi
+grep -q "still being imported" "$WORK/nbd.err" || fail "NBD refusal of big says not why: $(cat "$WORK/nbd.err")"
 answers volume create big --size 1M && fail "volume create big succeeded during big's import"
 grep -q "being imported" "$WORK/last.err" || fail "volume create big: unclear error: $(cat "$WORK/last.err")"
 answers mirror start big --to site-a && fail "mirror start big succeeded during its import"
