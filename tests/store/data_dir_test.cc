@@ -21,7 +21,7 @@ VolumeOptions small_volume() {
   return options;
 }
 
-TEST(DataDir, AVolumeBeingBuiltIsInvisibleUntilComplete) {
+TEST(DataDirTest, AVolumeBeingBuiltIsInvisibleUntilComplete) {
   testing::ScratchDir scratch("data-dir");
   auto data_dir = DataDir::open(posix_file_system(), scratch.path());
   ASSERT_TRUE(data_dir.ok()) << data_dir.status().to_string();
@@ -40,7 +40,7 @@ TEST(DataDir, AVolumeBeingBuiltIsInvisibleUntilComplete) {
   EXPECT_EQ(read_back, data);
 }
 
-TEST(DataDir, AnAbandonedVolumeLeavesNothingAndTheNameIsFreeAgain) {
+TEST(DataDirTest, AnAbandonedVolumeLeavesNothingAndTheNameIsFreeAgain) {
   testing::ScratchDir scratch("data-dir");
   auto data_dir = DataDir::open(posix_file_system(), scratch.path());
   ASSERT_TRUE(data_dir.ok());
@@ -53,7 +53,7 @@ TEST(DataDir, AnAbandonedVolumeLeavesNothingAndTheNameIsFreeAgain) {
   EXPECT_TRUE(data_dir.value()->create_volume("v", small_volume()).ok());
 }
 
-TEST(DataDir, AVolumeNeverCompletedIsRemovedAtTheNextOpen) {
+TEST(DataDirTest, AVolumeNeverCompletedIsRemovedAtTheNextOpen) {
   testing::ScratchDir scratch("data-dir");
   {
     auto data_dir = DataDir::open(posix_file_system(), scratch.path());
