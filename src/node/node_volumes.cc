@@ -24,10 +24,15 @@ using nlohmann::json;
 
 namespace {
 
-std::string error_text(const Status& status) { return json{{"ok", false}, {"error", status.message()}}.dump(); }
+std::string error_text(const Status& status) {
+  return json{{"ok", false}, {"error", status.message()}}.dump();
+}
 
 std::string created_text(const std::string& name, const Volume& volume) {
-  return json{{"ok", true}, {"name", name}, {"size_bytes", volume.size_bytes()}, {"chunk_size_bytes", volume.chunk_size_bytes()}}
+  return json{{"ok", true},
+              {"name", name},
+              {"size_bytes", volume.size_bytes()},
+              {"chunk_size_bytes", volume.chunk_size_bytes()}}
       .dump();
 }
 
@@ -40,7 +45,8 @@ std::string Node::create_or_import_volume(const json& request) {
   options.chunk_size_bytes = request.value("chunk_size_bytes", kDefaultChunkSizeBytes);
   options.group = request.value("group", "");
   if (request.value("command", "") == "volume_import") {
-    return import_volume(name, request.value("from", ""), request.value("size_bytes", uint64_t{0}), options);
+    return import_volume(name, request.value("from", ""), request.value("size_bytes", uint64_t{0}),
+                         options);
   }
   options.size_bytes = request.value("size_bytes", uint64_t{0});
   // Creating an empty volume is quick (no data is written): it stays under the lock.
@@ -55,8 +61,8 @@ std::string Node::create_or_import_volume(const json& request) {
   return created_text(name, *entry->volume);
 }
 
-std::string Node::import_volume(const std::string& name, const std::string& from, uint64_t declared_size_bytes,
-                                VolumeOptions options) {
+std::string Node::import_volume(const std::string& name, const std::string& from,
+                                uint64_t declared_size_bytes, VolumeOptions options) {
   if (from.empty()) return error_text(invalid_argument("name the file to import with --from FILE"));
   auto source = ImportSource::open(from, declared_size_bytes);
   if (!source.ok()) return error_text(source.status());
@@ -87,8 +93,10 @@ std::string Node::import_volume(const std::string& name, const std::string& from
 }
 
 Result<std::unique_ptr<Volume>> Node::copy_import(const std::string& name, ImportSource& source,
-                                                  const VolumeOptions& options, std::atomic<uint64_t>& done_bytes) {
-  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> building, data_dir_->begin_volume(name, options));
+                                                  const VolumeOptions& options,
+                                                  std::atomic<uint64_t>& done_bytes) {
+  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> building,
+                           data_dir_->begin_volume(name, options));
   Status status = source.copy_into(*building, done_bytes, stopping_);
   if (status.ok()) {
     auto completed = data_dir_->complete_volume(name, std::move(building));
@@ -97,21 +105,26 @@ Result<std::unique_ptr<Volume>> Node::copy_import(const std::string& name, Impor
   }
   building.reset();
   if (Status removed = data_dir_->abandon_volume(name); !removed.ok()) {
-    fmt::print(stderr, "amirror node {}: the partial volume {} stays until the next start, which removes it: {}\n",
-               config_.name, name, removed.message());
+    fmt::print(
+        stderr,
+        "amirror node {}: the partial volume {} stays until the next start, which removes it: {}\n",
+        config_.name, name, removed.message());
   }
   return status;
 }
 
 Status Node::check_name_free(const std::string& name) const {
-  if (volumes_.count(name)) return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' already exists");
+  if (volumes_.count(name))
+    return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' already exists");
   if (auto failed = failed_volumes_.find(name); failed != failed_volumes_.end()) {
-    return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' exists but failed to open (" + failed->second.error +
-                                                 "); repair or remove " + data_dir_->volume_dir(name) +
+    return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' exists but failed to open (" +
+                                                 failed->second.error + "); repair or remove " +
+                                                 data_dir_->volume_dir(name) +
                                                  " and restart the node");
   }
   if (auto import = imports_.find(name); import != imports_.end()) {
-    return Status(ErrorCode::kBusy, "volume '" + name + "' is being imported from " + import->second->source + " (" +
+    return Status(ErrorCode::kBusy, "volume '" + name + "' is being imported from " +
+                                        import->second->source + " (" +
                                         format_bytes(import->second->done_bytes.load()) + " of " +
                                         format_bytes(import->second->total_bytes) + " copied)");
   }
@@ -121,20 +134,24 @@ Status Node::check_name_free(const std::string& name) const {
 Status Node::check_unit_available(const std::string& volume, const std::string& group) const {
   for (const auto& [name, failed] : failed_volumes_) {
     if (name == volume) {
-      return Status(ErrorCode::kCorruption, "volume '" + name + "' failed to open when the node started: " +
-                                                failed.error + "; repair or remove " + data_dir_->volume_dir(name) +
-                                                " and restart the node");
+      return Status(ErrorCode::kCorruption,
+                    "volume '" + name + "' failed to open when the node started: " + failed.error +
+                        "; repair or remove " + data_dir_->volume_dir(name) +
+                        " and restart the node");
     }
     if (!group.empty() && failed.group == group) {
-      return Status(ErrorCode::kCorruption, "volume '" + name + "' of group '" + group + "' failed to open (" + failed.error +
-                                                "); its group freezes together, so it is not mirrored without it");
+      return Status(ErrorCode::kCorruption,
+                    "volume '" + name + "' of group '" + group + "' failed to open (" +
+                        failed.error +
+                        "); its group freezes together, so it is not mirrored without it");
     }
   }
   for (const auto& [name, import] : imports_) {
     if (name == volume || (!group.empty() && import->options.group == group)) {
       return Status(ErrorCode::kBusy, "volume '" + name + "' is still being imported (" +
                                           format_bytes(import->done_bytes.load()) + " of " +
-                                          format_bytes(import->total_bytes) + "); wait for `volume import` to finish");
+                                          format_bytes(import->total_bytes) +
+                                          "); wait for `volume import` to finish");
     }
   }
   return Status();

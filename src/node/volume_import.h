@@ -41,17 +41,20 @@ class ImportSource {
   uint64_t data_bytes() const { return data_bytes_; }
   // Copies the source into `volume` (size volume_size_bytes()), counting progress in
   // `done_bytes`. kCancelled once `cancel` is set. Does not flush the volume.
-  Status copy_into(Volume& volume, std::atomic<uint64_t>& done_bytes, const std::atomic<bool>& cancel);
+  Status copy_into(Volume& volume, std::atomic<uint64_t>& done_bytes,
+                   const std::atomic<bool>& cancel);
 
  private:
-  ImportSource(int fd, std::string path, uint64_t data_bytes, uint64_t volume_size_bytes, bool stream);
+  ImportSource(int fd, std::string path, uint64_t data_bytes, uint64_t volume_size_bytes,
+               bool stream);
   // Reads up to `length` bytes at `offset` (streams: the next bytes); 0 = end of source.
-  Result<size_t> read_some(uint8_t* out, size_t length, uint64_t offset, const std::atomic<bool>& cancel);
+  Result<size_t> read_some(uint8_t* out, size_t length, uint64_t offset,
+                           const std::atomic<bool>& cancel);
   Status fill(uint8_t* out, size_t length, uint64_t offset, const std::atomic<bool>& cancel);
 
   int fd_ = -1;
   std::string path_;
-  uint64_t data_bytes_ = 0;         // bytes to read from the source
+  uint64_t data_bytes_ = 0;  // bytes to read from the source
   uint64_t volume_size_bytes_ = 0;
   bool stream_ = false;
 };

@@ -48,8 +48,10 @@ TEST(ReplicaRegistry, ADamagedReplicaFailsAloneAndIsNotOverwritten) {
 
   auto refused = registry.open_or_create("a", "bad", kSize, kChunk);
   ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.status().message().find("a/bad failed to open"), std::string::npos) << refused.status().message();
-  EXPECT_NE(refused.status().message().find(failed.error), std::string::npos) << refused.status().message();
+  EXPECT_NE(refused.status().message().find("a/bad failed to open"), std::string::npos)
+      << refused.status().message();
+  EXPECT_NE(refused.status().message().find(failed.error), std::string::npos)
+      << refused.status().message();
   EXPECT_EQ(read_file(bad_meta), damaged);
   EXPECT_TRUE(registry.open_or_create("a", "good", kSize, kChunk).ok());
 }

@@ -71,7 +71,8 @@ TEST_F(ImportTest, AStreamNeedsASizeAndMustDeliverAllOfIt) {
   std::string fifo = make_fifo();
   auto unsized = ImportSource::open(fifo, 0);
   ASSERT_FALSE(unsized.ok());
-  EXPECT_NE(unsized.status().message().find("--size"), std::string::npos) << unsized.status().message();
+  EXPECT_NE(unsized.status().message().find("--size"), std::string::npos)
+      << unsized.status().message();
 
   auto source = ImportSource::open(fifo, 8192);
   ASSERT_TRUE(source.ok()) << source.status().to_string();
@@ -85,7 +86,8 @@ TEST_F(ImportTest, AStreamNeedsASizeAndMustDeliverAllOfIt) {
   Status status = source->copy_into(*volume, done_bytes_, cancel_);
   writer.join();
   ASSERT_FALSE(status.ok());
-  EXPECT_NE(status.message().find("ended after 4096 of the 8192 bytes"), std::string::npos) << status.message();
+  EXPECT_NE(status.message().find("ended after 4096 of the 8192 bytes"), std::string::npos)
+      << status.message();
 }
 
 TEST_F(ImportTest, CancelAbortsACopyWaitingForASilentStream) {

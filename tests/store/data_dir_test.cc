@@ -29,7 +29,8 @@ TEST(DataDirTest, AVolumeBeingBuiltIsInvisibleUntilComplete) {
   ASSERT_TRUE(building.ok()) << building.status().to_string();
   EXPECT_TRUE(data_dir.value()->list_volumes().value().empty());
   // The name is taken while it is being built.
-  EXPECT_EQ(data_dir.value()->begin_volume("v", small_volume()).status().code(), ErrorCode::kAlreadyExists);
+  EXPECT_EQ(data_dir.value()->begin_volume("v", small_volume()).status().code(),
+            ErrorCode::kAlreadyExists);
   std::vector<uint8_t> data(4096, 0x42);
   ASSERT_TRUE(building.value()->write(8192, data).ok());
   auto complete = data_dir.value()->complete_volume("v", std::move(building).value());
@@ -71,7 +72,8 @@ TEST(DataDirTest, AVolumeNeverCompletedIsRemovedAtTheNextOpen) {
   EXPECT_TRUE(reopened.value()->list_volumes().value().empty());
   EXPECT_TRUE(std::filesystem::is_empty(scratch.sub("volumes")));
   // A volume may not take a name the next open would remove.
-  EXPECT_EQ(reopened.value()->create_volume("db.creating", small_volume()).status().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(reopened.value()->create_volume("db.creating", small_volume()).status().code(),
+            ErrorCode::kInvalidArgument);
 }
 
 }  // namespace
