@@ -445,6 +445,27 @@ void Node::list_unavailable_volumes(json& volumes) const {
   }
 }
 
+json Node::replicas_json() const {
+  json replicas = json::array();
+  for (const auto& replica : replicas_->all()) {
+    repl::ReplicaState state = replica->state();
+    replicas.push_back({{"source", replica->source_node()},
+                        {"volume", replica->volume()},
+                        {"size_bytes", replica->size_bytes()},
+                        {"applied_cycle", state.applied_cycle},
+                        {"freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
+                        {"image_path", replica->image_path()},
+                        {"state", replica->activity()}});
+  }
+  // Every field a healthy replica has, null where unknown, so tooling need not special-case.
+  for (const FailedReplica& failed : replicas_->failed()) {
+    replicas.push_back({{"source", failed.source}, {"volume", failed.volume}, {"size_bytes", nullptr},
+                        {"applied_cycle", nullptr}, {"freeze_time", nullptr},
+                        {"image_path", failed.dir + "/replica.img"}, {"state", "failed"}, {"error", failed.error}});
+  }
+  return replicas;
+}
+
 std::string Node::status_json() {
   std::lock_guard lock(mutex_);
   json volumes = json::array();
@@ -504,23 +525,7 @@ std::string Node::status_json() {
                        {"mirrors", mirror_list}});
   }
   list_unavailable_volumes(volumes);
-  json replicas = json::array();
-  for (const auto& replica : replicas_->all()) {
-    repl::ReplicaState state = replica->state();
-    replicas.push_back({{"source", replica->source_node()},
-                        {"volume", replica->volume()},
-                        {"size_bytes", replica->size_bytes()},
-                        {"applied_cycle", state.applied_cycle},
-                        {"freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
-                        {"image_path", replica->image_path()},
-                        {"state", replica->activity()}});
-  }
-  // Every field a healthy replica has, null where unknown, so tooling need not special-case.
-  for (const FailedReplica& failed : replicas_->failed()) {
-    replicas.push_back({{"source", failed.source}, {"volume", failed.volume}, {"size_bytes", nullptr},
-                        {"applied_cycle", nullptr}, {"freeze_time", nullptr},
-                        {"image_path", failed.dir + "/replica.img"}, {"state", "failed"}, {"error", failed.error}});
-  }
+  json replicas = replicas_json();
   // How replicas travel: "tls" (TLS 1.3, both ends authenticated) or "insecure".
   json transport = {{"mode", tls_ != nullptr ? "tls" : config_.insecure ? "insecure" : "none"}};
   if (tls_ != nullptr) {

@@ -66,6 +66,8 @@ class Node {
   // Adds "state" to each volume of `volumes` (a status or volume_list array) and
   // appends the failed and importing ones. REQUIRES: mutex_ held
   void list_unavailable_volumes(nlohmann::json& volumes) const;
+  // status's "replicas": the served ones, then the failed ones.
+  nlohmann::json replicas_json() const;
   // Opens one volume and its mirror state into volumes_, or records it as failed.
   void open_volume_entry(FileSystem& fs, const std::string& name);
   // Why a mirror unit that was running must not be resumed (a member failed); "" if none.
