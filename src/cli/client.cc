@@ -55,6 +55,24 @@ std::string text_or(const json& value, const char* fallback) {
   return value.is_string() ? value.get<std::string>() : fallback;
 }
 
+// A failed or importing volume (status and volume list): one line saying why or how
+// far. Returns false for a volume in service.
+bool print_unavailable_volume(const json& volume) {
+  std::string state = volume.value("state", "ok");
+  if (state == "failed") {
+    fmt::print("volume {}  FAILED: {}\n", volume["name"].get<std::string>(), volume.value("error", "?"));
+    return true;
+  }
+  if (state == "importing") {
+    const json& import = volume["import"];
+    double done = import["done_bytes"].get<double>(), total = std::max(1.0, import["total_bytes"].get<double>());
+    fmt::print("volume {}  importing from {}  {} {:.0f}%\n", volume["name"].get<std::string>(),
+               import["source"].get<std::string>(), progress_bar(done / total, 30), 100 * done / total);
+    return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 int run_volume_create(const ClientArgs& client, const VolumeArgs& args) {
@@ -70,6 +88,7 @@ int run_volume_create(const ClientArgs& client, const VolumeArgs& args) {
 
 int run_volume_import(const ClientArgs& client, const VolumeArgs& args) {
   json request = {{"command", "volume_import"}, {"name", args.name}, {"from", args.from}};
+  if (args.size_bytes != 0) request["size_bytes"] = args.size_bytes;
   if (args.chunk_size_bytes != 0) request["chunk_size_bytes"] = args.chunk_size_bytes;
   if (!args.group.empty()) request["group"] = args.group;
   json answer;
@@ -87,6 +106,7 @@ int run_volume_list(const ClientArgs& client) {
   }
   fmt::print("{:<24} {:>12} {:>10} {:<16} {:>8}\n", "VOLUME", "SIZE", "CHUNK", "GROUP", "CYCLE");
   for (const json& volume : answer["volumes"]) {
+    if (print_unavailable_volume(volume)) continue;
     fmt::print("{:<24} {:>12} {:>10} {:<16} {:>8}\n", volume["name"].get<std::string>(),
                format_bytes(volume["size_bytes"].get<uint64_t>()), format_bytes(volume["chunk_size_bytes"].get<uint64_t>()),
                volume["group"].get<std::string>().empty() ? "-" : volume["group"].get<std::string>(),
@@ -151,6 +171,7 @@ int run_status(const ClientArgs& client) {
     fmt::print("peers: INSECURE: plaintext, unauthenticated (insecure = true in [tls])\n");
   }
   for (const json& volume : answer["volumes"]) {
+    if (print_unavailable_volume(volume)) continue;
     fmt::print("volume {}  {}  cycle {}{}\n", volume["name"].get<std::string>(),
                format_bytes(volume["size_bytes"].get<uint64_t>()), volume["cycle"].get<uint64_t>(),
                volume["group"].is_string() ? "  group " + volume["group"].get<std::string>() : "");
@@ -172,6 +193,11 @@ int run_status(const ClientArgs& client) {
     }
   }
   for (const json& replica : answer["replicas"]) {
+    if (replica.value("state", "") == "failed") {
+      fmt::print("replica {}/{}  FAILED: {}\n", replica["source"].get<std::string>(), replica["volume"].get<std::string>(),
+                 replica.value("error", "?"));
+      continue;
+    }
     fmt::print("replica {}/{}  cycle {}  frozen at {}  {}  {}\n", replica["source"].get<std::string>(),
                replica["volume"].get<std::string>(), replica["applied_cycle"].get<uint64_t>(),
                text_or(replica["freeze_time"], "-"), replica["state"].get<std::string>(),

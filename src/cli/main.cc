@@ -87,7 +87,9 @@ int main(int argc, char** argv) {
   add_client_options(volume_create);
   CLI::App* volume_import = volume->add_subcommand("import", "Create a volume holding a copy of a file");
   volume_import->add_option("name", volume_args.name, "Volume name")->required();
-  volume_import->add_option("--from", volume_args.from, "File or block device to copy in")->required();
+  volume_import->add_option("--from", volume_args.from, "File, block device or FIFO to copy in")->required();
+  volume_import->add_option("--size", size_text,
+                            "Bytes a FIFO or pipe delivers (required for them); for a file, a larger volume size");
   volume_import->add_option("--chunk-size", chunk_text, "Chunk size, a power of two from 4K to 4M (default 64K)");
   volume_import->add_option("--group", volume_args.group, "Consistency group");
   add_client_options(volume_import);

@@ -46,6 +46,9 @@ class ExportCatalog {
   virtual std::vector<std::string> names() const = 0;
   // nullptr when unknown. "" resolves to the only export if there is exactly one.
   virtual std::shared_ptr<Export> find(const std::string& name) const = 0;
+  // Why `name` is known but cannot be served now (e.g. it failed to open), for the
+  // client's error message; "" when it is simply unknown.
+  virtual std::string unavailable_reason(const std::string& /*name*/) const { return ""; }
 };
 
 // A fixed name -> export map (what `amirror serve` builds at startup).

@@ -296,6 +296,7 @@ Status Negotiation::handle_info_or_go(uint32_t option, std::span<const uint8_t> 
                                              std::to_string(catalog_.names().size()) +
                                              " volumes; name one"
                                        : "unknown export '" + name + "'";
+    if (std::string why = catalog_.unavailable_reason(name); !why.empty()) message = "export '" + name + "' is unavailable: " + why;
     return send_error(option, kRepErrUnknown, message);
   }
 

@@ -65,6 +65,7 @@ class NodeCatalog final : public nbd::ExportCatalog {
   std::vector<std::string> names() const override { return node_->export_names(); }
   // The same name always yields the same Export object: the NBD server relies on that
   // identity between SET_META_CONTEXT and GO. Volumes and replicas are never removed.
+  std::string unavailable_reason(const std::string& name) const override { return node_->unavailable_reason(name); }
   std::shared_ptr<nbd::Export> find(const std::string& name) const override {
     std::string resolved = name;
     if (resolved.empty()) {
@@ -118,6 +119,12 @@ Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config) {
     if (entry->state.running) units[entry->state.unit].push_back(entry);
   }
   for (auto& [unit, members] : units) {
+    std::lock_guard lock(node->mutex_);
+    if (std::string why = node->unit_blocked_reason(unit); !why.empty()) {
+      fmt::print(stderr, "amirror node {}: mirror {} is not resumed: {}\n", config.name, unit, why);
+      node->blocked_units_[unit] = why;
+      continue;
+    }
     const MirrorState& state = members.front()->state;
     AMIRROR_RETURN_IF_ERROR(node->start_mirror(unit, members, state.targets, state.interval_ms, false));
   }
@@ -130,21 +137,51 @@ Status Node::open_everything() {
   mirrors_dir_ = config_.data_dir + "/mirrors";
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(mirrors_dir_));
   AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, data_dir_->list_volumes());
-  for (const std::string& name : names) {
-    auto volume = data_dir_->open_volume(name);
-    if (!volume.ok()) return volume.status().with_context("open volume " + name);
+  std::lock_guard lock(mutex_);
+  for (const std::string& name : names) open_volume_entry(fs, name);
+  replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas");
+  return replicas_->load();
+}
+
+void Node::open_volume_entry(FileSystem& fs, const std::string& name) {
+  auto volume = data_dir_->open_volume(name);
+  std::string state_path = mirrors_dir_ + "/" + name + ".json";
+  Result<std::optional<MirrorState>> state = [&]() -> Result<std::optional<MirrorState>> {
+    AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
+    if (!has_state) return std::optional<MirrorState>();
+    AMIRROR_ASSIGN_OR_RETURN(MirrorState loaded, load_mirror_state(fs, state_path));
+    return std::optional<MirrorState>(std::move(loaded));
+  }();
+  if (volume.ok() && state.ok()) {
     auto entry = std::make_shared<VolumeEntry>();
     entry->name = name;
     entry->volume = std::move(volume).value();
-    std::string state_path = mirrors_dir_ + "/" + name + ".json";
-    AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
-    if (has_state) {
-      AMIRROR_ASSIGN_OR_RETURN(entry->state, load_mirror_state(fs, state_path));
-    }
+    if (state.value()) entry->state = std::move(*state.value());
     volumes_[name] = std::move(entry);
+    return;
   }
-  replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas");
-  return replicas_->load();
+  // Keep what is known (its group, its mirror's targets): status shows it, and a
+  // mirror it belongs to is not resumed without it.
+  FailedVolume failed;
+  failed.error = !volume.ok() ? volume.status().message() : "mirror state " + state.status().message();
+  if (volume.ok()) failed.group = volume.value()->group();
+  if (state.ok()) failed.state = state.value();
+  // With volume.meta unreadable, a group mirror's state still names the group.
+  const std::string group_unit = "group:";
+  if (failed.group.empty() && failed.state && failed.state->unit.starts_with(group_unit)) {
+    failed.group = failed.state->unit.substr(group_unit.size());
+  }
+  fmt::print(stderr, "amirror node {}: volume {} failed to open and is not served: {}\n", config_.name, name, failed.error);
+  failed_volumes_[name] = std::move(failed);
+}
+
+std::string Node::unit_blocked_reason(const std::string& unit_key) const {
+  for (const auto& [name, failed] : failed_volumes_) {
+    bool member = (failed.state && failed.state->unit == unit_key) ||
+                  (!failed.group.empty() && unit_key == "group:" + failed.group);
+    if (member) return "its volume '" + name + "' failed to open: " + failed.error;
+  }
+  return "";
 }
 
 Status Node::start_listeners() {
@@ -231,9 +268,22 @@ std::shared_ptr<repl::Replica> Node::find_replica(const std::string& source, con
   return replicas_->find(source, volume);
 }
 
+std::string Node::unavailable_reason(const std::string& export_name) const {
+  for (const FailedReplica& failed : replicas_->failed()) {
+    if (failed.source + "/" + failed.volume == export_name) return "replica failed to open: " + failed.error;
+  }
+  std::lock_guard lock(mutex_);
+  if (auto failed = failed_volumes_.find(export_name); failed != failed_volumes_.end()) {
+    return "volume failed to open: " + failed->second.error;
+  }
+  if (imports_.count(export_name)) return "volume is still being imported";
+  return "";
+}
+
 Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::string& volume, const std::string& group,
                                                                      std::string& unit_key) {
   if (volume.empty() == group.empty()) return invalid_argument("name exactly one of a volume or --group GROUP");
+  AMIRROR_RETURN_IF_ERROR(check_unit_available(volume, group));
   std::vector<std::shared_ptr<VolumeEntry>> members;
   if (!volume.empty()) {
     AMIRROR_RETURN_IF_ERROR(validate_name(volume, "volume name"));
@@ -290,65 +340,11 @@ std::string Node::handle_control(const std::string& request_text) {
                            {"group", entry->volume->group()},
                            {"cycle", entry->volume->cycle()}});
       }
+      list_unavailable_volumes(volumes);
       return json{{"ok", true}, {"volumes", volumes}}.dump();
     }
 
-    if (command == "volume_create" || command == "volume_import") {
-      std::string name = request.value("name", "");
-      VolumeOptions options;
-      options.chunk_size_bytes = request.value("chunk_size_bytes", kDefaultChunkSizeBytes);
-      options.group = request.value("group", "");
-      std::string from = request.value("from", "");
-      int source_fd = -1;
-      if (command == "volume_import") {
-        source_fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
-        if (source_fd < 0) return error_response(Status::from_errno(errno, "cannot open " + from)).dump();
-        off_t end = ::lseek(source_fd, 0, SEEK_END);
-        options.size_bytes = (static_cast<uint64_t>(end) + kSectorSizeBytes - 1) / kSectorSizeBytes * kSectorSizeBytes;
-        if (options.size_bytes == 0) {
-          ::close(source_fd);
-          return error_response(invalid_argument(from + " is empty; nothing to import")).dump();
-        }
-      } else {
-        options.size_bytes = request.value("size_bytes", uint64_t{0});
-      }
-      std::lock_guard lock(mutex_);
-      auto created = data_dir_->create_volume(name, options);
-      if (!created.ok()) {
-        if (source_fd >= 0) ::close(source_fd);
-        return error_response(created.status()).dump();
-      }
-      auto entry = std::make_shared<VolumeEntry>();
-      entry->name = name;
-      entry->volume = std::move(created).value();
-      if (source_fd >= 0) {
-        // Copy the file in, leaving all-zero blocks unwritten so the volume stays sparse.
-        std::vector<uint8_t> buffer(kMiB);
-        uint64_t offset = 0;
-        Status status;
-        while (status.ok()) {
-          ssize_t n = ::pread(source_fd, buffer.data(), buffer.size(), static_cast<off_t>(offset));
-          if (n < 0) status = Status::from_errno(errno, "read " + from);
-          if (n <= 0) break;
-          size_t length = static_cast<size_t>(n);
-          size_t padded = (length + kSectorSizeBytes - 1) / kSectorSizeBytes * kSectorSizeBytes;
-          std::fill(buffer.begin() + static_cast<ptrdiff_t>(length), buffer.begin() + static_cast<ptrdiff_t>(padded), 0);
-          for (size_t block = 0; block < padded && status.ok(); block += 4096) {
-            size_t block_length = std::min<size_t>(4096, padded - block);
-            bool zero = std::all_of(buffer.begin() + static_cast<ptrdiff_t>(block),
-                                    buffer.begin() + static_cast<ptrdiff_t>(block + block_length), [](uint8_t b) { return b == 0; });
-            if (!zero) status = entry->volume->write(offset + block, std::span(buffer.data() + block, block_length));
-          }
-          offset += length;
-        }
-        ::close(source_fd);
-        if (status.ok()) status = entry->volume->flush();
-        if (!status.ok()) return error_response(status.with_context("import into volume " + name)).dump();
-      }
-      volumes_[name] = entry;
-      return json{{"ok", true}, {"name", name}, {"size_bytes", entry->volume->size_bytes()},
-                  {"chunk_size_bytes", entry->volume->chunk_size_bytes()}}.dump();
-    }
+    if (command == "volume_create" || command == "volume_import") return create_or_import_volume(request);
 
     if (command == "mirror_start") {
       std::lock_guard lock(mutex_);
@@ -421,6 +417,55 @@ std::string Node::handle_control(const std::string& request_text) {
   }
 }
 
+void Node::list_unavailable_volumes(json& volumes) const {
+  for (json& item : volumes) item["state"] = "ok";
+  // Every field a healthy volume has, null where unknown, so tooling need not special-case.
+  for (const auto& [name, failed] : failed_volumes_) {
+    json mirrors = json::array();
+    if (failed.state) {
+      for (const auto& [target, state] : failed.state->target_states) {
+        mirrors.push_back({{"target", target}, {"state", "stopped"}, {"applied_cycle", state.applied_cycle},
+                           {"applied_freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
+                           {"lag_seconds", nullptr}, {"bytes_pending", 0}, {"bytes_sent", state.bytes_sent},
+                           {"last_error", "volume failed: " + failed.error}});
+      }
+    }
+    volumes.push_back({{"name", name}, {"state", "failed"}, {"error", failed.error}, {"size_bytes", nullptr},
+                       {"chunk_size_bytes", nullptr}, {"group", failed.group.empty() ? json(nullptr) : json(failed.group)},
+                       {"cycle", nullptr}, {"mirrors", mirrors}});
+  }
+  for (const auto& [name, progress] : imports_) {
+    const VolumeOptions& options = progress->options;
+    volumes.push_back({{"name", name}, {"state", "importing"}, {"size_bytes", options.size_bytes},
+                       {"chunk_size_bytes", options.chunk_size_bytes},
+                       {"group", options.group.empty() ? json(nullptr) : json(options.group)}, {"cycle", 0},
+                       {"mirrors", json::array()},
+                       {"import", {{"source", progress->source}, {"done_bytes", progress->done_bytes.load()},
+                                   {"total_bytes", progress->total_bytes}}}});
+  }
+}
+
+json Node::replicas_json() const {
+  json replicas = json::array();
+  for (const auto& replica : replicas_->all()) {
+    repl::ReplicaState state = replica->state();
+    replicas.push_back({{"source", replica->source_node()},
+                        {"volume", replica->volume()},
+                        {"size_bytes", replica->size_bytes()},
+                        {"applied_cycle", state.applied_cycle},
+                        {"freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
+                        {"image_path", replica->image_path()},
+                        {"state", replica->activity()}});
+  }
+  // Every field a healthy replica has, null where unknown, so tooling need not special-case.
+  for (const FailedReplica& failed : replicas_->failed()) {
+    replicas.push_back({{"source", failed.source}, {"volume", failed.volume}, {"size_bytes", nullptr},
+                        {"applied_cycle", nullptr}, {"freeze_time", nullptr},
+                        {"image_path", failed.dir + "/replica.img"}, {"state", "failed"}, {"error", failed.error}});
+  }
+  return replicas;
+}
+
 std::string Node::status_json() {
   std::lock_guard lock(mutex_);
   json volumes = json::array();
@@ -441,6 +486,9 @@ std::string Node::status_json() {
         status.applied_cycle = state.applied_cycle;
         status.applied_freeze_time_unix_ms = state.applied_freeze_time_unix_ms;
         status.bytes_sent = state.bytes_sent;
+        if (auto blocked = blocked_units_.find(entry->state.unit); entry->state.running && blocked != blocked_units_.end()) {
+          status.last_error = "not resumed at start: " + blocked->second;
+        }
         mirrors.push_back(std::move(status));
       }
     }
@@ -476,17 +524,8 @@ std::string Node::status_json() {
                        {"layers", layers},
                        {"mirrors", mirror_list}});
   }
-  json replicas = json::array();
-  for (const auto& replica : replicas_->all()) {
-    repl::ReplicaState state = replica->state();
-    replicas.push_back({{"source", replica->source_node()},
-                        {"volume", replica->volume()},
-                        {"size_bytes", replica->size_bytes()},
-                        {"applied_cycle", state.applied_cycle},
-                        {"freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
-                        {"image_path", replica->image_path()},
-                        {"state", replica->activity()}});
-  }
+  list_unavailable_volumes(volumes);
+  json replicas = replicas_json();
   // How replicas travel: "tls" (TLS 1.3, both ends authenticated) or "insecure".
   json transport = {{"mode", tls_ != nullptr ? "tls" : config_.insecure ? "insecure" : "none"}};
   if (tls_ != nullptr) {

@@ -8,6 +8,12 @@
 // {"ok": true, ...} or {"ok": false, "error": "..."}. Commands: volume_create,
 // volume_import, volume_list, mirror_start, mirror_break, mirror_sync, status
 // (fields in node.cc, next to each handler). Errors change nothing.
+//
+// A volume or replica that cannot be opened at start is "failed": the node starts
+// anyway, serves and mirrors everything else, and shows it in status with the reason;
+// it is not exported over NBD, commands naming it say why, and a mirror it belongs to
+// is not resumed. A volume being imported is reserved by name ("importing" in status)
+// and published only when its copy is complete (node_volumes.cc).
 // Thread-safety: handle_control may be called from many threads at once.
 #pragma once
 
@@ -15,6 +21,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,6 +39,8 @@ class Server;
 
 namespace amirror::node {
 
+class ImportSource;
+
 class Node {
  public:
   static Result<std::unique_ptr<Node>> start(const NodeConfig& config);
@@ -43,6 +53,8 @@ class Node {
   std::vector<std::string> export_names() const;
   std::shared_ptr<VolumeEntry> find_volume(const std::string& name) const;
   std::shared_ptr<repl::Replica> find_replica(const std::string& source, const std::string& volume) const;
+  // Why an export name that is not served is known anyway (failed, being imported); "" if unknown.
+  std::string unavailable_reason(const std::string& export_name) const;
 
  private:
   explicit Node(NodeConfig config);
@@ -51,6 +63,27 @@ class Node {
   void peer_accept_loop();
 
   std::string status_json();
+  // Adds "state" to each volume of `volumes` (a status or volume_list array) and
+  // appends the failed and importing ones. REQUIRES: mutex_ held
+  void list_unavailable_volumes(nlohmann::json& volumes) const;
+  // status's "replicas": the served ones, then the failed ones.
+  nlohmann::json replicas_json() const;
+  // Opens one volume and its mirror state into volumes_, or records it as failed.
+  void open_volume_entry(FileSystem& fs, const std::string& name);
+  // Why a mirror unit that was running must not be resumed (a member failed); "" if none.
+  std::string unit_blocked_reason(const std::string& unit_key) const;  // REQUIRES: mutex_ held
+
+  // volume_create / volume_import (node_volumes.cc).
+  std::string create_or_import_volume(const nlohmann::json& request);
+  std::string import_volume(const std::string& name, const std::string& from, uint64_t declared_size_bytes,
+                            VolumeOptions options);
+  Result<std::unique_ptr<Volume>> copy_import(const std::string& name, ImportSource& source,
+                                              const VolumeOptions& options, std::atomic<uint64_t>& done_bytes);
+  // Why `name` cannot be created now (exists, failed, being imported), or ok.
+  Status check_name_free(const std::string& name) const;  // REQUIRES: mutex_ held
+  // Why a volume or group cannot be mirrored now (it or a member failed or is being
+  // imported), or ok. For a group: a failed volume counts when its group is known.
+  Status check_unit_available(const std::string& volume, const std::string& group) const;  // REQUIRES: mutex_ held
   Result<std::vector<std::shared_ptr<VolumeEntry>>> resolve_unit(const std::string& volume, const std::string& group,
                                                                  std::string& unit_key);
   Status start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
@@ -67,6 +100,23 @@ class Node {
   std::map<std::string, std::string> unit_of_volume_;             // volume -> unit key
   // Stopped engines live until the node stops: a `mirror sync` may still hold one.
   std::vector<std::unique_ptr<MirrorEngine>> retired_engines_;
+
+  struct FailedVolume {
+    std::string error;
+    std::string group;                  // from volume.meta, when that was readable
+    std::optional<MirrorState> state;   // when <name>.json was readable
+  };
+  std::map<std::string, FailedVolume> failed_volumes_;  // never in volumes_. GUARDED_BY(mutex_)
+  // Mirror units that were running but were not resumed at start: unit -> why.
+  std::map<std::string, std::string> blocked_units_;    // GUARDED_BY(mutex_)
+  struct ImportProgress {
+    std::string source;
+    VolumeOptions options;
+    std::atomic<uint64_t> done_bytes{0};
+    uint64_t total_bytes = 0;
+  };
+  // Names reserved by running imports: not in volumes_ (so not exported) until done.
+  std::map<std::string, std::shared_ptr<ImportProgress>> imports_;  // GUARDED_BY(mutex_)
 
   // Null only with insecure = true (or a node with no peers and no TLS files).
   std::shared_ptr<const net::TlsContext> tls_;      // peers: TLS 1.3 only

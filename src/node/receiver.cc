@@ -13,19 +13,41 @@ Status ReplicaRegistry::load() {
   AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> sources, fs_.list_dir(replicas_dir_));
   for (const std::string& source : sources) {
     if (!validate_name(source, "source node").ok()) continue;
-    AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> volumes, fs_.list_dir(replicas_dir_ + "/" + source));
-    for (const std::string& volume : volumes) {
-      if (!validate_name(volume, "volume").ok()) continue;
-      std::string dir = replicas_dir_ + "/" + source + "/" + volume;
-      AMIRROR_ASSIGN_OR_RETURN(bool has_meta, fs_.exists(dir + "/replica.meta"));
-      if (!has_meta) continue;  // created but never initialized
-      auto replica = repl::Replica::open(fs_, dir);
-      if (!replica.ok()) return replica.status().with_context("open replica " + source + "/" + volume);
-      std::lock_guard lock(mutex_);
-      replicas_[source + "/" + volume] = std::move(replica).value();
+    auto volumes = fs_.list_dir(replicas_dir_ + "/" + source);
+    if (!volumes.ok()) {
+      // No volume name to show it under: say so loudly instead.
+      fmt::print(stderr, "replicas from {} are not served: {}\n", source, volumes.status().to_string());
+      continue;
+    }
+    for (const std::string& volume : volumes.value()) {
+      if (validate_name(volume, "volume").ok()) load_one(source, volume);
     }
   }
   return Status();
+}
+
+void ReplicaRegistry::load_one(const std::string& source, const std::string& volume) {
+  std::string dir = replicas_dir_ + "/" + source + "/" + volume;
+  Result<std::unique_ptr<repl::Replica>> replica = [&]() -> Result<std::unique_ptr<repl::Replica>> {
+    AMIRROR_ASSIGN_OR_RETURN(bool has_meta, fs_.exists(dir + "/replica.meta"));
+    if (!has_meta) return std::unique_ptr<repl::Replica>();  // created but never initialized
+    return repl::Replica::open(fs_, dir);
+  }();
+  std::string key = source + "/" + volume;
+  std::lock_guard lock(mutex_);
+  if (!replica.ok()) {
+    fmt::print(stderr, "replica {} failed to open and is not served: {}\n", key, replica.status().to_string());
+    failed_[key] = FailedReplica{source, volume, dir, replica.status().message()};
+  } else if (replica.value() != nullptr) {
+    replicas_[key] = std::move(replica).value();
+  }
+}
+
+std::vector<FailedReplica> ReplicaRegistry::failed() const {
+  std::lock_guard lock(mutex_);
+  std::vector<FailedReplica> result;
+  for (const auto& [key, failed] : failed_) result.push_back(failed);
+  return result;
 }
 
 std::shared_ptr<repl::Replica> ReplicaRegistry::find(const std::string& source, const std::string& volume) const {
@@ -45,6 +67,11 @@ Result<std::shared_ptr<repl::Replica>> ReplicaRegistry::open_or_create(const std
                                                                        const std::string& volume,
                                                                        uint64_t size_bytes, uint64_t chunk_size_bytes) {
   std::lock_guard lock(mutex_);
+  if (auto failed = failed_.find(source + "/" + volume); failed != failed_.end()) {
+    return Status(ErrorCode::kCorruption, "replica " + failed->first + " failed to open when the target started (" +
+                                              failed->second.error + "); it is not overwritten: repair or remove " +
+                                              failed->second.dir + " on the target and restart it");
+  }
   auto it = replicas_.find(source + "/" + volume);
   if (it != replicas_.end()) {
     if (it->second->size_bytes() != size_bytes || it->second->chunk_size_bytes() != chunk_size_bytes) {

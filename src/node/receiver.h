@@ -27,14 +27,27 @@
 
 namespace amirror::node {
 
+// A replica that could not be opened: not served, not overwritten, shown as failed.
+struct FailedReplica {
+  std::string source;
+  std::string volume;
+  std::string dir;
+  std::string error;
+};
+
 class ReplicaRegistry {
  public:
   ReplicaRegistry(FileSystem& fs, std::string replicas_dir) : fs_(fs), replicas_dir_(std::move(replicas_dir)) {}
-  // Opens every replica under the directory (finishing interrupted applies).
+  // Opens every replica under the directory (finishing interrupted applies). One that
+  // cannot be opened is recorded as failed (and logged), never fatal: one damaged
+  // replica must not keep the node from serving the others. Errors only when the
+  // replicas directory itself cannot be read.
   Status load();
+  std::vector<FailedReplica> failed() const;
   // "SOURCE/VOLUME" -> replica; nullptr when unknown.
   std::shared_ptr<repl::Replica> find(const std::string& source, const std::string& volume) const;
   std::vector<std::shared_ptr<repl::Replica>> all() const;
+  // A failed replica is refused with its reason (the sender must not overwrite it).
   Result<std::shared_ptr<repl::Replica>> open_or_create(const std::string& source, const std::string& volume,
                                                         uint64_t size_bytes, uint64_t chunk_size_bytes);
   // Marks a replica as used by a connection. If another connection holds it (often the
@@ -43,10 +56,13 @@ class ReplicaRegistry {
   void release(const std::string& key);
 
  private:
+  void load_one(const std::string& source, const std::string& volume);
+
   FileSystem& fs_;
   const std::string replicas_dir_;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<repl::Replica>> replicas_;  // key "source/volume"
+  std::map<std::string, FailedReplica> failed_;                     // same key; never in replicas_
   std::set<std::string> in_use_;
   std::condition_variable released_;
 };

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "base/assert.h"
 #include "base/checksum.h"
 #include "base/coding.h"
 #include "base/names.h"
@@ -15,6 +16,12 @@ namespace {
 
 constexpr char kMetaMagic[8] = {'A', 'M', 'R', 'E', 'P', 'L', 'I', 'C'};
 constexpr uint32_t kMetaVersion = 1;
+// replica_meta's fixed part (docs/formats/replica.md): magic, version, reserved, four
+// u64 fields, then two u32 name lengths and the checksum. The names add 1..64 bytes
+// each; their lengths are checked field by field, not guessed here.
+constexpr size_t kMetaHeaderBytes = 8 + 4 + 4 + 4 * 8;  // up to source_length
+constexpr size_t kMetaChecksumBytes = 8;
+constexpr size_t kMetaMinBytes = kMetaHeaderBytes + 4 + 4 + kMetaChecksumBytes;  // both names empty
 constexpr char kStageMagic[8] = {'A', 'M', 'S', 'T', 'A', 'G', 'E', '1'};
 constexpr size_t kStageHeaderBytes = 56;
 constexpr uint32_t kRecordMagic = 0x31524d41;  // "AMR1"
@@ -113,6 +120,8 @@ Status Replica::write_meta() {
   append_u32(meta, static_cast<uint32_t>(volume_.size()));
   meta += volume_;
   append_u64(meta, checksum64(meta.data(), meta.size()));
+  // What load_meta() will accept: the same bound before writing as after reading.
+  AMIRROR_ASSERT(meta.size() == kMetaMinBytes + source_node_.size() + volume_.size());
   return write_file_atomically(fs_, dir_, kMetaName, meta);
 }
 
@@ -120,10 +129,11 @@ Status Replica::load_meta() {
   std::string where = dir_ + "/" + kMetaName;
   AMIRROR_ASSIGN_OR_RETURN(std::string meta, read_small_file(fs_, where, 4096));
   const auto* bytes = reinterpret_cast<const uint8_t*>(meta.data());
-  if (meta.size() < 60 + 8 || std::memcmp(bytes, kMetaMagic, 8) != 0) {
+  if (meta.size() < kMetaMinBytes || std::memcmp(bytes, kMetaMagic, 8) != 0) {
     return corruption(where + " is not an amirror replica file");
   }
-  if (checksum64(bytes, meta.size() - 8) != get_u64(bytes + meta.size() - 8)) {
+  const size_t checksum_at = meta.size() - kMetaChecksumBytes;
+  if (checksum64(bytes, checksum_at) != get_u64(bytes + checksum_at)) {
     return corruption(where + " failed its checksum; the replica metadata is damaged");
   }
   if (get_u32(bytes + 8) != kMetaVersion) return corruption(where + ": unknown format version");
@@ -131,17 +141,17 @@ Status Replica::load_meta() {
   chunk_size_bytes_ = get_u64(bytes + 24);
   applied_cycle_ = get_u64(bytes + 32);
   applied_freeze_time_unix_ms_ = static_cast<int64_t>(get_u64(bytes + 40));
-  size_t position = 48;
+  size_t position = kMetaHeaderBytes;
   auto read_name = [&](std::string& out) {
-    if (meta.size() - 8 < position + 4) return false;
+    if (checksum_at < position + 4) return false;
     uint32_t length = get_u32(bytes + position);
     position += 4;
-    if (length > kMaxNameBytes || meta.size() - 8 < position + length) return false;
+    if (length > kMaxNameBytes || checksum_at < position + length) return false;
     out.assign(meta.data() + position, length);
     position += length;
     return true;
   };
-  if (!read_name(source_node_) || !read_name(volume_) || position != meta.size() - 8 ||
+  if (!read_name(source_node_) || !read_name(volume_) || position != checksum_at ||
       !validate_name(source_node_, "node name").ok() || !validate_name(volume_, "volume name").ok() ||
       !is_power_of_two(chunk_size_bytes_)) {
     return corruption(where + ": malformed replica metadata");

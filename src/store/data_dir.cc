@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "store/data_dir.h"
 
+#include "base/assert.h"
 #include "base/names.h"
 
 namespace amirror {
@@ -49,7 +50,29 @@ Result<std::unique_ptr<DataDir>> DataDir::open(FileSystem& fs, const std::string
   }
   if (!has_marker) AMIRROR_RETURN_IF_ERROR(write_file_atomically(fs, path, kMarkerName, kMarkerContents));
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(path + "/" + kVolumesDirName));
-  return std::unique_ptr<DataDir>(new DataDir(fs, path, std::move(lock).value()));
+  std::unique_ptr<DataDir> data_dir(new DataDir(fs, path, std::move(lock).value()));
+  AMIRROR_RETURN_IF_ERROR(data_dir->remove_unfinished_volumes());
+  return data_dir;
+}
+
+Status DataDir::remove_unfinished_volumes() {
+  std::string volumes_dir = path_ + "/" + kVolumesDirName;
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.list_dir(volumes_dir));
+  bool removed = false;
+  for (const std::string& name : names) {
+    if (!ends_with(name, kCreatingSuffix)) continue;
+    AMIRROR_RETURN_IF_ERROR(remove_volume_files(volumes_dir + "/" + name)
+                                .with_context("remove the unfinished volume " + volumes_dir + "/" + name));
+    removed = true;
+  }
+  return removed ? fs_.sync_dir(volumes_dir) : Status();
+}
+
+// A volume directory holds only files (docs/formats/store.md), so no recursion.
+Status DataDir::remove_volume_files(const std::string& dir) {
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> files, fs_.list_dir(dir));
+  for (const std::string& file : files) AMIRROR_RETURN_IF_ERROR(fs_.remove(dir + "/" + file));
+  return fs_.remove_dir(dir);
 }
 
 std::string DataDir::volume_dir(const std::string& name) const {
@@ -67,12 +90,21 @@ Result<std::vector<std::string>> DataDir::list_volumes() {
 
 Result<std::unique_ptr<Volume>> DataDir::create_volume(const std::string& name,
                                                        const VolumeOptions& options) {
+  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> building, begin_volume(name, options));
+  return complete_volume(name, std::move(building));
+}
+
+Result<std::unique_ptr<Volume>> DataDir::begin_volume(const std::string& name, const VolumeOptions& options) {
   AMIRROR_RETURN_IF_ERROR(validate_name(name, "volume name"));
+  // Such a directory would be taken for an unfinished volume, and removed at the next open.
+  if (ends_with(name, kCreatingSuffix)) {
+    return invalid_argument("volume name '" + name + "' ends in " + kCreatingSuffix + ", which amirror reserves; pick another");
+  }
   AMIRROR_RETURN_IF_ERROR(validate_volume_options(options));
   std::lock_guard lock(create_mutex_);
   std::string final_dir = volume_dir(name);
   AMIRROR_ASSIGN_OR_RETURN(bool exists, fs_.exists(final_dir));
-  if (exists) return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' already exists");
+  if (exists || building_.count(name)) return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' already exists");
 
   std::string building_dir = final_dir + kCreatingSuffix;
   AMIRROR_RETURN_IF_ERROR(fs_.make_dir(building_dir));
@@ -81,12 +113,33 @@ Result<std::unique_ptr<Volume>> DataDir::create_volume(const std::string& name,
   for (const std::string& leftover : leftovers) {
     AMIRROR_RETURN_IF_ERROR(fs_.remove(building_dir + "/" + leftover));
   }
+  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> volume, Volume::create(fs_, building_dir, options));
+  building_.insert(name);
+  return volume;
+}
+
+Result<std::unique_ptr<Volume>> DataDir::complete_volume(const std::string& name, std::unique_ptr<Volume> building) {
+  AMIRROR_ASSERT(building != nullptr);
+  // Durable before the rename: a volume under its real name is always complete.
+  AMIRROR_RETURN_IF_ERROR(building->flush());
+  building.reset();
+  std::string final_dir = volume_dir(name);
+  AMIRROR_RETURN_IF_ERROR(fs_.rename(final_dir + kCreatingSuffix, final_dir));
   {
-    AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> volume, Volume::create(fs_, building_dir, options));
+    std::lock_guard lock(create_mutex_);
+    building_.erase(name);
   }
-  AMIRROR_RETURN_IF_ERROR(fs_.rename(building_dir, final_dir));
   AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(path_ + "/" + kVolumesDirName));
   return Volume::open(fs_, final_dir);
+}
+
+Status DataDir::abandon_volume(const std::string& name) {
+  std::string building_dir = volume_dir(name) + kCreatingSuffix;
+  Status status = remove_volume_files(building_dir);
+  if (status.ok()) status = fs_.sync_dir(path_ + "/" + kVolumesDirName);
+  std::lock_guard lock(create_mutex_);
+  building_.erase(name);
+  return status;
 }
 
 Result<std::unique_ptr<Volume>> DataDir::open_volume(const std::string& name) {

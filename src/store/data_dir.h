@@ -5,15 +5,19 @@
 //   <data_dir>/AMIRROR              marker: "amirror data directory v1\n"
 //   <data_dir>/LOCK                 flock'ed while a process uses the directory
 //   <data_dir>/volumes/<name>/      one volume (see store/volume.h)
+//   <data_dir>/volumes/<name>.creating/  a volume being built (created or imported);
+//                                   never listed, and removed by the next open(), so
+//                                   a crash mid-import leaves no half volume
 //
 // A non-empty directory without the marker, or with another marker, is refused: we
 // never write into a directory that may hold someone else's data.
-// Thread-safety: open_volume/create_volume are thread-safe; callers own the returned
-// volumes.
+// Thread-safety: all methods are thread-safe; callers own the returned volumes. A name
+// being built (begin_volume .. complete/abandon_volume) is refused by other creates.
 #pragma once
 
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -32,17 +36,30 @@ class DataDir {
   std::string volume_dir(const std::string& name) const;
 
   Result<std::vector<std::string>> list_volumes();
+  // begin_volume + complete_volume: an empty volume, visible once complete.
   Result<std::unique_ptr<Volume>> create_volume(const std::string& name,
                                                 const VolumeOptions& options);
+  // A new volume under <name>.creating, to be filled and then completed or abandoned.
+  Result<std::unique_ptr<Volume>> begin_volume(const std::string& name, const VolumeOptions& options);
+  // Flushes and closes `building`, renames it to its real name (durably) and opens it
+  // there. REQUIRES: `building` came from begin_volume(name).
+  Result<std::unique_ptr<Volume>> complete_volume(const std::string& name, std::unique_ptr<Volume> building);
+  // Removes the unfinished volume `name` (after a failed or cancelled import).
+  // REQUIRES: its Volume object from begin_volume() was destroyed.
+  Status abandon_volume(const std::string& name);
   Result<std::unique_ptr<Volume>> open_volume(const std::string& name);
 
  private:
   DataDir(FileSystem& fs, std::string path, std::unique_ptr<DirectoryLock> lock);
+  // Removes every <name>.creating directory: volumes whose creation never completed.
+  Status remove_unfinished_volumes();
+  Status remove_volume_files(const std::string& dir);
 
   FileSystem& fs_;
   std::string path_;
   std::unique_ptr<DirectoryLock> lock_;
   std::mutex create_mutex_;
+  std::set<std::string> building_;  // names between begin_volume and complete/abandon. GUARDED_BY(create_mutex_)
 };
 
 }  // namespace amirror

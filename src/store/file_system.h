@@ -64,6 +64,8 @@ class FileSystem {
   // Atomically replaces `to` with `from` (rename(2)). Durable after sync_dir.
   virtual Status rename(const std::string& from, const std::string& to) = 0;
   virtual Status remove(const std::string& path) = 0;
+  // Removes an empty directory (rmdir(2)). Durable after sync_dir of its parent.
+  virtual Status remove_dir(const std::string& path) = 0;
   // Makes creations, renames and removals in directory `path` durable.
   virtual Status sync_dir(const std::string& path) = 0;
   // Creates the directory (not its parents); ok if it already exists.

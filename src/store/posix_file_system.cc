@@ -147,6 +147,11 @@ class PosixFileSystem final : public FileSystem {
     return Status();
   }
 
+  Status remove_dir(const std::string& path) override {
+    if (::rmdir(path.c_str()) != 0) return Status::from_errno(errno, "remove directory " + path);
+    return Status();
+  }
+
   Status sync_dir(const std::string& path) override {
     int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return Status::from_errno(errno, "open directory " + path);

@@ -305,6 +305,13 @@ Status FaultFileSystem::remove(const std::string& raw_path) {
   return Status();
 }
 
+Status FaultFileSystem::remove_dir(const std::string& raw_path) {
+  std::string path = normalize(raw_path);
+  std::lock_guard lock(mutex_);
+  AMIRROR_RETURN_IF_ERROR(check_fault(kOpRemove, path));
+  return base_.remove_dir(path);
+}
+
 Status FaultFileSystem::sync_dir(const std::string& raw_path) {
   std::string dir = normalize(raw_path);
   std::lock_guard lock(mutex_);

@@ -85,6 +85,10 @@ class FaultFileSystem final : public FileSystem {
   Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override;
   Status rename(const std::string& from, const std::string& to) override;
   Status remove(const std::string& path) override;
+  // Counted and fault-injected as a remove, but not simulated: the directory is gone
+  // at once and a power loss does not bring it back (only empty directories of
+  // abandoned volumes are removed, and either outcome is valid for them).
+  Status remove_dir(const std::string& path) override;
   Status sync_dir(const std::string& path) override;
   Status make_dir(const std::string& path) override;
   Result<bool> exists(const std::string& path) override;

@@ -157,5 +157,33 @@ TEST_F(ReplicaTest, RefusesAnotherGeometryAndCorruptMetadata) {
   EXPECT_NE(reopened.status().message().find("checksum"), std::string::npos) << reopened.status().message();
 }
 
+// Names of one character are valid everywhere (validate_name: {1,64}); the shortest
+// replica.meta (66 bytes) must load, keep its names and cycle, and still be refused
+// when cut below the format's fixed part.
+TEST_F(ReplicaTest, OneCharacterNamesRoundTripThroughMeta) {
+  std::vector<uint8_t> image(kSize, 0);
+  {
+    auto created = Replica::open_or_create(posix_file_system(), dir_, "a", "v", kSize, kChunk);
+    ASSERT_TRUE(created.ok()) << created.status().to_string();
+    stage_delta(*created.value(), {0, 1, 1234, 2, 0, false}, {0, 5}, 9, image);
+    ASSERT_TRUE(created.value()->end_delta(2).ok());
+    ASSERT_TRUE(created.value()->apply([] {}).ok());
+  }
+  EXPECT_EQ(std::filesystem::file_size(dir_ + "/replica.meta"), 66u);
+  auto reopened = Replica::open(posix_file_system(), dir_);
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  EXPECT_EQ(reopened.value()->source_node(), "a");
+  EXPECT_EQ(reopened.value()->volume(), "v");
+  EXPECT_EQ(reopened.value()->state().applied_cycle, 1u);
+  EXPECT_EQ(reopened.value()->state().applied_freeze_time_unix_ms, 1234);
+  EXPECT_EQ(read_all(*reopened.value()), image);
+  reopened.value().reset();
+  std::filesystem::resize_file(dir_ + "/replica.meta", 63);
+  auto truncated = Replica::open(posix_file_system(), dir_);
+  ASSERT_FALSE(truncated.ok());
+  EXPECT_NE(truncated.status().message().find("not an amirror replica file"), std::string::npos)
+      << truncated.status().message();
+}
+
 }  // namespace
 }  // namespace amirror::repl
