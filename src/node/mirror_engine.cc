@@ -466,8 +466,10 @@ void MirrorEngine::merge_what_is_possible() {
       {
         std::lock_guard lock(mutex_);
         bool changed = false;
-        for (const std::string& target : entry->state.targets) {
-          TargetState& state = entry->state.target_states[target];
+        // Every target with a replica, not only those in the target list now: a target
+        // dropped from the mirror keeps its applied cycle, and when it is named again
+        // it must get the chunks of each layer merged while it was away.
+        for (auto& [target, state] : entry->state.target_states) {
           if (state.applied_cycle >= layer_to_merge || state.applied_cycle == 0) continue;  // has it / gets a full copy
           for (const DeltaChunk& chunk : delta.value()) state.pending_chunks.insert(chunk.chunk_index);
           changed = true;

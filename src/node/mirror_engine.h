@@ -20,8 +20,10 @@
 //    since the previous attempt); after that the point is released and the target catches up from a new
 //    one, so a dead target cannot pin layers forever.
 //  - A frozen layer is merged into the base once no running or resumable transfer
-//    still needs to read a point below it; targets that have not applied it get its
-//    chunks added to their pending set first (see mirror_state.h).
+//    still needs to read a point below it. Every target with a replica that has not
+//    applied it gets its chunks added to its pending set first — also a target that
+//    is not in the mirror's target list now, so that when it is named again it gets
+//    exactly what it lacks (see mirror_state.h).
 // Thread-safety: public methods are thread-safe. One engine thread plus one thread per
 // running transfer; mutex_ guards all runtime state and each VolumeEntry's MirrorState.
 #pragma once
