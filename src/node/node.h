@@ -8,17 +8,23 @@
 // {"ok": true, ...} or {"ok": false, "error": "..."}. Commands: volume_create,
 // volume_import, volume_list, mirror_start, mirror_break, mirror_sync, status
 // (fields in node.cc, next to each handler). Errors change nothing.
-// Thread-safety: handle_control may be called from many threads at once.
+// Thread-safety: handle_control may be called from many threads at once. Commands on
+// one mirror are linearisable: whatever order concurrent `mirror start`/`break`/`sync`
+// run in, the node ends with at most one engine per volume and the state file's
+// `running` says whether it exists.
 #pragma once
 
 #include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
 #include "node/config.h"
 #include "node/control_socket.h"
 #include "node/mirror_engine.h"
@@ -35,7 +41,8 @@ class Node {
  public:
   static Result<std::unique_ptr<Node>> start(const NodeConfig& config);
   ~Node();
-  // Stops mirrors, listeners and NBD; flushes every volume. Idempotent.
+  // Stops mirrors, listeners and NBD; flushes every volume. Idempotent. Once it has
+  // begun, `mirror start` is refused, so no engine outlives it.
   void stop();
   std::string handle_control(const std::string& request);
 
@@ -43,30 +50,64 @@ class Node {
   std::vector<std::string> export_names() const;
   std::shared_ptr<VolumeEntry> find_volume(const std::string& name) const;
   std::shared_ptr<repl::Replica> find_replica(const std::string& source, const std::string& volume) const;
+  // Unit keys ("volume:NAME", "group:NAME") with a mirror engine now; for tests and
+  // diagnostics.
+  std::vector<std::string> running_units() const;
 
  private:
+  // One control command; `request` is the parsed JSON object, the result the response.
+  using ControlHandler = std::string (Node::*)(const nlohmann::json& request);
+  static const std::map<std::string, ControlHandler>& control_handlers();
+
   explicit Node(NodeConfig config);
-  Status open_everything();
+  // Runs before any other thread of the node exists (so it needs no lock).
+  Status open_everything() NO_THREAD_SAFETY_ANALYSIS;
   Status start_listeners();
   void peer_accept_loop();
+  Status resume_mirrors() EXCLUDES(mutex_);
 
-  std::string status_json();
+  // The handlers below hold mutex_ only for short steps: a `mirror sync` waits for
+  // its engine without it, `mirror break` stops its engine without it.
+  // status_json and control_volume_create take mutex_ through std::lock_guard, which
+  // the analysis cannot see: they are excluded from it until they use MutexLock.
+  std::string status_json() NO_THREAD_SAFETY_ANALYSIS;
+  std::string control_status(const nlohmann::json& request);
+  std::string control_volume_list(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_volume_create(const nlohmann::json& request) NO_THREAD_SAFETY_ANALYSIS;
+  std::string control_mirror_start(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_mirror_break(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_mirror_sync(const nlohmann::json& request) EXCLUDES(mutex_);
+
   Result<std::vector<std::shared_ptr<VolumeEntry>>> resolve_unit(const std::string& volume, const std::string& group,
-                                                                 std::string& unit_key);
+                                                                 std::string& unit_key) REQUIRES(mutex_);
+  // The engine mirroring the unit's volumes, or why there is none.
+  Result<std::shared_ptr<MirrorEngine>> find_engine_locked(const std::vector<std::shared_ptr<VolumeEntry>>& members,
+                                                           const std::string& unit_key) REQUIRES(mutex_);
+  // Waits until no `mirror break` is stopping an engine of any of `members`.
+  void wait_until_settled_locked(MutexLock& lock, const std::vector<std::shared_ptr<VolumeEntry>>& members)
+      REQUIRES(mutex_);
   Status start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
-                      std::vector<std::string> targets, uint64_t interval_ms, bool persist);
+                      std::vector<std::string> targets, uint64_t interval_ms, bool persist) REQUIRES(mutex_);
 
   const NodeConfig config_;
   std::unique_ptr<DataDir> data_dir_;
   std::string mirrors_dir_;
   std::unique_ptr<ReplicaRegistry> replicas_;
 
-  mutable std::mutex mutex_;  // guards volumes_, engines_, and MirrorStates of volumes without an engine
-  std::map<std::string, std::shared_ptr<VolumeEntry>> volumes_;
-  std::map<std::string, std::unique_ptr<MirrorEngine>> engines_;  // by unit key
-  std::map<std::string, std::string> unit_of_volume_;             // volume -> unit key
-  // Stopped engines live until the node stops: a `mirror sync` may still hold one.
-  std::vector<std::unique_ptr<MirrorEngine>> retired_engines_;
+  // Guards the maps below, and each VolumeEntry's MirrorState (the node's copy; a
+  // running engine works on its own).
+  mutable Mutex mutex_;
+  std::map<std::string, std::shared_ptr<VolumeEntry>> volumes_ GUARDED_BY(mutex_);
+  // By unit key. Shared: a `mirror sync` keeps its engine alive while it waits, even if
+  // a `mirror break` stops it meanwhile.
+  std::map<std::string, std::shared_ptr<MirrorEngine>> engines_ GUARDED_BY(mutex_);
+  std::map<std::string, std::string> unit_of_volume_ GUARDED_BY(mutex_);  // volume -> unit key
+  // Volumes whose engine a `mirror break` is stopping (outside mutex_). A `mirror
+  // start` or `break` touching them waits on settled_, so at most one engine per
+  // volume exists and the break's final state is the one on disk.
+  std::set<std::string> volumes_settling_ GUARDED_BY(mutex_);
+  CondVar settled_;
+  bool refusing_starts_ GUARDED_BY(mutex_) = false;  // set when stop() begins
 
   // Null only with insecure = true (or a node with no peers and no TLS files).
   std::shared_ptr<const net::TlsContext> tls_;      // peers: TLS 1.3 only

@@ -4,23 +4,18 @@
 #include "node/mirror_state.h"
 
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
-#include <filesystem>
 #include <fstream>
+
+#include "testing/test_support.h"
 
 namespace amirror::node {
 namespace {
 
 class MirrorStateTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char pattern[] = "/tmp/mirror-state-test.XXXXXX";
-    ASSERT_NE(::mkdtemp(pattern), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::string dir_;
+  testing::ScratchDir scratch_{"mirror-state"};
+  const std::string dir_ = scratch_.path();
 };
 
 TEST_F(MirrorStateTest, RoundTripKeepsDroppedTargets) {
