@@ -274,18 +274,28 @@ Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::
 Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
                           std::vector<std::string> targets, uint64_t interval_ms, bool persist) {
   std::map<std::string, MirrorState> states;
-  for (auto& entry : members) {
+  for (const auto& entry : members) {
     MirrorState state = entry->state;
     state.unit = unit_key;
     state.targets = targets;
     state.interval_ms = interval_ms;
     state.running = true;
     for (const std::string& target : targets) state.target_states[target];  // ensure present
-    if (persist) AMIRROR_RETURN_IF_ERROR(save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, state));
-    entry->state = state;
+    Status saved = persist ? save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, state) : Status();
+    if (!saved.ok()) {
+      // All or none: a group whose first members say running would resume without
+      // the rest after a restart. Best effort; the error below is what matters.
+      for (const auto& [name, ignored] : states) {
+        (void)save_mirror_state(posix_file_system(), mirrors_dir_, name, volumes_.at(name)->state);
+      }
+      return saved;
+    }
     states[entry->name] = std::move(state);
   }
-  for (const auto& entry : members) unit_of_volume_[entry->name] = unit_key;
+  for (const auto& entry : members) {
+    entry->state = states.at(entry->name);
+    unit_of_volume_[entry->name] = unit_key;
+  }
   auto engine = std::make_shared<MirrorEngine>(EngineContext{&posix_file_system(), &config_, mirrors_dir_, tls_},
                                                members, std::move(states));
   engine->start();
