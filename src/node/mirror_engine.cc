@@ -36,33 +36,60 @@ std::string now_text() {
   return fmt::format("{:.3f}", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
 
+std::chrono::milliseconds unit_interval(const std::vector<std::shared_ptr<VolumeEntry>>& volumes,
+                                        const std::map<std::string, MirrorState>& states) {
+  AMIRROR_ASSERT(!volumes.empty());
+  for (const auto& entry : volumes) AMIRROR_ASSERT(states.count(entry->name) == 1);
+  return std::chrono::milliseconds(states.at(volumes.front()->name).interval_ms);
+}
+
+// The next frame from the target other than keep-alives, which must be `wanted`.
+Result<repl::Frame> expect_frame(repl::PeerSocket& socket, const std::string& target, repl::FrameType wanted) {
+  while (true) {
+    AMIRROR_ASSIGN_OR_RETURN(repl::Frame frame, socket.receive_frame());
+    if (frame.type == repl::FrameType::kKeepAlive) continue;
+    if (frame.type == repl::FrameType::kError) {
+      return Status(ErrorCode::kIo, target + " refused: " + repl::decode_error(frame.payload));
+    }
+    if (frame.type != wanted) {
+      return corruption(std::string("expected ") + repl::frame_type_name(wanted) + " from " + target + ", got " +
+                        repl::frame_type_name(frame.type));
+    }
+    return frame;
+  }
+}
+
 }  // namespace
 
-MirrorEngine::MirrorEngine(EngineContext context, std::vector<std::shared_ptr<VolumeEntry>> volumes)
-    : context_(std::move(context)), volumes_(std::move(volumes)) {
-  AMIRROR_ASSERT(!volumes_.empty());
-  const MirrorState& first = volumes_.front()->state;
-  interval_ = std::chrono::milliseconds(first.interval_ms);
-  for (const std::string& name : first.targets) {
+MirrorEngine::MirrorEngine(EngineContext context, std::vector<std::shared_ptr<VolumeEntry>> volumes,
+                           std::map<std::string, MirrorState> states)
+    : context_(std::move(context)), volumes_(std::move(volumes)), interval_(unit_interval(volumes_, states)) {
+  // No other thread exists yet: no lock needed (the analysis does not check constructors).
+  for (const std::string& name : states.at(volumes_.front()->name).targets) {
     auto target = std::make_unique<TargetRuntime>();
     target->name = name;
     targets_.push_back(std::move(target));
+  }
+  for (const auto& entry : volumes_) {
+    states_[entry->name].state = std::move(states.at(entry->name));
+    save_slots_[entry->name] = std::make_unique<SaveSlot>();
   }
 }
 
 MirrorEngine::~MirrorEngine() { stop(); }
 
 void MirrorEngine::start() {
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   next_freeze_at_ = Clock::now();  // cycle 1 right away
   for (const auto& entry : volumes_) latest_points_[entry->name] = 0;
   thread_ = std::thread([this] { run(); });
 }
 
 void MirrorEngine::stop() {
+  MutexLock stop_lock(stop_mutex_);
+  if (stopped_) return;
   {
-    std::lock_guard lock(mutex_);
-    if (stopping_ && !thread_.joinable()) return;
+    MutexLock lock(mutex_);
     stopping_ = true;
     for (auto& target : targets_) {
       if (target->socket != nullptr) target->socket->shutdown();
@@ -70,12 +97,51 @@ void MirrorEngine::stop() {
   }
   changed_.notify_all();
   if (thread_.joinable()) thread_.join();
+  // The engine thread has exited, so no transfer starts any more.
   for (auto& target : targets_) {
     if (target->thread.joinable()) target->thread.join();
   }
   // With no transfer running, every frozen layer can be merged (targets that lack it
   // get its chunks in their pending set), so a broken mirror holds no layers back.
   merge_what_is_possible();
+  stopped_ = true;
+}
+
+std::map<std::string, MirrorState> MirrorEngine::states() {
+  MutexLock lock(mutex_);
+  std::map<std::string, MirrorState> result;
+  for (const auto& [volume, versioned] : states_) result[volume] = versioned.state;
+  return result;
+}
+
+const MirrorState& MirrorEngine::state_locked(const std::string& volume) const { return states_.at(volume).state; }
+
+MirrorState& MirrorEngine::mutable_state_locked(const std::string& volume) {
+  VersionedState& versioned = states_.at(volume);
+  versioned.version += 1;
+  return versioned.state;
+}
+
+Status MirrorEngine::save(const std::string& volume) {
+  SaveSlot& slot = *save_slots_.at(volume);
+  // Snapshot and write under the slot's lock: files are written in snapshot order.
+  MutexLock save_lock(slot.save_mutex);
+  MirrorState snapshot;
+  uint64_t version = 0;
+  {
+    MutexLock lock(mutex_);
+    const VersionedState& current = states_.at(volume);
+    if (slot.saved_version >= current.version) return Status();  // this state, or a newer one, is on disk
+    snapshot = current.state;
+    version = current.version;
+  }
+  Status status = save_mirror_state(*context_.fs, context_.mirrors_dir, volume, snapshot);
+  if (!status.ok()) {
+    fmt::print(stderr, "{} mirror: cannot save state of {}: {}\n", now_text(), volume, status.to_string());
+    return status;
+  }
+  slot.saved_version = version;
+  return Status();
 }
 
 bool MirrorEngine::target_has_all_locked(const std::string& target,
@@ -83,15 +149,24 @@ bool MirrorEngine::target_has_all_locked(const std::string& target,
   for (const auto& entry : volumes_) {
     auto point = points.find(entry->name);
     if (point == points.end() || point->second == 0) continue;
-    auto state = entry->state.target_states.find(target);
-    if (state == entry->state.target_states.end() || state->second.applied_cycle < point->second) return false;
+    const auto& target_states = state_locked(entry->name).target_states;
+    auto state = target_states.find(target);
+    if (state == target_states.end() || state->second.applied_cycle < point->second) return false;
+  }
+  return true;
+}
+
+bool MirrorEngine::all_targets_have_locked(const std::map<std::string, uint64_t>& points) const {
+  for (const auto& target : targets_) {
+    if (!target_has_all_locked(target->name, points)) return false;
   }
   return true;
 }
 
 uint64_t MirrorEngine::pinned_point_locked(const VolumeEntry& entry, const TargetRuntime& target) const {
-  auto state = entry.state.target_states.find(target.name);
-  if (state == entry.state.target_states.end()) return 0;
+  const auto& target_states = state_locked(entry.name).target_states;
+  auto state = target_states.find(target.name);
+  if (state == target_states.end()) return 0;
   uint64_t inflight = state->second.inflight_cycle;
   if (inflight == 0 || inflight <= state->second.applied_cycle || target.consecutive_failures >= kMaxPinnedFailures) {
     return 0;
@@ -117,10 +192,26 @@ Status MirrorEngine::freeze_all() {
   std::vector<Volume*> members;
   for (const auto& entry : volumes_) members.push_back(entry->volume.get());
   AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> cycles, Volume::freeze_group(members));
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   for (size_t i = 0; i < volumes_.size(); ++i) latest_points_[volumes_[i]->name] = cycles[i];
   freeze_count_ += 1;
   return Status();
+}
+
+void MirrorEngine::note_freeze_locked(const Status& status) {
+  if (!status.ok()) {
+    freeze_error_ = status.to_string();
+    fmt::print(stderr, "{} mirror: freeze failed: {}\n", now_text(), freeze_error_);
+    next_freeze_at_ = Clock::now() + std::chrono::seconds(1);
+  } else {
+    freeze_error_.clear();
+    freeze_requested_ = false;
+    next_freeze_at_ = Clock::now() + interval_;
+    for (auto& target : targets_) {
+      if (!target->busy) target->retry_at = {};  // a new point: try stragglers again now
+    }
+  }
+  changed_.notify_all();
 }
 
 void MirrorEngine::start_transfers_locked(Clock::time_point now) {
@@ -142,26 +233,13 @@ void MirrorEngine::start_transfers_locked(Clock::time_point now) {
 }
 
 void MirrorEngine::run() {
-  std::unique_lock lock(mutex_);
+  MutexLock lock(mutex_);
   while (!stopping_) {
-    Clock::time_point now = Clock::now();
-    if (freeze_due_locked(now)) {
+    if (freeze_due_locked(Clock::now())) {
       lock.unlock();
       Status status = freeze_all();
       lock.lock();
-      if (!status.ok()) {
-        freeze_error_ = status.to_string();
-        fmt::print(stderr, "{} mirror: freeze failed: {}\n", now_text(), freeze_error_);
-        next_freeze_at_ = Clock::now() + std::chrono::seconds(1);
-      } else {
-        freeze_error_.clear();
-        freeze_requested_ = false;
-        next_freeze_at_ = Clock::now() + interval_;
-        for (auto& target : targets_) {
-          if (!target->busy) target->retry_at = {};  // a new point: try stragglers again now
-        }
-      }
-      changed_.notify_all();
+      note_freeze_locked(status);
     }
     start_transfers_locked(Clock::now());
     lock.unlock();
@@ -186,55 +264,60 @@ Status MirrorEngine::authenticate_target(repl::PeerSocket& socket, const PeerCon
   return Status();
 }
 
-void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_t> points) {
-  Status status;
+Status MirrorEngine::exchange_hello(repl::PeerSocket& socket, const TargetRuntime& target,
+                                    const PeerConfig& peer) const {
+  repl::Hello hello{repl::kProtocolVersion, context_.config->name};
+  AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kHello, repl::encode(hello)));
+  AMIRROR_ASSIGN_OR_RETURN(repl::Frame frame, socket.receive_frame());
+  if (frame.type == repl::FrameType::kError) {
+    return Status(ErrorCode::kIo, "target refused: " + repl::decode_error(frame.payload));
+  }
+  if (frame.type != repl::FrameType::kHelloAck) {
+    return corruption(std::string("expected HELLO_ACK, got ") + repl::frame_type_name(frame.type));
+  }
+  AMIRROR_ASSIGN_OR_RETURN(repl::Hello ack, repl::decode_hello(frame.payload));
+  if (ack.node_name != target.name) {
+    return invalid_argument("peer at " + peer.address + " says it is '" + ack.node_name + "', not '" + target.name +
+                            "'; check the peer's address in the config");
+  }
+  return Status();
+}
+
+Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_target(TargetRuntime* target) {
   const PeerConfig* peer = context_.config->find_peer(target->name);
-  std::unique_ptr<repl::PeerSocket> socket;
-  if (peer == nullptr) {
-    status = not_found("peer '" + target->name + "' is not in the node's config");
-  } else {
-    auto connected = repl::PeerSocket::connect(peer->address, static_cast<int>(context_.config->peer_timeout_ms));
-    if (!connected.ok()) {
-      status = connected.status();
-    } else {
-      socket = std::move(connected).value();
-      if (context_.tls != nullptr) status = authenticate_target(*socket, *peer);
-    }
+  if (peer == nullptr) return not_found("peer '" + target->name + "' is not in the node's config");
+  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket,
+                           repl::PeerSocket::connect(peer->address, static_cast<int>(context_.config->peer_timeout_ms)));
+  if (context_.tls != nullptr) AMIRROR_RETURN_IF_ERROR(authenticate_target(*socket, *peer));
+  {
+    MutexLock lock(mutex_);
+    if (stopping_) return Status(ErrorCode::kCancelled, "mirror stopped");
+    target->socket = socket.get();  // from now on stop() can cut it
   }
-  if (status.ok()) {
-    std::lock_guard lock(mutex_);
-    if (stopping_) status = Status(ErrorCode::kCancelled, "mirror stopped");
-    target->socket = socket.get();
+  Status status = exchange_hello(*socket, *target, *peer);
+  if (!status.ok()) {
+    MutexLock lock(mutex_);
+    target->socket = nullptr;  // before the socket is destroyed
+    return status;
   }
-  if (status.ok()) {
-    repl::Hello hello{repl::kProtocolVersion, context_.config->name};
-    status = socket->send_frame(repl::FrameType::kHello, repl::encode(hello));
-    if (status.ok()) {
-      auto frame = socket->receive_frame();
-      if (!frame.ok()) {
-        status = frame.status();
-      } else if (frame->type == repl::FrameType::kError) {
-        status = Status(ErrorCode::kIo, "target refused: " + repl::decode_error(frame->payload));
-      } else if (frame->type != repl::FrameType::kHelloAck) {
-        status = corruption(std::string("expected HELLO_ACK, got ") + repl::frame_type_name(frame->type));
-      } else {
-        auto ack = repl::decode_hello(frame->payload);
-        if (!ack.ok()) {
-          status = ack.status();
-        } else if (ack->node_name != target->name) {
-          status = invalid_argument("peer at " + peer->address + " says it is '" + ack->node_name + "', not '" +
-                                    target->name + "'; check the peer's address in the config");
-        }
-      }
-    }
-  }
+  return socket;
+}
+
+void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_t> points) {
+  auto connected = connect_target(target);
+  Status status = connected.status();
   for (const auto& entry : volumes_) {
     if (!status.ok()) break;
     auto point = points.find(entry->name);
     if (point == points.end() || point->second == 0) continue;
-    status = transfer_volume(target, *socket, *entry, point->second);
+    status = transfer_volume(target, *connected.value(), *entry, point->second);
   }
-  std::lock_guard lock(mutex_);
+  // Declared after `connected`, so released before the socket is destroyed.
+  MutexLock lock(mutex_);
+  finish_transfer_locked(target, status);
+}
+
+void MirrorEngine::finish_transfer_locked(TargetRuntime* target, const Status& status) {
   target->socket = nullptr;
   target->busy = false;
   target->busy_points.clear();
@@ -257,75 +340,33 @@ void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_
   changed_.notify_all();
 }
 
-Status MirrorEngine::save_locked(VolumeEntry& entry) {
-  Status status = save_mirror_state(*context_.fs, context_.mirrors_dir, entry.name, entry.state);
-  if (!status.ok()) fmt::print(stderr, "{} mirror: cannot save state of {}: {}\n", now_text(), entry.name, status.to_string());
-  return status;
-}
-
-Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry,
-                                     uint64_t point) {
+Result<repl::ReplicaState> MirrorEngine::open_replica(TargetRuntime* target, repl::PeerSocket& socket,
+                                                      VolumeEntry& entry) {
   Volume& volume = *entry.volume;
-  uint64_t sent_before = socket.bytes_sent();
-  uint64_t unsaved_bytes = 0;
-  auto account = [&] {
-    // Every byte on the wire for this volume counts, payload and framing.
-    std::lock_guard lock(mutex_);
-    uint64_t sent = socket.bytes_sent() - sent_before;
-    entry.state.target_states[target->name].bytes_sent += sent;
-    sent_before = socket.bytes_sent();
-    unsaved_bytes += sent;
-    if (unsaved_bytes >= kSaveEveryBytes) {
-      (void)save_locked(entry);
-      unsaved_bytes = 0;
-    }
-  };
-  // Whatever way this returns, the bytes that went out are counted and saved.
-  struct AccountOnExit {
-    std::function<void()> flush;
-    ~AccountOnExit() { flush(); }
-  } account_on_exit{[&] {
-    account();
-    std::lock_guard lock(mutex_);
-    if (unsaved_bytes > 0) (void)save_locked(entry);
-  }};
-  auto expect = [&](repl::FrameType wanted) -> Result<repl::Frame> {
-    while (true) {
-      AMIRROR_ASSIGN_OR_RETURN(repl::Frame frame, socket.receive_frame());
-      if (frame.type == repl::FrameType::kKeepAlive) continue;
-      if (frame.type == repl::FrameType::kError) {
-        return Status(ErrorCode::kIo, target->name + " refused: " + repl::decode_error(frame.payload));
-      }
-      if (frame.type != wanted) {
-        return corruption(std::string("expected ") + repl::frame_type_name(wanted) + " from " + target->name +
-                          ", got " + repl::frame_type_name(frame.type));
-      }
-      return frame;
-    }
-  };
-
   repl::OpenReplica open{entry.name, volume.size_bytes(), volume.chunk_size_bytes()};
   AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kOpenReplica, repl::encode(open)));
-  AMIRROR_ASSIGN_OR_RETURN(repl::Frame state_frame, expect(repl::FrameType::kReplicaState));
+  AMIRROR_ASSIGN_OR_RETURN(repl::Frame state_frame, expect_frame(socket, target->name, repl::FrameType::kReplicaState));
   AMIRROR_ASSIGN_OR_RETURN(repl::ReplicaState remote, repl::decode_replica_state(state_frame.payload));
-  {
-    // Progress since the previous attempt (more applied or more durably staged) means
-    // the link works, if flakily: keep resuming this point and retry soon.
-    std::lock_guard lock(mutex_);
-    auto observed = std::make_pair(remote.applied_cycle, remote.staged_record_count);
-    auto& previous = target->last_observed[entry.name];
-    if (observed > previous) {
-      target->consecutive_failures = 0;
-      target->backoff_ms = 0;
-    }
-    previous = observed;
+  // Progress since the previous attempt (more applied or more durably staged) means
+  // the link works, if flakily: keep resuming this point and retry soon.
+  MutexLock lock(mutex_);
+  auto observed = std::make_pair(remote.applied_cycle, remote.staged_record_count);
+  auto& previous = target->last_observed[entry.name];
+  if (observed > previous) {
+    target->consecutive_failures = 0;
+    target->backoff_ms = 0;
   }
+  previous = observed;
+  return remote;
+}
 
-  // Reconcile what we believe the target applied with what it says.
+Result<TargetState> MirrorEngine::reconcile(TargetRuntime* target, VolumeEntry& entry,
+                                            const repl::ReplicaState& remote) {
   TargetState local;
+  bool changed = false;
   {
-    std::lock_guard lock(mutex_);
-    TargetState& stored = entry.state.target_states[target->name];
+    MutexLock lock(mutex_);
+    TargetState& stored = mutable_state_locked(entry.name).target_states[target->name];
     if (remote.applied_cycle != stored.applied_cycle) {
       if (stored.inflight_cycle != 0 && remote.applied_cycle == stored.inflight_cycle) {
         // Our last transfer was applied but its acknowledgement was lost.
@@ -338,18 +379,25 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
         stored.applied_cycle = 0;
         stored.pending_chunks.clear();
       }
-      (void)save_locked(entry);
+      changed = true;
     }
     local = stored;
   }
-  if (local.applied_cycle >= point) return Status();
+  // Durable before anything is sent on its strength: a full copy must not be followed,
+  // after a crash, by a state file that still trusts the old replica.
+  if (changed) AMIRROR_RETURN_IF_ERROR(save(entry.name));
+  return local;
+}
 
+Result<MirrorEngine::DeltaPlan> MirrorEngine::plan_delta(VolumeEntry& entry, const TargetState& local,
+                                                         const repl::ReplicaState& remote, uint64_t point) {
+  Volume& volume = *entry.volume;
+  DeltaPlan plan;
   // The chunks the target lacks, coalesced: a chunk changed in many cycles appears once.
   bool full = local.applied_cycle == 0;
-  std::vector<DeltaChunk> chunks;
   if (full) {
     AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> allocated, volume.allocated_chunks(point));
-    for (uint64_t chunk_index : allocated) chunks.push_back({chunk_index, ChunkState::kData});
+    for (uint64_t chunk_index : allocated) plan.chunks.push_back({chunk_index, ChunkState::kData});
   } else {
     std::map<uint64_t, ChunkState> merged;
     for (uint64_t chunk_index : local.pending_chunks) merged[chunk_index] = ChunkState::kData;
@@ -358,49 +406,43 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
       AMIRROR_ASSIGN_OR_RETURN(std::vector<DeltaChunk> changed, volume.changed_chunks(from, point));
       for (const DeltaChunk& chunk : changed) merged[chunk.chunk_index] = chunk.state;
     }
-    for (const auto& [chunk_index, state] : merged) chunks.push_back({chunk_index, state});
+    for (const auto& [chunk_index, state] : merged) plan.chunks.push_back({chunk_index, state});
   }
-
-  repl::BeginDelta begin;
-  begin.base_cycle = full ? 0 : local.applied_cycle;
-  begin.target_cycle = point;
-  begin.freeze_time_unix_ms = volume.freeze_time_unix_ms(point);
-  begin.record_count = chunks.size();
-  begin.full = full;
-  size_t first_chunk = 0;
-  if (remote.staged_record_count > 0 && remote.staged_target_cycle == point && remote.staged_base_cycle == begin.base_cycle) {
+  plan.begin.base_cycle = full ? 0 : local.applied_cycle;
+  plan.begin.target_cycle = point;
+  plan.begin.freeze_time_unix_ms = volume.freeze_time_unix_ms(point);
+  plan.begin.record_count = plan.chunks.size();
+  plan.begin.full = full;
+  if (remote.staged_record_count > 0 && remote.staged_target_cycle == point &&
+      remote.staged_base_cycle == plan.begin.base_cycle) {
     // Resume where the target's durable staging ends, not from the start.
-    while (first_chunk < chunks.size() && chunks[first_chunk].chunk_index <= remote.staged_last_chunk_index) ++first_chunk;
-    begin.first_record = remote.staged_record_count;
+    while (plan.first_chunk < plan.chunks.size() &&
+           plan.chunks[plan.first_chunk].chunk_index <= remote.staged_last_chunk_index) {
+      ++plan.first_chunk;
+    }
+    plan.begin.first_record = remote.staged_record_count;
   }
-  {
-    std::lock_guard lock(mutex_);
-    entry.state.target_states[target->name].inflight_cycle = point;
-    AMIRROR_RETURN_IF_ERROR(save_locked(entry));
-    target->copy_volume = entry.name;
-    target->copy_cycle = point;
-    target->copy_done_bytes = first_chunk * volume.chunk_size_bytes();
-    target->copy_total_bytes = chunks.size() * volume.chunk_size_bytes();
-    target->copy_started = Clock::now();
-  }
-  AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kBeginDelta, repl::encode(begin)));
+  return plan;
+}
 
-  uint64_t record_index = begin.first_record;
+Status MirrorEngine::stream_delta(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry,
+                                  const DeltaPlan& plan, const std::function<void()>& account) {
+  Volume& volume = *entry.volume;
+  uint64_t record_index = plan.begin.first_record;
   std::vector<uint8_t> buffer(volume.chunk_size_bytes());
   const ChunkGeometry& geometry = volume.geometry();
   Status status;
-  for (size_t i = first_chunk; i < chunks.size() && status.ok(); ++i) {
-    const DeltaChunk& chunk = chunks[i];
-    uint64_t length = geometry.chunk_length_bytes(chunk.chunk_index);
-    std::span<uint8_t> content(buffer.data(), length);
+  for (size_t i = plan.first_chunk; i < plan.chunks.size() && status.ok(); ++i) {
+    const DeltaChunk& chunk = plan.chunks[i];
+    std::span<uint8_t> content(buffer.data(), geometry.chunk_length_bytes(chunk.chunk_index));
     repl::RecordKind kind = repl::RecordKind::kZero;
     if (chunk.state == ChunkState::kData) {
-      status = volume.read_frozen(point, geometry.chunk_offset_bytes(chunk.chunk_index), content);
+      status = volume.read_frozen(plan.begin.target_cycle, geometry.chunk_offset_bytes(chunk.chunk_index), content);
       if (!status.ok()) break;
       if (!all_zero(content)) kind = repl::RecordKind::kData;
     }
     // An initial sync starts from an empty (all-zero) replica: zero chunks need no record.
-    if (full && kind == repl::RecordKind::kZero) continue;
+    if (plan.begin.full && kind == repl::RecordKind::kZero) continue;
     std::vector<uint8_t> frame = repl::encode_chunk_frame(
         record_index, chunk.chunk_index, kind,
         kind == repl::RecordKind::kData ? std::span<const uint8_t>(content) : std::span<const uint8_t>());
@@ -410,11 +452,11 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
       // The target talks during a delta only to refuse it (ERROR, then it closes):
       // notice that now instead of streaming into a dead connection until a timeout.
       if (status.ok() && socket.readable_now()) {
-        auto refusal = expect(repl::FrameType::kDeltaDurable);
+        auto refusal = expect_frame(socket, target->name, repl::FrameType::kDeltaDurable);
         status = refusal.ok() ? corruption("DELTA_DURABLE before END_DELTA from " + target->name) : refusal.status();
       }
       account();
-      std::lock_guard lock(mutex_);
+      MutexLock lock(mutex_);
       target->copy_done_bytes = (i + 1) * volume.chunk_size_bytes();
       if (stopping_) status = Status(ErrorCode::kCancelled, "mirror stopped");
     }
@@ -423,24 +465,102 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
   AMIRROR_RETURN_IF_ERROR(status);
   AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kEndDelta, repl::encode(repl::EndDelta{record_index})));
   account();
+  MutexLock lock(mutex_);
+  target->copy_done_bytes = target->copy_total_bytes;
+  return Status();
+}
+
+Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry,
+                                     uint64_t point) {
+  uint64_t sent_before = socket.bytes_sent();
+  uint64_t unsaved_bytes = 0;
+  // Every byte on the wire for this volume counts, payload and framing.
+  auto account = [&] {
+    bool save_due = false;
+    {
+      MutexLock lock(mutex_);
+      uint64_t sent = socket.bytes_sent() - sent_before;
+      sent_before = socket.bytes_sent();
+      if (sent == 0) return;
+      mutable_state_locked(entry.name).target_states[target->name].bytes_sent += sent;
+      unsaved_bytes += sent;
+      save_due = unsaved_bytes >= kSaveEveryBytes;
+    }
+    if (save_due && save(entry.name).ok()) unsaved_bytes = 0;
+  };
+  // Whatever way this returns, the bytes that went out are counted and saved.
+  struct AccountOnExit {
+    std::function<void()> flush;
+    ~AccountOnExit() { flush(); }
+  } account_on_exit{[&] {
+    account();
+    if (unsaved_bytes > 0) (void)save(entry.name);
+  }};
+
+  AMIRROR_ASSIGN_OR_RETURN(repl::ReplicaState remote, open_replica(target, socket, entry));
+  AMIRROR_ASSIGN_OR_RETURN(TargetState local, reconcile(target, entry, remote));
+  if (local.applied_cycle >= point) return Status();
+  AMIRROR_ASSIGN_OR_RETURN(DeltaPlan plan, plan_delta(entry, local, remote, point));
   {
-    std::lock_guard lock(mutex_);
-    target->copy_done_bytes = target->copy_total_bytes;
+    MutexLock lock(mutex_);
+    mutable_state_locked(entry.name).target_states[target->name].inflight_cycle = point;
   }
-  AMIRROR_RETURN_IF_ERROR(expect(repl::FrameType::kDeltaDurable).status());
-  AMIRROR_ASSIGN_OR_RETURN(repl::Frame applied_frame, expect(repl::FrameType::kApplied));
+  AMIRROR_RETURN_IF_ERROR(save(entry.name));
+  {
+    MutexLock lock(mutex_);
+    target->copy_volume = entry.name;
+    target->copy_cycle = point;
+    target->copy_done_bytes = plan.first_chunk * entry.volume->chunk_size_bytes();
+    target->copy_total_bytes = plan.chunks.size() * entry.volume->chunk_size_bytes();
+    target->copy_started = Clock::now();
+  }
+  AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kBeginDelta, repl::encode(plan.begin)));
+  AMIRROR_RETURN_IF_ERROR(stream_delta(target, socket, entry, plan, account));
+  AMIRROR_RETURN_IF_ERROR(expect_frame(socket, target->name, repl::FrameType::kDeltaDurable).status());
+  AMIRROR_ASSIGN_OR_RETURN(repl::Frame applied_frame, expect_frame(socket, target->name, repl::FrameType::kApplied));
   AMIRROR_ASSIGN_OR_RETURN(repl::Applied applied, repl::decode_applied(applied_frame.payload));
   if (applied.applied_cycle != point) {
     return corruption(target->name + " acknowledged cycle " + std::to_string(applied.applied_cycle) + ", expected " +
                       std::to_string(point));
   }
-  std::lock_guard lock(mutex_);
-  TargetState& stored = entry.state.target_states[target->name];
-  stored.applied_cycle = point;
-  stored.applied_freeze_time_unix_ms = begin.freeze_time_unix_ms;
-  stored.inflight_cycle = 0;
-  stored.pending_chunks.clear();  // every pending chunk was in this delta
-  return save_locked(entry);
+  {
+    MutexLock lock(mutex_);
+    TargetState& stored = mutable_state_locked(entry.name).target_states[target->name];
+    stored.applied_cycle = point;
+    stored.applied_freeze_time_unix_ms = plan.begin.freeze_time_unix_ms;
+    stored.inflight_cycle = 0;
+    stored.pending_chunks.clear();  // every pending chunk was in this delta
+  }
+  return save(entry.name);
+}
+
+uint64_t MirrorEngine::merge_limit_locked(const VolumeEntry& entry) const {
+  uint64_t limit = entry.volume->cycle();
+  for (const auto& target : targets_) {
+    auto busy = target->busy_points.find(entry.name);
+    // Keep the layer a running transfer reads from unmerged until it is done:
+    // merging it meanwhile would only compete with the copy for I/O.
+    if (target->busy && busy != target->busy_points.end()) limit = std::min(limit, busy->second - 1);
+    if (uint64_t pinned = pinned_point_locked(entry, *target)) limit = std::min(limit, pinned);
+  }
+  return limit;
+}
+
+bool MirrorEngine::add_pending_locked(const std::string& volume, uint64_t layer,
+                                      const std::vector<DeltaChunk>& chunks) {
+  // Every target with a replica, not only those in the target list now: a target
+  // dropped from the mirror keeps its applied cycle, and when it is named again it must
+  // get the chunks of each layer merged while it was away. A target at 0 gets a full
+  // copy anyway.
+  auto lacks = [layer](const TargetState& state) { return state.applied_cycle != 0 && state.applied_cycle < layer; };
+  bool any = false;
+  for (const auto& [target, state] : state_locked(volume).target_states) any = any || lacks(state);
+  if (!any) return false;
+  for (auto& [target, state] : mutable_state_locked(volume).target_states) {
+    if (!lacks(state)) continue;
+    for (const DeltaChunk& chunk : chunks) state.pending_chunks.insert(chunk.chunk_index);
+  }
+  return true;
 }
 
 void MirrorEngine::merge_what_is_possible() {
@@ -449,31 +569,18 @@ void MirrorEngine::merge_what_is_possible() {
     while (true) {
       uint64_t layer_to_merge = volume.base_cycle() + 1;
       {
-        std::lock_guard lock(mutex_);
-        // Transfers read their point; the base must not pass it.
-        uint64_t limit = volume.cycle();
-        for (const auto& target : targets_) {
-          auto busy = target->busy_points.find(entry->name);
-          // Keep the layer a running transfer reads from unmerged until it is done:
-          // merging it meanwhile would only compete with the copy for I/O.
-          if (target->busy && busy != target->busy_points.end()) limit = std::min(limit, busy->second - 1);
-          if (uint64_t pinned = pinned_point_locked(*entry, *target)) limit = std::min(limit, pinned);
-        }
-        if (layer_to_merge > limit) break;
+        MutexLock lock(mutex_);
+        if (layer_to_merge > merge_limit_locked(*entry)) break;
       }
       auto delta = volume.changed_chunks(layer_to_merge - 1, layer_to_merge);
       if (!delta.ok()) break;
+      bool pending_added = false;
       {
-        std::lock_guard lock(mutex_);
-        bool changed = false;
-        for (const std::string& target : entry->state.targets) {
-          TargetState& state = entry->state.target_states[target];
-          if (state.applied_cycle >= layer_to_merge || state.applied_cycle == 0) continue;  // has it / gets a full copy
-          for (const DeltaChunk& chunk : delta.value()) state.pending_chunks.insert(chunk.chunk_index);
-          changed = true;
-        }
-        if (changed && !save_locked(*entry).ok()) break;
+        MutexLock lock(mutex_);
+        pending_added = add_pending_locked(entry->name, layer_to_merge, delta.value());
       }
+      // The pending chunks must be on disk before the layer that records them is gone.
+      if (pending_added && !save(entry->name).ok()) break;
       Status status = volume.merge_oldest();
       if (!status.ok()) {
         fmt::print(stderr, "{} mirror: merge of {} layer {} failed: {}\n", now_text(), entry->name, layer_to_merge,
@@ -486,24 +593,20 @@ void MirrorEngine::merge_what_is_possible() {
 
 Status MirrorEngine::sync(uint64_t timeout_ms) {
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  std::unique_lock lock(mutex_);
+  MutexLock lock(mutex_);
   uint64_t wanted_freeze = freeze_count_ + 1;
   freeze_requested_ = true;
   changed_.notify_all();
-  if (!changed_.wait_until(lock, deadline, [&] { return stopping_ || freeze_count_ >= wanted_freeze; })) {
+  while (!stopping_ && freeze_count_ < wanted_freeze && Clock::now() < deadline) changed_.wait_until(lock, deadline);
+  if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
+  if (freeze_count_ < wanted_freeze) {
     return Status(ErrorCode::kTimeout, "timed out before the freeze could happen" +
                                            (freeze_error_.empty() ? std::string() : ": " + freeze_error_));
   }
-  if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
   std::map<std::string, uint64_t> points = latest_points_;
-  auto done = [&] {
-    for (const auto& target : targets_) {
-      if (!target_has_all_locked(target->name, points)) return false;
-    }
-    return true;
-  };
-  if (changed_.wait_until(lock, deadline, [&] { return stopping_ || done(); }) && !stopping_) return Status();
+  while (!stopping_ && !all_targets_have_locked(points) && Clock::now() < deadline) changed_.wait_until(lock, deadline);
   if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
+  if (all_targets_have_locked(points)) return Status();
   std::string reasons;
   for (const auto& target : targets_) {
     if (target_has_all_locked(target->name, points)) continue;
@@ -514,46 +617,54 @@ Status MirrorEngine::sync(uint64_t timeout_ms) {
   return Status(ErrorCode::kTimeout, "not every target applied the new cycle in time" + reasons);
 }
 
+MirrorStatus MirrorEngine::target_status_locked(const VolumeEntry& entry, const TargetRuntime& target,
+                                                const std::vector<LayerInfo>& layers) const {
+  static const TargetState kNoReplica;
+  MirrorStatus status;
+  status.volume = entry.name;
+  status.target = target.name;
+  const auto& target_states = state_locked(entry.name).target_states;
+  auto found = target_states.find(target.name);
+  const TargetState& state = found == target_states.end() ? kNoReplica : found->second;
+  status.applied_cycle = state.applied_cycle;
+  status.applied_freeze_time_unix_ms = state.applied_freeze_time_unix_ms;
+  status.bytes_sent = state.bytes_sent;
+  status.last_error = target.last_error;
+  auto latest = latest_points_.find(entry.name);
+  uint64_t latest_point = latest == latest_points_.end() ? 0 : latest->second;
+  bool copying_this = target.busy && target.copy_volume == entry.name && target.copy_cycle > state.applied_cycle;
+  if (copying_this) {
+    status.state = state.applied_cycle == 0 ? "initial-sync" : "copying";
+    status.copy_cycle = target.copy_cycle;
+    status.copy_done_bytes = target.copy_done_bytes;
+    status.copy_total_bytes = target.copy_total_bytes;
+    double seconds = std::chrono::duration<double>(Clock::now() - target.copy_started).count();
+    if (seconds > 0) status.copy_rate_bytes_per_second = static_cast<double>(target.copy_done_bytes) / seconds;
+    status.bytes_pending = status.copy_total_bytes - std::min(status.copy_total_bytes, status.copy_done_bytes);
+    return status;
+  }
+  if (!target.last_error.empty()) {
+    status.state = "error";
+  } else if (state.applied_cycle >= latest_point) {
+    status.state = "idle";
+  } else {
+    status.state = target.busy ? "copying" : "lagging";
+  }
+  uint64_t chunks = state.pending_chunks.size();
+  for (const LayerInfo& layer : layers) {
+    if (layer.id > state.applied_cycle) chunks += layer.chunk_count;
+  }
+  status.bytes_pending =
+      state.applied_cycle == 0 ? entry.volume->size_bytes() : chunks * entry.volume->chunk_size_bytes();
+  return status;
+}
+
 std::vector<MirrorStatus> MirrorEngine::status() {
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   std::vector<MirrorStatus> result;
   for (const auto& entry : volumes_) {
     std::vector<LayerInfo> layers = entry->volume->layers();
-    for (const auto& target : targets_) {
-      MirrorStatus status;
-      status.volume = entry->name;
-      status.target = target->name;
-      const TargetState& state = entry->state.target_states[target->name];
-      status.applied_cycle = state.applied_cycle;
-      status.applied_freeze_time_unix_ms = state.applied_freeze_time_unix_ms;
-      status.bytes_sent = state.bytes_sent;
-      status.last_error = target->last_error;
-      uint64_t latest = latest_points_[entry->name];
-      bool copying_this = target->busy && target->copy_volume == entry->name && target->copy_cycle > state.applied_cycle;
-      if (copying_this) {
-        status.state = state.applied_cycle == 0 ? "initial-sync" : "copying";
-        status.copy_cycle = target->copy_cycle;
-        status.copy_done_bytes = target->copy_done_bytes;
-        status.copy_total_bytes = target->copy_total_bytes;
-        double seconds = std::chrono::duration<double>(Clock::now() - target->copy_started).count();
-        if (seconds > 0) status.copy_rate_bytes_per_second = static_cast<double>(target->copy_done_bytes) / seconds;
-        status.bytes_pending = status.copy_total_bytes - std::min(status.copy_total_bytes, status.copy_done_bytes);
-      } else {
-        if (!target->last_error.empty()) {
-          status.state = "error";
-        } else if (state.applied_cycle >= latest) {
-          status.state = "idle";
-        } else {
-          status.state = target->busy ? "copying" : "lagging";
-        }
-        uint64_t chunks = state.pending_chunks.size();
-        for (const LayerInfo& layer : layers) {
-          if (layer.id > state.applied_cycle) chunks += layer.chunk_count;
-        }
-        status.bytes_pending = state.applied_cycle == 0 ? entry->volume->size_bytes() : chunks * entry->volume->chunk_size_bytes();
-      }
-      result.push_back(std::move(status));
-    }
+    for (const auto& target : targets_) result.push_back(target_status_locked(*entry, *target, layers));
   }
   return result;
 }

@@ -20,26 +20,38 @@
 //    since the previous attempt); after that the point is released and the target catches up from a new
 //    one, so a dead target cannot pin layers forever.
 //  - A frozen layer is merged into the base once no running or resumable transfer
-//    still needs to read a point below it; targets that have not applied it get its
-//    chunks added to their pending set first (see mirror_state.h).
+//    still needs to read a point below it. Every target with a replica that has not
+//    applied it gets its chunks added to its pending set first — also targets that are
+//    not in the mirror's target list right now, so that one named again later gets
+//    exactly what it lacks (see mirror_state.h).
+//
+// State and locks:
+//  - The engine owns its members' MirrorStates while it runs (a copy handed in at
+//    construction, handed back by states()); mutex_ guards them and all runtime state.
+//    The node's copy in VolumeEntry is not touched by the engine.
+//  - A state file is written outside mutex_ (status() must not wait for an fsync): a
+//    snapshot is taken and written under the volume's save_mutex, so files are written
+//    in the order their snapshots were taken and an older one never replaces a newer
+//    one. Lock order: save_mutex -> mutex_.
 // Thread-safety: public methods are thread-safe. One engine thread plus one thread per
-// running transfer; mutex_ guards all runtime state and each VolumeEntry's MirrorState.
+// running transfer.
 #pragma once
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
 #include "node/config.h"
 #include "node/mirror_state.h"
 #include "repl/socket.h"
+#include "repl/wire.h"
 #include "store/volume.h"
 
 namespace amirror::node {
@@ -48,7 +60,9 @@ namespace amirror::node {
 struct VolumeEntry {
   std::string name;
   std::shared_ptr<Volume> volume;
-  MirrorState state;  // guarded by the engine's mutex while an engine runs, else the node's
+  // The node's copy, guarded by the node's mutex. While an engine runs it holds the
+  // live state and this copy is only read (status of a stopped mirror, restarts).
+  MirrorState state;
 };
 
 struct MirrorStatus {
@@ -77,23 +91,32 @@ struct EngineContext {
 
 class MirrorEngine {
  public:
-  MirrorEngine(EngineContext context, std::vector<std::shared_ptr<VolumeEntry>> volumes);
+  // `states`: each member volume's mirror state by volume name (targets, interval and
+  // what each target applied), as persisted.
+  MirrorEngine(EngineContext context, std::vector<std::shared_ptr<VolumeEntry>> volumes,
+               std::map<std::string, MirrorState> states);
   ~MirrorEngine();
   MirrorEngine(const MirrorEngine&) = delete;
   MirrorEngine& operator=(const MirrorEngine&) = delete;
 
-  void start();
+  void start() EXCLUDES(mutex_);
   // Stops the cycle, aborts running transfers, merges what can be merged, and saves
-  // state. Returns once every thread has exited.
-  void stop();
+  // state. Returns once every thread has exited. Idempotent; concurrent calls wait for
+  // the first.
+  void stop() EXCLUDES(mutex_, stop_mutex_);
   // Freezes now (as soon as the rules allow) and waits until every target applied
   // that point, or fails after timeout_ms with each lagging target's reason.
-  Status sync(uint64_t timeout_ms);
-  std::vector<MirrorStatus> status();
+  Status sync(uint64_t timeout_ms) EXCLUDES(mutex_);
+  std::vector<MirrorStatus> status() EXCLUDES(mutex_);
+  // The members' mirror states as they are now; after stop(), final.
+  std::map<std::string, MirrorState> states() EXCLUDES(mutex_);
 
  private:
+  // Runtime of one target. Fields other than `name` are guarded by mutex_ (the
+  // analysis cannot name the engine's mutex from a nested type); `thread` is touched
+  // only by the engine thread, and by stop() once that thread has exited.
   struct TargetRuntime {
-    std::string name;
+    std::string name;  // immutable
     bool busy = false;
     std::map<std::string, uint64_t> busy_points;  // volume -> cycle being sent
     std::chrono::steady_clock::time_point busy_since;
@@ -111,36 +134,92 @@ class MirrorEngine {
     uint64_t copy_total_bytes = 0;
     std::chrono::steady_clock::time_point copy_started;
   };
+  // A member's state with a version that grows with every change, so a save can tell
+  // whether what it would write is already on disk.
+  struct VersionedState {
+    MirrorState state;
+    uint64_t version = 1;
+  };
+  // Per member volume: serialises writes of its state file.
+  struct SaveSlot {
+    Mutex save_mutex;
+    uint64_t saved_version GUARDED_BY(save_mutex) = 0;
+  };
+  // One delta planned for a target: what to send and where a resumed one starts.
+  struct DeltaPlan {
+    repl::BeginDelta begin;
+    std::vector<DeltaChunk> chunks;
+    size_t first_chunk = 0;
+  };
 
-  void run();
-  bool freeze_due_locked(std::chrono::steady_clock::time_point now) const;
-  Status freeze_all();
-  void start_transfers_locked(std::chrono::steady_clock::time_point now);
-  void transfer(TargetRuntime* target, std::map<std::string, uint64_t> points);
+  void run() EXCLUDES(mutex_);
+  bool freeze_due_locked(std::chrono::steady_clock::time_point now) const REQUIRES(mutex_);
+  Status freeze_all() EXCLUDES(mutex_);
+  void note_freeze_locked(const Status& status) REQUIRES(mutex_);
+  void start_transfers_locked(std::chrono::steady_clock::time_point now) REQUIRES(mutex_);
+  void transfer(TargetRuntime* target, std::map<std::string, uint64_t> points) EXCLUDES(mutex_);
+  Result<std::unique_ptr<repl::PeerSocket>> connect_target(TargetRuntime* target) EXCLUDES(mutex_);
   // TLS handshake, then checks the target's certificate names the peer's identity.
   Status authenticate_target(repl::PeerSocket& socket, const PeerConfig& peer) const;
-  Status transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry, uint64_t point);
-  void merge_what_is_possible();
-  Status save_locked(VolumeEntry& entry);
-  bool target_has_all_locked(const std::string& target, const std::map<std::string, uint64_t>& points) const;
+  Status exchange_hello(repl::PeerSocket& socket, const TargetRuntime& target, const PeerConfig& peer) const;
+  void finish_transfer_locked(TargetRuntime* target, const Status& status) REQUIRES(mutex_);
+  Status transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry, uint64_t point)
+      EXCLUDES(mutex_);
+  // OPEN_REPLICA, and the target's REPLICA_STATE in answer.
+  Result<repl::ReplicaState> open_replica(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry)
+      EXCLUDES(mutex_);
+  // What this node believes the target applied, after checking it against what the
+  // target reports; a disagreement it cannot explain means a full copy.
+  Result<TargetState> reconcile(TargetRuntime* target, VolumeEntry& entry, const repl::ReplicaState& remote)
+      EXCLUDES(mutex_);
+  Result<DeltaPlan> plan_delta(VolumeEntry& entry, const TargetState& local, const repl::ReplicaState& remote,
+                               uint64_t point);
+  Status stream_delta(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry, const DeltaPlan& plan,
+                      const std::function<void()>& account) EXCLUDES(mutex_);
+  void merge_what_is_possible() EXCLUDES(mutex_);
+  // The newest layer of `entry` that may be merged now: below every point a running or
+  // resumable transfer reads.
+  uint64_t merge_limit_locked(const VolumeEntry& entry) const REQUIRES(mutex_);
+  // Records that every target with a replica that lacks `layer` lacks its chunks.
+  bool add_pending_locked(const std::string& volume, uint64_t layer, const std::vector<DeltaChunk>& chunks)
+      REQUIRES(mutex_);
+  // Makes the volume's state file hold its state as of this call or newer. Blocks on
+  // the file, not on mutex_.
+  Status save(const std::string& volume) EXCLUDES(mutex_);
+  const MirrorState& state_locked(const std::string& volume) const REQUIRES(mutex_);
+  // For changes: bumps the version, so the next save() writes.
+  MirrorState& mutable_state_locked(const std::string& volume) REQUIRES(mutex_);
+  bool target_has_all_locked(const std::string& target, const std::map<std::string, uint64_t>& points) const
+      REQUIRES(mutex_);
+  bool all_targets_have_locked(const std::map<std::string, uint64_t>& points) const REQUIRES(mutex_);
+  MirrorStatus target_status_locked(const VolumeEntry& entry, const TargetRuntime& target,
+                                    const std::vector<LayerInfo>& layers) const REQUIRES(mutex_);
   // The point a target's interrupted transfer aimed at, if it should be resumed rather
   // than restarted at a newer point (0 if none). Such a point is kept from merging.
-  uint64_t pinned_point_locked(const VolumeEntry& entry, const TargetRuntime& target) const;
+  uint64_t pinned_point_locked(const VolumeEntry& entry, const TargetRuntime& target) const REQUIRES(mutex_);
 
-  EngineContext context_;
-  std::vector<std::shared_ptr<VolumeEntry>> volumes_;
-  std::chrono::milliseconds interval_;
+  const EngineContext context_;
+  const std::vector<std::shared_ptr<VolumeEntry>> volumes_;
+  const std::chrono::milliseconds interval_;
+  // Keys fixed at construction (one per member volume); each slot locks itself.
+  std::map<std::string, std::unique_ptr<SaveSlot>> save_slots_;
 
-  mutable std::mutex mutex_;
-  std::condition_variable changed_;
-  bool stopping_ = false;
+  mutable Mutex mutex_;
+  CondVar changed_;
+  std::map<std::string, VersionedState> states_ GUARDED_BY(mutex_);  // by volume name
+  bool stopping_ GUARDED_BY(mutex_) = false;
+  // The container is fixed at construction; see TargetRuntime for its fields.
   std::vector<std::unique_ptr<TargetRuntime>> targets_;
-  std::map<std::string, uint64_t> latest_points_;  // volume -> newest frozen point
-  uint64_t freeze_count_ = 0;                       // freezes since start
-  bool freeze_requested_ = false;
-  std::chrono::steady_clock::time_point next_freeze_at_;
-  std::string freeze_error_;
-  std::thread thread_;
+  std::map<std::string, uint64_t> latest_points_ GUARDED_BY(mutex_);  // volume -> newest frozen point
+  uint64_t freeze_count_ GUARDED_BY(mutex_) = 0;                       // freezes since start
+  bool freeze_requested_ GUARDED_BY(mutex_) = false;
+  std::chrono::steady_clock::time_point next_freeze_at_ GUARDED_BY(mutex_);
+  std::string freeze_error_ GUARDED_BY(mutex_);
+
+  // Serialises stop(): it joins threads, which two callers must not do at once.
+  Mutex stop_mutex_;
+  bool stopped_ GUARDED_BY(stop_mutex_) = false;
+  std::thread thread_;  // started by start(), joined by stop()
 };
 
 }  // namespace amirror::node

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "node/mirror_state.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "base/names.h"
@@ -9,12 +10,33 @@ namespace amirror::node {
 
 using nlohmann::json;
 
+namespace {
+
+// Format 1 kept pending_chunks only for the targets in `targets`: a target dropped
+// from the list missed the chunks of every layer merged since. What it lacks cannot be
+// known, so it gets a full copy (status shows it as initial-sync) instead of an
+// incremental one that would leave its replica silently different.
+void forget_untracked_targets(MirrorState& state) {
+  for (auto& [name, target] : state.target_states) {
+    if (std::find(state.targets.begin(), state.targets.end(), name) != state.targets.end()) continue;
+    target.applied_cycle = 0;
+    target.applied_freeze_time_unix_ms = 0;
+    target.inflight_cycle = 0;
+    target.pending_chunks.clear();
+  }
+}
+
+}  // namespace
+
 Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
   AMIRROR_ASSIGN_OR_RETURN(std::string text, read_small_file(fs, path, 1ull << 32));
   MirrorState state;
   try {
     json document = json::parse(text);
-    if (document.at("format").get<int>() != 1) return corruption(path + ": unknown format");
+    int format = document.at("format").get<int>();
+    if (format != 1 && format != kMirrorStateFormat) {
+      return corruption(path + ": unknown format " + std::to_string(format) + " (a newer amirror wrote it?)");
+    }
     state.unit = document.at("unit").get<std::string>();
     state.targets = document.at("targets").get<std::vector<std::string>>();
     state.interval_ms = document.at("interval_ms").get<uint64_t>();
@@ -29,6 +51,7 @@ Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
       for (uint64_t chunk : entry.at("pending_chunks")) target.pending_chunks.insert(chunk);
       state.target_states[name] = std::move(target);
     }
+    if (format == 1) forget_untracked_targets(state);
   } catch (const json::exception& error) {
     return corruption(path + " is damaged: " + error.what());
   }
@@ -38,7 +61,7 @@ Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
 Status save_mirror_state(FileSystem& fs, const std::string& dir, const std::string& volume,
                          const MirrorState& state) {
   json document;
-  document["format"] = 1;
+  document["format"] = kMirrorStateFormat;
   document["unit"] = state.unit;
   document["targets"] = state.targets;
   document["interval_ms"] = state.interval_ms;

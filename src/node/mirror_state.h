@@ -9,6 +9,9 @@
 // layer is merged into the base while a target has not applied it, that layer's
 // chunks are added here first. So what the source holds back for a lagging target is
 // at most one chunk index per chunk of the volume, however long the target is away.
+// This holds for every target in target_states, also one no longer in `targets`, so a
+// target named again later gets exactly what it lacks (format 2; a format-1 file did
+// not track dropped targets, so loading one gives them a full copy).
 // Thread-safety: plain data; MirrorEngine guards it.
 #pragma once
 
@@ -38,6 +41,9 @@ struct MirrorState {
   bool running = false;
   std::map<std::string, TargetState> target_states;
 };
+
+// Written by this version; format 1 is still read.
+constexpr int kMirrorStateFormat = 2;
 
 Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path);
 Status save_mirror_state(FileSystem& fs, const std::string& dir, const std::string& volume,

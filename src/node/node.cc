@@ -113,22 +113,29 @@ Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config) {
   }
   AMIRROR_RETURN_IF_ERROR(node->open_everything());
   AMIRROR_RETURN_IF_ERROR(node->start_listeners());
-  // Mirrors that were running before the restart resume.
+  AMIRROR_RETURN_IF_ERROR(node->resume_mirrors());
+  return node;
+}
+
+// Mirrors that were running before the restart resume. The control socket already
+// answers, so this holds mutex_ like any `mirror start`; a unit that such a start got
+// to first is left to it.
+Status Node::resume_mirrors() {
+  MutexLock lock(mutex_);
   std::map<std::string, std::vector<std::shared_ptr<VolumeEntry>>> units;
-  for (const auto& [name, entry] : node->volumes_) {
-    if (entry->state.running) units[entry->state.unit].push_back(entry);
+  for (const auto& [name, entry] : volumes_) {
+    if (entry->state.running && !unit_of_volume_.contains(name)) units[entry->state.unit].push_back(entry);
   }
   for (auto& [unit, members] : units) {
-    std::lock_guard lock(node->mutex_);
-    if (std::string why = node->unit_blocked_reason(unit); !why.empty()) {
-      fmt::print(stderr, "amirror node {}: mirror {} is not resumed: {}\n", config.name, unit, why);
-      node->blocked_units_[unit] = why;
+    if (std::string why = unit_blocked_reason(unit); !why.empty()) {
+      fmt::print(stderr, "amirror node {}: mirror {} is not resumed: {}\n", config_.name, unit, why);
+      blocked_units_[unit] = why;
       continue;
     }
     const MirrorState& state = members.front()->state;
-    AMIRROR_RETURN_IF_ERROR(node->start_mirror(unit, members, state.targets, state.interval_ms, false));
+    AMIRROR_RETURN_IF_ERROR(start_mirror(unit, members, state.targets, state.interval_ms, false));
   }
-  return node;
+  return Status();
 }
 
 Status Node::open_everything() {
@@ -137,7 +144,7 @@ Status Node::open_everything() {
   mirrors_dir_ = config_.data_dir + "/mirrors";
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(mirrors_dir_));
   AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, data_dir_->list_volumes());
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   for (const std::string& name : names) open_volume_entry(fs, name);
   replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas");
   return replicas_->load();
@@ -226,11 +233,15 @@ void Node::peer_accept_loop() {
 
 void Node::stop() {
   if (stopping_.exchange(true)) return;
-  std::map<std::string, std::unique_ptr<MirrorEngine>> engines;
+  std::map<std::string, std::shared_ptr<MirrorEngine>> engines;
   {
-    std::lock_guard lock(mutex_);
-    engines.swap(engines_);
+    MutexLock lock(mutex_);
+    refusing_starts_ = true;  // from here on no engine is created: each one is in `engines`
+    engines = engines_;
   }
+  // Engines before the control server: stopping one ends any `mirror sync` waiting on
+  // it, and the control server's stop waits for every handler still running (a
+  // `mirror break` finishing its state write, a start being refused).
   for (auto& [unit, engine] : engines) engine->stop();
   if (control_) control_->stop();
   if (peer_listener_) peer_listener_->close();
@@ -241,7 +252,7 @@ void Node::stop() {
     peers_done_.wait(lock, [&] { return peer_sockets_.empty(); });
   }
   if (nbd_server_) nbd_server_->stop();
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   for (auto& [name, entry] : volumes_) {
     Status status = entry->volume->flush();
     if (!status.ok()) fmt::print(stderr, "flush of volume {} at shutdown failed: {}\n", name, status.to_string());
@@ -251,7 +262,7 @@ void Node::stop() {
 std::vector<std::string> Node::export_names() const {
   std::vector<std::string> names;
   {
-    std::lock_guard lock(mutex_);
+    MutexLock lock(mutex_);
     for (const auto& [name, entry] : volumes_) names.push_back(name);
   }
   for (const auto& replica : replicas_->all()) names.push_back(replica->source_node() + "/" + replica->volume());
@@ -259,7 +270,7 @@ std::vector<std::string> Node::export_names() const {
 }
 
 std::shared_ptr<VolumeEntry> Node::find_volume(const std::string& name) const {
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   auto it = volumes_.find(name);
   return it == volumes_.end() ? nullptr : it->second;
 }
@@ -272,12 +283,19 @@ std::string Node::unavailable_reason(const std::string& export_name) const {
   for (const FailedReplica& failed : replicas_->failed()) {
     if (failed.source + "/" + failed.volume == export_name) return "replica failed to open: " + failed.error;
   }
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   if (auto failed = failed_volumes_.find(export_name); failed != failed_volumes_.end()) {
     return "volume failed to open: " + failed->second.error;
   }
   if (imports_.count(export_name)) return "volume is still being imported";
   return "";
+}
+
+std::vector<std::string> Node::running_units() const {
+  MutexLock lock(mutex_);
+  std::vector<std::string> units;
+  for (const auto& [unit, engine] : engines_) units.push_back(unit);
+  return units;
 }
 
 Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::string& volume, const std::string& group,
@@ -304,19 +322,67 @@ Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::
 
 Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
                           std::vector<std::string> targets, uint64_t interval_ms, bool persist) {
-  for (auto& entry : members) {
-    entry->state.unit = unit_key;
-    entry->state.targets = targets;
-    entry->state.interval_ms = interval_ms;
-    entry->state.running = true;
-    for (const std::string& target : targets) entry->state.target_states[target];  // ensure present
-    if (persist) AMIRROR_RETURN_IF_ERROR(save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, entry->state));
+  std::map<std::string, MirrorState> states;
+  for (const auto& entry : members) {
+    MirrorState state = entry->state;
+    state.unit = unit_key;
+    state.targets = targets;
+    state.interval_ms = interval_ms;
+    state.running = true;
+    for (const std::string& target : targets) state.target_states[target];  // ensure present
+    Status saved = persist ? save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, state) : Status();
+    if (!saved.ok()) {
+      // All or none: a group whose first members say running would resume without
+      // the rest after a restart. Best effort; the error below is what matters.
+      for (const auto& [name, ignored] : states) {
+        (void)save_mirror_state(posix_file_system(), mirrors_dir_, name, volumes_.at(name)->state);
+      }
+      return saved;
+    }
+    states[entry->name] = std::move(state);
+  }
+  for (const auto& entry : members) {
+    entry->state = states.at(entry->name);
     unit_of_volume_[entry->name] = unit_key;
   }
-  auto engine = std::make_unique<MirrorEngine>(EngineContext{&posix_file_system(), &config_, mirrors_dir_, tls_}, members);
+  auto engine = std::make_shared<MirrorEngine>(EngineContext{&posix_file_system(), &config_, mirrors_dir_, tls_},
+                                               members, std::move(states));
   engine->start();
   engines_[unit_key] = std::move(engine);
   return Status();
+}
+
+Result<std::shared_ptr<MirrorEngine>> Node::find_engine_locked(const std::vector<std::shared_ptr<VolumeEntry>>& members,
+                                                               const std::string& unit_key) {
+  auto running = unit_of_volume_.find(members.front()->name);
+  auto engine = running == unit_of_volume_.end() ? engines_.end() : engines_.find(running->second);
+  if (engine == engines_.end()) {
+    return not_found(unit_key.substr(unit_key.find(':') + 1) + " is not being mirrored; `amirror mirror start` it first");
+  }
+  return engine->second;
+}
+
+void Node::wait_until_settled_locked(MutexLock& lock, const std::vector<std::shared_ptr<VolumeEntry>>& members) {
+  // Bounded by the engine's stop, which aborts its transfers.
+  while (true) {
+    bool settling = false;
+    for (const auto& entry : members) settling = settling || volumes_settling_.contains(entry->name);
+    if (!settling) return;
+    settled_.wait(lock);
+  }
+}
+
+const std::map<std::string, Node::ControlHandler>& Node::control_handlers() {
+  static const std::map<std::string, ControlHandler> handlers = {
+      {"status", &Node::control_status},
+      {"volume_list", &Node::control_volume_list},
+      {"volume_create", &Node::control_volume_create},
+      {"volume_import", &Node::control_volume_create},
+      {"mirror_start", &Node::control_mirror_start},
+      {"mirror_break", &Node::control_mirror_break},
+      {"mirror_sync", &Node::control_mirror_sync},
+  };
+  return handlers;
 }
 
 std::string Node::handle_control(const std::string& request_text) {
@@ -328,90 +394,11 @@ std::string Node::handle_control(const std::string& request_text) {
   }
   try {
     std::string command = request.value("command", "");
-    if (command == "status") return status_json();
-
-    if (command == "volume_list") {
-      std::lock_guard lock(mutex_);
-      json volumes = json::array();
-      for (const auto& [name, entry] : volumes_) {
-        volumes.push_back({{"name", name},
-                           {"size_bytes", entry->volume->size_bytes()},
-                           {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
-                           {"group", entry->volume->group()},
-                           {"cycle", entry->volume->cycle()}});
-      }
-      list_unavailable_volumes(volumes);
-      return json{{"ok", true}, {"volumes", volumes}}.dump();
+    auto handler = control_handlers().find(command);
+    if (handler == control_handlers().end()) {
+      return error_response(invalid_argument("unknown command '" + command + "'")).dump();
     }
-
-    if (command == "volume_create" || command == "volume_import") return create_or_import_volume(request);
-
-    if (command == "mirror_start") {
-      std::lock_guard lock(mutex_);
-      std::string unit_key;
-      auto members = resolve_unit(request.value("volume", ""), request.value("group", ""), unit_key);
-      if (!members.ok()) return error_response(members.status()).dump();
-      std::vector<std::string> targets = request.value("targets", std::vector<std::string>{});
-      if (targets.empty()) return error_response(invalid_argument("name at least one target with --to PEER")).dump();
-      for (const std::string& target : targets) {
-        if (config_.find_peer(target) == nullptr) {
-          return error_response(not_found("unknown peer '" + target + "'; add it under [[peers]] in " + config_.name +
-                                          "'s config")).dump();
-        }
-      }
-      uint64_t interval_ms = request.value("interval_ms", config_.default_interval_ms);
-      if (interval_ms < 100) return error_response(invalid_argument("interval must be at least 100ms")).dump();
-      for (const auto& entry : members.value()) {
-        auto running = unit_of_volume_.find(entry->name);
-        if (running != unit_of_volume_.end() && engines_.count(running->second)) {
-          return error_response(Status(ErrorCode::kAlreadyExists, "volume '" + entry->name + "' is already mirrored (" +
-                                                                      running->second + "); `mirror break` it first")).dump();
-        }
-      }
-      Status status = start_mirror(unit_key, members.value(), targets, interval_ms, true);
-      if (!status.ok()) return error_response(status).dump();
-      return json{{"ok", true}, {"unit", unit_key}}.dump();
-    }
-
-    if (command == "mirror_break" || command == "mirror_sync") {
-      std::unique_lock lock(mutex_);
-      std::string unit_key;
-      auto members = resolve_unit(request.value("volume", ""), request.value("group", ""), unit_key);
-      if (!members.ok()) return error_response(members.status()).dump();
-      auto running = unit_of_volume_.find(members.value().front()->name);
-      if (running == unit_of_volume_.end() || !engines_.count(running->second)) {
-        return error_response(not_found(unit_key.substr(unit_key.find(':') + 1) +
-                                        " is not being mirrored; `amirror mirror start` it first")).dump();
-      }
-      MirrorEngine* engine = engines_[running->second].get();
-      if (command == "mirror_sync") {
-        uint64_t timeout_ms = request.value("timeout_ms", kDefaultSyncTimeoutMs);
-        lock.unlock();  // the engine stays alive: only mirror_break (under this lock) removes it... see below
-        Status status = engine->sync(timeout_ms);
-        if (!status.ok()) return error_response(status).dump();
-        return json{{"ok", true}}.dump();
-      }
-      std::unique_ptr<MirrorEngine> stopped = std::move(engines_[running->second]);
-      engines_.erase(running->second);
-      std::vector<std::shared_ptr<VolumeEntry>> unit_members;
-      for (const auto& [name, entry] : volumes_) {
-        auto unit = unit_of_volume_.find(name);
-        if (unit != unit_of_volume_.end() && unit->second == running->second) unit_members.push_back(entry);
-      }
-      lock.unlock();
-      stopped->stop();
-      lock.lock();
-      for (const auto& entry : unit_members) {
-        entry->state.running = false;
-        unit_of_volume_.erase(entry->name);
-        Status status = save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, entry->state);
-        if (!status.ok()) return error_response(status).dump();
-      }
-      // Keep the engine object until no sync can still be using it.
-      retired_engines_.push_back(std::move(stopped));
-      return json{{"ok", true}}.dump();
-    }
-    return error_response(invalid_argument("unknown command '" + command + "'")).dump();
+    return (this->*handler->second)(request);
   } catch (const json::exception& error) {
     return error_response(invalid_argument(std::string("bad control request: ") + error.what())).dump();
   }
@@ -466,8 +453,124 @@ json Node::replicas_json() const {
   return replicas;
 }
 
+std::string Node::control_status(const json&) { return status_json(); }
+
+std::string Node::control_volume_list(const json&) {
+  MutexLock lock(mutex_);
+  json volumes = json::array();
+  for (const auto& [name, entry] : volumes_) {
+    volumes.push_back({{"name", name},
+                       {"size_bytes", entry->volume->size_bytes()},
+                       {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
+                       {"group", entry->volume->group()},
+                       {"cycle", entry->volume->cycle()}});
+  }
+  list_unavailable_volumes(volumes);
+  return json{{"ok", true}, {"volumes", volumes}}.dump();
+}
+
+// volume_create and volume_import (node_volumes.cc).
+std::string Node::control_volume_create(const json& request) { return create_or_import_volume(request); }
+
+std::string Node::control_mirror_start(const json& request) {
+  MutexLock lock(mutex_);
+  std::string unit_key;
+  auto members = resolve_unit(request.value("volume", ""), request.value("group", ""), unit_key);
+  if (!members.ok()) return error_response(members.status()).dump();
+  std::vector<std::string> targets = request.value("targets", std::vector<std::string>{});
+  if (targets.empty()) return error_response(invalid_argument("name at least one target with --to PEER")).dump();
+  for (const std::string& target : targets) {
+    if (config_.find_peer(target) == nullptr) {
+      return error_response(not_found("unknown peer '" + target + "'; add it under [[peers]] in " + config_.name +
+                                      "'s config")).dump();
+    }
+  }
+  uint64_t interval_ms = request.value("interval_ms", config_.default_interval_ms);
+  if (interval_ms < 100) return error_response(invalid_argument("interval must be at least 100ms")).dump();
+  wait_until_settled_locked(lock, members.value());  // a break of these volumes finishes first
+  if (refusing_starts_) {
+    return error_response(Status(ErrorCode::kCancelled, "node " + config_.name +
+                                                            " is shutting down; start the mirror once it runs again"))
+        .dump();
+  }
+  for (const auto& entry : members.value()) {
+    auto running = unit_of_volume_.find(entry->name);
+    if (running != unit_of_volume_.end() && engines_.contains(running->second)) {
+      return error_response(Status(ErrorCode::kAlreadyExists, "volume '" + entry->name + "' is already mirrored (" +
+                                                                  running->second + "); `mirror break` it first")).dump();
+    }
+  }
+  Status status = start_mirror(unit_key, members.value(), targets, interval_ms, true);
+  if (!status.ok()) return error_response(status).dump();
+  return json{{"ok", true}, {"unit", unit_key}}.dump();
+}
+
+std::string Node::control_mirror_sync(const json& request) {
+  std::shared_ptr<MirrorEngine> engine;  // alive while we wait, even if a break stops it
+  {
+    MutexLock lock(mutex_);
+    std::string unit_key;
+    auto members = resolve_unit(request.value("volume", ""), request.value("group", ""), unit_key);
+    if (!members.ok()) return error_response(members.status()).dump();
+    auto found = find_engine_locked(members.value(), unit_key);
+    if (!found.ok()) return error_response(found.status()).dump();
+    engine = std::move(found).value();
+  }
+  Status status = engine->sync(request.value("timeout_ms", kDefaultSyncTimeoutMs));
+  if (!status.ok()) return error_response(status).dump();
+  return json{{"ok", true}}.dump();
+}
+
+// The engine stays in engines_ while it stops, its volumes marked settling: a start or
+// break of them waits, and status keeps showing the engine's view until the final
+// state is both on disk and in the node's copy.
+std::string Node::control_mirror_break(const json& request) {
+  MutexLock lock(mutex_);
+  std::string unit_key;
+  auto members = resolve_unit(request.value("volume", ""), request.value("group", ""), unit_key);
+  if (!members.ok()) return error_response(members.status()).dump();
+  wait_until_settled_locked(lock, members.value());  // a concurrent break of these goes first
+  auto found = find_engine_locked(members.value(), unit_key);
+  if (!found.ok()) return error_response(found.status()).dump();
+  std::shared_ptr<MirrorEngine> engine = std::move(found).value();
+  std::string running_unit = unit_of_volume_.at(members.value().front()->name);
+  std::vector<std::shared_ptr<VolumeEntry>> unit_members;
+  for (const auto& [name, entry] : volumes_) {
+    auto unit = unit_of_volume_.find(name);
+    if (unit != unit_of_volume_.end() && unit->second == running_unit) unit_members.push_back(entry);
+  }
+  for (const auto& entry : unit_members) volumes_settling_.insert(entry->name);
+  lock.unlock();
+
+  engine->stop();  // slow: aborts transfers, merges layers; status() meanwhile still answers
+  std::map<std::string, MirrorState> final_states = engine->states();
+  Status saved;
+  for (auto& [volume, state] : final_states) {
+    state.running = false;
+    Status status = save_mirror_state(posix_file_system(), mirrors_dir_, volume, state);
+    if (saved.ok()) saved = status;
+  }
+
+  lock.lock();
+  for (const auto& entry : unit_members) {
+    auto state = final_states.find(entry->name);
+    if (state != final_states.end()) entry->state = state->second;
+    unit_of_volume_.erase(entry->name);
+    volumes_settling_.erase(entry->name);
+  }
+  engines_.erase(running_unit);
+  settled_.notify_all();
+  if (!saved.ok()) {
+    return error_response(Status(saved.code(), "the mirror of " + unit_key.substr(unit_key.find(':') + 1) +
+                                                   " stopped, but its state file could not be updated (" +
+                                                   saved.message() + "): it resumes when the node restarts"))
+        .dump();
+  }
+  return json{{"ok", true}}.dump();
+}
+
 std::string Node::status_json() {
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   json volumes = json::array();
   int64_t now_ms = now_unix_ms();
   for (const auto& [name, entry] : volumes_) {

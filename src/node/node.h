@@ -14,7 +14,10 @@
 // it is not exported over NBD, commands naming it say why, and a mirror it belongs to
 // is not resumed. A volume being imported is reserved by name ("importing" in status)
 // and published only when its copy is complete (node_volumes.cc).
-// Thread-safety: handle_control may be called from many threads at once.
+// Thread-safety: handle_control may be called from many threads at once. Commands on
+// one mirror are linearisable: whatever order concurrent `mirror start`/`break`/`sync`
+// run in, the node ends with at most one engine per volume and the state file's
+// `running` says whether it exists.
 #pragma once
 
 #include <atomic>
@@ -23,10 +26,12 @@
 #include <mutex>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/mutex.h"
 #include "node/config.h"
 #include "node/control_socket.h"
 #include "node/mirror_engine.h"
@@ -45,7 +50,8 @@ class Node {
  public:
   static Result<std::unique_ptr<Node>> start(const NodeConfig& config);
   ~Node();
-  // Stops mirrors, listeners and NBD; flushes every volume. Idempotent.
+  // Stops mirrors, listeners and NBD; flushes every volume. Idempotent. Once it has
+  // begun, `mirror start` is refused, so no engine outlives it.
   void stop();
   std::string handle_control(const std::string& request);
 
@@ -55,60 +61,91 @@ class Node {
   std::shared_ptr<repl::Replica> find_replica(const std::string& source, const std::string& volume) const;
   // Why an export name that is not served is known anyway (failed, being imported); "" if unknown.
   std::string unavailable_reason(const std::string& export_name) const;
+  // Unit keys ("volume:NAME", "group:NAME") with a mirror engine now; for tests and
+  // diagnostics.
+  std::vector<std::string> running_units() const;
 
  private:
+  // One control command; `request` is the parsed JSON object, the result the response.
+  using ControlHandler = std::string (Node::*)(const nlohmann::json& request);
+  static const std::map<std::string, ControlHandler>& control_handlers();
+
   explicit Node(NodeConfig config);
-  Status open_everything();
+  Status open_everything() EXCLUDES(mutex_);
   Status start_listeners();
   void peer_accept_loop();
+  Status resume_mirrors() EXCLUDES(mutex_);
 
-  std::string status_json();
+  // The handlers below hold mutex_ only for short steps: a `mirror sync` waits for
+  // its engine without it, `mirror break` stops its engine without it.
+  std::string status_json() EXCLUDES(mutex_);
+  std::string control_status(const nlohmann::json& request);
+  std::string control_volume_list(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_volume_create(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_mirror_start(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_mirror_break(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_mirror_sync(const nlohmann::json& request) EXCLUDES(mutex_);
+
   // Adds "state" to each volume of `volumes` (a status or volume_list array) and
-  // appends the failed and importing ones. REQUIRES: mutex_ held
-  void list_unavailable_volumes(nlohmann::json& volumes) const;
+  // appends the failed and importing ones.
+  void list_unavailable_volumes(nlohmann::json& volumes) const REQUIRES(mutex_);
   // status's "replicas": the served ones, then the failed ones.
   nlohmann::json replicas_json() const;
   // Opens one volume and its mirror state into volumes_, or records it as failed.
-  void open_volume_entry(FileSystem& fs, const std::string& name);
+  void open_volume_entry(FileSystem& fs, const std::string& name) REQUIRES(mutex_);
   // Why a mirror unit that was running must not be resumed (a member failed); "" if none.
-  std::string unit_blocked_reason(const std::string& unit_key) const;  // REQUIRES: mutex_ held
+  std::string unit_blocked_reason(const std::string& unit_key) const REQUIRES(mutex_);
 
   // volume_create / volume_import (node_volumes.cc).
-  std::string create_or_import_volume(const nlohmann::json& request);
+  std::string create_or_import_volume(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string import_volume(const std::string& name, const std::string& from, uint64_t declared_size_bytes,
                             VolumeOptions options);
   Result<std::unique_ptr<Volume>> copy_import(const std::string& name, ImportSource& source,
                                               const VolumeOptions& options, std::atomic<uint64_t>& done_bytes);
   // Why `name` cannot be created now (exists, failed, being imported), or ok.
-  Status check_name_free(const std::string& name) const;  // REQUIRES: mutex_ held
+  Status check_name_free(const std::string& name) const REQUIRES(mutex_);
   // Why a volume or group cannot be mirrored now (it or a member failed or is being
   // imported), or ok. For a group: a failed volume counts when its group is known.
-  Status check_unit_available(const std::string& volume, const std::string& group) const;  // REQUIRES: mutex_ held
+  Status check_unit_available(const std::string& volume, const std::string& group) const REQUIRES(mutex_);
   Result<std::vector<std::shared_ptr<VolumeEntry>>> resolve_unit(const std::string& volume, const std::string& group,
-                                                                 std::string& unit_key);
+                                                                 std::string& unit_key) REQUIRES(mutex_);
+  // The engine mirroring the unit's volumes, or why there is none.
+  Result<std::shared_ptr<MirrorEngine>> find_engine_locked(const std::vector<std::shared_ptr<VolumeEntry>>& members,
+                                                           const std::string& unit_key) REQUIRES(mutex_);
+  // Waits until no `mirror break` is stopping an engine of any of `members`.
+  void wait_until_settled_locked(MutexLock& lock, const std::vector<std::shared_ptr<VolumeEntry>>& members)
+      REQUIRES(mutex_);
   Status start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
-                      std::vector<std::string> targets, uint64_t interval_ms, bool persist);
+                      std::vector<std::string> targets, uint64_t interval_ms, bool persist) REQUIRES(mutex_);
 
   const NodeConfig config_;
   std::unique_ptr<DataDir> data_dir_;
   std::string mirrors_dir_;
   std::unique_ptr<ReplicaRegistry> replicas_;
 
-  mutable std::mutex mutex_;  // guards volumes_, engines_, and MirrorStates of volumes without an engine
-  std::map<std::string, std::shared_ptr<VolumeEntry>> volumes_;
-  std::map<std::string, std::unique_ptr<MirrorEngine>> engines_;  // by unit key
-  std::map<std::string, std::string> unit_of_volume_;             // volume -> unit key
-  // Stopped engines live until the node stops: a `mirror sync` may still hold one.
-  std::vector<std::unique_ptr<MirrorEngine>> retired_engines_;
+  // Guards the maps below, and each VolumeEntry's MirrorState (the node's copy; a
+  // running engine works on its own).
+  mutable Mutex mutex_;
+  std::map<std::string, std::shared_ptr<VolumeEntry>> volumes_ GUARDED_BY(mutex_);
+  // By unit key. Shared: a `mirror sync` keeps its engine alive while it waits, even if
+  // a `mirror break` stops it meanwhile.
+  std::map<std::string, std::shared_ptr<MirrorEngine>> engines_ GUARDED_BY(mutex_);
+  std::map<std::string, std::string> unit_of_volume_ GUARDED_BY(mutex_);  // volume -> unit key
+  // Volumes whose engine a `mirror break` is stopping (outside mutex_). A `mirror
+  // start` or `break` touching them waits on settled_, so at most one engine per
+  // volume exists and the break's final state is the one on disk.
+  std::set<std::string> volumes_settling_ GUARDED_BY(mutex_);
+  CondVar settled_;
+  bool refusing_starts_ GUARDED_BY(mutex_) = false;  // set when stop() begins
 
   struct FailedVolume {
     std::string error;
     std::string group;                  // from volume.meta, when that was readable
     std::optional<MirrorState> state;   // when <name>.json was readable
   };
-  std::map<std::string, FailedVolume> failed_volumes_;  // never in volumes_. GUARDED_BY(mutex_)
+  std::map<std::string, FailedVolume> failed_volumes_ GUARDED_BY(mutex_);  // never in volumes_
   // Mirror units that were running but were not resumed at start: unit -> why.
-  std::map<std::string, std::string> blocked_units_;    // GUARDED_BY(mutex_)
+  std::map<std::string, std::string> blocked_units_ GUARDED_BY(mutex_);
   struct ImportProgress {
     std::string source;
     VolumeOptions options;
@@ -116,7 +153,7 @@ class Node {
     uint64_t total_bytes = 0;
   };
   // Names reserved by running imports: not in volumes_ (so not exported) until done.
-  std::map<std::string, std::shared_ptr<ImportProgress>> imports_;  // GUARDED_BY(mutex_)
+  std::map<std::string, std::shared_ptr<ImportProgress>> imports_ GUARDED_BY(mutex_);
 
   // Null only with insecure = true (or a node with no peers and no TLS files).
   std::shared_ptr<const net::TlsContext> tls_;      // peers: TLS 1.3 only

@@ -50,7 +50,7 @@ std::string Node::create_or_import_volume(const json& request) {
   }
   options.size_bytes = request.value("size_bytes", uint64_t{0});
   // Creating an empty volume is quick (no data is written): it stays under the lock.
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   if (Status free = check_name_free(name); !free.ok()) return error_text(free);
   auto created = data_dir_->create_volume(name, options);
   if (!created.ok()) return error_text(created.status());
@@ -73,12 +73,12 @@ std::string Node::import_volume(const std::string& name, const std::string& from
   progress->options = options;
   progress->total_bytes = source->data_bytes();
   {
-    std::lock_guard lock(mutex_);
+    MutexLock lock(mutex_);
     if (Status free = check_name_free(name); !free.ok()) return error_text(free);
     imports_[name] = progress;
   }
   auto imported = copy_import(name, source.value(), options, progress->done_bytes);
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   imports_.erase(name);
   if (!imported.ok()) {
     Status status = imported.status().with_context("import " + from + " into volume " + name);
