@@ -8,14 +8,17 @@ void set_targets(MirrorState& state, const std::vector<std::string>& targets) {
   for (const std::string& target : targets) state.target_states[target];  // ensure present
 }
 
+bool lacks_layer(const TargetState& target, uint64_t layer) {
+  if (target.applied_cycle >= layer) return false;
+  // With a delta in flight the target may have applied it without the source hearing
+  // so; once the source adopts that point, it lacks every layer merged since.
+  return target.applied_cycle != 0 || target.inflight_cycle != 0;
+}
+
 bool note_merged_layer(MirrorState& state, uint64_t layer, std::span<const DeltaChunk> chunks) {
   bool changed = false;
   for (auto& [name, target] : state.target_states) {
-    if (target.applied_cycle >= layer) continue;  // has it
-    // No replica and nothing in flight: the next delta is a full copy. With a delta in
-    // flight, the target may have applied it without the source hearing so; if that
-    // point is below this layer, the target lacks the layer once the source adopts it.
-    if (target.applied_cycle == 0 && target.inflight_cycle == 0) continue;
+    if (!lacks_layer(target, layer)) continue;
     for (const DeltaChunk& chunk : chunks) target.pending_chunks.insert(chunk.chunk_index);
     changed = true;
   }

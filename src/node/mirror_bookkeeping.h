@@ -24,8 +24,13 @@ namespace amirror::node {
 // target's stored state survives being left off the list.
 void set_targets(MirrorState& state, const std::vector<std::string>& targets);
 
-// Before layer `layer` is folded into the base, every target with a replica that has
-// not applied it keeps the layer's chunks as pending. Returns true if any changed.
+// Whether `target` may lack layer `layer` once it is merged: it has not applied it, and
+// it has a replica or a delta in flight (which it may have applied unacknowledged).
+// Without either, its next delta is a full copy anyway.
+bool lacks_layer(const TargetState& target, uint64_t layer);
+// Before layer `layer` is folded into the base, every target that lacks it (listed now
+// or not: a dropped target may be named again) keeps the layer's chunks as pending.
+// Returns true if any changed.
 bool note_merged_layer(MirrorState& state, uint64_t layer, std::span<const DeltaChunk> chunks);
 
 repl::TargetView view_of(const TargetState& target);

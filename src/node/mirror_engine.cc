@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "base/units.h"
+#include "node/mirror_bookkeeping.h"
 #include "repl/wire.h"
 
 namespace amirror::node {
@@ -22,16 +23,6 @@ constexpr uint32_t kMaxPinnedFailures = 6;
 // of the count.
 constexpr uint64_t kSaveEveryBytes = 16ull << 20;
 
-bool all_zero(std::span<const uint8_t> data) {
-  // Compare in words; chunks are at least 4 KiB.
-  static const uint8_t kZeros[4096] = {};
-  for (size_t offset = 0; offset < data.size(); offset += sizeof kZeros) {
-    size_t length = std::min(sizeof kZeros, data.size() - offset);
-    if (std::memcmp(data.data() + offset, kZeros, length) != 0) return false;
-  }
-  return true;
-}
-
 std::string now_text() {
   return fmt::format("{:.3f}", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
@@ -41,22 +32,6 @@ std::chrono::milliseconds unit_interval(const std::vector<std::shared_ptr<Volume
   AMIRROR_ASSERT(!volumes.empty());
   for (const auto& entry : volumes) AMIRROR_ASSERT(states.count(entry->name) == 1);
   return std::chrono::milliseconds(states.at(volumes.front()->name).interval_ms);
-}
-
-// The next frame from the target other than keep-alives, which must be `wanted`.
-Result<repl::Frame> expect_frame(repl::PeerSocket& socket, const std::string& target, repl::FrameType wanted) {
-  while (true) {
-    AMIRROR_ASSIGN_OR_RETURN(repl::Frame frame, socket.receive_frame());
-    if (frame.type == repl::FrameType::kKeepAlive) continue;
-    if (frame.type == repl::FrameType::kError) {
-      return Status(ErrorCode::kIo, target + " refused: " + repl::decode_error(frame.payload));
-    }
-    if (frame.type != wanted) {
-      return corruption(std::string("expected ") + repl::frame_type_name(wanted) + " from " + target + ", got " +
-                        repl::frame_type_name(frame.type));
-    }
-    return frame;
-  }
 }
 
 }  // namespace
@@ -264,53 +239,86 @@ Status MirrorEngine::authenticate_target(repl::PeerSocket& socket, const PeerCon
   return Status();
 }
 
-Status MirrorEngine::exchange_hello(repl::PeerSocket& socket, const TargetRuntime& target,
-                                    const PeerConfig& peer) const {
-  repl::Hello hello{repl::kProtocolVersion, context_.config->name};
-  AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kHello, repl::encode(hello)));
-  AMIRROR_ASSIGN_OR_RETURN(repl::Frame frame, socket.receive_frame());
-  if (frame.type == repl::FrameType::kError) {
-    return Status(ErrorCode::kIo, "target refused: " + repl::decode_error(frame.payload));
-  }
-  if (frame.type != repl::FrameType::kHelloAck) {
-    return corruption(std::string("expected HELLO_ACK, got ") + repl::frame_type_name(frame.type));
-  }
-  AMIRROR_ASSIGN_OR_RETURN(repl::Hello ack, repl::decode_hello(frame.payload));
-  if (ack.node_name != target.name) {
-    return invalid_argument("peer at " + peer.address + " says it is '" + ack.node_name + "', not '" + target.name +
-                            "'; check the peer's address in the config");
-  }
-  return Status();
-}
-
 Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_target(TargetRuntime* target) {
   const PeerConfig* peer = context_.config->find_peer(target->name);
   if (peer == nullptr) return not_found("peer '" + target->name + "' is not in the node's config");
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket,
                            repl::PeerSocket::connect(peer->address, static_cast<int>(context_.config->peer_timeout_ms)));
   if (context_.tls != nullptr) AMIRROR_RETURN_IF_ERROR(authenticate_target(*socket, *peer));
-  {
-    MutexLock lock(mutex_);
-    if (stopping_) return Status(ErrorCode::kCancelled, "mirror stopped");
-    target->socket = socket.get();  // from now on stop() can cut it
-  }
-  Status status = exchange_hello(*socket, *target, *peer);
-  if (!status.ok()) {
-    MutexLock lock(mutex_);
-    target->socket = nullptr;  // before the socket is destroyed
-    return status;
-  }
+  MutexLock lock(mutex_);
+  if (stopping_) return Status(ErrorCode::kCancelled, "mirror stopped");
+  target->socket = socket.get();  // from now on stop() can cut it
   return socket;
 }
+
+// The engine's record of one target for its SenderSession: each change goes through
+// the bookkeeping rules under mutex_ and is on disk before the session acts on it.
+class MirrorEngine::TargetHost : public repl::SenderHost {
+ public:
+  TargetHost(MirrorEngine& engine, TargetRuntime& target) : engine_(engine), target_(target) {}
+
+  repl::TargetView view(const std::string& volume) override {
+    MutexLock lock(engine_.mutex_);
+    const auto& states = engine_.state_locked(volume).target_states;
+    auto state = states.find(target_.name);
+    return state == states.end() ? repl::TargetView{} : view_of(state->second);
+  }
+  // Progress since the previous attempt (more applied or more durably staged) means
+  // the link works, if flakily: keep resuming this point and retry soon.
+  void observed(const std::string& volume, const repl::ReplicaState& remote) override {
+    MutexLock lock(engine_.mutex_);
+    auto observed = std::make_pair(remote.applied_cycle, remote.staged_record_count);
+    auto& previous = target_.last_observed[volume];
+    if (observed > previous) {
+      target_.consecutive_failures = 0;
+      target_.backoff_ms = 0;
+    }
+    previous = observed;
+  }
+  Status adopt_applied(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms) override {
+    return change(volume, [&](TargetState& state) { node::adopt_applied(state, cycle, freeze_time_unix_ms); });
+  }
+  Status reset_to_full(const std::string& volume, uint64_t remote_cycle) override {
+    return change(volume, [&](TargetState& state) {
+      fmt::print(stderr, "{} mirror {} -> {}: replica is at cycle {}, expected {}; sending a full copy\n", now_text(),
+                 volume, target_.name, remote_cycle, state.applied_cycle);
+      node::reset_to_full(state);
+    });
+  }
+  Status set_inflight(const std::string& volume, uint64_t cycle) override {
+    return change(volume, [&](TargetState& state) { state.inflight_cycle = cycle; });
+  }
+  Status applied(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms) override {
+    return change(volume, [&](TargetState& state) { mark_applied(state, cycle, freeze_time_unix_ms); });
+  }
+
+ private:
+  Status change(const std::string& volume, const std::function<void(TargetState&)>& apply) {
+    {
+      MutexLock lock(engine_.mutex_);
+      apply(engine_.mutable_state_locked(volume).target_states[target_.name]);
+    }
+    return engine_.save(volume);
+  }
+  MirrorEngine& engine_;
+  TargetRuntime& target_;
+};
 
 void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_t> points) {
   auto connected = connect_target(target);
   Status status = connected.status();
-  for (const auto& entry : volumes_) {
-    if (!status.ok()) break;
-    auto point = points.find(entry->name);
-    if (point == points.end() || point->second == 0) continue;
-    status = transfer_volume(target, *connected.value(), *entry, point->second);
+  if (status.ok()) {
+    repl::SocketSink sink(*connected.value());
+    TargetHost host(*this, *target);
+    repl::SenderSession session(context_.config->name, target->name, host, sink);
+    status = session.start();
+    if (status.ok()) status = exchange(*connected.value(), session);
+    for (const auto& entry : volumes_) {
+      if (!status.ok()) break;
+      auto point = points.find(entry->name);
+      if (point == points.end() || point->second == 0) continue;
+      status = transfer_volume(target, *connected.value(), session, *entry, point->second);
+    }
   }
   // Declared after `connected`, so released before the socket is destroyed.
   MutexLock lock(mutex_);
@@ -340,138 +348,48 @@ void MirrorEngine::finish_transfer_locked(TargetRuntime* target, const Status& s
   changed_.notify_all();
 }
 
-Result<repl::ReplicaState> MirrorEngine::open_replica(TargetRuntime* target, repl::PeerSocket& socket,
-                                                      VolumeEntry& entry) {
-  Volume& volume = *entry.volume;
-  repl::OpenReplica open{entry.name, volume.size_bytes(), volume.chunk_size_bytes()};
-  AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kOpenReplica, repl::encode(open)));
-  AMIRROR_ASSIGN_OR_RETURN(repl::Frame state_frame, expect_frame(socket, target->name, repl::FrameType::kReplicaState));
-  AMIRROR_ASSIGN_OR_RETURN(repl::ReplicaState remote, repl::decode_replica_state(state_frame.payload));
-  // Progress since the previous attempt (more applied or more durably staged) means
-  // the link works, if flakily: keep resuming this point and retry soon.
-  MutexLock lock(mutex_);
-  auto observed = std::make_pair(remote.applied_cycle, remote.staged_record_count);
-  auto& previous = target->last_observed[entry.name];
-  if (observed > previous) {
-    target->consecutive_failures = 0;
-    target->backoff_ms = 0;
+Status MirrorEngine::exchange(repl::PeerSocket& socket, repl::SenderSession& session) {
+  while (session.phase() != repl::SenderSession::Phase::kIdle &&
+         session.phase() != repl::SenderSession::Phase::kStreaming) {
+    AMIRROR_ASSIGN_OR_RETURN(repl::Frame frame, socket.receive_frame());
+    AMIRROR_RETURN_IF_ERROR(session.on_frame(frame));
   }
-  previous = observed;
-  return remote;
+  return Status();
 }
 
-Result<TargetState> MirrorEngine::reconcile(TargetRuntime* target, VolumeEntry& entry,
-                                            const repl::ReplicaState& remote) {
-  TargetState local;
-  bool changed = false;
+Status MirrorEngine::stream_delta(TargetRuntime* target, repl::PeerSocket& socket, repl::SenderSession& session,
+                                  VolumeEntry& entry, uint64_t point, const std::function<void()>& account) {
+  const uint64_t chunk_bytes = entry.volume->chunk_size_bytes();
   {
     MutexLock lock(mutex_);
-    TargetState& stored = mutable_state_locked(entry.name).target_states[target->name];
-    if (remote.applied_cycle != stored.applied_cycle) {
-      if (stored.inflight_cycle != 0 && remote.applied_cycle == stored.inflight_cycle) {
-        // Our last transfer was applied but its acknowledgement was lost.
-        stored.applied_cycle = remote.applied_cycle;
-        stored.applied_freeze_time_unix_ms = remote.applied_freeze_time_unix_ms;
-        stored.inflight_cycle = 0;
-      } else {
-        fmt::print(stderr, "{} mirror {} -> {}: replica is at cycle {}, expected {}; sending a full copy\n",
-                   now_text(), entry.name, target->name, remote.applied_cycle, stored.applied_cycle);
-        stored.applied_cycle = 0;
-        stored.pending_chunks.clear();
-      }
-      changed = true;
-    }
-    local = stored;
+    target->copy_volume = entry.name;
+    target->copy_cycle = point;
+    target->copy_done_bytes = session.first_chunk() * chunk_bytes;
+    target->copy_total_bytes = session.chunks_total() * chunk_bytes;
+    target->copy_started = Clock::now();
   }
-  // Durable before anything is sent on its strength: a full copy must not be followed,
-  // after a crash, by a state file that still trusts the old replica.
-  if (changed) AMIRROR_RETURN_IF_ERROR(save(entry.name));
-  return local;
-}
-
-Result<MirrorEngine::DeltaPlan> MirrorEngine::plan_delta(VolumeEntry& entry, const TargetState& local,
-                                                         const repl::ReplicaState& remote, uint64_t point) {
-  Volume& volume = *entry.volume;
-  DeltaPlan plan;
-  // The chunks the target lacks, coalesced: a chunk changed in many cycles appears once.
-  bool full = local.applied_cycle == 0;
-  if (full) {
-    AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> allocated, volume.allocated_chunks(point));
-    for (uint64_t chunk_index : allocated) plan.chunks.push_back({chunk_index, ChunkState::kData});
-  } else {
-    std::map<uint64_t, ChunkState> merged;
-    for (uint64_t chunk_index : local.pending_chunks) merged[chunk_index] = ChunkState::kData;
-    uint64_t from = std::max(local.applied_cycle, volume.base_cycle());
-    if (from < point) {
-      AMIRROR_ASSIGN_OR_RETURN(std::vector<DeltaChunk> changed, volume.changed_chunks(from, point));
-      for (const DeltaChunk& chunk : changed) merged[chunk.chunk_index] = chunk.state;
+  for (uint64_t sent = 0; session.phase() == repl::SenderSession::Phase::kStreaming; ++sent) {
+    AMIRROR_RETURN_IF_ERROR(session.send_next());
+    if ((sent & 63) != 0) continue;
+    // The target talks during a delta only to refuse it (ERROR, then it closes):
+    // notice that now instead of streaming into a dead connection until a timeout.
+    if (socket.readable_now()) {
+      AMIRROR_ASSIGN_OR_RETURN(repl::Frame frame, socket.receive_frame());
+      AMIRROR_RETURN_IF_ERROR(session.on_frame(frame));
     }
-    for (const auto& [chunk_index, state] : merged) plan.chunks.push_back({chunk_index, state});
+    account();
+    MutexLock lock(mutex_);
+    target->copy_done_bytes = session.chunks_done() * chunk_bytes;
+    if (stopping_) return Status(ErrorCode::kCancelled, "mirror stopped");
   }
-  plan.begin.base_cycle = full ? 0 : local.applied_cycle;
-  plan.begin.target_cycle = point;
-  plan.begin.freeze_time_unix_ms = volume.freeze_time_unix_ms(point);
-  plan.begin.record_count = plan.chunks.size();
-  plan.begin.full = full;
-  if (remote.staged_record_count > 0 && remote.staged_target_cycle == point &&
-      remote.staged_base_cycle == plan.begin.base_cycle) {
-    // Resume where the target's durable staging ends, not from the start.
-    while (plan.first_chunk < plan.chunks.size() &&
-           plan.chunks[plan.first_chunk].chunk_index <= remote.staged_last_chunk_index) {
-      ++plan.first_chunk;
-    }
-    plan.begin.first_record = remote.staged_record_count;
-  }
-  return plan;
-}
-
-Status MirrorEngine::stream_delta(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry,
-                                  const DeltaPlan& plan, const std::function<void()>& account) {
-  Volume& volume = *entry.volume;
-  uint64_t record_index = plan.begin.first_record;
-  std::vector<uint8_t> buffer(volume.chunk_size_bytes());
-  const ChunkGeometry& geometry = volume.geometry();
-  Status status;
-  for (size_t i = plan.first_chunk; i < plan.chunks.size() && status.ok(); ++i) {
-    const DeltaChunk& chunk = plan.chunks[i];
-    std::span<uint8_t> content(buffer.data(), geometry.chunk_length_bytes(chunk.chunk_index));
-    repl::RecordKind kind = repl::RecordKind::kZero;
-    if (chunk.state == ChunkState::kData) {
-      status = volume.read_frozen(plan.begin.target_cycle, geometry.chunk_offset_bytes(chunk.chunk_index), content);
-      if (!status.ok()) break;
-      if (!all_zero(content)) kind = repl::RecordKind::kData;
-    }
-    // An initial sync starts from an empty (all-zero) replica: zero chunks need no record.
-    if (plan.begin.full && kind == repl::RecordKind::kZero) continue;
-    std::vector<uint8_t> frame = repl::encode_chunk_frame(
-        record_index, chunk.chunk_index, kind,
-        kind == repl::RecordKind::kData ? std::span<const uint8_t>(content) : std::span<const uint8_t>());
-    status = socket.send_encoded(frame);
-    record_index += 1;
-    if ((i & 63) == 0) {
-      // The target talks during a delta only to refuse it (ERROR, then it closes):
-      // notice that now instead of streaming into a dead connection until a timeout.
-      if (status.ok() && socket.readable_now()) {
-        auto refusal = expect_frame(socket, target->name, repl::FrameType::kDeltaDurable);
-        status = refusal.ok() ? corruption("DELTA_DURABLE before END_DELTA from " + target->name) : refusal.status();
-      }
-      account();
-      MutexLock lock(mutex_);
-      target->copy_done_bytes = (i + 1) * volume.chunk_size_bytes();
-      if (stopping_) status = Status(ErrorCode::kCancelled, "mirror stopped");
-    }
-  }
-  account();
-  AMIRROR_RETURN_IF_ERROR(status);
-  AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kEndDelta, repl::encode(repl::EndDelta{record_index})));
   account();
   MutexLock lock(mutex_);
   target->copy_done_bytes = target->copy_total_bytes;
   return Status();
 }
 
-Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry,
-                                     uint64_t point) {
+Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, repl::SenderSession& session,
+                                     VolumeEntry& entry, uint64_t point) {
   uint64_t sent_before = socket.bytes_sent();
   uint64_t unsaved_bytes = 0;
   // Every byte on the wire for this volume counts, payload and framing.
@@ -497,41 +415,11 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
     if (unsaved_bytes > 0) (void)save(entry.name);
   }};
 
-  AMIRROR_ASSIGN_OR_RETURN(repl::ReplicaState remote, open_replica(target, socket, entry));
-  AMIRROR_ASSIGN_OR_RETURN(TargetState local, reconcile(target, entry, remote));
-  if (local.applied_cycle >= point) return Status();
-  AMIRROR_ASSIGN_OR_RETURN(DeltaPlan plan, plan_delta(entry, local, remote, point));
-  {
-    MutexLock lock(mutex_);
-    mutable_state_locked(entry.name).target_states[target->name].inflight_cycle = point;
-  }
-  AMIRROR_RETURN_IF_ERROR(save(entry.name));
-  {
-    MutexLock lock(mutex_);
-    target->copy_volume = entry.name;
-    target->copy_cycle = point;
-    target->copy_done_bytes = plan.first_chunk * entry.volume->chunk_size_bytes();
-    target->copy_total_bytes = plan.chunks.size() * entry.volume->chunk_size_bytes();
-    target->copy_started = Clock::now();
-  }
-  AMIRROR_RETURN_IF_ERROR(socket.send_frame(repl::FrameType::kBeginDelta, repl::encode(plan.begin)));
-  AMIRROR_RETURN_IF_ERROR(stream_delta(target, socket, entry, plan, account));
-  AMIRROR_RETURN_IF_ERROR(expect_frame(socket, target->name, repl::FrameType::kDeltaDurable).status());
-  AMIRROR_ASSIGN_OR_RETURN(repl::Frame applied_frame, expect_frame(socket, target->name, repl::FrameType::kApplied));
-  AMIRROR_ASSIGN_OR_RETURN(repl::Applied applied, repl::decode_applied(applied_frame.payload));
-  if (applied.applied_cycle != point) {
-    return corruption(target->name + " acknowledged cycle " + std::to_string(applied.applied_cycle) + ", expected " +
-                      std::to_string(point));
-  }
-  {
-    MutexLock lock(mutex_);
-    TargetState& stored = mutable_state_locked(entry.name).target_states[target->name];
-    stored.applied_cycle = point;
-    stored.applied_freeze_time_unix_ms = plan.begin.freeze_time_unix_ms;
-    stored.inflight_cycle = 0;
-    stored.pending_chunks.clear();  // every pending chunk was in this delta
-  }
-  return save(entry.name);
+  AMIRROR_RETURN_IF_ERROR(session.begin_volume(entry.name, *entry.volume, point));
+  AMIRROR_RETURN_IF_ERROR(exchange(socket, session));  // REPLICA_STATE: reconcile and plan
+  if (session.phase() == repl::SenderSession::Phase::kIdle) return Status();  // it has this point
+  AMIRROR_RETURN_IF_ERROR(stream_delta(target, socket, session, entry, point, account));
+  return exchange(socket, session);  // DELTA_DURABLE, APPLIED
 }
 
 uint64_t MirrorEngine::merge_limit_locked(const VolumeEntry& entry) const {
@@ -548,19 +436,10 @@ uint64_t MirrorEngine::merge_limit_locked(const VolumeEntry& entry) const {
 
 bool MirrorEngine::add_pending_locked(const std::string& volume, uint64_t layer,
                                       const std::vector<DeltaChunk>& chunks) {
-  // Every target with a replica, not only those in the target list now: a target
-  // dropped from the mirror keeps its applied cycle, and when it is named again it must
-  // get the chunks of each layer merged while it was away. A target at 0 gets a full
-  // copy anyway.
-  auto lacks = [layer](const TargetState& state) { return state.applied_cycle != 0 && state.applied_cycle < layer; };
-  bool any = false;
-  for (const auto& [target, state] : state_locked(volume).target_states) any = any || lacks(state);
-  if (!any) return false;
-  for (auto& [target, state] : mutable_state_locked(volume).target_states) {
-    if (!lacks(state)) continue;
-    for (const DeltaChunk& chunk : chunks) state.pending_chunks.insert(chunk.chunk_index);
-  }
-  return true;
+  const auto& targets = state_locked(volume).target_states;
+  bool any = std::any_of(targets.begin(), targets.end(), [&](const auto& item) { return lacks_layer(item.second, layer); });
+  // mutable_state_locked bumps the version (a save writes): only when something changes.
+  return any && note_merged_layer(mutable_state_locked(volume), layer, chunks);
 }
 
 void MirrorEngine::merge_what_is_possible() {

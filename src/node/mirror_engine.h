@@ -50,6 +50,7 @@
 #include "base/mutex.h"
 #include "node/config.h"
 #include "node/mirror_state.h"
+#include "repl/sender_session.h"
 #include "repl/socket.h"
 #include "repl/wire.h"
 #include "store/volume.h"
@@ -145,12 +146,9 @@ class MirrorEngine {
     Mutex save_mutex;
     uint64_t saved_version GUARDED_BY(save_mutex) = 0;
   };
-  // One delta planned for a target: what to send and where a resumed one starts.
-  struct DeltaPlan {
-    repl::BeginDelta begin;
-    std::vector<DeltaChunk> chunks;
-    size_t first_chunk = 0;
-  };
+  // What this engine believes about one target, for its SenderSession (mirror_engine.cc).
+  class TargetHost;
+  friend class TargetHost;
 
   void run() EXCLUDES(mutex_);
   bool freeze_due_locked(std::chrono::steady_clock::time_point now) const REQUIRES(mutex_);
@@ -161,26 +159,21 @@ class MirrorEngine {
   Result<std::unique_ptr<repl::PeerSocket>> connect_target(TargetRuntime* target) EXCLUDES(mutex_);
   // TLS handshake, then checks the target's certificate names the peer's identity.
   Status authenticate_target(repl::PeerSocket& socket, const PeerConfig& peer) const;
-  Status exchange_hello(repl::PeerSocket& socket, const TargetRuntime& target, const PeerConfig& peer) const;
   void finish_transfer_locked(TargetRuntime* target, const Status& status) REQUIRES(mutex_);
-  Status transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry, uint64_t point)
-      EXCLUDES(mutex_);
-  // OPEN_REPLICA, and the target's REPLICA_STATE in answer.
-  Result<repl::ReplicaState> open_replica(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry)
-      EXCLUDES(mutex_);
-  // What this node believes the target applied, after checking it against what the
-  // target reports; a disagreement it cannot explain means a full copy.
-  Result<TargetState> reconcile(TargetRuntime* target, VolumeEntry& entry, const repl::ReplicaState& remote)
-      EXCLUDES(mutex_);
-  Result<DeltaPlan> plan_delta(VolumeEntry& entry, const TargetState& local, const repl::ReplicaState& remote,
-                               uint64_t point);
-  Status stream_delta(TargetRuntime* target, repl::PeerSocket& socket, VolumeEntry& entry, const DeltaPlan& plan,
-                      const std::function<void()>& account) EXCLUDES(mutex_);
+  // Feeds the socket's frames to the session until it is idle again.
+  Status exchange(repl::PeerSocket& socket, repl::SenderSession& session) EXCLUDES(mutex_);
+  // One volume's delta to the target: the session plans and streams it; this counts
+  // the bytes, shows progress and notices a refusal or a stop.
+  Status transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, repl::SenderSession& session,
+                         VolumeEntry& entry, uint64_t point) EXCLUDES(mutex_);
+  Status stream_delta(TargetRuntime* target, repl::PeerSocket& socket, repl::SenderSession& session,
+                      VolumeEntry& entry, uint64_t point, const std::function<void()>& account) EXCLUDES(mutex_);
   void merge_what_is_possible() EXCLUDES(mutex_);
   // The newest layer of `entry` that may be merged now: below every point a running or
   // resumable transfer reads.
   uint64_t merge_limit_locked(const VolumeEntry& entry) const REQUIRES(mutex_);
-  // Records that every target with a replica that lacks `layer` lacks its chunks.
+  // Records the chunks of `layer` as pending for every target that lacks it
+  // (node/mirror_bookkeeping.h). True if a state changed.
   bool add_pending_locked(const std::string& volume, uint64_t layer, const std::vector<DeltaChunk>& chunks)
       REQUIRES(mutex_);
   // Makes the volume's state file hold its state as of this call or newer. Blocks on

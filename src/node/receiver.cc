@@ -104,16 +104,6 @@ void ReplicaRegistry::release(const std::string& key) {
 
 namespace {
 
-// Frames out go to the connection's socket.
-class SocketSink : public repl::FrameSink {
- public:
-  explicit SocketSink(repl::PeerSocket& socket) : socket_(socket) {}
-  Status send_encoded(std::span<const uint8_t> frame) override { return socket_.send_encoded(frame); }
-
- private:
-  repl::PeerSocket& socket_;
-};
-
 // The node's rules for who may send what, over its replica registry.
 class NodeReplicaAccess : public repl::ReplicaAccess {
  public:
@@ -192,7 +182,7 @@ void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, c
       return;
     }
   }
-  SocketSink sink(socket);
+  repl::SocketSink sink(socket);
   NodeReplicaAccess access(socket, config, registry);
   repl::ReceiverSession session(config.name, access, sink);
   Status status = run_session(socket, session, stopping);

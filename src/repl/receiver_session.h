@@ -20,19 +20,11 @@
 #include <string>
 
 #include "base/status.h"
+#include "repl/frame_sink.h"
 #include "repl/replica.h"
 #include "repl/wire.h"
 
 namespace amirror::repl {
-
-// Where a session's outgoing frames go (a socket in the node, a queue in tests).
-class FrameSink {
- public:
-  virtual ~FrameSink() = default;
-  // A whole frame: header and payload (encode_frame, encode_chunk_frame).
-  virtual Status send_encoded(std::span<const uint8_t> frame) = 0;
-  Status send(FrameType type, std::span<const uint8_t> payload) { return send_encoded(encode_frame(type, payload)); }
-};
 
 // What the session needs from the node that holds the replicas.
 class ReplicaAccess {

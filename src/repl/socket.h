@@ -16,6 +16,7 @@
 
 #include "base/status.h"
 #include "net/tls.h"
+#include "repl/frame_sink.h"
 #include "repl/wire.h"
 
 namespace amirror::repl {
@@ -66,6 +67,16 @@ class PeerSocket {
   std::string peer_;
   std::atomic<uint64_t> bytes_sent_{0};
   std::atomic<uint64_t> bytes_received_{0};
+};
+
+// A session's frames out, written to a socket.
+class SocketSink : public FrameSink {
+ public:
+  explicit SocketSink(PeerSocket& socket) : socket_(socket) {}
+  Status send_encoded(std::span<const uint8_t> frame) override { return socket_.send_encoded(frame); }
+
+ private:
+  PeerSocket& socket_;
 };
 
 // A listening TCP socket; accept() returns connected sockets.

@@ -85,7 +85,7 @@ set_tls site-a "$WORK/pki" site-c
 attempt wrong-identity
 grep -q "presented certificate CN=site-c, which does not name 'site-a'" "$WORK/site-b.log" ||
   fail "wrong identity: site-b did not log the mismatch: $(tail -3 "$WORK/site-b.log")"
-[[ $LAST_ERROR == *"target refused"*"does not name 'site-a'"* ]] ||
+[[ $LAST_ERROR == *"site-b refused"*"does not name 'site-a'"* ]] ||
   fail "wrong identity: site-a's status does not show why: $LAST_ERROR"
 log "refused: $LAST_ERROR"
 
