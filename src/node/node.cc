@@ -11,6 +11,7 @@
 
 #include "base/names.h"
 #include "base/units.h"
+#include "node/mirror_bookkeeping.h"
 #include "nbd/server.h"
 #include "nbd/volume_export.h"
 
@@ -326,10 +327,9 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
   for (const auto& entry : members) {
     MirrorState state = entry->state;
     state.unit = unit_key;
-    state.targets = targets;
+    set_targets(state, targets);
     state.interval_ms = interval_ms;
     state.running = true;
-    for (const std::string& target : targets) state.target_states[target];  // ensure present
     Status saved = persist ? save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, state) : Status();
     if (!saved.ok()) {
       // All or none: a group whose first members say running would resume without
