@@ -10,6 +10,8 @@ namespace amirror::node {
 
 Status ReplicaRegistry::load() {
   AMIRROR_RETURN_IF_ERROR(fs_.make_dir(replicas_dir_));
+  // Its entry in the data directory must be durable before any replica in it is.
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(replicas_dir_.substr(0, replicas_dir_.rfind('/'))));
   AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> sources, fs_.list_dir(replicas_dir_));
   for (const std::string& source : sources) {
     if (!validate_name(source, "source node").ok()) continue;
@@ -79,7 +81,10 @@ Result<std::shared_ptr<repl::Replica>> ReplicaRegistry::open_or_create(const std
     }
     return it->second;
   }
+  // Every directory entry on the way is durable before the replica is used: a replica
+  // the source was told is applied must not vanish in a power loss.
   AMIRROR_RETURN_IF_ERROR(fs_.make_dir(replicas_dir_ + "/" + source));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(replicas_dir_));
   std::string dir = replicas_dir_ + "/" + source + "/" + volume;
   AMIRROR_RETURN_IF_ERROR(fs_.make_dir(dir));
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::Replica> replica,

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "node/mirror_bookkeeping.h"
+#include "node/receiver.h"
 #include "repl/receiver_session.h"
 #include "repl/replica.h"
 #include "repl/sender_session.h"
@@ -89,63 +90,49 @@ struct SourceVolume {
 
 // ---- Target side -------------------------------------------------------------
 
+// A target node's replicas: the node's own ReplicaRegistry on a simulated disk, with
+// the receiver's access rules (node/receiver.cc) minus TLS.
 class TargetNode : public repl::ReplicaAccess {
  public:
   TargetNode(std::string name, std::string source_name, const std::string& tag)
       : name_(std::move(name)), source_name_(std::move(source_name)), scratch_(tag, /*in_memory=*/true) {
-    check_ok(fs_.make_dir(dir()), "make target dir");
-    check_ok(fs_.sync_dir(scratch_.path()), "sync target dir");
+    restart(false, 0);
   }
 
   const std::string& name() const { return name_; }
   FaultFileSystem& fs() { return fs_; }
   const FaultFileSystem& fs() const { return fs_; }
-  std::string dir() const { return scratch_.sub("replicas"); }
-  std::map<std::string, std::shared_ptr<repl::Replica>>& replicas() { return replicas_; }
+  // The replicas of the source's volumes, by volume name.
+  std::map<std::string, std::shared_ptr<repl::Replica>> replicas() const {
+    std::map<std::string, std::shared_ptr<repl::Replica>> result;
+    for (const auto& replica : registry_->all()) result[replica->volume()] = replica;
+    return result;
+  }
 
   Status admit_peer(const std::string& node_name) override {
     if (node_name != source_name_) return invalid_argument("'" + node_name + "' is not a peer of " + name_);
     return Status();
   }
   Result<std::shared_ptr<repl::Replica>> acquire(const std::string& peer, const repl::OpenReplica& open) override {
-    if (in_use_.count(open.volume)) return Status(ErrorCode::kBusy, "replica " + open.volume + " is busy");
-    auto it = replicas_.find(open.volume);
-    if (it == replicas_.end()) {
-      std::string source_dir = dir() + "/" + peer;
-      AMIRROR_RETURN_IF_ERROR(fs_.make_dir(source_dir));
-      AMIRROR_RETURN_IF_ERROR(fs_.make_dir(source_dir + "/" + open.volume));
-      AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::Replica> replica,
-                               repl::Replica::open_or_create(fs_, source_dir + "/" + open.volume, peer, open.volume,
-                                                             open.size_bytes, open.chunk_size_bytes));
-      AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(source_dir));
-      AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir()));
-      it = replicas_.emplace(open.volume, std::move(replica)).first;
-    }
-    in_use_.insert(open.volume);
-    return it->second;
+    std::string key = peer + "/" + open.volume;
+    if (!registry_->acquire(key, 0)) return Status(ErrorCode::kBusy, "replica " + key + " is busy");
+    auto replica = registry_->open_or_create(peer, open.volume, open.size_bytes, open.chunk_size_bytes);
+    if (!replica.ok()) registry_->release(key);
+    return replica;
   }
-  void release(const std::string&, const std::string& volume) override { in_use_.erase(volume); }
+  void release(const std::string& peer, const std::string& volume) override { registry_->release(peer + "/" + volume); }
 
-  // Crash (every replica closed) and restart: reopen what is on the disk.
+  // Crash (every replica closed) and restart, as a node starts: load what is on the
+  // disk. Every replica must open: a failed one is a bug here (no disk is damaged).
   void restart(bool power_loss, uint64_t seed) {
-    AMIRROR_ASSERT(in_use_.empty());
-    replicas_.clear();
+    registry_.reset();
     fs_.clear_faults();
     if (power_loss) check_ok(fs_.drop_random_unsynced(seed), "power loss on " + name_);
-    std::string source_dir = dir() + "/" + source_name_;
-    auto exists = fs_.exists(source_dir);
-    check(exists.ok(), "list " + source_dir);
-    if (!exists.value()) return;
-    auto volumes = fs_.list_dir(source_dir);
-    check(volumes.ok(), "list " + source_dir);
-    for (const std::string& volume : volumes.value()) {
-      std::string replica_dir = source_dir + "/" + volume;
-      auto has_meta = fs_.exists(replica_dir + "/replica.meta");
-      if (!has_meta.ok() || !has_meta.value()) continue;  // created, never initialised
-      auto replica = repl::Replica::open(fs_, replica_dir);
-      check_ok(replica.status(), "target " + name_ + " cannot reopen replica " + source_name_ + "/" + volume +
-                                     " after a restart");
-      replicas_[volume] = std::move(replica).value();
+    registry_ = std::make_unique<node::ReplicaRegistry>(fs_, scratch_.sub("replicas"));
+    check_ok(registry_->load(), "target " + name_ + " cannot load its replicas");
+    for (const node::FailedReplica& failed : registry_->failed()) {
+      throw SimFailure{"target " + name_ + " cannot reopen replica " + failed.source + "/" + failed.volume +
+                       " after a restart: " + failed.error};
     }
   }
 
@@ -154,8 +141,7 @@ class TargetNode : public repl::ReplicaAccess {
   const std::string source_name_;
   ScratchDir scratch_;
   FaultFileSystem fs_;
-  std::map<std::string, std::shared_ptr<repl::Replica>> replicas_;  // by volume
-  std::set<std::string> in_use_;
+  std::unique_ptr<node::ReplicaRegistry> registry_;
 };
 
 // ---- The cluster ---------------------------------------------------------------
