@@ -11,8 +11,10 @@
 // Each seed runs a random schedule of: writes and flushes, freezes, merges, connects,
 // frame deliveries, `mirror break` + `mirror start` with a random target set (names of
 // 1-2 characters), `mirror sync`, target crash and power loss, source crash, network
-// faults and a full or failing target disk. After every step it checks, against a model
-// of the source's write history (every freeze point's image):
+// faults and a full or failing target disk, a crash in the middle of a target's
+// operation (its disk fails from a random write on, then the power goes) and a replica
+// removed behind the source's back. After every step it checks, against a model of the
+// source's write history (every freeze point's image):
 //   - every replica equals its source at the freeze point it says it applied;
 //   - a replica's applied cycle never goes back;
 //   - what the source believes (status) is true: a target it records at applied cycle
@@ -23,7 +25,8 @@
 // schedule: the run is deterministic, so any shorter prefix passes) and the steps
 // before it. Replay: AMIRROR_SEED=<seed> (and AMIRROR_SIM_STEPS=<step> to stop there).
 // Knobs: AMIRROR_SEEDS (default 200), AMIRROR_SIM_STEPS (default 150; long mode 1500),
-// AMIRROR_SIM_FAULTS (long mode: seeds run until 1,000,000 faults were simulated), AMIRROR_LONG=1, AMIRROR_SIM_TRACE=1 (print every step as it runs).
+// AMIRROR_SIM_FAULTS (long mode: seeds run until 1,000,000 faults were simulated),
+// AMIRROR_LONG=1, AMIRROR_SIM_TRACE=1 (print every step as it runs).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -122,6 +125,28 @@ class TargetNode : public repl::ReplicaAccess {
   }
   void release(const std::string& peer, const std::string& volume) override { registry_->release(peer + "/" + volume); }
 
+  // An operator removes a replica (or its disk is replaced): it is gone on restart.
+  // Returns the volume name, or "" when the node holds none.
+  std::string lose_replica(uint64_t random) {
+    auto held = replicas();
+    if (held.empty()) return "";
+    auto victim = std::next(held.begin(), static_cast<std::ptrdiff_t>(random % held.size()));
+    std::string volume = victim->first;
+    held.clear();
+    registry_.reset();
+    fs_.clear_faults();
+    std::string source_dir = scratch_.sub("replicas") + "/" + source_name_;
+    std::string dir = source_dir + "/" + volume;
+    auto files = fs_.list_dir(dir);
+    check_ok(files.status(), "list " + dir);
+    for (const std::string& file : files.value()) check_ok(fs_.remove(dir + "/" + file), "remove " + file);
+    check_ok(fs_.sync_dir(dir), "sync " + dir);
+    check_ok(fs_.remove_dir(dir), "remove " + dir);
+    check_ok(fs_.sync_dir(source_dir), "sync " + source_dir);
+    restart(false, 0);
+    return volume;
+  }
+
   // Crash (every replica closed) and restart, as a node starts: load what is on the
   // disk. Every replica must open: a failed one is a bug here (no disk is damaged).
   void restart(bool power_loss, uint64_t seed) {
@@ -212,9 +237,12 @@ class Simulation {
   void op_network_fault(size_t target);
   void op_target_crash(size_t target, bool power_loss);
   void op_target_disk_fault(size_t target);
+  void op_target_crash_mid_operation(size_t target);
+  void op_replica_lost(size_t target);
   void op_source_crash();
 
   void close(size_t target, const std::string& why);
+  void refuse_and_close(size_t target, SimLink::Side refusing, const std::string& why);
   bool deliver_one(size_t target);
   void drive_sender(size_t target);
   uint64_t merge_limit(const SourceVolume& volume) const;
@@ -239,6 +267,9 @@ class Simulation {
   std::vector<std::unique_ptr<Connection>> connections_;  // by target, null when none
   std::vector<bool> partitioned_;
   std::map<std::pair<std::string, std::string>, uint64_t> highest_applied_;  // (target, volume)
+  // Replicas removed behind the source's back: until it reconnects it cannot know, so
+  // what it records for them is not checked (status can only be true to what it saw).
+  std::set<std::pair<std::string, std::string>> lost_;
 };
 
 // ---- SourceHost ------------------------------------------------------------------
@@ -402,6 +433,27 @@ void Simulation::close(size_t t, const std::string& why) {
   connections_[t].reset();
 }
 
+// A side refused a frame: as on a socket, it sends ERROR (the target; the source just
+// closes) and closes, and what either side sent before that still arrives and is
+// acted on by the other (TCP delivers buffered data before the close).
+void Simulation::refuse_and_close(size_t t, Side refusing, const std::string& why) {
+  Connection& connection = *connections_[t];
+  if (refusing == SimLink::kTarget) {
+    (void)connection.link.sink(SimLink::kTarget).send(repl::FrameType::kError, repl::encode_error(why));
+  }
+  bool alive[2] = {refusing != SimLink::kSource, refusing != SimLink::kTarget};
+  for (Side side : {SimLink::kSource, SimLink::kTarget}) {
+    while (alive[side] && connection.link.waiting(side) > 0) {
+      auto frame = connection.link.receive(side);
+      Status status = !frame->ok() ? frame->status()
+                      : side == SimLink::kTarget ? connection.receiver.on_frame(frame->value())
+                                                 : connection.sender.on_frame(frame->value());
+      alive[side] = status.ok();
+    }
+  }
+  close(t, why);
+}
+
 // Source side: start the next volume, or stream the next chunk.
 void Simulation::drive_sender(size_t t) {
   Connection& connection = *connections_[t];
@@ -444,7 +496,7 @@ bool Simulation::deliver_one(size_t t) {
   Status status = side == SimLink::kTarget ? connection->receiver.on_frame(frame->value())
                                            : connection->sender.on_frame(frame->value());
   if (!status.ok()) {
-    close(t, std::string(side == SimLink::kTarget ? "target" : "source") + " refused: " + status.to_string());
+    refuse_and_close(t, side, std::string(side == SimLink::kTarget ? "target" : "source") + " refused: " + status.to_string());
     return false;
   }
   if (side == SimLink::kSource || random_.percent(30)) drive_sender(t);
@@ -551,6 +603,25 @@ void Simulation::op_target_crash(size_t t, bool power_loss) {
   log(std::string(power_loss ? "power loss" : "crash") + " of target " + targets_[t]->name());
 }
 
+// A crash in the middle of whatever the target does next: from a random operation on,
+// its disk fails every write and sync, then the power goes.
+void Simulation::op_target_crash_mid_operation(size_t t) {
+  targets_[t]->fs().fail_after(random_.uniform(0, 20), ErrorCode::kIo, FaultFileSystem::kOpAllMutating);
+  op_pump(t, random_.uniform(1, 30));
+  log("crash mid-operation on target " + targets_[t]->name());
+  op_target_crash(t, true);
+}
+
+void Simulation::op_replica_lost(size_t t) {
+  close(t, "replica removed");
+  std::string volume = targets_[t]->lose_replica(random_.next());
+  if (volume.empty()) return;
+  lost_.insert({targets_[t]->name(), volume});
+  highest_applied_[{targets_[t]->name(), volume}] = 0;
+  faults_ += 1;
+  log("replica " + volume + " removed on target " + targets_[t]->name());
+}
+
 void Simulation::op_target_disk_fault(size_t t) {
   FaultFileSystem& fs = targets_[t]->fs();
   int kind = static_cast<int>(random_.uniform(0, 2));
@@ -620,7 +691,8 @@ void Simulation::check_invariants() {
   // What the source believes (and `status` shows) is true.
   for (SourceVolume& entry : volumes_) {
     for (const auto& [target_name, state] : entry.state.target_states) {
-      if (state.applied_cycle == 0) continue;
+      if (state.applied_cycle == 0) lost_.erase({target_name, entry.name});  // it found out
+      if (state.applied_cycle == 0 || lost_.count({target_name, entry.name})) continue;
       auto target = std::find_if(targets_.begin(), targets_.end(), [&](const auto& t) { return t->name() == target_name; });
       AMIRROR_ASSERT(target != targets_.end());
       auto replica = (*target)->replicas().find(entry.name);
@@ -659,9 +731,13 @@ void Simulation::step() {
     op_sync();
   } else if (dice < 930) {
     op_network_fault(t);
-  } else if (dice < 950) {
+  } else if (dice < 945) {
     op_target_crash(t, random_.percent(60));
-  } else if (dice < 975) {
+  } else if (dice < 955) {
+    op_target_crash_mid_operation(t);
+  } else if (dice < 960) {
+    op_replica_lost(t);
+  } else if (dice < 980) {
     op_target_disk_fault(t);
   } else {
     op_source_crash();
