@@ -27,13 +27,13 @@ SABOTAGES = {
         "a merged layer's first chunk is not kept pending for a target that lacks it"),
     "pending-only-for-listed-targets": (
         "src/node/mirror_bookkeeping.cc",
-        "for (auto& [name, target] : state.target_states) {",
-        "for (auto& [name, target] : state.target_states) { if (std::find(state.targets.begin(), state.targets.end(), name) == state.targets.end()) continue;",
+        "    if (!lacks_layer(target, layer)) continue;",
+        "    if (!lacks_layer(target, layer) || std::find(state.targets.begin(), state.targets.end(), name) == state.targets.end()) continue;",
         "issue 9 bug 1: a target dropped from the list gets no pending chunks"),
     "no-pending-while-inflight": (
         "src/node/mirror_bookkeeping.cc",
-        "if (target.applied_cycle == 0 && target.inflight_cycle == 0) continue;",
-        "if (target.applied_cycle == 0) continue;",
+        "return target.applied_cycle != 0 || target.inflight_cycle != 0;",
+        "return target.applied_cycle != 0;",
         "a first delta applied but unacknowledged misses layers merged meanwhile"),
     "plan-ignores-pending": (
         "src/repl/sender_session.cc",

@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: Apache-2.0
+// The peer protocol's two sans-I/O state machines against each other over a SimLink:
+// no sockets, threads or sleeps. (The simulation in tests/sim/ runs them through
+// random schedules with faults; these are the plain cases, one at a time.)
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "repl/receiver_session.h"
+#include "repl/replica.h"
+#include "repl/sender_session.h"
+#include "store/volume.h"
+#include "testing/sim_link.h"
+#include "testing/test_support.h"
+
+namespace amirror::repl {
+namespace {
+
+using testing::Random;
+using testing::ScratchDir;
+using testing::SimLink;
+
+constexpr uint64_t kChunkBytes = 4096;
+constexpr uint64_t kVolumeBytes = 32 * kChunkBytes;
+
+// What a source believes about its one target, kept in memory.
+class MemoryHost : public SenderHost {
+ public:
+  TargetView view(const std::string&) override { return view_; }
+  void observed(const std::string&, const ReplicaState&) override {}
+  Status adopt_applied(const std::string&, uint64_t cycle, int64_t) override {
+    view_.applied_cycle = cycle;
+    view_.inflight_cycle = 0;
+    adopted += 1;
+    return Status();
+  }
+  Status reset_to_full(const std::string&, uint64_t) override {
+    view_ = TargetView{};
+    resets += 1;
+    return Status();
+  }
+  Status set_inflight(const std::string&, uint64_t cycle) override {
+    view_.inflight_cycle = cycle;
+    return Status();
+  }
+  Status applied(const std::string&, uint64_t cycle, int64_t) override {
+    view_ = TargetView{cycle, 0, 0, {}};
+    return Status();
+  }
+  TargetView view_;
+  int adopted = 0;
+  int resets = 0;
+};
+
+class OneReplica : public ReplicaAccess {
+ public:
+  explicit OneReplica(std::shared_ptr<Replica> replica) : replica_(std::move(replica)) {}
+  Status admit_peer(const std::string& node) override {
+    return node == "a" ? Status() : invalid_argument("'" + node + "' is not a peer");
+  }
+  Result<std::shared_ptr<Replica>> acquire(const std::string&, const OpenReplica&) override { return replica_; }
+  void release(const std::string&, const std::string&) override {}
+
+ private:
+  std::shared_ptr<Replica> replica_;
+};
+
+class SessionsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(posix_file_system().make_dir(scratch_.sub("v")).ok());
+    ASSERT_TRUE(posix_file_system().make_dir(scratch_.sub("r")).ok());
+    VolumeOptions options;
+    options.size_bytes = kVolumeBytes;
+    options.chunk_size_bytes = kChunkBytes;
+    auto volume = Volume::create(posix_file_system(), scratch_.sub("v"), options);
+    ASSERT_TRUE(volume.ok()) << volume.status().to_string();
+    volume_ = std::move(volume).value();
+    auto replica = Replica::open_or_create(posix_file_system(), scratch_.sub("r"), "a", "v", kVolumeBytes, kChunkBytes);
+    ASSERT_TRUE(replica.ok()) << replica.status().to_string();
+    replica_ = std::move(replica).value();
+  }
+
+  // Writes `chunks` random chunks and freezes; returns the new cycle.
+  uint64_t write_and_freeze(std::initializer_list<uint64_t> chunks) {
+    std::vector<uint8_t> data(kChunkBytes);
+    for (uint64_t chunk : chunks) {
+      random_.fill(data);
+      EXPECT_TRUE(volume_->write(chunk * kChunkBytes, data).ok());
+    }
+    auto cycle = volume_->freeze();
+    EXPECT_TRUE(cycle.ok());
+    return cycle.value();
+  }
+
+  // One connection: HELLO, then the volume to `point`. Moves at most `max_frames`
+  // frames; returns the sender's state when it stopped (or an error).
+  Status connect_and_send(uint64_t point, size_t max_frames = SIZE_MAX) {
+    receiver_.reset();  // before what it refers to
+    sender_.reset();
+    link_ = std::make_unique<SimLink>();
+    access_ = std::make_unique<OneReplica>(replica_);
+    sender_ = std::make_unique<SenderSession>("a", "b", host_, link_->sink(SimLink::kSource));
+    receiver_ = std::make_unique<ReceiverSession>("b", *access_, link_->sink(SimLink::kTarget));
+    AMIRROR_RETURN_IF_ERROR(sender_->start());
+    bool begun = false;
+    for (size_t moved = 0; moved < max_frames; ++moved) {
+      if (auto frame = link_->receive(SimLink::kTarget)) {
+        AMIRROR_RETURN_IF_ERROR(frame->status());
+        AMIRROR_RETURN_IF_ERROR(receiver_->on_frame(frame->value()));
+      } else if (auto reply = link_->receive(SimLink::kSource)) {
+        AMIRROR_RETURN_IF_ERROR(reply->status());
+        AMIRROR_RETURN_IF_ERROR(sender_->on_frame(reply->value()));
+      } else if (sender_->phase() == SenderSession::Phase::kStreaming) {
+        AMIRROR_RETURN_IF_ERROR(sender_->send_next());
+      } else if (sender_->phase() == SenderSession::Phase::kIdle && !begun) {
+        begun = true;
+        AMIRROR_RETURN_IF_ERROR(sender_->begin_volume("v", *volume_, point));
+      } else {
+        return Status();  // idle again: done
+      }
+    }
+    return Status(ErrorCode::kCancelled, "cut");
+  }
+
+  void expect_replica_equals(uint64_t point) {
+    std::vector<uint8_t> expected(kVolumeBytes), actual(kVolumeBytes);
+    ASSERT_TRUE(volume_->read_frozen(point, 0, expected).ok());
+    ASSERT_TRUE(replica_->read(0, actual).ok());
+    EXPECT_EQ(replica_->state().applied_cycle, point);
+    EXPECT_TRUE(expected == actual) << "replica differs from freeze point " << point;
+  }
+
+  ScratchDir scratch_{"sessions", /*in_memory=*/true};
+  Random random_{7};
+  std::unique_ptr<Volume> volume_;
+  std::shared_ptr<Replica> replica_;
+  MemoryHost host_;
+  std::unique_ptr<SimLink> link_;
+  std::unique_ptr<OneReplica> access_;
+  std::unique_ptr<SenderSession> sender_;
+  std::unique_ptr<ReceiverSession> receiver_;
+};
+
+TEST_F(SessionsTest, FullCopyThenOnlyTheChangedChunks) {
+  uint64_t first = write_and_freeze({0, 5, 31});
+  ASSERT_TRUE(connect_and_send(first).ok());
+  expect_replica_equals(first);
+  EXPECT_EQ(host_.view_.applied_cycle, first);
+  uint64_t full_bytes = link_->bytes_sent(SimLink::kSource);
+
+  uint64_t second = write_and_freeze({5});
+  ASSERT_TRUE(connect_and_send(second).ok());
+  expect_replica_equals(second);
+  EXPECT_LT(link_->bytes_sent(SimLink::kSource), full_bytes / 2) << "an incremental delta resent more than its chunk";
+}
+
+TEST_F(SessionsTest, ACutDeltaResumesFromTheDurableStaging) {
+  uint64_t point = write_and_freeze({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11});
+  Status cut = connect_and_send(point, 12);  // HELLO, OPEN, state, BEGIN and a few chunks
+  ASSERT_EQ(cut.code(), ErrorCode::kCancelled);
+  EXPECT_EQ(host_.view_.inflight_cycle, point);
+  ASSERT_GT(replica_->state().staged_record_count, 0u);
+  ASSERT_TRUE(connect_and_send(point).ok());
+  EXPECT_GT(sender_->first_chunk(), 0u) << "the second attempt started over instead of resuming";
+  expect_replica_equals(point);
+}
+
+TEST_F(SessionsTest, AnAppliedDeltaWhoseAcknowledgementWasLostIsAdopted) {
+  uint64_t point = write_and_freeze({3});
+  ASSERT_TRUE(connect_and_send(point).ok());
+  host_.view_ = TargetView{0, 0, point, {}};  // as if APPLIED never arrived
+  uint64_t next = write_and_freeze({4});
+  ASSERT_TRUE(connect_and_send(next).ok());
+  EXPECT_EQ(host_.adopted, 1);
+  EXPECT_EQ(host_.resets, 0) << "a full copy where adopting the applied point was enough";
+  expect_replica_equals(next);
+}
+
+TEST_F(SessionsTest, AReplicaThatIsNotWhereTheSourceBelievesGetsAFullCopy) {
+  uint64_t point = write_and_freeze({1, 2});
+  ASSERT_TRUE(connect_and_send(point).ok());
+  host_.view_ = TargetView{point + 5, 0, 0, {}};  // the source's record is wrong
+  uint64_t next = write_and_freeze({9});
+  ASSERT_TRUE(connect_and_send(next).ok());
+  EXPECT_EQ(host_.resets, 1);
+  expect_replica_equals(next);
+}
+
+TEST_F(SessionsTest, TheReceiverRefusesAStrangerAndFramesOutOfSequence) {
+  SimLink link;
+  OneReplica access(replica_);
+  ReceiverSession receiver("b", access, link.sink(SimLink::kTarget));
+  Status stranger = receiver.on_frame(Frame{FrameType::kHello, encode(Hello{kProtocolVersion, "z"})});
+  EXPECT_FALSE(stranger.ok());
+  EXPECT_NE(stranger.message().find("'z' is not a peer"), std::string::npos) << stranger.message();
+
+  ReceiverSession second("b", access, link.sink(SimLink::kTarget));
+  ASSERT_TRUE(second.on_frame(Frame{FrameType::kHello, encode(Hello{kProtocolVersion, "a"})}).ok());
+  Status early = second.on_frame(Frame{FrameType::kEndDelta, encode(EndDelta{0})});
+  EXPECT_FALSE(early.ok());
+  EXPECT_EQ(replica_->state().applied_cycle, 0u);
+}
+
+}  // namespace
+}  // namespace amirror::repl
