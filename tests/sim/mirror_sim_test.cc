@@ -270,6 +270,9 @@ class Simulation {
   // Replicas removed behind the source's back: until it reconnects it cannot know, so
   // what it records for them is not checked (status can only be true to what it saw).
   std::set<std::pair<std::string, std::string>> lost_;
+  // A frame reached a target, or one restarted, since the last byte comparison of its
+  // replicas (comparing every replica after every step would be most of the run time).
+  bool replicas_touched_ = true;
 };
 
 // ---- SourceHost ------------------------------------------------------------------
@@ -438,6 +441,7 @@ void Simulation::close(size_t t, const std::string& why) {
 // acted on by the other (TCP delivers buffered data before the close).
 void Simulation::refuse_and_close(size_t t, Side refusing, const std::string& why) {
   Connection& connection = *connections_[t];
+  replicas_touched_ = true;
   if (refusing == SimLink::kTarget) {
     (void)connection.link.sink(SimLink::kTarget).send(repl::FrameType::kError, repl::encode_error(why));
   }
@@ -482,6 +486,7 @@ void Simulation::drive_sender(size_t t) {
 bool Simulation::deliver_one(size_t t) {
   Connection* connection = connections_[t].get();
   if (connection == nullptr) return false;
+  replicas_touched_ = true;
   Side side = random_.percent(50) ? SimLink::kSource : SimLink::kTarget;
   if (connection->link.waiting(side) == 0) side = side == SimLink::kSource ? SimLink::kTarget : SimLink::kSource;
   if (connection->link.waiting(side) == 0) {
@@ -598,6 +603,7 @@ void Simulation::op_network_fault(size_t t) {
 
 void Simulation::op_target_crash(size_t t, bool power_loss) {
   close(t, "target crash");
+  replicas_touched_ = true;
   targets_[t]->restart(power_loss, random_.next());
   faults_ += 1;
   log(std::string(power_loss ? "power loss" : "crash") + " of target " + targets_[t]->name());
@@ -614,6 +620,7 @@ void Simulation::op_target_crash_mid_operation(size_t t) {
 
 void Simulation::op_replica_lost(size_t t) {
   close(t, "replica removed");
+  replicas_touched_ = true;
   std::string volume = targets_[t]->lose_replica(random_.next());
   if (volume.empty()) return;
   lost_.insert({targets_[t]->name(), volume});
@@ -675,7 +682,7 @@ void Simulation::check_invariants() {
       uint64_t readable = replica->readable_cycle();
       check(readable >= applied, "replica " + volume_name + " on " + target->name() + " serves cycle " +
                                      std::to_string(readable) + ", older than its applied " + std::to_string(applied));
-      if (readable == 0) continue;
+      if (readable == 0 || !replicas_touched_) continue;  // unchanged since the last full check
       auto point = entry.points.find(readable);
       check(point != entry.points.end(), "replica " + volume_name + " on " + target->name() + " serves cycle " +
                                              std::to_string(readable) + ", which was never frozen");
@@ -688,6 +695,7 @@ void Simulation::check_invariants() {
       }
     }
   }
+  replicas_touched_ = false;
   // What the source believes (and `status` shows) is true.
   for (SourceVolume& entry : volumes_) {
     for (const auto& [target_name, state] : entry.state.target_states) {
