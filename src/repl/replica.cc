@@ -286,6 +286,11 @@ Status Replica::begin_delta(const BeginDelta& begin) {
   // it), and the old stage stays what the replica holds, in memory as on disk.
   if (Status removed = fs_.remove(where); !removed.ok() && removed.code() != ErrorCode::kNotFound) {
     return removed.with_context("replacing the staged delta");
+  } else if (removed.ok()) {
+    // Durably gone before anything new is staged: the old stage may carry a commit
+    // record (written before a failed sync), and a power loss that brought it back
+    // would apply a delta the source no longer has in flight.
+    AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_).with_context("replacing the staged delta"));
   }
   {
     std::unique_lock lock(state_mutex_);
