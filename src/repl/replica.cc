@@ -284,14 +284,8 @@ Status Replica::begin_delta(const BeginDelta& begin) {
   // A fresh delta replaces whatever was staged. If the old stage cannot be removed,
   // that is the error to report (not the "File exists" of creating the new one over
   // it), and the old stage stays what the replica holds, in memory as on disk.
-  if (Status removed = fs_.remove(where); !removed.ok() && removed.code() != ErrorCode::kNotFound) {
-    return removed.with_context("replacing the staged delta");
-  } else if (removed.ok()) {
-    // Durably gone before anything new is staged: the old stage may carry a commit
-    // record (written before a failed sync), and a power loss that brought it back
-    // would apply a delta the source no longer has in flight.
-    AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_).with_context("replacing the staged delta"));
-  }
+  Status removed = fs_.remove(where);
+  if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed.with_context("replacing the staged delta");
   {
     std::unique_lock lock(state_mutex_);
     stage_.reset();
@@ -301,6 +295,10 @@ Status Replica::begin_delta(const BeginDelta& begin) {
     staging_index_.clear();
     staged_records_ = 0;
   }
+  // Durably gone before anything new is staged: the old stage may carry a commit record
+  // (written before a failed sync), and a power loss that brought it back would apply a
+  // delta the source no longer has in flight.
+  if (removed.ok()) AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_).with_context("replacing the staged delta"));
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<File> stage, fs_.open(where, OpenMode::kCreateNew));
   std::string header = encode_stage_header(begin);
   AMIRROR_RETURN_IF_ERROR(stage->write_at(0, bytes_of(header)));
