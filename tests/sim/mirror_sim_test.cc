@@ -566,8 +566,9 @@ void Simulation::op_sync() {
       for (SourceVolume& entry : volumes_) op_merge(entry);
     }
     for (SourceVolume& entry : volumes_) {
-      auto replica = targets_[t]->replicas().find(entry.name);
-      check(replica != targets_[t]->replicas().end(), "after sync " + name + " has no replica of " + entry.name);
+      auto held = targets_[t]->replicas();
+      auto replica = held.find(entry.name);
+      check(replica != held.end(), "after sync " + name + " has no replica of " + entry.name);
       check(replica->second->state().applied_cycle == entry.volume->cycle(),
             "after sync " + name + "'s replica of " + entry.name + " is at cycle " +
                 std::to_string(replica->second->state().applied_cycle) + ", not " + std::to_string(entry.volume->cycle()));
@@ -703,8 +704,9 @@ void Simulation::check_invariants() {
       if (state.applied_cycle == 0 || lost_.count({target_name, entry.name})) continue;
       auto target = std::find_if(targets_.begin(), targets_.end(), [&](const auto& t) { return t->name() == target_name; });
       AMIRROR_ASSERT(target != targets_.end());
-      auto replica = (*target)->replicas().find(entry.name);
-      check(replica != (*target)->replicas().end(), "the source records " + target_name + " at cycle " +
+      auto held = (*target)->replicas();
+      auto replica = held.find(entry.name);
+      check(replica != held.end(), "the source records " + target_name + " at cycle " +
                                                         std::to_string(state.applied_cycle) + " of " + entry.name +
                                                         ", but it holds no replica");
       uint64_t actual = replica->second->state().applied_cycle;
