@@ -8,6 +8,7 @@
 // Thread-safety: as std::mutex / std::condition_variable.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -60,8 +61,17 @@ class SCOPED_CAPABILITY MutexLock {
 //   while (!ready_) changed_.wait(lock);
 class CondVar {
  public:
-  void notify_all() { cv_.notify_all(); }
-  void notify_one() { cv_.notify_one(); }
+  void notify_all() {
+    notifications_.fetch_add(1);
+    cv_.notify_all();
+  }
+  void notify_one() {
+    notifications_.fetch_add(1);
+    cv_.notify_one();
+  }
+  // How many notifications so far: a waiter that wakes up on its own (a manual
+  // clock's poll) tells from it whether it missed one.
+  uint64_t notifications() const { return notifications_.load(); }
 
   // May return spuriously.
   void wait(MutexLock& lock) {
@@ -80,6 +90,7 @@ class CondVar {
 
  private:
   std::condition_variable cv_;
+  std::atomic<uint64_t> notifications_{0};
 };
 
 }  // namespace amirror

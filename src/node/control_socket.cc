@@ -54,7 +54,8 @@ bool read_line(int fd, std::string& line) {
 
 }  // namespace
 
-Result<std::unique_ptr<ControlServer>> ControlServer::start(const std::string& socket_path, Handler handler) {
+Result<std::unique_ptr<ControlServer>> ControlServer::start(const std::string& socket_path, Threads& threads,
+                                                            Handler handler) {
   AMIRROR_ASSIGN_OR_RETURN(sockaddr_un address, unix_address(socket_path));
   // A socket file left by a dead node is replaced; a live node's is not (the data
   // directory lock already guarantees only one node per data directory).
@@ -76,8 +77,8 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(const std::string& s
     ::close(fd);
     return Status::from_errno(saved, "listen on control socket " + socket_path);
   }
-  std::unique_ptr<ControlServer> server(new ControlServer(fd, socket_path, std::move(handler)));
-  server->accept_thread_ = std::thread([raw = server.get()] { raw->accept_loop(); });
+  std::unique_ptr<ControlServer> server(new ControlServer(fd, socket_path, threads, std::move(handler)));
+  server->accept_thread_ = threads.start([raw = server.get()] { raw->accept_loop(); });
   return server;
 }
 
@@ -96,7 +97,7 @@ void ControlServer::accept_loop() {
       continue;
     }
     client_fds_.push_back(client);
-    std::thread([this, client] { serve(client); }).detach();
+    threads_.start([this, client] { serve(client); }).detach();
   }
 }
 

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/env.h"
 #include "base/status.h"
 
 namespace amirror::node {
@@ -24,17 +25,21 @@ constexpr size_t kMaxControlClients = 32;
 class ControlServer {
  public:
   using Handler = std::function<std::string(const std::string& request)>;
-  static Result<std::unique_ptr<ControlServer>> start(const std::string& socket_path, Handler handler);
+  // Its threads (one accepting, one per client) come from `threads`.
+  static Result<std::unique_ptr<ControlServer>> start(const std::string& socket_path, Threads& threads,
+                                                      Handler handler);
   ~ControlServer();
   void stop();
 
  private:
-  ControlServer(int fd, std::string path, Handler handler) : fd_(fd), path_(std::move(path)), handler_(std::move(handler)) {}
+  ControlServer(int fd, std::string path, Threads& threads, Handler handler)
+      : fd_(fd), path_(std::move(path)), threads_(threads), handler_(std::move(handler)) {}
   void accept_loop();
   void serve(int client_fd);
 
   int fd_;
   std::string path_;
+  Threads& threads_;
   Handler handler_;
   std::atomic<bool> stopping_{false};
   std::thread accept_thread_;

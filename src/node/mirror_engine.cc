@@ -14,7 +14,6 @@
 namespace amirror::node {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 constexpr uint64_t kFirstBackoffMs = 1000;
 constexpr uint64_t kMaxBackoffMs = 10'000;
 constexpr auto kMinLagGrace = std::chrono::seconds(5);
@@ -55,9 +54,9 @@ MirrorEngine::~MirrorEngine() { stop(); }
 
 void MirrorEngine::start() {
   MutexLock lock(mutex_);
-  next_freeze_at_ = Clock::now();  // cycle 1 right away
+  next_freeze_at_ = clock().now();  // cycle 1 right away
   for (const auto& entry : volumes_) latest_points_[entry->name] = 0;
-  thread_ = std::thread([this] { run(); });
+  thread_ = context_.env.threads->start([this] { run(); });
 }
 
 void MirrorEngine::stop() {
@@ -110,7 +109,7 @@ Status MirrorEngine::save(const std::string& volume) {
     snapshot = current.state;
     version = current.version;
   }
-  Status status = save_mirror_state(*context_.fs, context_.mirrors_dir, volume, snapshot);
+  Status status = save_mirror_state(*context_.env.fs, context_.mirrors_dir, volume, snapshot);
   if (!status.ok()) {
     fmt::print(stderr, "{} mirror: cannot save state of {}: {}\n", now_text(), volume, status.to_string());
     return status;
@@ -150,9 +149,9 @@ uint64_t MirrorEngine::pinned_point_locked(const VolumeEntry& entry, const Targe
   return inflight;
 }
 
-bool MirrorEngine::freeze_due_locked(Clock::time_point now) const {
+bool MirrorEngine::freeze_due_locked(Clock::TimePoint now) const {
   if (!freeze_requested_ && now < next_freeze_at_) return false;
-  auto lag_grace = std::max<Clock::duration>(2 * interval_, kMinLagGrace);
+  auto lag_grace = std::max<std::chrono::steady_clock::duration>(2 * interval_, kMinLagGrace);
   for (const auto& target : targets_) {
     // A target still copying the latest point holds the next freeze back, unless it
     // has been at it so long that it counts as lagging.
@@ -166,7 +165,7 @@ bool MirrorEngine::freeze_due_locked(Clock::time_point now) const {
 Status MirrorEngine::freeze_all() {
   std::vector<Volume*> members;
   for (const auto& entry : volumes_) members.push_back(entry->volume.get());
-  AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> cycles, Volume::freeze_group(members));
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> cycles, Volume::freeze_group(members, clock()));
   MutexLock lock(mutex_);
   for (size_t i = 0; i < volumes_.size(); ++i) latest_points_[volumes_[i]->name] = cycles[i];
   freeze_count_ += 1;
@@ -177,11 +176,11 @@ void MirrorEngine::note_freeze_locked(const Status& status) {
   if (!status.ok()) {
     freeze_error_ = status.to_string();
     fmt::print(stderr, "{} mirror: freeze failed: {}\n", now_text(), freeze_error_);
-    next_freeze_at_ = Clock::now() + std::chrono::seconds(1);
+    next_freeze_at_ = clock().now() + std::chrono::seconds(1);
   } else {
     freeze_error_.clear();
     freeze_requested_ = false;
-    next_freeze_at_ = Clock::now() + interval_;
+    next_freeze_at_ = clock().now() + interval_;
     for (auto& target : targets_) {
       if (!target->busy) target->retry_at = {};  // a new point: try stragglers again now
     }
@@ -189,7 +188,7 @@ void MirrorEngine::note_freeze_locked(const Status& status) {
   changed_.notify_all();
 }
 
-void MirrorEngine::start_transfers_locked(Clock::time_point now) {
+void MirrorEngine::start_transfers_locked(Clock::TimePoint now) {
   for (auto& target : targets_) {
     if (target->busy || now < target->retry_at || target_has_all_locked(target->name, latest_points_)) continue;
     bool any_point = false;
@@ -203,30 +202,50 @@ void MirrorEngine::start_transfers_locked(Clock::time_point now) {
     target->busy = true;
     target->busy_points = points;
     target->busy_since = now;
-    target->thread = std::thread([this, runtime = target.get(), points] { transfer(runtime, points); });
+    target->thread = context_.env.threads->start([this, runtime = target.get(), points] { transfer(runtime, points); });
   }
 }
 
 void MirrorEngine::run() {
   MutexLock lock(mutex_);
   while (!stopping_) {
-    if (freeze_due_locked(Clock::now())) {
+    // One reading of the clock per round: deciding by one time and sleeping by a
+    // later one could sleep past a freeze that became due in between.
+    const Clock::TimePoint now = clock().now();
+    // A transfer ending, or stop(), while the lock is dropped below notifies nobody
+    // waiting; the count shows it, and the round repeats instead of sleeping.
+    const uint64_t notifications = changed_.notifications();
+    if (freeze_due_locked(now)) {
       lock.unlock();
       Status status = freeze_all();
       lock.lock();
       note_freeze_locked(status);
     }
-    start_transfers_locked(Clock::now());
+    start_transfers_locked(now);
     lock.unlock();
     merge_what_is_possible();
     lock.lock();
-    Clock::time_point wake = next_freeze_at_;
-    for (const auto& target : targets_) {
-      if (!target->busy && target->retry_at > Clock::now()) wake = std::min(wake, target->retry_at);
-    }
-    wake = std::min(wake, Clock::now() + std::chrono::seconds(1));
-    changed_.wait_until(lock, wake);
+    if (stopping_ || changed_.notifications() != notifications) continue;
+    clock().wait_until(changed_, lock, next_wake_locked(now));
   }
+}
+
+Clock::TimePoint MirrorEngine::next_wake_locked(Clock::TimePoint now) const {
+  // At least once a second, so a change nobody notified about is noticed.
+  Clock::TimePoint wake = now + std::chrono::seconds(1);
+  if (next_freeze_at_ > now) wake = std::min(wake, next_freeze_at_);
+  if (next_freeze_at_ <= now || freeze_requested_) {
+    // A freeze is due but a target still copying the latest point holds it back: the
+    // end of that transfer notifies; past the lag grace it no longer holds it back.
+    auto lag_grace = std::max<std::chrono::steady_clock::duration>(2 * interval_, kMinLagGrace);
+    for (const auto& target : targets_) {
+      if (target->busy && target->busy_points == latest_points_) wake = std::min(wake, target->busy_since + lag_grace);
+    }
+  }
+  for (const auto& target : targets_) {
+    if (!target->busy && target->retry_at > now) wake = std::min(wake, target->retry_at);
+  }
+  return wake;
 }
 
 Status MirrorEngine::authenticate_target(repl::PeerSocket& socket, const PeerConfig& peer) const {
@@ -243,7 +262,7 @@ Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_target(TargetRun
   const PeerConfig* peer = context_.config->find_peer(target->name);
   if (peer == nullptr) return not_found("peer '" + target->name + "' is not in the node's config");
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket,
-                           repl::PeerSocket::connect(peer->address, static_cast<int>(context_.config->peer_timeout_ms)));
+                           repl::PeerSocket::connect(*context_.env.network, peer->address, static_cast<int>(context_.config->peer_timeout_ms)));
   if (context_.tls != nullptr) AMIRROR_RETURN_IF_ERROR(authenticate_target(*socket, *peer));
   MutexLock lock(mutex_);
   if (stopping_) return Status(ErrorCode::kCancelled, "mirror stopped");
@@ -339,10 +358,11 @@ void MirrorEngine::finish_transfer_locked(TargetRuntime* target, const Status& s
     target->consecutive_failures += 1;
     target->last_error = status.to_string();
     target->backoff_ms = std::min(kMaxBackoffMs, target->backoff_ms == 0 ? kFirstBackoffMs : target->backoff_ms * 2);
-    target->retry_at = Clock::now() + std::chrono::milliseconds(target->backoff_ms);
+    uint64_t wait_ms = target->backoff_ms + context_.env.random->uniform(target->backoff_ms / 4 + 1);
+    target->retry_at = clock().now() + std::chrono::milliseconds(wait_ms);
     if (!stopping_) {
-      fmt::print(stderr, "{} mirror to {}: {} (retry in {} s)\n", now_text(), target->name, target->last_error,
-                 target->backoff_ms / 1000.0);
+      fmt::print(stderr, "{} mirror to {}: {} (retry in {:.1f} s)\n", now_text(), target->name, target->last_error,
+                 wait_ms / 1000.0);
     }
   }
   changed_.notify_all();
@@ -366,7 +386,7 @@ Status MirrorEngine::stream_delta(TargetRuntime* target, repl::PeerSocket& socke
     target->copy_cycle = point;
     target->copy_done_bytes = session.first_chunk() * chunk_bytes;
     target->copy_total_bytes = session.chunks_total() * chunk_bytes;
-    target->copy_started = Clock::now();
+    target->copy_started = clock().now();
   }
   for (uint64_t sent = 0; session.phase() == repl::SenderSession::Phase::kStreaming; ++sent) {
     AMIRROR_RETURN_IF_ERROR(session.send_next());
@@ -471,19 +491,19 @@ void MirrorEngine::merge_what_is_possible() {
 }
 
 Status MirrorEngine::sync(uint64_t timeout_ms) {
-  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto deadline = clock().now() + std::chrono::milliseconds(timeout_ms);
   MutexLock lock(mutex_);
   uint64_t wanted_freeze = freeze_count_ + 1;
   freeze_requested_ = true;
   changed_.notify_all();
-  while (!stopping_ && freeze_count_ < wanted_freeze && Clock::now() < deadline) changed_.wait_until(lock, deadline);
+  while (!stopping_ && freeze_count_ < wanted_freeze && clock().now() < deadline) clock().wait_until(changed_, lock, deadline);
   if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
   if (freeze_count_ < wanted_freeze) {
     return Status(ErrorCode::kTimeout, "timed out before the freeze could happen" +
                                            (freeze_error_.empty() ? std::string() : ": " + freeze_error_));
   }
   std::map<std::string, uint64_t> points = latest_points_;
-  while (!stopping_ && !all_targets_have_locked(points) && Clock::now() < deadline) changed_.wait_until(lock, deadline);
+  while (!stopping_ && !all_targets_have_locked(points) && clock().now() < deadline) clock().wait_until(changed_, lock, deadline);
   if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
   if (all_targets_have_locked(points)) return Status();
   std::string reasons;
@@ -517,7 +537,7 @@ MirrorStatus MirrorEngine::target_status_locked(const VolumeEntry& entry, const 
     status.copy_cycle = target.copy_cycle;
     status.copy_done_bytes = target.copy_done_bytes;
     status.copy_total_bytes = target.copy_total_bytes;
-    double seconds = std::chrono::duration<double>(Clock::now() - target.copy_started).count();
+    double seconds = std::chrono::duration<double>(clock().now() - target.copy_started).count();
     if (seconds > 0) status.copy_rate_bytes_per_second = static_cast<double>(target.copy_done_bytes) / seconds;
     status.bytes_pending = status.copy_total_bytes - std::min(status.copy_total_bytes, status.copy_done_bytes);
     return status;

@@ -12,7 +12,8 @@
 //  - Every idle target that lacks the latest point gets a transfer of it: one
 //    coalesced delta per volume (pending chunks + layers since its applied cycle), read
 //    from that frozen point. A failed transfer is retried with exponential backoff
-//    (1 s .. 10 s) and always aims at the newest point.
+//    (1 s .. 10 s, plus up to a quarter at random, so the sources of a target that
+//    comes back do not all reconnect at once) and always aims at the newest point.
 //  - A transfer cut short (dropped connection, target or source restart) resumes at
 //    the same freeze point, from where the target's durable staging ends, as long as
 //    that point still exists and the target failed fewer than kMaxPinnedFailures times
@@ -49,6 +50,7 @@
 
 #include "base/mutex.h"
 #include "node/config.h"
+#include "node/env.h"
 #include "node/mirror_state.h"
 #include "repl/sender_session.h"
 #include "repl/socket.h"
@@ -83,7 +85,7 @@ struct MirrorStatus {
 };
 
 struct EngineContext {
-  FileSystem* fs = nullptr;
+  Env env;  // files, clock (intervals, backoff, freeze times), network, threads
   const NodeConfig* config = nullptr;
   std::string mirrors_dir;  // where MirrorState files live
   // Null only with `insecure = true`: then peer connections are plaintext.
@@ -120,8 +122,8 @@ class MirrorEngine {
     std::string name;  // immutable
     bool busy = false;
     std::map<std::string, uint64_t> busy_points;  // volume -> cycle being sent
-    std::chrono::steady_clock::time_point busy_since;
-    std::chrono::steady_clock::time_point retry_at;
+    Clock::TimePoint busy_since;
+    Clock::TimePoint retry_at;
     uint64_t backoff_ms = 0;
     std::string last_error;
     uint32_t consecutive_failures = 0;
@@ -133,7 +135,7 @@ class MirrorEngine {
     uint64_t copy_cycle = 0;
     uint64_t copy_done_bytes = 0;
     uint64_t copy_total_bytes = 0;
-    std::chrono::steady_clock::time_point copy_started;
+    Clock::TimePoint copy_started;
   };
   // A member's state with a version that grows with every change, so a save can tell
   // whether what it would write is already on disk.
@@ -150,11 +152,15 @@ class MirrorEngine {
   class TargetHost;
   friend class TargetHost;
 
+  Clock& clock() const { return *context_.env.clock; }
   void run() EXCLUDES(mutex_);
-  bool freeze_due_locked(std::chrono::steady_clock::time_point now) const REQUIRES(mutex_);
+  bool freeze_due_locked(Clock::TimePoint now) const REQUIRES(mutex_);
+  // When the engine thread must look again without being notified: the next freeze,
+  // a held-back freeze's lag grace, a retry; never in the past, so it never spins.
+  Clock::TimePoint next_wake_locked(Clock::TimePoint now) const REQUIRES(mutex_);
   Status freeze_all() EXCLUDES(mutex_);
   void note_freeze_locked(const Status& status) REQUIRES(mutex_);
-  void start_transfers_locked(std::chrono::steady_clock::time_point now) REQUIRES(mutex_);
+  void start_transfers_locked(Clock::TimePoint now) REQUIRES(mutex_);
   void transfer(TargetRuntime* target, std::map<std::string, uint64_t> points) EXCLUDES(mutex_);
   Result<std::unique_ptr<repl::PeerSocket>> connect_target(TargetRuntime* target) EXCLUDES(mutex_);
   // TLS handshake, then checks the target's certificate names the peer's identity.
@@ -206,7 +212,7 @@ class MirrorEngine {
   std::map<std::string, uint64_t> latest_points_ GUARDED_BY(mutex_);  // volume -> newest frozen point
   uint64_t freeze_count_ GUARDED_BY(mutex_) = 0;                       // freezes since start
   bool freeze_requested_ GUARDED_BY(mutex_) = false;
-  std::chrono::steady_clock::time_point next_freeze_at_ GUARDED_BY(mutex_);
+  Clock::TimePoint next_freeze_at_ GUARDED_BY(mutex_);
   std::string freeze_error_ GUARDED_BY(mutex_);
 
   // Serialises stop(): it joins threads, which two callers must not do at once.

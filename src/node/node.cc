@@ -34,10 +34,6 @@ std::string iso_time(int64_t unix_ms) {
   return fmt::format("{}.{:03d}Z", text, static_cast<int>(unix_ms % 1000));
 }
 
-int64_t now_unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 json error_response(const Status& status) { return {{"ok", false}, {"error", status.message()}}; }
 
 // A replica served read-only over NBD as SOURCE/VOLUME.
@@ -97,12 +93,12 @@ class NodeCatalog final : public nbd::ExportCatalog {
 
 }  // namespace
 
-Node::Node(NodeConfig config) : config_(std::move(config)) {}
+Node::Node(NodeConfig config, Env env) : config_(std::move(config)), env_(env) {}
 
 Node::~Node() { stop(); }
 
-Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config) {
-  std::unique_ptr<Node> node(new Node(config));
+Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config, Env env) {
+  std::unique_ptr<Node> node(new Node(config, env));
   if (config.has_tls()) {
     auto tls = net::TlsContext::load(config.tls);
     if (!tls.ok()) return tls.status().with_context("[tls]");
@@ -140,7 +136,7 @@ Status Node::resume_mirrors() {
 }
 
 Status Node::open_everything() {
-  FileSystem& fs = posix_file_system();
+  FileSystem& fs = *env_.fs;
   AMIRROR_ASSIGN_OR_RETURN(data_dir_, DataDir::open(fs, config_.data_dir));
   mirrors_dir_ = config_.data_dir + "/mirrors";
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(mirrors_dir_));
@@ -203,10 +199,11 @@ Status Node::start_listeners() {
     AMIRROR_ASSIGN_OR_RETURN(nbd_server_, nbd::Server::start(options, std::make_shared<NodeCatalog>(this)));
   }
   if (!config_.listen.empty()) {
-    AMIRROR_ASSIGN_OR_RETURN(peer_listener_, repl::PeerListener::listen(config_.listen));
-    peer_accept_thread_ = std::thread([this] { peer_accept_loop(); });
+    AMIRROR_ASSIGN_OR_RETURN(peer_listener_, env_.network->listen(config_.listen));
+    peer_accept_thread_ = env_.threads->start([this] { peer_accept_loop(); });
   }
-  AMIRROR_ASSIGN_OR_RETURN(control_, ControlServer::start(config_.control_socket,
+  if (config_.control_socket.empty()) return Status();  // in-process tests call handle_control
+  AMIRROR_ASSIGN_OR_RETURN(control_, ControlServer::start(config_.control_socket, *env_.threads,
                                                           [this](const std::string& request) { return handle_control(request); }));
   return Status();
 }
@@ -219,10 +216,13 @@ void Node::peer_accept_loop() {
       continue;
     }
     std::unique_lock lock(peers_mutex_);
-    if (peer_sockets_.size() >= kMaxPeerConnections) continue;  // dropped: closes on destruction
-    repl::PeerSocket* socket = accepted.value().release();
+    if (peer_sockets_.size() >= kMaxPeerConnections) {
+      ::close(accepted.value().fd);  // over the bound: dropped
+      continue;
+    }
+    auto* socket = new repl::PeerSocket(std::move(accepted).value());
     peer_sockets_.push_back(socket);
-    std::thread([this, socket] {
+    env_.threads->start([this, socket] {
       serve_peer_connection(*socket, config_, tls_.get(), *replicas_, stopping_);
       std::lock_guard done_lock(peers_mutex_);
       std::erase(peer_sockets_, socket);
@@ -330,12 +330,12 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
     set_targets(state, targets);
     state.interval_ms = interval_ms;
     state.running = true;
-    Status saved = persist ? save_mirror_state(posix_file_system(), mirrors_dir_, entry->name, state) : Status();
+    Status saved = persist ? save_mirror_state(*env_.fs, mirrors_dir_, entry->name, state) : Status();
     if (!saved.ok()) {
       // All or none: a group whose first members say running would resume without
       // the rest after a restart. Best effort; the error below is what matters.
       for (const auto& [name, ignored] : states) {
-        (void)save_mirror_state(posix_file_system(), mirrors_dir_, name, volumes_.at(name)->state);
+        (void)save_mirror_state(*env_.fs, mirrors_dir_, name, volumes_.at(name)->state);
       }
       return saved;
     }
@@ -345,7 +345,7 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
     entry->state = states.at(entry->name);
     unit_of_volume_[entry->name] = unit_key;
   }
-  auto engine = std::make_shared<MirrorEngine>(EngineContext{&posix_file_system(), &config_, mirrors_dir_, tls_},
+  auto engine = std::make_shared<MirrorEngine>(EngineContext{env_, &config_, mirrors_dir_, tls_},
                                                members, std::move(states));
   engine->start();
   engines_[unit_key] = std::move(engine);
@@ -547,7 +547,7 @@ std::string Node::control_mirror_break(const json& request) {
   Status saved;
   for (auto& [volume, state] : final_states) {
     state.running = false;
-    Status status = save_mirror_state(posix_file_system(), mirrors_dir_, volume, state);
+    Status status = save_mirror_state(*env_.fs, mirrors_dir_, volume, state);
     if (saved.ok()) saved = status;
   }
 
@@ -572,7 +572,7 @@ std::string Node::control_mirror_break(const json& request) {
 std::string Node::status_json() {
   MutexLock lock(mutex_);
   json volumes = json::array();
-  int64_t now_ms = now_unix_ms();
+  int64_t now_ms = env_.clock->unix_ms();
   for (const auto& [name, entry] : volumes_) {
     std::vector<MirrorStatus> mirrors;
     auto unit = unit_of_volume_.find(name);

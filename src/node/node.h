@@ -34,6 +34,7 @@
 #include "base/mutex.h"
 #include "node/config.h"
 #include "node/control_socket.h"
+#include "node/env.h"
 #include "node/mirror_engine.h"
 #include "node/receiver.h"
 #include "store/data_dir.h"
@@ -48,7 +49,8 @@ class ImportSource;
 
 class Node {
  public:
-  static Result<std::unique_ptr<Node>> start(const NodeConfig& config);
+  // `env`: where files, time, the network and threads come from (node/env.h).
+  static Result<std::unique_ptr<Node>> start(const NodeConfig& config, Env env = Env::posix());
   ~Node();
   // Stops mirrors, listeners and NBD; flushes every volume. Idempotent. Once it has
   // begun, `mirror start` is refused, so no engine outlives it.
@@ -70,7 +72,7 @@ class Node {
   using ControlHandler = std::string (Node::*)(const nlohmann::json& request);
   static const std::map<std::string, ControlHandler>& control_handlers();
 
-  explicit Node(NodeConfig config);
+  Node(NodeConfig config, Env env);
   Status open_everything() EXCLUDES(mutex_);
   Status start_listeners();
   void peer_accept_loop();
@@ -119,6 +121,7 @@ class Node {
                       std::vector<std::string> targets, uint64_t interval_ms, bool persist) REQUIRES(mutex_);
 
   const NodeConfig config_;
+  const Env env_;
   std::unique_ptr<DataDir> data_dir_;
   std::string mirrors_dir_;
   std::unique_ptr<ReplicaRegistry> replicas_;
@@ -159,7 +162,7 @@ class Node {
   std::shared_ptr<const net::TlsContext> tls_;      // peers: TLS 1.3 only
   std::shared_ptr<const net::TlsContext> nbd_tls_;  // NBD STARTTLS: TLS 1.2 or 1.3
   std::unique_ptr<nbd::Server> nbd_server_;
-  std::unique_ptr<repl::PeerListener> peer_listener_;
+  std::unique_ptr<Listener> peer_listener_;
   std::thread peer_accept_thread_;
   std::atomic<bool> stopping_{false};
   std::mutex peers_mutex_;

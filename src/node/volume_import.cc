@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "base/units.h"
+#include "base/zeros.h"
 
 namespace amirror::node {
 namespace {
@@ -18,10 +19,6 @@ constexpr size_t kZeroCheckBytes = 4096;
 
 uint64_t round_up_to_sector(uint64_t bytes) {
   return (bytes + kSectorSizeBytes - 1) / kSectorSizeBytes * kSectorSizeBytes;
-}
-
-bool all_zero(const uint8_t* data, size_t length) {
-  return std::all_of(data, data + length, [](uint8_t byte) { return byte == 0; });
 }
 
 }  // namespace
@@ -144,7 +141,7 @@ Status ImportSource::copy_into(Volume& volume, std::atomic<uint64_t>& done_bytes
               buffer.begin() + static_cast<ptrdiff_t>(padded), 0);
     for (size_t block = 0; block < padded; block += kZeroCheckBytes) {
       size_t block_length = std::min(kZeroCheckBytes, padded - block);
-      if (all_zero(buffer.data() + block, block_length)) continue;
+      if (all_zero(std::span(buffer.data() + block, block_length))) continue;
       AMIRROR_RETURN_IF_ERROR(
           volume.write(offset + block, std::span(buffer.data() + block, block_length)));
     }

@@ -2,22 +2,11 @@
 #include "repl/sender_session.h"
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 
+#include "base/zeros.h"
+
 namespace amirror::repl {
-namespace {
-
-bool all_zero(std::span<const uint8_t> data) {
-  static const uint8_t kZeros[4096] = {};
-  for (size_t offset = 0; offset < data.size(); offset += sizeof kZeros) {
-    size_t length = std::min(sizeof kZeros, data.size() - offset);
-    if (std::memcmp(data.data() + offset, kZeros, length) != 0) return false;
-  }
-  return true;
-}
-
-}  // namespace
 
 Status SenderSession::start() {
   AMIRROR_ASSERT(phase_ == Phase::kHello);

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// TCP plumbing for the peer protocol: listening, connecting with a timeout, and
-// sending/receiving whole checked frames (repl/wire.h) with per-operation timeouts, so
-// a silently dead peer is noticed within a bounded time. After start_tls() every byte
+// A peer connection: sending/receiving whole checked frames (repl/wire.h) over a
+// stream the Network of base/env.h made (TCP in production, in-process in tests), with
+// per-operation timeouts, so a silently dead peer is noticed within a bounded time. After start_tls() every byte
 // goes through TLS 1.3 (net/tls.h); before it, the socket is plaintext, which a node
 // only uses with `insecure = true`.
 // Thread-safety: a PeerSocket is used by one thread at a time, except shutdown(),
@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 
+#include "base/env.h"
 #include "base/status.h"
 #include "net/tls.h"
 #include "repl/frame_sink.h"
@@ -21,21 +22,16 @@
 
 namespace amirror::repl {
 
-struct HostPort {
-  std::string host;
-  uint16_t port = 0;
-};
-// "127.0.0.1:7401", "[::1]:7401", "localhost:7401".
-Result<HostPort> parse_host_port(const std::string& address);
-
 class PeerSocket {
  public:
-  explicit PeerSocket(int fd, std::string peer_description);
+  // Owns `connection.fd` from now on.
+  explicit PeerSocket(Connection connection);
   ~PeerSocket();
   PeerSocket(const PeerSocket&) = delete;
   PeerSocket& operator=(const PeerSocket&) = delete;
 
-  static Result<std::unique_ptr<PeerSocket>> connect(const std::string& address, int timeout_ms);
+  // Connects through `network`; every send and receive then times out after timeout_ms.
+  static Result<std::unique_ptr<PeerSocket>> connect(Network& network, const std::string& address, int timeout_ms);
 
   // Runs the TLS handshake as client (the connecting side) or server; on success every
   // later send and receive is encrypted. The peer's identity is checked by the caller
@@ -77,22 +73,6 @@ class SocketSink : public FrameSink {
 
  private:
   PeerSocket& socket_;
-};
-
-// A listening TCP socket; accept() returns connected sockets.
-class PeerListener {
- public:
-  static Result<std::unique_ptr<PeerListener>> listen(const std::string& address);
-  ~PeerListener();
-  // Blocks until a connection arrives or close() is called (then kCancelled).
-  Result<std::unique_ptr<PeerSocket>> accept();
-  void close();
-  uint16_t port() const { return port_; }
-
- private:
-  PeerListener(int fd, uint16_t port) : fd_(fd), port_(port) {}
-  std::atomic<int> fd_;
-  uint16_t port_;
 };
 
 }  // namespace amirror::repl

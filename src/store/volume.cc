@@ -465,13 +465,13 @@ Status Volume::freeze_locked(int64_t time_unix_ms) {
   return Status();
 }
 
-Result<uint64_t> Volume::freeze() {
+Result<uint64_t> Volume::freeze(Clock& clock) {
   Volume* self = this;
-  AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> cycles, freeze_group(std::span(&self, 1)));
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> cycles, freeze_group(std::span(&self, 1), clock));
   return cycles.front();
 }
 
-Result<std::vector<uint64_t>> Volume::freeze_group(std::span<Volume* const> volumes) {
+Result<std::vector<uint64_t>> Volume::freeze_group(std::span<Volume* const> volumes, Clock& clock) {
   // Sync outside the locks first, so the stall below covers only the last changes.
   for (Volume* volume : volumes) AMIRROR_RETURN_IF_ERROR(volume->flush());
   std::vector<Volume*> ordered(volumes.begin(), volumes.end());
@@ -484,7 +484,7 @@ Result<std::vector<uint64_t>> Volume::freeze_group(std::span<Volume* const> volu
   // While every lock is held no write reaches any member, so the points are one cut.
   // If a member fails, the ones already frozen stay frozen; freezing the rest later
   // still yields a consistent cut, because nothing was written in between.
-  int64_t time_unix_ms = now_unix_ms();
+  int64_t time_unix_ms = clock.unix_ms();
   std::vector<uint64_t> cycles;
   for (Volume* volume : volumes) {
     AMIRROR_RETURN_IF_ERROR(volume->freeze_locked(time_unix_ms));

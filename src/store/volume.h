@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "base/env.h"
 #include "base/rwlock.h"
 #include "store/chunk_math.h"
 #include "store/file_system.h"
@@ -102,11 +103,12 @@ class Volume {
   // by a layer as kData plus allocated base extents, minus chunks zeroed by a layer.
   Result<std::vector<Extent>> allocated_extents(uint64_t offset_bytes, uint64_t length_bytes);
 
-  // Freezes now; returns the new cycle number (the frozen point's number).
-  Result<uint64_t> freeze();
+  // Freezes now; returns the new cycle number (the frozen point's number). The freeze
+  // time recorded is `clock`'s wall time.
+  Result<uint64_t> freeze(Clock& clock = real_clock());
   // Freezes several volumes at one instant: no write to any of them lands between the
   // first and the last freeze. Returns each volume's new cycle, in order.
-  static Result<std::vector<uint64_t>> freeze_group(std::span<Volume* const> volumes);
+  static Result<std::vector<uint64_t>> freeze_group(std::span<Volume* const> volumes, Clock& clock = real_clock());
 
   // Folds the oldest frozen layer into the base and deletes it. kNotFound if no layer
   // is frozen. Runs concurrently with client I/O; one merge at a time.

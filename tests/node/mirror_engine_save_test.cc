@@ -11,55 +11,13 @@
 
 #include "node/mirror_engine.h"
 #include "store/data_dir.h"
+#include "testing/gated_file_system.h"
 #include "testing/test_support.h"
 
 namespace amirror::node {
 namespace {
 
 constexpr auto kGenerousWait = std::chrono::seconds(60);
-
-// The POSIX file system, except that replacing a file named `gated_name` waits until
-// open() is called, and says that it waits.
-class GatedFileSystem final : public FileSystem {
- public:
-  explicit GatedFileSystem(std::string gated_name) : gated_name_(std::move(gated_name)) {}
-
-  Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override { return real_.open(path, mode); }
-  Status rename(const std::string& from, const std::string& to) override {
-    if (to.ends_with("/" + gated_name_)) {
-      std::unique_lock lock(mutex_);
-      waiting_ = true;
-      changed_.notify_all();
-      changed_.wait(lock, [&] { return open_; });
-    }
-    return real_.rename(from, to);
-  }
-  Status remove(const std::string& path) override { return real_.remove(path); }
-  Status remove_dir(const std::string& path) override { return real_.remove_dir(path); }
-  Status sync_dir(const std::string& path) override { return real_.sync_dir(path); }
-  Status make_dir(const std::string& path) override { return real_.make_dir(path); }
-  Result<bool> exists(const std::string& path) override { return real_.exists(path); }
-  Result<std::vector<std::string>> list_dir(const std::string& path) override { return real_.list_dir(path); }
-  Result<std::unique_ptr<DirectoryLock>> lock_file(const std::string& path) override { return real_.lock_file(path); }
-
-  bool wait_until_a_write_waits() {
-    std::unique_lock lock(mutex_);
-    return changed_.wait_for(lock, kGenerousWait, [&] { return waiting_; });
-  }
-  void open() {
-    std::lock_guard lock(mutex_);
-    open_ = true;
-    changed_.notify_all();
-  }
-
- private:
-  FileSystem& real_ = posix_file_system();
-  const std::string gated_name_;
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  bool waiting_ = false;
-  bool open_ = false;
-};
 
 TEST(MirrorEngineSave, StatusAnswersWhileAStateFileIsBeingWritten) {
   testing::ScratchDir scratch("engine-save");
@@ -89,14 +47,16 @@ TEST(MirrorEngineSave, StatusAnswersWhileAStateFileIsBeingWritten) {
   config.peer_timeout_ms = 1000;
   config.peers.push_back(PeerConfig{"b", "127.0.0.1:1", "b", {}});  // unreachable: transfers fail fast
   ASSERT_TRUE(posix_file_system().make_dir(scratch.sub("mirrors")).ok());
-  GatedFileSystem fs("v.json");
-  MirrorEngine engine(EngineContext{&fs, &config, scratch.sub("mirrors"), nullptr}, {entry}, {{"v", state}});
+  testing::GatedFileSystem fs(testing::GatedFileSystem::Gate::kRenameOnto, "v.json");
+  Env env = Env::posix();
+  env.fs = &fs;
+  MirrorEngine engine(EngineContext{env, &config, scratch.sub("mirrors"), nullptr}, {entry}, {{"v", state}});
   engine.start();  // freezes point 2 at once; merging layer 2 saves b's pending chunks
 
-  ASSERT_TRUE(fs.wait_until_a_write_waits()) << "the engine never wrote its state file";
+  ASSERT_TRUE(fs.wait_until_one_waits(kGenerousWait)) << "the engine never wrote its state file";
   auto status = std::async(std::launch::async, [&] { return engine.status(); });
   bool answered = status.wait_for(kGenerousWait) == std::future_status::ready;
-  fs.open();
+  fs.open_gate();
   EXPECT_TRUE(answered) << "status waited for a state file write";
   ASSERT_EQ(status.get().size(), 1u);
   engine.stop();

@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+// The POSIX file system, except that one operation on files whose name is
+// `gated_name` — opening one, or renaming onto one — waits until open_gate() is
+// called, and says that it waits. Tests use it to hold a node at an exact point (a
+// state file being written, a target staging a delta) and look at it there.
+// Thread-safety: as FileSystem.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+
+#include "store/file_system.h"
+
+namespace amirror::testing {
+
+class GatedFileSystem final : public FileSystem {
+ public:
+  enum class Gate { kOpen, kRenameOnto };
+  GatedFileSystem(Gate gate, std::string gated_name) : gate_(gate), gated_name_(std::move(gated_name)) {}
+
+  Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override {
+    if (gate_ == Gate::kOpen) wait_if_gated(path);
+    return real_.open(path, mode);
+  }
+  Status rename(const std::string& from, const std::string& to) override {
+    if (gate_ == Gate::kRenameOnto) wait_if_gated(to);
+    return real_.rename(from, to);
+  }
+  Status remove(const std::string& path) override { return real_.remove(path); }
+  Status remove_dir(const std::string& path) override { return real_.remove_dir(path); }
+  Status sync_dir(const std::string& path) override { return real_.sync_dir(path); }
+  Status make_dir(const std::string& path) override { return real_.make_dir(path); }
+  Result<bool> exists(const std::string& path) override { return real_.exists(path); }
+  Result<std::vector<std::string>> list_dir(const std::string& path) override { return real_.list_dir(path); }
+  Result<std::unique_ptr<DirectoryLock>> lock_file(const std::string& path) override { return real_.lock_file(path); }
+
+  // Waits (real time, at most `timeout`) until an operation waits at the gate.
+  bool wait_until_one_waits(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] { return waiting_; });
+  }
+  void open_gate() {
+    std::lock_guard lock(mutex_);
+    open_ = true;
+    changed_.notify_all();
+  }
+
+ private:
+  void wait_if_gated(const std::string& path) {
+    if (!path.ends_with("/" + gated_name_)) return;
+    std::unique_lock lock(mutex_);
+    waiting_ = true;
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return open_; });
+  }
+
+  FileSystem& real_ = posix_file_system();
+  const Gate gate_;
+  const std::string gated_name_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool waiting_ = false;
+  bool open_ = false;
+};
+
+}  // namespace amirror::testing

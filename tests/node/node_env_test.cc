@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: Apache-2.0
+// Whole nodes in one process on the Env seam (node/env.h): a manual clock, an
+// in-process network and counted threads. Time moves only when a test says so, so the
+// mirror engine's scheduling — when it freezes, when it retries, that it sleeps in
+// between — is checked exactly, without sleeps and on any machine speed. "Nothing
+// happened" is checked once every thread is asleep again (ManualClock::wait_until_quiet);
+// "something happened" by waiting on the state that shows it.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "node/config.h"
+#include "node/node.h"
+#include "testing/gated_file_system.h"
+#include "testing/loopback_network.h"
+#include "testing/manual_env.h"
+#include "testing/test_support.h"
+
+namespace amirror::node {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+// Real-time bounds on waits for observable state; generous, never a schedule.
+constexpr auto kGenerous = 120s;
+// Threads that wait on the clock while one mirror runs: its engine thread.
+constexpr size_t kOneEngine = 1;
+constexpr uint64_t kVolumeBytes = 4 << 20;
+
+class NodeEnvTest : public ::testing::Test {
+ protected:
+  Env env(FileSystem& fs) { return Env{&fs, &clock_, &network_, &random_, &threads_}; }
+
+  NodeConfig config(const std::string& name) {
+    NodeConfig config;
+    config.name = name;
+    config.data_dir = scratch_.sub(name + ".d");
+    config.listen = name + ":1";
+    config.insecure = true;
+    // Real time (socket timeouts are the kernel's): long, so a gated target is not
+    // given up while a test looks at it.
+    config.peer_timeout_ms = 600'000;
+    for (const std::string peer : {"a", "b"}) {
+      if (peer != name) config.peers.push_back(PeerConfig{peer, peer + ":1", peer, {}});
+    }
+    return config;
+  }
+
+  void start_nodes(FileSystem& a_fs = posix_file_system(), FileSystem& b_fs = posix_file_system()) {
+    auto a = Node::start(config("a"), env(a_fs));
+    ASSERT_TRUE(a.ok()) << a.status().to_string();
+    a_ = std::move(a).value();
+    auto b = Node::start(config("b"), env(b_fs));
+    ASSERT_TRUE(b.ok()) << b.status().to_string();
+    b_ = std::move(b).value();
+    ASSERT_TRUE(call(*a_, {{"command", "volume_create"}, {"name", "v"}, {"size_bytes", kVolumeBytes}})["ok"]);
+  }
+
+  void TearDown() override {
+    if (gated_fs_) gated_fs_->open_gate();  // a failed test must not leave b stuck in it
+    if (a_) a_->stop();
+    if (b_) b_->stop();
+    a_.reset();
+    b_.reset();
+  }
+
+  static json call(Node& node, const json& request) { return json::parse(node.handle_control(request.dump())); }
+
+  json mirror_of_v() {
+    json status = call(*a_, {{"command", "status"}});
+    for (const json& volume : status["volumes"]) {
+      if (volume["name"] == "v" && !volume["mirrors"].empty()) return volume["mirrors"][0];
+    }
+    return json::object();
+  }
+  uint64_t source_cycle() { return a_->find_volume("v")->volume->cycle(); }
+  uint64_t applied_on_b() {
+    json mirror = mirror_of_v();
+    return mirror.contains("applied_cycle") && mirror["applied_cycle"].is_number() ? mirror["applied_cycle"].get<uint64_t>() : 0;
+  }
+
+  template <class Predicate>
+  static bool eventually(Predicate done) {
+    auto give_up = std::chrono::steady_clock::now() + kGenerous;
+    while (std::chrono::steady_clock::now() < give_up) {
+      if (done()) return true;
+      std::this_thread::sleep_for(2ms);
+    }
+    return done();
+  }
+
+  void write_v(uint64_t offset, uint8_t fill) {
+    std::vector<uint8_t> data(4096, fill);
+    ASSERT_TRUE(a_->find_volume("v")->volume->write(offset, data).ok());
+  }
+
+  testing::ScratchDir scratch_{"node-env"};
+  testing::ManualClock clock_;
+  testing::LoopbackNetwork network_;
+  testing::SeededRandom random_{20261201};
+  testing::CountedThreads threads_;
+  // Declared before the nodes, so it outlives them.
+  std::unique_ptr<testing::GatedFileSystem> gated_fs_;
+  std::unique_ptr<Node> a_;
+  std::unique_ptr<Node> b_;
+};
+
+TEST_F(NodeEnvTest, FreezesWhenTheIntervalHasPassedAndNotBefore) {
+  start_nodes();
+  write_v(0, 0x11);
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 60'000}})["ok"]);
+  ASSERT_TRUE(eventually([&] { return applied_on_b() == 1; })) << mirror_of_v().dump();
+
+  write_v(8192, 0x22);
+  clock_.advance(59'999ms);
+  ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous)) << "the engine never went back to sleep";
+  EXPECT_EQ(source_cycle(), 1u) << "froze before the interval had passed";
+  EXPECT_EQ(applied_on_b(), 1u);
+  EXPECT_EQ(mirror_of_v()["lag_seconds"].get<double>(), 59.999) << "lag is measured on the node's clock";
+
+  clock_.advance(1ms);
+  ASSERT_TRUE(eventually([&] { return applied_on_b() == 2; })) << mirror_of_v().dump();
+  EXPECT_EQ(mirror_of_v()["state"], "idle");
+  std::vector<uint8_t> replica(4096);
+  ASSERT_TRUE(b_->find_replica("a", "v")->read(8192, replica).ok());
+  EXPECT_EQ(replica, std::vector<uint8_t>(4096, 0x22));
+}
+
+TEST_F(NodeEnvTest, RetriesAnUnreachableTargetWithGrowingBackoff) {
+  start_nodes();
+  network_.partition("b:1");
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 3'600'000}})["ok"]);
+  ASSERT_TRUE(eventually([&] { return network_.connect_attempts("b:1") == 1 && !mirror_of_v()["last_error"].empty(); }));
+  EXPECT_EQ(mirror_of_v()["state"], "error");
+
+  // Backoff 1 s, 2 s, 4 s, 8 s, 10 s, 10 s, each plus up to a quarter of random jitter.
+  uint64_t attempts = 1;
+  for (uint64_t backoff_ms : {1000, 2000, 4000, 8000, 10'000, 10'000}) {
+    ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous));
+    clock_.advance(std::chrono::milliseconds(backoff_ms - 1));
+    ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous));
+    EXPECT_EQ(network_.connect_attempts("b:1"), attempts) << "retried before " << backoff_ms << " ms";
+    clock_.advance(std::chrono::milliseconds(backoff_ms / 4 + 1));
+    attempts += 1;
+    ASSERT_TRUE(eventually([&] { return network_.connect_attempts("b:1") == attempts; }))
+        << "no retry within " << backoff_ms * 5 / 4 << " ms";
+  }
+
+  network_.heal("b:1");
+  clock_.advance(12'500ms);
+  // Applied is recorded as the target acknowledges, the error cleared as the transfer ends.
+  ASSERT_TRUE(eventually([&] { return mirror_of_v()["state"] == "idle"; })) << mirror_of_v().dump();
+  EXPECT_EQ(applied_on_b(), 1u);
+  EXPECT_TRUE(mirror_of_v()["last_error"].is_null()) << mirror_of_v().dump();
+}
+
+// A freeze that is due while the target still copies the latest point waits for it
+// (up to the lag grace). The engine must sleep meanwhile: it used to loop without
+// sleeping, one core at 100% for as long as the copy lasted.
+TEST_F(NodeEnvTest, EngineSleepsWhileATargetHoldsTheNextFreezeBack) {
+  gated_fs_ = std::make_unique<testing::GatedFileSystem>(testing::GatedFileSystem::Gate::kOpen, "delta.stage");
+  testing::GatedFileSystem& b_fs = *gated_fs_;
+  start_nodes(posix_file_system(), b_fs);
+  write_v(0, 0x33);
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 10'000}})["ok"]);
+  ASSERT_TRUE(b_fs.wait_until_one_waits(kGenerous)) << "b never started staging point 1";
+
+  clock_.advance(10'001ms);  // the next freeze is due, held back by b (lag grace 20 s)
+  ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous)) << "the engine does not sleep while b copies";
+  uint64_t waits = clock_.waits();
+  ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous));
+  EXPECT_EQ(clock_.waits(), waits) << "the engine woke up with nothing to do";
+  EXPECT_EQ(source_cycle(), 1u) << "froze while the only target was still copying the latest point";
+
+  clock_.advance(10'000ms);  // past the lag grace: b no longer holds the freeze back
+  ASSERT_TRUE(eventually([&] { return source_cycle() == 2; }));
+  EXPECT_EQ(mirror_of_v()["state"], "initial-sync");
+  b_fs.open_gate();
+  ASSERT_TRUE(eventually([&] { return applied_on_b() == 2; })) << mirror_of_v().dump();
+}
+
+TEST_F(NodeEnvTest, StoppedNodesLeaveNoThreadBehind) {
+  start_nodes();
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 1000}})["ok"]);
+  ASSERT_TRUE(eventually([&] { return applied_on_b() >= 1; }));
+  clock_.advance(1000ms);
+  ASSERT_TRUE(eventually([&] { return applied_on_b() >= 2; }))
+      << mirror_of_v().dump() << " source cycle " << source_cycle();
+  EXPECT_GT(threads_.running(), 0u);
+  a_->stop();
+  b_->stop();
+  // Threads decrement the count as their last step, just after the node stopped waiting.
+  ASSERT_TRUE(eventually([&] { return threads_.running() == 0; })) << threads_.running() << " threads still run";
+  EXPECT_GE(threads_.started(), 6u);  // 2 accept loops, engine, transfers, receivers
+}
+
+}  // namespace
+}  // namespace amirror::node
