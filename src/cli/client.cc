@@ -115,6 +115,27 @@ int run_volume_list(const ClientArgs& client) {
   return 0;
 }
 
+int run_replica_list(const ClientArgs& client) {
+  json answer;
+  if (!call(client, {{"command", "replica_list"}}, answer)) return 1;
+  if (client.json) {
+    fmt::print("{}\n", answer["replicas"].dump());
+    return 0;
+  }
+  fmt::print("{:<32} {:>12} {:>8} {:<25} {:<10} {}\n", "REPLICA", "SIZE", "CYCLE", "FROZEN AT", "STATE", "IMAGE");
+  for (const json& replica : answer["replicas"]) {
+    std::string name = replica["source"].get<std::string>() + "/" + replica["volume"].get<std::string>();
+    if (replica.value("state", "") == "failed") {
+      fmt::print("{:<32} FAILED: {}\n", name, replica.value("error", "?"));
+      continue;
+    }
+    fmt::print("{:<32} {:>12} {:>8} {:<25} {:<10} {}\n", name, format_bytes(replica["size_bytes"].get<uint64_t>()),
+               replica["applied_cycle"].get<uint64_t>(), text_or(replica["freeze_time"], "-"),
+               replica["state"].get<std::string>(), replica["image_path"].get<std::string>());
+  }
+  return 0;
+}
+
 int run_mirror_start(const ClientArgs& client, const MirrorArgs& args) {
   json request = unit_request("mirror_start", args);
   request["targets"] = args.targets;

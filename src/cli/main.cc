@@ -99,6 +99,12 @@ int main(int argc, char** argv) {
 
   amirror::cli::MirrorArgs mirror_args;
   std::string targets_text;
+  CLI::App* replica = app.add_subcommand("replica", "List the replicas this node holds for other nodes");
+  replica->require_subcommand(1);
+  CLI::App* replica_list = replica->add_subcommand("list", "List replicas: source/volume, applied cycle, state, image file");
+  replica_list->add_flag("--json", client.json, "Print JSON");
+  add_client_options(replica_list);
+
   CLI::App* mirror = app.add_subcommand("mirror", "Start, break and sync mirrors");
   mirror->require_subcommand(1);
   auto add_unit_options = [&](CLI::App* command) {
@@ -172,6 +178,7 @@ int main(int argc, char** argv) {
   if (volume_create->parsed()) return amirror::cli::run_volume_create(client, volume_args);
   if (volume_import->parsed()) return amirror::cli::run_volume_import(client, volume_args);
   if (volume_list->parsed()) return amirror::cli::run_volume_list(client);
+  if (replica_list->parsed()) return amirror::cli::run_replica_list(client);
   if (mirror_start->parsed()) return amirror::cli::run_mirror_start(client, mirror_args);
   if (mirror_break->parsed()) return amirror::cli::run_mirror_break(client, mirror_args);
   if (mirror_sync->parsed()) return amirror::cli::run_mirror_sync(client, mirror_args);

@@ -376,6 +376,7 @@ const std::map<std::string, Node::ControlHandler>& Node::control_handlers() {
   static const std::map<std::string, ControlHandler> handlers = {
       {"status", &Node::control_status},
       {"volume_list", &Node::control_volume_list},
+      {"replica_list", &Node::control_replica_list},
       {"volume_create", &Node::control_volume_create},
       {"volume_import", &Node::control_volume_create},
       {"mirror_start", &Node::control_mirror_start},
@@ -436,24 +437,32 @@ json Node::replicas_json() const {
   json replicas = json::array();
   for (const auto& replica : replicas_->all()) {
     repl::ReplicaState state = replica->state();
+    const std::string activity = replica->activity();
     replicas.push_back({{"source", replica->source_node()},
                         {"volume", replica->volume()},
                         {"size_bytes", replica->size_bytes()},
                         {"applied_cycle", state.applied_cycle},
                         {"freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
                         {"image_path", replica->image_path()},
-                        {"state", replica->activity()}});
+                        {"state", activity},
+                        {"role", "replica"},
+                        // The image holds the applied point except while an apply rewrites it.
+                        {"image_cycle", activity == "applying" ? json(nullptr) : json(state.applied_cycle)}});
   }
   // Every field a healthy replica has, null where unknown, so tooling need not special-case.
   for (const FailedReplica& failed : replicas_->failed()) {
     replicas.push_back({{"source", failed.source}, {"volume", failed.volume}, {"size_bytes", nullptr},
                         {"applied_cycle", nullptr}, {"freeze_time", nullptr},
-                        {"image_path", failed.dir + "/replica.img"}, {"state", "failed"}, {"error", failed.error}});
+                        {"image_path", failed.dir + "/replica.img"}, {"state", "failed"}, {"error", failed.error},
+                        {"role", "replica"}, {"image_cycle", nullptr}});
   }
   return replicas;
 }
 
 std::string Node::control_status(const json&) { return status_json(); }
+
+// replica_list: {"replicas": [...]}, the same objects as status's "replicas".
+std::string Node::control_replica_list(const json&) { return json{{"ok", true}, {"replicas", replicas_json()}}.dump(); }
 
 std::string Node::control_volume_list(const json&) {
   MutexLock lock(mutex_);
@@ -462,6 +471,7 @@ std::string Node::control_volume_list(const json&) {
     volumes.push_back({{"name", name},
                        {"size_bytes", entry->volume->size_bytes()},
                        {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
+                       {"role", "primary"},  // the only role until demote and promote exist
                        {"group", entry->volume->group()},
                        {"cycle", entry->volume->cycle()}});
   }
@@ -620,6 +630,7 @@ std::string Node::status_json() {
     volumes.push_back({{"name", name},
                        {"size_bytes", entry->volume->size_bytes()},
                        {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
+                       {"role", "primary"},  // the only role until demote and promote exist
                        {"group", entry->volume->group().empty() ? json(nullptr) : json(entry->volume->group())},
                        {"cycle", entry->volume->cycle()},
                        {"base_cycle", entry->volume->base_cycle()},
