@@ -168,7 +168,6 @@ Status MirrorEngine::freeze_all() {
   AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> cycles, Volume::freeze_group(members, clock()));
   MutexLock lock(mutex_);
   for (size_t i = 0; i < volumes_.size(); ++i) latest_points_[volumes_[i]->name] = cycles[i];
-  freeze_count_ += 1;
   return Status();
 }
 
@@ -216,9 +215,11 @@ void MirrorEngine::run() {
     // waiting; the count shows it, and the round repeats instead of sleeping.
     const uint64_t notifications = changed_.notifications();
     if (freeze_due_locked(now)) {
+      const uint64_t attempt = ++freezes_started_;
       lock.unlock();
       Status status = freeze_all();
       lock.lock();
+      if (status.ok()) last_good_freeze_ = attempt;
       note_freeze_locked(status);
     }
     start_transfers_locked(now);
@@ -493,12 +494,14 @@ void MirrorEngine::merge_what_is_possible() {
 Status MirrorEngine::sync(uint64_t timeout_ms) {
   auto deadline = clock().now() + std::chrono::milliseconds(timeout_ms);
   MutexLock lock(mutex_);
-  uint64_t wanted_freeze = freeze_count_ + 1;
+  // A freeze that started before this request may have cut before writes the caller
+  // finished before calling: only one that starts after it counts.
+  uint64_t wanted_freeze = freezes_started_ + 1;
   freeze_requested_ = true;
   changed_.notify_all();
-  while (!stopping_ && freeze_count_ < wanted_freeze && clock().now() < deadline) clock().wait_until(changed_, lock, deadline);
+  while (!stopping_ && last_good_freeze_ < wanted_freeze && clock().now() < deadline) clock().wait_until(changed_, lock, deadline);
   if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
-  if (freeze_count_ < wanted_freeze) {
+  if (last_good_freeze_ < wanted_freeze) {
     return Status(ErrorCode::kTimeout, "timed out before the freeze could happen" +
                                            (freeze_error_.empty() ? std::string() : ": " + freeze_error_));
   }

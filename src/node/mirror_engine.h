@@ -210,7 +210,10 @@ class MirrorEngine {
   // The container is fixed at construction; see TargetRuntime for its fields.
   std::vector<std::unique_ptr<TargetRuntime>> targets_;
   std::map<std::string, uint64_t> latest_points_ GUARDED_BY(mutex_);  // volume -> newest frozen point
-  uint64_t freeze_count_ GUARDED_BY(mutex_) = 0;                       // freezes since start
+  // Freeze attempts since start, counted before each cut, and the number of the last
+  // one that succeeded: `mirror sync` waits for one begun after its request.
+  uint64_t freezes_started_ GUARDED_BY(mutex_) = 0;
+  uint64_t last_good_freeze_ GUARDED_BY(mutex_) = 0;
   bool freeze_requested_ GUARDED_BY(mutex_) = false;
   Clock::TimePoint next_freeze_at_ GUARDED_BY(mutex_);
   std::string freeze_error_ GUARDED_BY(mutex_);
