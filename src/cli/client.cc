@@ -136,6 +136,20 @@ int run_replica_list(const ClientArgs& client) {
   return 0;
 }
 
+int run_replica_points(const ClientArgs& client, const std::string& replica) {
+  json answer;
+  if (!call(client, {{"command", "replica_points"}, {"replica", replica}}, answer)) return 1;
+  if (client.json) {
+    fmt::print("{}\n", answer["points"].dump());
+    return 0;
+  }
+  fmt::print("{:>8} {}\n", "CYCLE", "FROZEN AT");
+  for (const json& point : answer["points"]) {
+    fmt::print("{:>8} {}\n", point["cycle"].get<uint64_t>(), text_or(point["freeze_time"], "-"));
+  }
+  return 0;
+}
+
 int run_mirror_start(const ClientArgs& client, const MirrorArgs& args) {
   json request = unit_request("mirror_start", args);
   request["targets"] = args.targets;

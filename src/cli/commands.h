@@ -62,6 +62,7 @@ int run_volume_create(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_import(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_list(const ClientArgs& client);
 int run_replica_list(const ClientArgs& client);
+int run_replica_points(const ClientArgs& client, const std::string& replica);
 int run_mirror_start(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_break(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args);

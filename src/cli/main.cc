@@ -104,6 +104,11 @@ int main(int argc, char** argv) {
   CLI::App* replica_list = replica->add_subcommand("list", "List replicas: source/volume, applied cycle, state, image file");
   replica_list->add_flag("--json", client.json, "Print JSON");
   add_client_options(replica_list);
+  std::string replica_name;
+  CLI::App* replica_points = replica->add_subcommand("points", "List the freeze points a replica keeps: cycle and freeze time");
+  replica_points->add_option("replica", replica_name, "SOURCE/VOLUME, as `replica list` shows it")->required();
+  replica_points->add_flag("--json", client.json, "Print JSON");
+  add_client_options(replica_points);
 
   CLI::App* mirror = app.add_subcommand("mirror", "Start, break and sync mirrors");
   mirror->require_subcommand(1);
@@ -179,6 +184,7 @@ int main(int argc, char** argv) {
   if (volume_import->parsed()) return amirror::cli::run_volume_import(client, volume_args);
   if (volume_list->parsed()) return amirror::cli::run_volume_list(client);
   if (replica_list->parsed()) return amirror::cli::run_replica_list(client);
+  if (replica_points->parsed()) return amirror::cli::run_replica_points(client, replica_name);
   if (mirror_start->parsed()) return amirror::cli::run_mirror_start(client, mirror_args);
   if (mirror_break->parsed()) return amirror::cli::run_mirror_break(client, mirror_args);
   if (mirror_sync->parsed()) return amirror::cli::run_mirror_sync(client, mirror_args);

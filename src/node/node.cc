@@ -36,6 +36,17 @@ std::string iso_time(int64_t unix_ms) {
 
 json error_response(const Status& status) { return {{"ok", false}, {"error", status.message()}}; }
 
+// The points a replica keeps, oldest first: the applied one (one point until
+// `mirror start --keep N` exists).
+json points_json(const repl::ReplicaState& state) {
+  json points = json::array();
+  if (state.applied_cycle > 0) {
+    points.push_back({{"cycle", state.applied_cycle},
+                      {"freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)}});
+  }
+  return points;
+}
+
 // A replica served read-only over NBD as SOURCE/VOLUME.
 class ReplicaExport final : public nbd::Export {
  public:
@@ -377,6 +388,7 @@ const std::map<std::string, Node::ControlHandler>& Node::control_handlers() {
       {"status", &Node::control_status},
       {"volume_list", &Node::control_volume_list},
       {"replica_list", &Node::control_replica_list},
+      {"replica_points", &Node::control_replica_points},
       {"volume_create", &Node::control_volume_create},
       {"volume_import", &Node::control_volume_create},
       {"mirror_start", &Node::control_mirror_start},
@@ -447,19 +459,40 @@ json Node::replicas_json() const {
                         {"state", activity},
                         {"role", "replica"},
                         // The image holds the applied point except while an apply rewrites it.
-                        {"image_cycle", activity == "applying" ? json(nullptr) : json(state.applied_cycle)}});
+                        {"image_cycle", activity == "applying" ? json(nullptr) : json(state.applied_cycle)},
+                        {"points", points_json(state)}});
   }
   // Every field a healthy replica has, null where unknown, so tooling need not special-case.
   for (const FailedReplica& failed : replicas_->failed()) {
     replicas.push_back({{"source", failed.source}, {"volume", failed.volume}, {"size_bytes", nullptr},
                         {"applied_cycle", nullptr}, {"freeze_time", nullptr},
                         {"image_path", failed.dir + "/replica.img"}, {"state", "failed"}, {"error", failed.error},
-                        {"role", "replica"}, {"image_cycle", nullptr}});
+                        {"role", "replica"}, {"image_cycle", nullptr}, {"points", nullptr}});
   }
   return replicas;
 }
 
 std::string Node::control_status(const json&) { return status_json(); }
+
+// replica_points {"replica": "SOURCE/VOLUME"}: {"points": [{"cycle", "freeze_time"}]}.
+std::string Node::control_replica_points(const json& request) {
+  const std::string name = request.value("replica", "");
+  size_t slash = name.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == name.size() || name.find('/', slash + 1) != std::string::npos) {
+    return error_response(invalid_argument("bad replica name '" + name + "': expected SOURCE/VOLUME, e.g. site-a/db")).dump();
+  }
+  const std::string source = name.substr(0, slash), volume = name.substr(slash + 1);
+  for (const FailedReplica& failed : replicas_->failed()) {
+    if (failed.source == source && failed.volume == volume) {
+      return error_response(Status(ErrorCode::kIo, "replica " + name + " failed to open: " + failed.error)).dump();
+    }
+  }
+  auto replica = replicas_->find(source, volume);
+  if (replica == nullptr) {
+    return error_response(not_found("no replica " + name + " on node " + config_.name + " (`replica list` shows what is here)")).dump();
+  }
+  return json{{"ok", true}, {"replica", name}, {"points", points_json(replica->state())}}.dump();
+}
 
 // replica_list: {"replicas": [...]}, the same objects as status's "replicas".
 std::string Node::control_replica_list(const json&) { return json{{"ok", true}, {"replicas", replicas_json()}}.dump(); }

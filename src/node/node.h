@@ -6,7 +6,7 @@
 //
 // Control requests are JSON objects with a "command" field; responses are
 // {"ok": true, ...} or {"ok": false, "error": "..."}. Commands: volume_create,
-// volume_import, volume_list, replica_list, mirror_start, mirror_break, mirror_sync, status
+// volume_import, volume_list, replica_list, replica_points, mirror_start, mirror_break, mirror_sync, status
 // (fields in node.cc, next to each handler). Errors change nothing.
 //
 // A volume or replica that cannot be opened at start is "failed": the node starts
@@ -84,6 +84,7 @@ class Node {
   std::string control_status(const nlohmann::json& request);
   std::string control_volume_list(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_replica_list(const nlohmann::json& request);
+  std::string control_replica_points(const nlohmann::json& request);
   std::string control_volume_create(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_mirror_start(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_mirror_break(const nlohmann::json& request) EXCLUDES(mutex_);

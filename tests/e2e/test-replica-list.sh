@@ -3,6 +3,7 @@
 # `replica list` shows what a target holds for other nodes, in a table and as JSON
 # (the same objects as `status --json`'s "replicas"), with role "replica" and the
 # cycle the raw image holds; an empty node lists nothing; volumes show role "primary".
+# `replica points a/v` lists the kept points (the applied one); bad names are refused.
 source "$(dirname "$0")/mirror-lib.sh"
 
 setup_nodes a b
@@ -27,7 +28,19 @@ assert (r["source"], r["volume"], r["role"]) == ("a", "v", "replica"), r
 assert r["applied_cycle"] >= 1 and r["state"] == "idle", r
 assert r["image_cycle"] == r["applied_cycle"], r
 assert r["size_bytes"] == 4 * 1024 * 1024, r
+assert r["points"] == [{"cycle": r["applied_cycle"], "freeze_time": r["freeze_time"]}], r
 PY
+applied=$(replica_field b a v applied_cycle)
+points=$(am b replica points a/v --json)
+python3 -c 'import json,sys; p=json.loads(sys.argv[1]); assert [x["cycle"] for x in p] == [int(sys.argv[2])], p' \
+  "$points" "$applied" || fail "replica points a/v --json: $points (applied $applied)"
+am b replica points a/v | grep -Eq "^ +$applied 20[0-9]{2}-" || fail "replica points table: $(am b replica points a/v)"
+for bad in a v a/ /v a/v/x x/v; do
+  rc=0; am_try b replica points "$bad" || rc=$?
+  (( rc == 1 )) || fail "replica points '$bad' exited $rc, not 1"
+  grep -q . "$WORK/last.err" || fail "replica points '$bad' gave no error message"
+done
+grep -q "no replica x/v" "$WORK/last.err" || fail "unknown replica error does not name it: $(cat "$WORK/last.err")"
 am b replica list | grep -Eq '^a/v +4(\.0)? ?MiB' || fail "table row for a/v missing: $(am b replica list)"
 [[ $(am a status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["volumes"][0]["role"])') == primary ]] \
   || fail "volume v's role is not primary"
