@@ -150,7 +150,7 @@ uint64_t MirrorEngine::pinned_point_locked(const VolumeEntry& entry, const Targe
 }
 
 bool MirrorEngine::freeze_due_locked(Clock::TimePoint now) const {
-  if (!freeze_requested_ && now < next_freeze_at_) return false;
+  if (!freeze_requested_locked() && now < next_freeze_at_) return false;
   auto lag_grace = std::max<std::chrono::steady_clock::duration>(2 * interval_, kMinLagGrace);
   for (const auto& target : targets_) {
     // A target still copying the latest point holds the next freeze back, unless it
@@ -178,7 +178,6 @@ void MirrorEngine::note_freeze_locked(const Status& status) {
     next_freeze_at_ = clock().now() + std::chrono::seconds(1);
   } else {
     freeze_error_.clear();
-    freeze_requested_ = false;
     next_freeze_at_ = clock().now() + interval_;
     for (auto& target : targets_) {
       if (!target->busy) target->retry_at = {};  // a new point: try stragglers again now
@@ -235,7 +234,7 @@ Clock::TimePoint MirrorEngine::next_wake_locked(Clock::TimePoint now) const {
   // At least once a second, so a change nobody notified about is noticed.
   Clock::TimePoint wake = now + std::chrono::seconds(1);
   if (next_freeze_at_ > now) wake = std::min(wake, next_freeze_at_);
-  if (next_freeze_at_ <= now || freeze_requested_) {
+  if (next_freeze_at_ <= now || freeze_requested_locked()) {
     // A freeze is due but a target still copying the latest point holds it back: the
     // end of that transfer notifies; past the lag grace it no longer holds it back.
     auto lag_grace = std::max<std::chrono::steady_clock::duration>(2 * interval_, kMinLagGrace);
@@ -497,7 +496,7 @@ Status MirrorEngine::sync(uint64_t timeout_ms) {
   // A freeze that started before this request may have cut before writes the caller
   // finished before calling: only one that starts after it counts.
   uint64_t wanted_freeze = freezes_started_ + 1;
-  freeze_requested_ = true;
+  freeze_wanted_ = std::max(freeze_wanted_, wanted_freeze);
   changed_.notify_all();
   while (!stopping_ && last_good_freeze_ < wanted_freeze && clock().now() < deadline) clock().wait_until(changed_, lock, deadline);
   if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");

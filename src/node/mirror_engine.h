@@ -153,6 +153,7 @@ class MirrorEngine {
   friend class TargetHost;
 
   Clock& clock() const { return *context_.env.clock; }
+  bool freeze_requested_locked() const REQUIRES(mutex_) { return freeze_wanted_ > last_good_freeze_; }
   void run() EXCLUDES(mutex_);
   bool freeze_due_locked(Clock::TimePoint now) const REQUIRES(mutex_);
   // When the engine thread must look again without being notified: the next freeze,
@@ -214,7 +215,9 @@ class MirrorEngine {
   // one that succeeded: `mirror sync` waits for one begun after its request.
   uint64_t freezes_started_ GUARDED_BY(mutex_) = 0;
   uint64_t last_good_freeze_ GUARDED_BY(mutex_) = 0;
-  bool freeze_requested_ GUARDED_BY(mutex_) = false;
+  // The freeze attempt a `mirror sync` waits for; requested until one that numbered
+  // succeeded (an attempt begun before the request does not clear it).
+  uint64_t freeze_wanted_ GUARDED_BY(mutex_) = 0;
   Clock::TimePoint next_freeze_at_ GUARDED_BY(mutex_);
   std::string freeze_error_ GUARDED_BY(mutex_);
 

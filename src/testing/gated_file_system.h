@@ -18,7 +18,14 @@ namespace amirror::testing {
 class GatedFileSystem final : public FileSystem {
  public:
   enum class Gate { kOpen, kRenameOnto };
-  GatedFileSystem(Gate gate, std::string gated_name) : gate_(gate), gated_name_(std::move(gated_name)) {}
+  // Unarmed, every operation passes until arm(): set-up can write the gated files.
+  GatedFileSystem(Gate gate, std::string gated_name, bool armed = true)
+      : gate_(gate), gated_name_(std::move(gated_name)), armed_(armed) {}
+
+  void arm() {
+    std::lock_guard lock(mutex_);
+    armed_ = true;
+  }
 
   Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override {
     if (gate_ == Gate::kOpen) wait_if_gated(path);
@@ -51,6 +58,7 @@ class GatedFileSystem final : public FileSystem {
   void wait_if_gated(const std::string& path) {
     if (!path.ends_with("/" + gated_name_)) return;
     std::unique_lock lock(mutex_);
+    if (!armed_) return;
     waiting_ = true;
     changed_.notify_all();
     changed_.wait(lock, [&] { return open_; });
@@ -61,6 +69,7 @@ class GatedFileSystem final : public FileSystem {
   const std::string gated_name_;
   std::mutex mutex_;
   std::condition_variable changed_;
+  bool armed_;
   bool waiting_ = false;
   bool open_ = false;
 };

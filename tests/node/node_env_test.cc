@@ -7,6 +7,7 @@
 // "something happened" by waiting on the state that shows it.
 #include <gtest/gtest.h>
 
+#include <future>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -179,6 +180,35 @@ TEST_F(NodeEnvTest, EngineSleepsWhileATargetHoldsTheNextFreezeBack) {
   EXPECT_EQ(mirror_of_v()["state"], "initial-sync");
   b_fs.open_gate();
   ASSERT_TRUE(eventually([&] { return applied_on_b() == 2; })) << mirror_of_v().dump();
+}
+
+// A `mirror sync` that arrives while a freeze is past its cut must wait for a freeze
+// begun after it (writes finished just before the sync may be missing from the one in
+// progress), and that freeze must happen: the one in progress must not use up the
+// request. The freeze is held in its metadata write, under the volume's lock.
+TEST_F(NodeEnvTest, SyncDuringAFreezeWaitsForTheNextOne) {
+  gated_fs_ = std::make_unique<testing::GatedFileSystem>(testing::GatedFileSystem::Gate::kRenameOnto, "volume.meta",
+                                                         /*armed=*/false);
+  start_nodes(*gated_fs_, posix_file_system());
+  write_v(0, 0x44);
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 3'600'000}})["ok"]);
+  ASSERT_TRUE(eventually([&] { return mirror_of_v()["state"] == "idle" && a_->find_volume("v")->volume->base_cycle() == 1; }))
+      << mirror_of_v().dump();  // point 1 applied and merged: no metadata write pending
+  ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous));
+
+  gated_fs_->arm();
+  clock_.advance(3'600'000ms);  // freeze 2 begins and stops in its metadata write
+  ASSERT_TRUE(gated_fs_->wait_until_one_waits(kGenerous));
+  auto sync = std::async(std::launch::async, [&] {
+    return call(*a_, {{"command", "mirror_sync"}, {"volume", "v"}, {"timeout_ms", 600'000}});
+  });
+  ASSERT_TRUE(clock_.wait_until_quiet(1, kGenerous)) << "the sync never waited";  // the engine is in the gate
+  gated_fs_->open_gate();
+  while (sync.wait_for(2ms) != std::future_status::ready) clock_.advance(1000ms);  // a stuck sync times out
+  json answer = sync.get();
+  EXPECT_TRUE(answer["ok"]) << answer.dump();
+  EXPECT_EQ(source_cycle(), 3u) << "the sync counted the freeze that was already under way";
+  EXPECT_GE(applied_on_b(), 3u);
 }
 
 TEST_F(NodeEnvTest, StoppedNodesLeaveNoThreadBehind) {
