@@ -122,6 +122,9 @@ Status Node::check_name_free(const std::string& name) const {
                                                  data_dir_->volume_dir(name) +
                                                  " and restart the node");
   }
+  if (deleting_.contains(name)) {
+    return Status(ErrorCode::kBusy, "volume '" + name + "' is being deleted; try again in a moment");
+  }
   if (auto import = imports_.find(name); import != imports_.end()) {
     return Status(ErrorCode::kBusy, "volume '" + name + "' is being imported from " +
                                         import->second->source + " (" +

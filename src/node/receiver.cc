@@ -107,6 +107,29 @@ void ReplicaRegistry::release(const std::string& key) {
   released_.notify_all();
 }
 
+Status ReplicaRegistry::remove(const std::string& source, const std::string& volume,
+                               const std::function<Status(const std::string& dir)>& remove_dir) {
+  std::string key = source + "/" + volume;
+  {
+    std::lock_guard lock(mutex_);
+    if (!replicas_.contains(key) && !failed_.contains(key)) {
+      return not_found("no replica " + key + " on this node (see `amirror replica list`)");
+    }
+    if (in_use_.contains(key)) {
+      return Status(ErrorCode::kBusy, "replica " + key + " is receiving from " + source +
+                                          " now; try again once its cycle is applied, or run `amirror mirror break " +
+                                          volume + "` on " + source + " first");
+    }
+    in_use_.insert(key);  // a connection from the source waits until we are done
+    replicas_.erase(key);
+    failed_.erase(key);
+  }
+  Status status = remove_dir(replicas_dir_ + "/" + key);
+  if (!status.ok()) load_one(source, volume);
+  release(key);
+  return status;
+}
+
 namespace {
 
 // The node's rules for who may send what, over its replica registry.
