@@ -71,8 +71,9 @@ Result<std::shared_ptr<repl::Replica>> ReplicaRegistry::open_or_create(const std
   std::lock_guard lock(mutex_);
   if (auto failed = failed_.find(source + "/" + volume); failed != failed_.end()) {
     return Status(ErrorCode::kCorruption, "replica " + failed->first + " failed to open when the target started (" +
-                                              failed->second.error + "); it is not overwritten: repair or remove " +
-                                              failed->second.dir + " on the target and restart it");
+                                              failed->second.error + "); it is not overwritten: repair " + failed->second.dir +
+                                              " and restart the target, or run `amirror replica delete " +
+                                              failed->first + "` on it");
   }
   auto it = replicas_.find(source + "/" + volume);
   if (it != replicas_.end()) {
