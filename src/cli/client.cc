@@ -97,6 +97,20 @@ int run_volume_import(const ClientArgs& client, const VolumeArgs& args) {
   return 0;
 }
 
+int run_volume_delete(const ClientArgs& client, const VolumeArgs& args) {
+  json answer;
+  if (!call(client, {{"command", "volume_delete"}, {"name", args.name}, {"force", args.force}}, answer)) return 1;
+  fmt::print("deleted volume {}\n", args.name);
+  return 0;
+}
+
+int run_replica_delete(const ClientArgs& client, const std::string& replica) {
+  json answer;
+  if (!call(client, {{"command", "replica_delete"}, {"replica", replica}}, answer)) return 1;
+  fmt::print("deleted replica {}\n", replica);
+  return 0;
+}
+
 int run_volume_list(const ClientArgs& client) {
   json answer;
   if (!call(client, {{"command", "volume_list"}}, answer)) return 1;

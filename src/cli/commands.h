@@ -50,6 +50,7 @@ struct VolumeArgs {
   uint64_t chunk_size_bytes = 0;  // 0 = the node's default
   std::string group;
   std::string from;  // import only
+  bool force = false;  // delete only
 };
 struct MirrorArgs {
   std::string volume;
@@ -61,8 +62,11 @@ struct MirrorArgs {
 int run_volume_create(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_import(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_list(const ClientArgs& client);
+int run_volume_delete(const ClientArgs& client, const VolumeArgs& args);
 int run_replica_list(const ClientArgs& client);
 int run_replica_points(const ClientArgs& client, const std::string& replica);
+// `replica`: "SOURCE/VOLUME".
+int run_replica_delete(const ClientArgs& client, const std::string& replica);
 int run_mirror_start(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_break(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args);

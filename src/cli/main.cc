@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
   };
   std::string size_text, chunk_text, interval_text, timeout_text;
   amirror::cli::VolumeArgs volume_args;
-  CLI::App* volume = app.add_subcommand("volume", "Create, import and list volumes");
+  CLI::App* volume = app.add_subcommand("volume", "Create, import, list and delete volumes");
   volume->require_subcommand(1);
   CLI::App* volume_create = volume->add_subcommand("create", "Create an empty (sparse) volume");
   volume_create->add_option("name", volume_args.name, "Volume name: letters, digits, '.', '_', '-'")->required();
@@ -96,10 +96,15 @@ int main(int argc, char** argv) {
   CLI::App* volume_list = volume->add_subcommand("list", "List the node's volumes");
   volume_list->add_flag("--json", client.json, "Print JSON");
   add_client_options(volume_list);
+  CLI::App* volume_delete = volume->add_subcommand("delete", "Delete a volume and every file of it");
+  volume_delete->add_option("name", volume_args.name, "Volume name")->required();
+  volume_delete->add_flag("--force", volume_args.force,
+                          "Even if mirrored (the mirror is broken first) or open by NBD clients (they are cut off)");
+  add_client_options(volume_delete);
 
   amirror::cli::MirrorArgs mirror_args;
   std::string targets_text;
-  CLI::App* replica = app.add_subcommand("replica", "List the replicas this node holds for other nodes");
+  CLI::App* replica = app.add_subcommand("replica", "List and delete the replicas this node holds for other nodes");
   replica->require_subcommand(1);
   CLI::App* replica_list = replica->add_subcommand("list", "List replicas: source/volume, applied cycle, state, image file");
   replica_list->add_flag("--json", client.json, "Print JSON");
@@ -109,6 +114,9 @@ int main(int argc, char** argv) {
   replica_points->add_option("replica", replica_name, "SOURCE/VOLUME, as `replica list` shows it")->required();
   replica_points->add_flag("--json", client.json, "Print JSON");
   add_client_options(replica_points);
+  CLI::App* replica_delete = replica->add_subcommand("delete", "Delete a replica; the source's next cycle sends a full copy");
+  replica_delete->add_option("replica", replica_name, "SOURCE/VOLUME, as `replica list` shows it")->required();
+  add_client_options(replica_delete);
 
   CLI::App* mirror = app.add_subcommand("mirror", "Start, break and sync mirrors");
   mirror->require_subcommand(1);
@@ -183,8 +191,10 @@ int main(int argc, char** argv) {
   if (volume_create->parsed()) return amirror::cli::run_volume_create(client, volume_args);
   if (volume_import->parsed()) return amirror::cli::run_volume_import(client, volume_args);
   if (volume_list->parsed()) return amirror::cli::run_volume_list(client);
+  if (volume_delete->parsed()) return amirror::cli::run_volume_delete(client, volume_args);
   if (replica_list->parsed()) return amirror::cli::run_replica_list(client);
   if (replica_points->parsed()) return amirror::cli::run_replica_points(client, replica_name);
+  if (replica_delete->parsed()) return amirror::cli::run_replica_delete(client, replica_name);
   if (mirror_start->parsed()) return amirror::cli::run_mirror_start(client, mirror_args);
   if (mirror_break->parsed()) return amirror::cli::run_mirror_break(client, mirror_args);
   if (mirror_sync->parsed()) return amirror::cli::run_mirror_sync(client, mirror_args);

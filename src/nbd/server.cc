@@ -176,6 +176,8 @@ class Connection {
   int fd() const { return fd_; }
   const std::string& peer() const { return peer_; }
   void set_fd_closed() { fd_ = -1; }
+  // The export this connection serves; null during the handshake.
+  const Export* serving() const { return serving_.load(); }
 
   // Negotiates, then serves until the client leaves or the server stops.
   void serve(const ExportCatalog& catalog);
@@ -210,6 +212,7 @@ class Connection {
   const net::TlsContext* const tls_context_;  // null when tls_mode_ is kOff
   std::atomic<bool> closing_{false};
   std::shared_ptr<Export> target_;
+  std::atomic<const Export*> serving_{nullptr};  // target_, for other threads
   ConnectionLimits limits_;
   // Set by serve() before the workers start, when the client negotiated TLS; then
   // every request byte and reply byte goes through it.
@@ -246,6 +249,7 @@ void Connection::serve(const ExportCatalog& catalog) {
   timeval no_timeout{0, 0};
   ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &no_timeout, sizeof no_timeout);
   target_ = negotiated->target;
+  serving_.store(target_.get());
   limits_ = negotiated->limits;
   tls_ = stream.take_session();
   AMIRROR_ASSERT(negotiated->tls == (tls_ != nullptr));
@@ -704,6 +708,25 @@ void Server::run_connection(std::shared_ptr<Connection> connection) {
 uint32_t Server::connection_count() const {
   std::lock_guard lock(connections_mutex_);
   return static_cast<uint32_t>(connections_.size());
+}
+
+uint32_t Server::connections_serving(const Export& target) const {
+  std::lock_guard lock(connections_mutex_);
+  return static_cast<uint32_t>(std::count_if(connections_.begin(), connections_.end(),
+                                             [&](const auto& connection) { return connection->serving() == &target; }));
+}
+
+uint32_t Server::close_connections_serving(const Export& target) {
+  // Under the mutex: run_connection closes descriptors under it too, so we never shut
+  // down a recycled one.
+  std::lock_guard lock(connections_mutex_);
+  uint32_t closed = 0;
+  for (const auto& connection : connections_) {
+    if (connection->serving() != &target) continue;
+    connection->shut_down();
+    closed += 1;
+  }
+  return closed;
 }
 
 void Server::stop() {

@@ -81,6 +81,12 @@ class Server {
   // The bound TCP port (useful with port 0); 0 without TCP.
   uint16_t tcp_port() const { return tcp_port_; }
   uint32_t connection_count() const;
+  // Connections past their handshake that serve `target` (compared by identity).
+  uint32_t connections_serving(const Export& target) const;
+  // Shuts down every connection serving `target`, as stop() does for all: blocked
+  // receives return, in-flight requests finish, the client sees the connection end.
+  // For an export that is going away. Returns how many were shut down.
+  uint32_t close_connections_serving(const Export& target);
 
  private:
   Server(ServerOptions options, std::shared_ptr<const ExportCatalog> catalog);

@@ -13,7 +13,7 @@
 #include "base/units.h"
 #include "node/mirror_bookkeeping.h"
 #include "nbd/server.h"
-#include "nbd/volume_export.h"
+#include "node/node_catalog.h"
 
 namespace amirror::node {
 
@@ -47,64 +47,10 @@ json points_json(const repl::ReplicaState& state) {
   return points;
 }
 
-// A replica served read-only over NBD as SOURCE/VOLUME.
-class ReplicaExport final : public nbd::Export {
- public:
-  explicit ReplicaExport(std::shared_ptr<repl::Replica> replica) : replica_(std::move(replica)) {}
-  uint64_t size_bytes() const override { return replica_->size_bytes(); }
-  bool read_only() const override { return true; }
-  Status read(uint64_t offset_bytes, std::span<uint8_t> out) override { return replica_->read(offset_bytes, out); }
-  Status write(uint64_t, std::span<const uint8_t>, bool) override { return refuse(); }
-  Status write_zeroes(uint64_t, uint64_t, bool) override { return refuse(); }
-  Status trim(uint64_t, uint64_t) override { return refuse(); }
-  Status flush() override { return Status(); }
-  Result<std::vector<Extent>> allocated_extents(uint64_t offset_bytes, uint64_t length_bytes) override {
-    return replica_->allocated_extents(offset_bytes, length_bytes);
-  }
-
- private:
-  static Status refuse() { return Status(ErrorCode::kUnsupported, "replicas are read-only"); }
-  std::shared_ptr<repl::Replica> replica_;
-};
-
-class NodeCatalog final : public nbd::ExportCatalog {
- public:
-  explicit NodeCatalog(const Node* node) : node_(node) {}
-  std::vector<std::string> names() const override { return node_->export_names(); }
-  // The same name always yields the same Export object: the NBD server relies on that
-  // identity between SET_META_CONTEXT and GO. Volumes and replicas are never removed.
-  std::string unavailable_reason(const std::string& name) const override { return node_->unavailable_reason(name); }
-  std::shared_ptr<nbd::Export> find(const std::string& name) const override {
-    std::string resolved = name;
-    if (resolved.empty()) {
-      std::vector<std::string> all = names();
-      if (all.size() != 1) return nullptr;
-      resolved = all.front();
-    }
-    std::lock_guard lock(mutex_);
-    auto cached = cache_.find(resolved);
-    if (cached != cache_.end()) return cached->second;
-    std::shared_ptr<nbd::Export> found;
-    size_t slash = resolved.find('/');
-    if (slash != std::string::npos) {
-      auto replica = node_->find_replica(resolved.substr(0, slash), resolved.substr(slash + 1));
-      if (replica) found = std::make_shared<ReplicaExport>(replica);
-    } else if (auto entry = node_->find_volume(resolved)) {
-      found = std::make_shared<nbd::VolumeExport>(entry->volume);
-    }
-    if (found) cache_[resolved] = found;
-    return found;
-  }
-
- private:
-  const Node* node_;
-  mutable std::mutex mutex_;
-  mutable std::map<std::string, std::shared_ptr<nbd::Export>> cache_;
-};
-
 }  // namespace
 
-Node::Node(NodeConfig config, Env env) : config_(std::move(config)), env_(env) {}
+Node::Node(NodeConfig config, Env env)
+    : config_(std::move(config)), env_(env), catalog_(std::make_shared<NodeCatalog>(this)) {}
 
 Node::~Node() { stop(); }
 
@@ -207,7 +153,7 @@ Status Node::start_listeners() {
     options.tls = nbd_tls_;
     options.tls_mode = config_.nbd_tls;
     options.quiet = true;
-    AMIRROR_ASSIGN_OR_RETURN(nbd_server_, nbd::Server::start(options, std::make_shared<NodeCatalog>(this)));
+    AMIRROR_ASSIGN_OR_RETURN(nbd_server_, nbd::Server::start(options, catalog_));
   }
   if (!config_.listen.empty()) {
     AMIRROR_ASSIGN_OR_RETURN(peer_listener_, env_.network->listen(config_.listen));
@@ -394,6 +340,8 @@ const std::map<std::string, Node::ControlHandler>& Node::control_handlers() {
       {"mirror_start", &Node::control_mirror_start},
       {"mirror_break", &Node::control_mirror_break},
       {"mirror_sync", &Node::control_mirror_sync},
+      {"volume_delete", &Node::control_volume_delete},
+      {"replica_delete", &Node::control_replica_delete},
   };
   return handlers;
 }
@@ -564,17 +512,23 @@ std::string Node::control_mirror_sync(const json& request) {
   return json{{"ok", true}}.dump();
 }
 
+std::string Node::control_mirror_break(const json& request) {
+  Status status = break_mirror(request.value("volume", ""), request.value("group", ""));
+  if (!status.ok()) return error_response(status).dump();
+  return json{{"ok", true}}.dump();
+}
+
 // The engine stays in engines_ while it stops, its volumes marked settling: a start or
 // break of them waits, and status keeps showing the engine's view until the final
 // state is both on disk and in the node's copy.
-std::string Node::control_mirror_break(const json& request) {
+Status Node::break_mirror(const std::string& volume, const std::string& group) {
   MutexLock lock(mutex_);
   std::string unit_key;
-  auto members = resolve_unit(request.value("volume", ""), request.value("group", ""), unit_key);
-  if (!members.ok()) return error_response(members.status()).dump();
+  auto members = resolve_unit(volume, group, unit_key);
+  if (!members.ok()) return members.status();
   wait_until_settled_locked(lock, members.value());  // a concurrent break of these goes first
   auto found = find_engine_locked(members.value(), unit_key);
-  if (!found.ok()) return error_response(found.status()).dump();
+  if (!found.ok()) return found.status();
   std::shared_ptr<MirrorEngine> engine = std::move(found).value();
   std::string running_unit = unit_of_volume_.at(members.value().front()->name);
   std::vector<std::shared_ptr<VolumeEntry>> unit_members;
@@ -588,9 +542,9 @@ std::string Node::control_mirror_break(const json& request) {
   engine->stop();  // slow: aborts transfers, merges layers; status() meanwhile still answers
   std::map<std::string, MirrorState> final_states = engine->states();
   Status saved;
-  for (auto& [volume, state] : final_states) {
+  for (auto& [member, state] : final_states) {
     state.running = false;
-    Status status = save_mirror_state(*env_.fs, mirrors_dir_, volume, state);
+    Status status = save_mirror_state(*env_.fs, mirrors_dir_, member, state);
     if (saved.ok()) saved = status;
   }
 
@@ -604,12 +558,11 @@ std::string Node::control_mirror_break(const json& request) {
   engines_.erase(running_unit);
   settled_.notify_all();
   if (!saved.ok()) {
-    return error_response(Status(saved.code(), "the mirror of " + unit_key.substr(unit_key.find(':') + 1) +
-                                                   " stopped, but its state file could not be updated (" +
-                                                   saved.message() + "): it resumes when the node restarts"))
-        .dump();
+    return Status(saved.code(), "the mirror of " + unit_key.substr(unit_key.find(':') + 1) +
+                                    " stopped, but its state file could not be updated (" + saved.message() +
+                                    "): it resumes when the node restarts");
   }
-  return json{{"ok", true}}.dump();
+  return Status();
 }
 
 std::string Node::status_json() {

@@ -6,8 +6,9 @@
 //
 // Control requests are JSON objects with a "command" field; responses are
 // {"ok": true, ...} or {"ok": false, "error": "..."}. Commands: volume_create,
-// volume_import, volume_list, replica_list, replica_points, mirror_start, mirror_break, mirror_sync, status
-// (fields in node.cc, next to each handler). Errors change nothing.
+// volume_import, volume_list, volume_delete, replica_list, replica_points, replica_delete,
+// mirror_start, mirror_break, mirror_sync, status (fields in node.cc and node_delete.cc,
+// next to each handler). Errors change nothing.
 //
 // A volume or replica that cannot be opened at start is "failed": the node starts
 // anyway, serves and mirrors everything else, and shows it in status with the reason;
@@ -46,6 +47,7 @@ class Server;
 namespace amirror::node {
 
 class ImportSource;
+class NodeCatalog;
 
 class Node {
  public:
@@ -89,6 +91,26 @@ class Node {
   std::string control_mirror_start(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_mirror_break(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_mirror_sync(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_volume_delete(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_replica_delete(const nlohmann::json& request) EXCLUDES(mutex_);
+  // `mirror break` of the unit `volume` or `group` names (exactly one non-empty).
+  Status break_mirror(const std::string& volume, const std::string& group) EXCLUDES(mutex_);
+
+  // volume_delete / replica_delete (node_delete.cc).
+  struct ClaimedVolume;
+  Status delete_volume(const std::string& name, bool force) EXCLUDES(mutex_);
+  // Refuses when NBD clients have `name` open (unless `force`).
+  Status check_nbd_clients(const std::string& name, bool force) const;
+  // Why `name` cannot be deleted now (unknown, importing, being deleted), or the unit
+  // key of the mirror that runs for it ("" when none).
+  Result<std::string> deletable_locked(const std::string& name) const REQUIRES(mutex_);
+  Status refuse_mirrored_locked(const std::string& name, const std::string& unit) const REQUIRES(mutex_);
+  // Takes `name` out of volumes_ (or failed_volumes_) and reserves it in deleting_.
+  ClaimedVolume claim_for_delete_locked(const std::string& name) REQUIRES(mutex_);
+  // Withdraws the export, removes the state file and moves the directory to the trash.
+  Result<std::string> retire_volume_files(const std::string& name);
+  // Withdraws the NBD export `name` and closes the connections that serve it.
+  void withdraw_export(const std::string& name);
 
   // Adds "state" to each volume of `volumes` (a status or volume_list array) and
   // appends the failed and importing ones.
@@ -159,10 +181,15 @@ class Node {
   };
   // Names reserved by running imports: not in volumes_ (so not exported) until done.
   std::map<std::string, std::shared_ptr<ImportProgress>> imports_ GUARDED_BY(mutex_);
+  // Names a `volume delete` is removing: in neither volumes_ nor failed_volumes_, and
+  // not free for create or import until the directory is gone from its name.
+  std::set<std::string> deleting_ GUARDED_BY(mutex_);
 
   // Null only with insecure = true (or a node with no peers and no TLS files).
   std::shared_ptr<const net::TlsContext> tls_;      // peers: TLS 1.3 only
   std::shared_ptr<const net::TlsContext> nbd_tls_;  // NBD STARTTLS: TLS 1.2 or 1.3
+  // What NBD serves; the node withdraws a deleted volume's or replica's export from it.
+  const std::shared_ptr<NodeCatalog> catalog_;
   std::unique_ptr<nbd::Server> nbd_server_;
   std::unique_ptr<Listener> peer_listener_;
   std::thread peer_accept_thread_;

@@ -118,9 +118,12 @@ Status Node::check_name_free(const std::string& name) const {
     return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' already exists");
   if (auto failed = failed_volumes_.find(name); failed != failed_volumes_.end()) {
     return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' exists but failed to open (" +
-                                                 failed->second.error + "); repair or remove " +
+                                                 failed->second.error + "); repair " +
                                                  data_dir_->volume_dir(name) +
-                                                 " and restart the node");
+                                                 " and restart the node, or `amirror volume delete " + name + "`");
+  }
+  if (deleting_.contains(name)) {
+    return Status(ErrorCode::kBusy, "volume '" + name + "' is being deleted; try again in a moment");
   }
   if (auto import = imports_.find(name); import != imports_.end()) {
     return Status(ErrorCode::kBusy, "volume '" + name + "' is being imported from " +
@@ -136,8 +139,8 @@ Status Node::check_unit_available(const std::string& volume, const std::string& 
     if (name == volume) {
       return Status(ErrorCode::kCorruption,
                     "volume '" + name + "' failed to open when the node started: " + failed.error +
-                        "; repair or remove " + data_dir_->volume_dir(name) +
-                        " and restart the node");
+                        "; repair " + data_dir_->volume_dir(name) +
+                        " and restart the node, or `amirror volume delete " + name + "`");
     }
     if (!group.empty() && failed.group == group) {
       return Status(ErrorCode::kCorruption,

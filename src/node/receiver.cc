@@ -71,8 +71,9 @@ Result<std::shared_ptr<repl::Replica>> ReplicaRegistry::open_or_create(const std
   std::lock_guard lock(mutex_);
   if (auto failed = failed_.find(source + "/" + volume); failed != failed_.end()) {
     return Status(ErrorCode::kCorruption, "replica " + failed->first + " failed to open when the target started (" +
-                                              failed->second.error + "); it is not overwritten: repair or remove " +
-                                              failed->second.dir + " on the target and restart it");
+                                              failed->second.error + "); it is not overwritten: repair " + failed->second.dir +
+                                              " and restart the target, or run `amirror replica delete " +
+                                              failed->first + "` on it");
   }
   auto it = replicas_.find(source + "/" + volume);
   if (it != replicas_.end()) {
@@ -105,6 +106,29 @@ void ReplicaRegistry::release(const std::string& key) {
   std::lock_guard lock(mutex_);
   in_use_.erase(key);
   released_.notify_all();
+}
+
+Status ReplicaRegistry::remove(const std::string& source, const std::string& volume,
+                               const std::function<Status(const std::string& dir)>& remove_dir) {
+  std::string key = source + "/" + volume;
+  {
+    std::lock_guard lock(mutex_);
+    if (!replicas_.contains(key) && !failed_.contains(key)) {
+      return not_found("no replica " + key + " on this node (see `amirror replica list`)");
+    }
+    if (in_use_.contains(key)) {
+      return Status(ErrorCode::kBusy, "replica " + key + " is receiving from " + source +
+                                          " now; try again once its cycle is applied, or run `amirror mirror break " +
+                                          volume + "` on " + source + " first");
+    }
+    in_use_.insert(key);  // a connection from the source waits until we are done
+    replicas_.erase(key);
+    failed_.erase(key);
+  }
+  Status status = remove_dir(replicas_dir_ + "/" + key);
+  if (!status.ok()) load_one(source, volume);
+  release(key);
+  return status;
 }
 
 namespace {

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -54,6 +55,12 @@ class ReplicaRegistry {
   // source's previous connection, not yet seen closing), waits up to `wait_ms` for it.
   bool acquire(const std::string& key, uint64_t wait_ms);
   void release(const std::string& key);
+  // Deletes the replica (or failed replica) SOURCE/VOLUME: refused while a connection
+  // holds it (it is receiving). `remove_dir` runs while the name is held, so no
+  // connection recreates the replica halfway; if it fails, the replica is loaded again
+  // from what is left, as at start. A later send creates a fresh replica (full copy).
+  Status remove(const std::string& source, const std::string& volume,
+                const std::function<Status(const std::string& dir)>& remove_dir);
 
  private:
   void load_one(const std::string& source, const std::string& volume);

@@ -14,6 +14,11 @@ constexpr const char* kVolumesDirName = "volumes";
 // A volume is built under this suffix and renamed into place once complete, so a
 // crash during creation never leaves a half-made volume under its real name.
 constexpr const char* kCreatingSuffix = ".creating";
+constexpr const char* kTrashDirName = "trash";
+// Bounds the search for a free trash name when earlier entries could not be removed.
+constexpr uint64_t kMaxTrashProbes = 1'000'000;
+
+std::string parent_of(const std::string& path) { return path.substr(0, path.rfind('/')); }
 
 bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() &&
@@ -52,6 +57,7 @@ Result<std::unique_ptr<DataDir>> DataDir::open(FileSystem& fs, const std::string
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(path + "/" + kVolumesDirName));
   std::unique_ptr<DataDir> data_dir(new DataDir(fs, path, std::move(lock).value()));
   AMIRROR_RETURN_IF_ERROR(data_dir->remove_unfinished_volumes());
+  AMIRROR_RETURN_IF_ERROR(data_dir->empty_trash());
   return data_dir;
 }
 
@@ -73,6 +79,43 @@ Status DataDir::remove_volume_files(const std::string& dir) {
   AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> files, fs_.list_dir(dir));
   for (const std::string& file : files) AMIRROR_RETURN_IF_ERROR(fs_.remove(dir + "/" + file));
   return fs_.remove_dir(dir);
+}
+
+std::string DataDir::trash_dir() const { return path_ + "/" + kTrashDirName; }
+
+Status DataDir::empty_trash() {
+  AMIRROR_RETURN_IF_ERROR(fs_.make_dir(trash_dir()));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(path_));
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.list_dir(trash_dir()));
+  for (const std::string& name : names) {
+    AMIRROR_RETURN_IF_ERROR(remove_volume_files(trash_dir() + "/" + name)
+                                .with_context("empty the trash entry " + trash_dir() + "/" + name));
+  }
+  return names.empty() ? Status() : fs_.sync_dir(trash_dir());
+}
+
+Result<std::string> DataDir::move_to_trash(const std::string& dir) {
+  AMIRROR_ASSERT(dir.starts_with(path_ + "/"));
+  std::string trashed;
+  {
+    std::lock_guard lock(create_mutex_);
+    for (uint64_t probe = 0;; ++probe) {
+      AMIRROR_ASSERT(probe < kMaxTrashProbes);
+      trashed = trash_dir() + "/" + std::to_string(next_trash_id_++);
+      AMIRROR_ASSIGN_OR_RETURN(bool taken, fs_.exists(trashed));
+      if (!taken) break;
+    }
+  }
+  AMIRROR_RETURN_IF_ERROR(fs_.rename(dir, trashed));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(parent_of(dir)));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(trash_dir()));
+  return trashed;
+}
+
+Status DataDir::remove_from_trash(const std::string& trashed_dir) {
+  AMIRROR_ASSERT(parent_of(trashed_dir) == trash_dir());
+  AMIRROR_RETURN_IF_ERROR(remove_volume_files(trashed_dir));
+  return fs_.sync_dir(trash_dir());
 }
 
 std::string DataDir::volume_dir(const std::string& name) const {

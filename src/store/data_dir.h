@@ -8,6 +8,12 @@
 //   <data_dir>/volumes/<name>.creating/  a volume being built (created or imported);
 //                                   never listed, and removed by the next open(), so
 //                                   a crash mid-import leaves no half volume
+//   <data_dir>/trash/<n>/           a deleted volume or replica on its way out
+//
+// Deleting (a volume or a replica) is a rename into trash/ first, made durable, then
+// the removal of its files. A crash between leaves a whole object in the trash, which
+// the next open() empties: a half-deleted volume or replica is never found under its
+// name, so a restart never serves one as if it were healthy.
 //
 // A non-empty directory without the marker, or with another marker, is refused: we
 // never write into a directory that may hold someone else's data.
@@ -49,17 +55,28 @@ class DataDir {
   Status abandon_volume(const std::string& name);
   Result<std::unique_ptr<Volume>> open_volume(const std::string& name);
 
+  // Moves `dir` (a volume or replica directory under this data directory) into the
+  // trash with one rename and syncs both parents: from here on, even after a power
+  // loss, it is gone from its name. Returns where it went, for remove_from_trash().
+  Result<std::string> move_to_trash(const std::string& dir);
+  // Removes a directory of files that move_to_trash() returned, durably.
+  Status remove_from_trash(const std::string& trashed_dir);
+
  private:
   DataDir(FileSystem& fs, std::string path, std::unique_ptr<DirectoryLock> lock);
   // Removes every <name>.creating directory: volumes whose creation never completed.
   Status remove_unfinished_volumes();
   Status remove_volume_files(const std::string& dir);
+  // Removes whatever a crash left in the trash (see the top of this file).
+  Status empty_trash();
+  std::string trash_dir() const;
 
   FileSystem& fs_;
   std::string path_;
   std::unique_ptr<DirectoryLock> lock_;
   std::mutex create_mutex_;
   std::set<std::string> building_;  // names between begin_volume and complete/abandon. GUARDED_BY(create_mutex_)
+  uint64_t next_trash_id_ = 0;      // GUARDED_BY(create_mutex_)
 };
 
 }  // namespace amirror

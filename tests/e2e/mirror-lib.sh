@@ -14,6 +14,7 @@
 #   am NAME ARGS...                run the CLI against node NAME (fails the test on error)
 #   am_try NAME ARGS...            same, but returns the CLI's status (stdout/stderr kept
 #                                  in $WORK/last.out / $WORK/last.err)
+#   expect_refusal CODE PATTERN NAME ARGS...  the CLI exits CODE and its stderr says PATTERN
 #   vol_uri NODE VOL, replica_uri TARGET SOURCE VOL
 #   write_pattern NODE VOL OFF LEN PATTERN, write_random NODE VOL OFF LEN
 #   status_json NODE, mirror_field SRC VOL TARGET FIELD, replica_field TGT SRC VOL FIELD,
@@ -194,6 +195,15 @@ am_try() {
   local rc=0
   "$AMIRROR" "$@" --node "$WORK/$name.sock" >"$WORK/last.out" 2>"$WORK/last.err" || rc=$?
   return $rc
+}
+
+# expect_refusal EXIT_CODE PATTERN NAME ARGS...: the CLI exits EXIT_CODE and says PATTERN.
+expect_refusal() {
+  local want=$1 pattern=$2 rc=0
+  shift 2
+  am_try "$@" || rc=$?
+  ((rc == want)) || fail "'amirror ${*:2}' on $1 exited $rc, not $want: $(cat "$WORK/last.err")"
+  grep -q -- "$pattern" "$WORK/last.err" || fail "'amirror ${*:2}' did not say '$pattern': $(cat "$WORK/last.err")"
 }
 
 vol_uri() { echo "nbd+unix:///$2?socket=$WORK/$1-nbd.sock"; }

@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: Apache-2.0
+// Node: `volume delete` and `replica delete`.
+//
+// volume_delete {"name", "force"}: refused while a mirror runs for the volume (alone or
+// with its group) or NBD clients have it open, unless force; then the mirror is broken
+// through the same path as `mirror break` (engine stopped, state files final) and the
+// clients are cut off. Steps, and why in this order:
+//  1. under mutex_: the name leaves volumes_ (or failed_volumes_) and is reserved in
+//     deleting_, so no command finds it and no create or import takes the name while
+//     its files still exist;
+//  2. the NBD export is withdrawn (requests running on it finish first; later ones
+//     fail) and its connections are closed: nothing touches the files any more, and a
+//     later volume of the same name gets a fresh export;
+//  3. the mirror state file goes first, synced: a state file left behind would be
+//     taken as the mirror state of a new volume of the same name;
+//  4. the directory moves to the trash with one durable rename (DataDir): after a
+//     crash from here on the volume is gone, never half there;
+//  5. the name is free again; the files are removed from the trash (the next start
+//     finishes that if we die first).
+// A failure in 3 or 4 puts the volume back as it was (a state file already removed
+// stays removed: the volume is then like one never mirrored).
+//
+// replica_delete {"replica": "SOURCE/VOLUME"}: the registry holds the name while the
+// export is withdrawn and the directory goes to the trash the same way; refused while
+// the source is sending into it.
+#include <fmt/core.h>
+
+#include <nlohmann/json.hpp>
+
+#include "base/names.h"
+#include "nbd/server.h"
+#include "node/node.h"
+#include "node/node_catalog.h"
+
+namespace amirror::node {
+
+using nlohmann::json;
+
+namespace {
+
+std::string error_text(const Status& status) { return json{{"ok", false}, {"error", status.message()}}.dump(); }
+
+// "volume:v" -> the `mirror break` arguments for it.
+std::string unit_name(const std::string& unit) { return unit.substr(unit.find(':') + 1); }
+bool is_group_unit(const std::string& unit) { return unit.starts_with("group:"); }
+
+}  // namespace
+
+struct Node::ClaimedVolume {
+  std::shared_ptr<VolumeEntry> entry;  // null for a volume that failed to open
+  std::optional<FailedVolume> failed;
+};
+
+std::string Node::control_volume_delete(const json& request) {
+  std::string name = request.value("name", "");
+  if (Status valid = validate_name(name, "volume name"); !valid.ok()) return error_text(valid);
+  Status status = delete_volume(name, request.value("force", false));
+  if (!status.ok()) return error_text(status);
+  return json{{"ok", true}, {"name", name}}.dump();
+}
+
+Status Node::delete_volume(const std::string& name, bool force) {
+  AMIRROR_RETURN_IF_ERROR(check_nbd_clients(name, force));
+  ClaimedVolume claimed;
+  // With force, at most one break: a `mirror start` that slips in after it is
+  // refused below rather than chased.
+  for (bool broke = false;;) {
+    std::string unit;
+    {
+      MutexLock lock(mutex_);
+      while (volumes_settling_.contains(name)) settled_.wait(lock);  // a `mirror break` of it finishes
+      AMIRROR_ASSIGN_OR_RETURN(unit, deletable_locked(name));
+      if (unit.empty()) {
+        claimed = claim_for_delete_locked(name);
+        break;
+      }
+      if (!force || broke) return refuse_mirrored_locked(name, unit);
+    }
+    fmt::print(stderr, "amirror node {}: volume delete {} --force: breaking mirror {}\n", config_.name, name, unit);
+    AMIRROR_RETURN_IF_ERROR(is_group_unit(unit) ? break_mirror("", unit_name(unit)) : break_mirror(name, ""));
+    broke = true;
+  }
+  Result<std::string> trashed = retire_volume_files(name);
+  MutexLock lock(mutex_);
+  deleting_.erase(name);
+  if (!trashed.ok()) {
+    if (claimed.entry) volumes_[name] = claimed.entry;
+    if (claimed.failed) failed_volumes_[name] = std::move(*claimed.failed);
+    return trashed.status().with_context("delete volume " + name + " (it is still there)");
+  }
+  lock.unlock();
+  if (Status removed = data_dir_->remove_from_trash(trashed.value()); !removed.ok()) {
+    fmt::print(stderr, "amirror node {}: volume {} is deleted, but {} stays until the next start removes it: {}\n",
+               config_.name, name, trashed.value(), removed.message());
+  }
+  fmt::print(stderr, "amirror node {}: deleted volume {}\n", config_.name, name);
+  return Status();
+}
+
+Status Node::check_nbd_clients(const std::string& name, bool force) const {
+  if (force || nbd_server_ == nullptr) return Status();
+  std::shared_ptr<WithdrawableExport> exported = catalog_->cached(name);
+  uint32_t clients = exported ? nbd_server_->connections_serving(*exported) : 0;
+  if (clients == 0) return Status();
+  // A client connecting after this check is cut off by the delete like a forced one.
+  return Status(ErrorCode::kBusy, fmt::format("volume '{}' is open by {} NBD client{}; disconnect {}, or use "
+                                              "`amirror volume delete {} --force` to cut {} off",
+                                              name, clients, clients == 1 ? "" : "s", clients == 1 ? "it" : "them",
+                                              name, clients == 1 ? "it" : "them"));
+}
+
+Result<std::string> Node::deletable_locked(const std::string& name) const {
+  if (deleting_.contains(name)) return Status(ErrorCode::kBusy, "volume '" + name + "' is already being deleted");
+  if (imports_.contains(name)) {
+    return Status(ErrorCode::kBusy, "volume '" + name + "' is being imported; wait for `volume import` to finish " +
+                                        "(or stop it), then delete it");
+  }
+  if (failed_volumes_.contains(name)) return std::string();  // nothing runs for a failed volume
+  if (!volumes_.contains(name)) return not_found("no volume named '" + name + "' (see `amirror volume list`)");
+  auto unit = unit_of_volume_.find(name);
+  if (unit == unit_of_volume_.end() || !engines_.contains(unit->second)) return std::string();
+  return unit->second;
+}
+
+Status Node::refuse_mirrored_locked(const std::string& name, const std::string& unit) const {
+  std::string targets;
+  for (const std::string& target : volumes_.at(name)->state.targets) targets += (targets.empty() ? "" : ",") + target;
+  if (is_group_unit(unit)) {
+    return Status(ErrorCode::kBusy, "volume '" + name + "' is mirrored with its group '" + unit_name(unit) + "' to " +
+                                        targets + "; run `amirror mirror break --group " + unit_name(unit) +
+                                        "` first, or delete with --force (which breaks the whole group's mirror)");
+  }
+  return Status(ErrorCode::kBusy, "volume '" + name + "' is mirrored to " + targets + "; run `amirror mirror break " +
+                                      name + "` first, or delete with --force (which breaks the mirror)");
+}
+
+Node::ClaimedVolume Node::claim_for_delete_locked(const std::string& name) {
+  ClaimedVolume claimed;
+  if (auto entry = volumes_.find(name); entry != volumes_.end()) {
+    claimed.entry = std::move(entry->second);
+    volumes_.erase(entry);
+  } else if (auto failed = failed_volumes_.find(name); failed != failed_volumes_.end()) {
+    claimed.failed = std::move(failed->second);
+    failed_volumes_.erase(failed);
+  }
+  deleting_.insert(name);
+  return claimed;
+}
+
+// REQUIRES: `name` is in deleting_, in neither volumes_ nor failed_volumes_. The
+// volume's files are not used by anything once its export is withdrawn: client I/O
+// goes through the export, and no engine runs for it.
+Result<std::string> Node::retire_volume_files(const std::string& name) {
+  withdraw_export(name);
+  FileSystem& fs = *env_.fs;
+  std::string state_path = mirrors_dir_ + "/" + name + ".json";
+  AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
+  if (has_state) {
+    AMIRROR_RETURN_IF_ERROR(fs.remove(state_path));
+    AMIRROR_RETURN_IF_ERROR(fs.sync_dir(mirrors_dir_));
+  }
+  return data_dir_->move_to_trash(data_dir_->volume_dir(name));
+}
+
+void Node::withdraw_export(const std::string& name) {
+  std::shared_ptr<WithdrawableExport> withdrawn = catalog_->withdraw(name);
+  if (withdrawn == nullptr || nbd_server_ == nullptr) return;
+  if (uint32_t closed = nbd_server_->close_connections_serving(*withdrawn); closed > 0) {
+    fmt::print(stderr, "amirror node {}: closed {} NBD connection{} to deleted export {}\n", config_.name, closed,
+               closed == 1 ? "" : "s", name);
+  }
+}
+
+std::string Node::control_replica_delete(const json& request) {
+  std::string key = request.value("replica", "");
+  size_t slash = key.find('/');
+  if (slash == std::string::npos) {
+    return error_text(invalid_argument("name the replica as SOURCE/VOLUME (see `amirror replica list`), not '" +
+                                       key + "'"));
+  }
+  std::string source = key.substr(0, slash);
+  std::string volume = key.substr(slash + 1);
+  if (Status valid = validate_name(source, "source node name"); !valid.ok()) return error_text(valid);
+  if (Status valid = validate_name(volume, "volume name"); !valid.ok()) return error_text(valid);
+  std::string trashed;
+  Status status = replicas_->remove(source, volume, [&](const std::string& dir) -> Status {
+    withdraw_export(key);
+    AMIRROR_ASSIGN_OR_RETURN(trashed, data_dir_->move_to_trash(dir));
+    return Status();
+  });
+  if (!status.ok()) return error_text(status);
+  if (Status removed = data_dir_->remove_from_trash(trashed); !removed.ok()) {
+    fmt::print(stderr, "amirror node {}: replica {} is deleted, but {} stays until the next start removes it: {}\n",
+               config_.name, key, trashed, removed.message());
+  }
+  fmt::print(stderr, "amirror node {}: deleted replica {}\n", config_.name, key);
+  return json{{"ok", true}, {"replica", key}}.dump();
+}
+
+}  // namespace amirror::node
