@@ -34,8 +34,6 @@ std::string iso_time(int64_t unix_ms) {
   return fmt::format("{}.{:03d}Z", text, static_cast<int>(unix_ms % 1000));
 }
 
-json error_response(const Status& status) { return {{"ok", false}, {"error", status.message()}}; }
-
 // The points a replica keeps, oldest first: the applied one (one point until
 // `mirror start --keep N` exists).
 json points_json(const repl::ReplicaState& state) {
@@ -48,6 +46,8 @@ json points_json(const repl::ReplicaState& state) {
 }
 
 }  // namespace
+
+json Node::error_response(const Status& status) { return {{"ok", false}, {"error", status.message()}}; }
 
 Node::Node(NodeConfig config, Env env)
     : config_(std::move(config)), env_(env), catalog_(std::make_shared<NodeCatalog>(this)) {}
@@ -425,11 +425,9 @@ std::string Node::control_status(const json&) { return status_json(); }
 // replica_points {"replica": "SOURCE/VOLUME"}: {"points": [{"cycle", "freeze_time"}]}.
 std::string Node::control_replica_points(const json& request) {
   const std::string name = request.value("replica", "");
-  size_t slash = name.find('/');
-  if (slash == std::string::npos || slash == 0 || slash + 1 == name.size() || name.find('/', slash + 1) != std::string::npos) {
-    return error_response(invalid_argument("bad replica name '" + name + "': expected SOURCE/VOLUME, e.g. site-a/db")).dump();
-  }
-  const std::string source = name.substr(0, slash), volume = name.substr(slash + 1);
+  auto parsed = parse_replica_name(name);
+  if (!parsed.ok()) return error_response(parsed.status()).dump();
+  const auto& [source, volume] = parsed.value();
   for (const FailedReplica& failed : replicas_->failed()) {
     if (failed.source == source && failed.volume == volume) {
       return error_response(Status(ErrorCode::kIo, "replica " + name + " failed to open: " + failed.error)).dump();

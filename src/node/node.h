@@ -73,6 +73,8 @@ class Node {
   // One control command; `request` is the parsed JSON object, the result the response.
   using ControlHandler = std::string (Node::*)(const nlohmann::json& request);
   static const std::map<std::string, ControlHandler>& control_handlers();
+  // {"ok": false, "error": message}: every handler's refusal.
+  static nlohmann::json error_response(const Status& status);
 
   Node(NodeConfig config, Env env);
   Status open_everything() EXCLUDES(mutex_);

@@ -86,9 +86,9 @@ std::shared_ptr<nbd::Export> NodeCatalog::find(const std::string& name) const {
   auto cached = cache_.find(resolved);
   if (cached != cache_.end()) return cached->second;
   std::shared_ptr<nbd::Export> found;
-  size_t slash = resolved.find('/');
-  if (slash != std::string::npos) {
-    auto replica = node_->find_replica(resolved.substr(0, slash), resolved.substr(slash + 1));
+  if (resolved.find('/') != std::string::npos) {
+    auto replica_name = parse_replica_name(resolved);
+    auto replica = replica_name.ok() ? node_->find_replica(replica_name->first, replica_name->second) : nullptr;
     if (replica) found = std::make_shared<ReplicaExport>(replica);
   } else if (auto entry = node_->find_volume(resolved)) {
     found = std::make_shared<nbd::VolumeExport>(entry->volume);

@@ -38,8 +38,6 @@ using nlohmann::json;
 
 namespace {
 
-std::string error_text(const Status& status) { return json{{"ok", false}, {"error", status.message()}}.dump(); }
-
 // "volume:v" -> the `mirror break` arguments for it.
 std::string unit_name(const std::string& unit) { return unit.substr(unit.find(':') + 1); }
 bool is_group_unit(const std::string& unit) { return unit.starts_with("group:"); }
@@ -53,9 +51,9 @@ struct Node::ClaimedVolume {
 
 std::string Node::control_volume_delete(const json& request) {
   std::string name = request.value("name", "");
-  if (Status valid = validate_name(name, "volume name"); !valid.ok()) return error_text(valid);
+  if (Status valid = validate_name(name, "volume name"); !valid.ok()) return error_response(valid).dump();
   Status status = delete_volume(name, request.value("force", false));
-  if (!status.ok()) return error_text(status);
+  if (!status.ok()) return error_response(status).dump();
   return json{{"ok", true}, {"name", name}}.dump();
 }
 
@@ -173,22 +171,16 @@ void Node::withdraw_export(const std::string& name) {
 
 std::string Node::control_replica_delete(const json& request) {
   std::string key = request.value("replica", "");
-  size_t slash = key.find('/');
-  if (slash == std::string::npos) {
-    return error_text(invalid_argument("name the replica as SOURCE/VOLUME (see `amirror replica list`), not '" +
-                                       key + "'"));
-  }
-  std::string source = key.substr(0, slash);
-  std::string volume = key.substr(slash + 1);
-  if (Status valid = validate_name(source, "source node name"); !valid.ok()) return error_text(valid);
-  if (Status valid = validate_name(volume, "volume name"); !valid.ok()) return error_text(valid);
+  auto parsed = parse_replica_name(key);
+  if (!parsed.ok()) return error_response(parsed.status()).dump();
+  const auto& [source, volume] = parsed.value();
   std::string trashed;
   Status status = replicas_->remove(source, volume, [&](const std::string& dir) -> Status {
     withdraw_export(key);
     AMIRROR_ASSIGN_OR_RETURN(trashed, data_dir_->move_to_trash(dir));
     return Status();
   });
-  if (!status.ok()) return error_text(status);
+  if (!status.ok()) return error_response(status).dump();
   if (Status removed = data_dir_->remove_from_trash(trashed); !removed.ok()) {
     fmt::print(stderr, "amirror node {}: replica {} is deleted, but {} stays until the next start removes it: {}\n",
                config_.name, key, trashed, removed.message());

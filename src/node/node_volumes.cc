@@ -24,10 +24,6 @@ using nlohmann::json;
 
 namespace {
 
-std::string error_text(const Status& status) {
-  return json{{"ok", false}, {"error", status.message()}}.dump();
-}
-
 std::string created_text(const std::string& name, const Volume& volume) {
   return json{{"ok", true},
               {"name", name},
@@ -40,7 +36,7 @@ std::string created_text(const std::string& name, const Volume& volume) {
 
 std::string Node::create_or_import_volume(const json& request) {
   std::string name = request.value("name", "");
-  if (Status valid = validate_name(name, "volume name"); !valid.ok()) return error_text(valid);
+  if (Status valid = validate_name(name, "volume name"); !valid.ok()) return error_response(valid).dump();
   VolumeOptions options;
   options.chunk_size_bytes = request.value("chunk_size_bytes", kDefaultChunkSizeBytes);
   options.group = request.value("group", "");
@@ -51,9 +47,9 @@ std::string Node::create_or_import_volume(const json& request) {
   options.size_bytes = request.value("size_bytes", uint64_t{0});
   // Creating an empty volume is quick (no data is written): it stays under the lock.
   MutexLock lock(mutex_);
-  if (Status free = check_name_free(name); !free.ok()) return error_text(free);
+  if (Status free = check_name_free(name); !free.ok()) return error_response(free).dump();
   auto created = data_dir_->create_volume(name, options);
-  if (!created.ok()) return error_text(created.status());
+  if (!created.ok()) return error_response(created.status()).dump();
   auto entry = std::make_shared<VolumeEntry>();
   entry->name = name;
   entry->volume = std::move(created).value();
@@ -63,18 +59,18 @@ std::string Node::create_or_import_volume(const json& request) {
 
 std::string Node::import_volume(const std::string& name, const std::string& from,
                                 uint64_t declared_size_bytes, VolumeOptions options) {
-  if (from.empty()) return error_text(invalid_argument("name the file to import with --from FILE"));
+  if (from.empty()) return error_response(invalid_argument("name the file to import with --from FILE")).dump();
   auto source = ImportSource::open(from, declared_size_bytes);
-  if (!source.ok()) return error_text(source.status());
+  if (!source.ok()) return error_response(source.status()).dump();
   options.size_bytes = source->volume_size_bytes();
-  if (Status valid = validate_volume_options(options); !valid.ok()) return error_text(valid);
+  if (Status valid = validate_volume_options(options); !valid.ok()) return error_response(valid).dump();
   auto progress = std::make_shared<ImportProgress>();
   progress->source = from;
   progress->options = options;
   progress->total_bytes = source->data_bytes();
   {
     MutexLock lock(mutex_);
-    if (Status free = check_name_free(name); !free.ok()) return error_text(free);
+    if (Status free = check_name_free(name); !free.ok()) return error_response(free).dump();
     imports_[name] = progress;
   }
   auto imported = copy_import(name, source.value(), options, progress->done_bytes);
@@ -83,7 +79,7 @@ std::string Node::import_volume(const std::string& name, const std::string& from
   if (!imported.ok()) {
     Status status = imported.status().with_context("import " + from + " into volume " + name);
     fmt::print(stderr, "amirror node {}: {}\n", config_.name, status.message());
-    return error_text(status);
+    return error_response(status).dump();
   }
   auto entry = std::make_shared<VolumeEntry>();
   entry->name = name;

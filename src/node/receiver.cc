@@ -108,6 +108,18 @@ void ReplicaRegistry::release(const std::string& key) {
   released_.notify_all();
 }
 
+Result<std::pair<std::string, std::string>> parse_replica_name(const std::string& name) {
+  size_t slash = name.find('/');
+  if (slash == std::string::npos) {
+    return invalid_argument("name the replica as SOURCE/VOLUME (see `amirror replica list`), not '" + name + "'");
+  }
+  std::string source = name.substr(0, slash);
+  std::string volume = name.substr(slash + 1);
+  AMIRROR_RETURN_IF_ERROR(validate_name(source, "source node name"));
+  AMIRROR_RETURN_IF_ERROR(validate_name(volume, "volume name"));
+  return std::make_pair(std::move(source), std::move(volume));
+}
+
 Status ReplicaRegistry::remove(const std::string& source, const std::string& volume,
                                const std::function<Status(const std::string& dir)>& remove_dir) {
   std::string key = source + "/" + volume;

@@ -28,6 +28,10 @@
 
 namespace amirror::node {
 
+// A replica's name as operators and NBD clients give it, "SOURCE/VOLUME", split and
+// checked (each part a valid name); the error says what is wrong with it.
+Result<std::pair<std::string, std::string>> parse_replica_name(const std::string& name);
+
 // A replica that could not be opened: not served, not overwritten, shown as failed.
 struct FailedReplica {
   std::string source;

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "node/config.h"
+#include "in_process_node.h"
 #include "node/node.h"
 #include "testing/gated_file_system.h"
 #include "testing/loopback_network.h"
@@ -34,20 +35,7 @@ class NodeEnvTest : public ::testing::Test {
  protected:
   Env env(FileSystem& fs) { return Env{&fs, &clock_, &network_, &random_, &threads_}; }
 
-  NodeConfig config(const std::string& name) {
-    NodeConfig config;
-    config.name = name;
-    config.data_dir = scratch_.sub(name + ".d");
-    config.listen = name + ":1";
-    config.insecure = true;
-    // Real time (socket timeouts are the kernel's): long, so a gated target is not
-    // given up while a test looks at it.
-    config.peer_timeout_ms = 600'000;
-    for (const std::string peer : {"a", "b"}) {
-      if (peer != name) config.peers.push_back(PeerConfig{peer, peer + ":1", peer, {}});
-    }
-    return config;
-  }
+  NodeConfig config(const std::string& name) { return in_process_node_config(name, scratch_.sub(name + ".d"), {"a", "b"}); }
 
   void start_nodes(FileSystem& a_fs = posix_file_system(), FileSystem& b_fs = posix_file_system()) {
     auto a = Node::start(config("a"), env(a_fs));

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "node/config.h"
+#include "in_process_node.h"
 #include "node/node.h"
 #include "testing/loopback_network.h"
 #include "testing/manual_env.h"
@@ -231,20 +232,9 @@ class NodeRandomSchedule {
     }
   }
 
-  NodeConfig config(const std::string& name) {
-    NodeConfig config;
-    config.name = name;
-    config.data_dir = scratch_.sub(name + ".d");
-    config.listen = name + ":1";
-    config.insecure = true;
-    config.peer_timeout_ms = 600'000;  // real time; cuts come from partitions
-    for (const std::string& peer : kNodes) {
-      if (peer != name) config.peers.push_back(PeerConfig{peer, peer + ":1", peer, {}});
-    }
-    return config;
-  }
   void start(const std::string& name) {
-    auto node = Node::start(config(name), Env{&posix_file_system(), &clock_, &network_, &node_random_, &threads_});
+    Env env{&posix_file_system(), &clock_, &network_, &node_random_, &threads_};
+    auto node = Node::start(in_process_node_config(name, scratch_.sub(name + ".d"), kNodes), env);
     ASSERT_TRUE(node.ok()) << node.status().to_string();
     nodes_[name] = std::move(node).value();
   }
