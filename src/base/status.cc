@@ -29,6 +29,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kUnsupported: return "unsupported";
     case ErrorCode::kTimeout: return "timeout";
     case ErrorCode::kCancelled: return "cancelled";
+    case ErrorCode::kReadOnly: return "read-only";
   }
   return "unknown";
 }

@@ -30,6 +30,7 @@ enum class ErrorCode : uint8_t {
   kUnsupported,
   kTimeout,
   kCancelled,
+  kReadOnly,     // a write to something that takes none now (a replica, a demoted volume)
 };
 
 const char* error_code_name(ErrorCode code);

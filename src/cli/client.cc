@@ -168,6 +168,7 @@ int run_mirror_start(const ClientArgs& client, const MirrorArgs& args) {
   json request = unit_request("mirror_start", args);
   request["targets"] = args.targets;
   if (args.interval_ms != 0) request["interval_ms"] = args.interval_ms;
+  if (args.keep != 0) request["keep"] = args.keep;
   json answer;
   if (!call(client, request, answer)) return 1;
   std::string targets;

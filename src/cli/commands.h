@@ -57,6 +57,7 @@ struct MirrorArgs {
   std::string group;
   std::vector<std::string> targets;
   uint64_t interval_ms = 0;  // 0 = the node's default
+  uint32_t keep = 0;         // 0 = unchanged (1 for a new mirror)
   uint64_t timeout_ms = 0;   // sync only; 0 = default
 };
 int run_volume_create(const ClientArgs& client, const VolumeArgs& args);

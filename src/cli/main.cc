@@ -129,6 +129,9 @@ int main(int argc, char** argv) {
   add_unit_options(mirror_start);
   mirror_start->add_option("--to", targets_text, "Target peers, comma-separated (names from the config)")->required();
   mirror_start->add_option("--interval", interval_text, "Time between cycles, e.g. 10s (default: the node's)");
+  mirror_start->add_option("--keep", mirror_args.keep,
+                           "Points each target keeps, 1-1024, each readable as SOURCE/VOLUME@CYCLE (default 1, or as before)")
+      ->check(CLI::Range(1, 1024));
   CLI::App* mirror_break = mirror->add_subcommand("break", "Stop mirroring; a later start resumes incrementally");
   add_unit_options(mirror_break);
   CLI::App* mirror_sync = mirror->add_subcommand("sync", "Freeze now and wait until every target applied that cycle");

@@ -135,6 +135,8 @@ uint32_t nbd_error_from_status(const Status& status) {
       return kNbdEnotsup;
     case ErrorCode::kCancelled:
       return kNbdEshutdown;
+    case ErrorCode::kReadOnly:
+      return kNbdEperm;  // NBD has no EROFS; EPERM is what a read-only export returns
     default:
       // kIo, kCorruption, kBusy, kTimeout, ...: the client can only retry or give up.
       return kNbdEio;

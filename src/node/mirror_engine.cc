@@ -37,7 +37,8 @@ std::chrono::milliseconds unit_interval(const std::vector<std::shared_ptr<Volume
 
 MirrorEngine::MirrorEngine(EngineContext context, std::vector<std::shared_ptr<VolumeEntry>> volumes,
                            std::map<std::string, MirrorState> states)
-    : context_(std::move(context)), volumes_(std::move(volumes)), interval_(unit_interval(volumes_, states)) {
+    : context_(std::move(context)), volumes_(std::move(volumes)), interval_(unit_interval(volumes_, states)),
+      keep_(states.at(volumes_.front()->name).keep) {
   // No other thread exists yet: no lock needed (the analysis does not check constructors).
   for (const std::string& name : states.at(volumes_.front()->name).targets) {
     auto target = std::make_unique<TargetRuntime>();
@@ -435,7 +436,7 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
     if (unsaved_bytes > 0) (void)save(entry.name);
   }};
 
-  AMIRROR_RETURN_IF_ERROR(session.begin_volume(entry.name, *entry.volume, point));
+  AMIRROR_RETURN_IF_ERROR(session.begin_volume(entry.name, *entry.volume, point, keep_));
   AMIRROR_RETURN_IF_ERROR(exchange(socket, session));  // REPLICA_STATE: reconcile and plan
   if (session.phase() == repl::SenderSession::Phase::kIdle) return Status();  // it has this point
   AMIRROR_RETURN_IF_ERROR(stream_delta(target, socket, session, entry, point, account));

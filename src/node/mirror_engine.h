@@ -201,6 +201,7 @@ class MirrorEngine {
   const EngineContext context_;
   const std::vector<std::shared_ptr<VolumeEntry>> volumes_;
   const std::chrono::milliseconds interval_;
+  const uint32_t keep_;  // points each target keeps (the same for every member)
   // Keys fixed at construction (one per member volume); each slot locks itself.
   std::map<std::string, std::unique_ptr<SaveSlot>> save_slots_;
 

@@ -40,6 +40,8 @@ Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
     state.unit = document.at("unit").get<std::string>();
     state.targets = document.at("targets").get<std::vector<std::string>>();
     state.interval_ms = document.at("interval_ms").get<uint64_t>();
+    state.keep = document.value("keep", 1u);  // absent before --keep existed
+    if (state.keep == 0 || state.keep > 1024) return corruption(path + ": keep must be 1 to 1024");
     state.running = document.at("running").get<bool>();
     for (const auto& [name, entry] : document.at("target_states").items()) {
       AMIRROR_RETURN_IF_ERROR(validate_name(name, "target name").with_context(path));
@@ -65,6 +67,7 @@ Status save_mirror_state(FileSystem& fs, const std::string& dir, const std::stri
   document["unit"] = state.unit;
   document["targets"] = state.targets;
   document["interval_ms"] = state.interval_ms;
+  document["keep"] = state.keep;
   document["running"] = state.running;
   json targets = json::object();
   for (const auto& [name, target] : state.target_states) {

@@ -38,6 +38,7 @@ struct MirrorState {
   std::string unit;                     // "volume:NAME" or "group:NAME"
   std::vector<std::string> targets;
   uint64_t interval_ms = 10'000;
+  uint32_t keep = 1;                    // points each target keeps
   bool running = false;
   std::map<std::string, TargetState> target_states;
 };

@@ -36,11 +36,11 @@ std::string iso_time(int64_t unix_ms) {
 
 // The points a replica keeps, oldest first: the applied one (one point until
 // `mirror start --keep N` exists).
-json points_json(const repl::ReplicaState& state) {
+json points_json(const std::vector<PointInfo>& kept) {
   json points = json::array();
-  if (state.applied_cycle > 0) {
-    points.push_back({{"cycle", state.applied_cycle},
-                      {"freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)}});
+  for (const PointInfo& point : kept) {
+    points.push_back({{"cycle", point.cycle},
+                      {"freeze_time", point.freeze_time_unix_ms > 0 ? json(iso_time(point.freeze_time_unix_ms)) : json(nullptr)}});
   }
   return points;
 }
@@ -87,7 +87,7 @@ Status Node::resume_mirrors() {
       continue;
     }
     const MirrorState& state = members.front()->state;
-    AMIRROR_RETURN_IF_ERROR(start_mirror(unit, members, state.targets, state.interval_ms, false));
+    AMIRROR_RETURN_IF_ERROR(start_mirror(unit, members, state.targets, state.interval_ms, state.keep, false));
   }
   return Status();
 }
@@ -223,7 +223,12 @@ std::vector<std::string> Node::export_names() const {
     MutexLock lock(mutex_);
     for (const auto& [name, entry] : volumes_) names.push_back(name);
   }
-  for (const auto& replica : replicas_->all()) names.push_back(replica->source_node() + "/" + replica->volume());
+  for (const auto& replica : replicas_->all()) {
+    std::string name = replica->source_node() + "/" + replica->volume();
+    names.push_back(name);
+    // Older kept points by number; the newest is NAME itself (and NAME@newest too).
+    for (const PointInfo& point : replica->points()) names.push_back(name + "@" + std::to_string(point.cycle));
+  }
   return names;
 }
 
@@ -246,6 +251,15 @@ std::string Node::unavailable_reason(const std::string& export_name) const {
     return "volume failed to open: " + failed->second.error;
   }
   if (imports_.count(export_name)) return "volume is still being imported";
+  if (size_t at = export_name.rfind('@'); at != std::string::npos) {
+    auto parsed = parse_replica_name(export_name.substr(0, at));
+    if (auto replica = parsed.ok() ? replicas_->find(parsed->first, parsed->second) : nullptr) {
+      std::string kept;
+      for (const PointInfo& point : replica->points()) kept += (kept.empty() ? "" : ", ") + std::to_string(point.cycle);
+      return "point " + export_name.substr(at + 1) + " is not kept (kept: " + (kept.empty() ? "none" : kept) +
+             "; see `amirror replica points " + export_name.substr(0, at) + "`)";
+    }
+  }
   return "";
 }
 
@@ -279,13 +293,14 @@ Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::
 }
 
 Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
-                          std::vector<std::string> targets, uint64_t interval_ms, bool persist) {
+                          std::vector<std::string> targets, uint64_t interval_ms, uint32_t keep, bool persist) {
   std::map<std::string, MirrorState> states;
   for (const auto& entry : members) {
     MirrorState state = entry->state;
     state.unit = unit_key;
     set_targets(state, targets);
     state.interval_ms = interval_ms;
+    if (keep != 0) state.keep = keep;
     state.running = true;
     Status saved = persist ? save_mirror_state(*env_.fs, mirrors_dir_, entry->name, state) : Status();
     if (!saved.ok()) {
@@ -398,6 +413,7 @@ json Node::replicas_json() const {
   for (const auto& replica : replicas_->all()) {
     repl::ReplicaState state = replica->state();
     const std::string activity = replica->activity();
+    std::optional<uint64_t> image_cycle = replica->image_cycle();
     replicas.push_back({{"source", replica->source_node()},
                         {"volume", replica->volume()},
                         {"size_bytes", replica->size_bytes()},
@@ -406,15 +422,16 @@ json Node::replicas_json() const {
                         {"image_path", replica->image_path()},
                         {"state", activity},
                         {"role", "replica"},
-                        // The image holds the applied point except while an apply rewrites it.
-                        {"image_cycle", activity == "applying" ? json(nullptr) : json(state.applied_cycle)},
-                        {"points", points_json(state)}});
+                        {"keep", replica->keep()},
+                        // The raw file holds the oldest kept point except while a merge rewrites it.
+                        {"image_cycle", image_cycle ? json(*image_cycle) : json(nullptr)},
+                        {"points", points_json(replica->points())}});
   }
   // Every field a healthy replica has, null where unknown, so tooling need not special-case.
   for (const FailedReplica& failed : replicas_->failed()) {
     replicas.push_back({{"source", failed.source}, {"volume", failed.volume}, {"size_bytes", nullptr},
                         {"applied_cycle", nullptr}, {"freeze_time", nullptr},
-                        {"image_path", failed.dir + "/replica.img"}, {"state", "failed"}, {"error", failed.error},
+                        {"image_path", failed.dir + "/base.img"}, {"state", "failed"}, {"error", failed.error},
                         {"role", "replica"}, {"image_cycle", nullptr}, {"points", nullptr}});
   }
   return replicas;
@@ -437,7 +454,7 @@ std::string Node::control_replica_points(const json& request) {
   if (replica == nullptr) {
     return error_response(not_found("no replica " + name + " on node " + config_.name + " (`replica list` shows what is here)")).dump();
   }
-  return json{{"ok", true}, {"replica", name}, {"points", points_json(replica->state())}}.dump();
+  return json{{"ok", true}, {"replica", name}, {"points", points_json(replica->points())}}.dump();
 }
 
 // replica_list: {"replicas": [...]}, the same objects as status's "replicas".
@@ -476,6 +493,8 @@ std::string Node::control_mirror_start(const json& request) {
   }
   uint64_t interval_ms = request.value("interval_ms", config_.default_interval_ms);
   if (interval_ms < 100) return error_response(invalid_argument("interval must be at least 100ms")).dump();
+  uint32_t keep = request.value("keep", 0u);
+  if (keep > 1024) return error_response(invalid_argument("--keep " + std::to_string(keep) + " is out of range: 1 to 1024")).dump();
   wait_until_settled_locked(lock, members.value());  // a break of these volumes finishes first
   if (refusing_starts_) {
     return error_response(Status(ErrorCode::kCancelled, "node " + config_.name +
@@ -489,7 +508,7 @@ std::string Node::control_mirror_start(const json& request) {
                                                                   running->second + "); `mirror break` it first")).dump();
     }
   }
-  Status status = start_mirror(unit_key, members.value(), targets, interval_ms, true);
+  Status status = start_mirror(unit_key, members.value(), targets, interval_ms, keep, true);
   if (!status.ok()) return error_response(status).dump();
   return json{{"ok", true}, {"unit", unit_key}}.dump();
 }

@@ -144,7 +144,8 @@ class Node {
   void wait_until_settled_locked(MutexLock& lock, const std::vector<std::shared_ptr<VolumeEntry>>& members)
       REQUIRES(mutex_);
   Status start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
-                      std::vector<std::string> targets, uint64_t interval_ms, bool persist) REQUIRES(mutex_);
+                      std::vector<std::string> targets, uint64_t interval_ms, uint32_t keep, bool persist)
+      REQUIRES(mutex_);
 
   const NodeConfig config_;
   const Env env_;

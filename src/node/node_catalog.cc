@@ -30,7 +30,51 @@ class ReplicaExport final : public nbd::Export {
   std::shared_ptr<repl::Replica> replica_;
 };
 
+// One kept point of a replica, read-only, as SOURCE/VOLUME@CYCLE. Once the replica
+// merges the point away (fewer --keep, or time), reads fail instead of showing another.
+class PointExport final : public nbd::Export {
+ public:
+  PointExport(std::shared_ptr<repl::Replica> replica, uint64_t cycle) : replica_(std::move(replica)), cycle_(cycle) {}
+  uint64_t size_bytes() const override { return replica_->size_bytes(); }
+  bool read_only() const override { return true; }
+  Status read(uint64_t offset_bytes, std::span<uint8_t> out) override {
+    return gone_if_merged(replica_->read_point(cycle_, offset_bytes, out));
+  }
+  Status write(uint64_t, std::span<const uint8_t>, bool) override { return refuse(); }
+  Status write_zeroes(uint64_t, uint64_t, bool) override { return refuse(); }
+  Status trim(uint64_t, uint64_t) override { return refuse(); }
+  Status flush() override { return Status(); }
+  Result<std::vector<Extent>> allocated_extents(uint64_t offset_bytes, uint64_t length_bytes) override {
+    auto extents = replica_->allocated_extents_at(cycle_, offset_bytes, length_bytes);
+    if (!extents.ok()) return gone_if_merged(extents.status());
+    return extents;
+  }
+
+ private:
+  Status gone_if_merged(Status status) const {
+    if (status.code() != ErrorCode::kOutOfRange || replica_->store_volume()->has_point(cycle_)) return status;
+    return Status(ErrorCode::kIo, "point " + std::to_string(cycle_) + " of replica " + replica_->source_node() + "/" +
+                                      replica_->volume() + " is no longer kept");
+  }
+  static Status refuse() { return Status(ErrorCode::kReadOnly, "retained points are read-only"); }
+  std::shared_ptr<repl::Replica> replica_;
+  const uint64_t cycle_;
+};
+
 }  // namespace
+
+// "SOURCE/VOLUME@CYCLE" -> (replica name, cycle); false if there is no valid @CYCLE.
+bool split_point_name(const std::string& name, std::string& replica_name, uint64_t& cycle) {
+  size_t at = name.rfind('@');
+  if (at == std::string::npos || at + 1 >= name.size() || name.size() - at > 20) return false;
+  cycle = 0;
+  for (size_t i = at + 1; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return false;
+    cycle = cycle * 10 + static_cast<uint64_t>(name[i] - '0');
+  }
+  replica_name = name.substr(0, at);
+  return cycle > 0;
+}
 
 template <typename Operation>
 auto WithdrawableExport::unless_withdrawn(Operation&& operation) -> decltype(operation()) {
@@ -86,7 +130,15 @@ std::shared_ptr<nbd::Export> NodeCatalog::find(const std::string& name) const {
   auto cached = cache_.find(resolved);
   if (cached != cache_.end()) return cached->second;
   std::shared_ptr<nbd::Export> found;
-  if (resolved.find('/') != std::string::npos) {
+  std::string point_of;
+  uint64_t point_cycle = 0;
+  if (split_point_name(resolved, point_of, point_cycle)) {
+    auto replica_name = parse_replica_name(point_of);
+    auto replica = replica_name.ok() ? node_->find_replica(replica_name->first, replica_name->second) : nullptr;
+    if (replica && replica->store_volume()->has_point(point_cycle)) {
+      found = std::make_shared<PointExport>(replica, point_cycle);
+    }
+  } else if (resolved.find('/') != std::string::npos) {
     auto replica_name = parse_replica_name(resolved);
     auto replica = replica_name.ok() ? node_->find_replica(replica_name->first, replica_name->second) : nullptr;
     if (replica) found = std::make_shared<ReplicaExport>(replica);
@@ -107,14 +159,26 @@ std::shared_ptr<WithdrawableExport> NodeCatalog::cached(const std::string& name)
 
 std::shared_ptr<WithdrawableExport> NodeCatalog::withdraw(const std::string& name) {
   std::shared_ptr<WithdrawableExport> withdrawn;
+  std::vector<std::shared_ptr<WithdrawableExport>> points;
   {
     MutexLock lock(mutex_);
-    auto it = cache_.find(name);
-    if (it == cache_.end()) return nullptr;
-    withdrawn = std::move(it->second);
-    cache_.erase(it);
+    for (auto it = cache_.begin(); it != cache_.end();) {
+      std::string replica_name;
+      uint64_t cycle = 0;
+      if (it->first == name) {
+        withdrawn = std::move(it->second);
+      } else if (split_point_name(it->first, replica_name, cycle) && replica_name == name) {
+        points.push_back(std::move(it->second));  // NAME@CYCLE goes with NAME
+      } else {
+        ++it;
+        continue;
+      }
+      it = cache_.erase(it);
+    }
   }
-  withdrawn->withdraw();  // outside mutex_: it waits for running requests
+  // Outside mutex_: each waits for its running requests.
+  for (const auto& point : points) point->withdraw();
+  if (withdrawn) withdrawn->withdraw();
   return withdrawn;
 }
 

@@ -45,9 +45,18 @@ Status ReceiverSession::on_open_replica(const Frame& frame) {
   release();
   AMIRROR_ASSIGN_OR_RETURN(replica_, replicas_.acquire(peer_name_, open));
   held_volume_ = open.volume;
-  // A delta committed earlier whose apply failed (e.g. the disk was full) is applied
-  // now, rather than having the source send it again.
-  if (replica_->activity() == "committed") AMIRROR_RETURN_IF_ERROR(replica_->apply([] {}));
+  AMIRROR_RETURN_IF_ERROR(replica_->set_keep(open.keep));
+  if (!open.volume_uuid.empty() && replica_->source_uuid() != open.volume_uuid) {
+    // Points of another source volume (it was deleted and created again): they say
+    // nothing about this one. A replica that never saw an id (format 1) adopts it.
+    if (replica_->source_uuid().empty()) {
+      AMIRROR_RETURN_IF_ERROR(replica_->set_source_uuid(open.volume_uuid));
+    } else {
+      AMIRROR_RETURN_IF_ERROR(replica_->reset(open.volume_uuid));
+    }
+  }
+  // Old points beyond `keep` (a merge cut short by a full disk, or keep lowered) go now.
+  AMIRROR_RETURN_IF_ERROR(replica_->apply([] {}));
   return sink_.send(FrameType::kReplicaState, encode(replica_->state()));
 }
 

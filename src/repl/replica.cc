@@ -2,52 +2,116 @@
 // Byte formats: docs/formats/replica.md.
 #include "repl/replica.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <set>
 
 #include "base/assert.h"
 #include "base/checksum.h"
 #include "base/coding.h"
 #include "base/names.h"
+#include "base/uuid.h"
 #include "base/units.h"
 
 namespace amirror::repl {
 namespace {
 
 constexpr char kMetaMagic[8] = {'A', 'M', 'R', 'E', 'P', 'L', 'I', 'C'};
-constexpr uint32_t kMetaVersion = 1;
-// replica_meta's fixed part (docs/formats/replica.md): magic, version, reserved, four
-// u64 fields, then two u32 name lengths and the checksum. The names add 1..64 bytes
-// each; their lengths are checked field by field, not guessed here.
-constexpr size_t kMetaHeaderBytes = 8 + 4 + 4 + 4 * 8;  // up to source_length
-constexpr size_t kMetaChecksumBytes = 8;
-constexpr size_t kMetaMinBytes = kMetaHeaderBytes + 4 + 4 + kMetaChecksumBytes;  // both names empty
-constexpr char kStageMagic[8] = {'A', 'M', 'S', 'T', 'A', 'G', 'E', '1'};
-constexpr size_t kStageHeaderBytes = 56;
-constexpr uint32_t kRecordMagic = 0x31524d41;  // "AMR1"
-constexpr size_t kRecordHeaderBytes = 40;
-constexpr uint32_t kCommitMagic = 0x31434d41;  // "AMC1"
-constexpr size_t kCommitBytes = 24;
+constexpr uint32_t kMetaVersion = 2;
 constexpr const char* kMetaName = "replica.meta";
-constexpr const char* kImageName = "replica.img";
-constexpr const char* kStageName = "delta.stage";
+constexpr const char* kVolumeMetaName = "volume.meta";
+// Format 1 files (docs/formats/replica.md, "Format 1"), converted on open.
+constexpr const char* kFormat1ImageName = "replica.img";
+constexpr const char* kFormat1StageName = "delta.stage";
+constexpr const char* kBaseName = "base.img";
+// How much staged data may be lost to a crash and resent: the layer is synced and the
+// resume point recorded this often.
+constexpr uint64_t kProgressEveryBytes = 64 * kMiB;
 
-std::span<const uint8_t> bytes_of(const std::string& text) {
-  return std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+
+bool valid_geometry(uint64_t size_bytes, uint64_t chunk_size_bytes) {
+  VolumeOptions options;
+  options.size_bytes = size_bytes;
+  options.chunk_size_bytes = chunk_size_bytes;
+  return validate_volume_options(options).ok();
 }
 
-std::string encode_stage_header(const BeginDelta& begin) {
-  std::string out(kStageMagic, 8);
-  append_u64(out, begin.base_cycle);
-  append_u64(out, begin.target_cycle);
-  append_u64(out, static_cast<uint64_t>(begin.freeze_time_unix_ms));
-  append_u64(out, begin.record_count);
-  append_u64(out, begin.full ? 1 : 0);
+}  // namespace
+
+std::string Replica::encode_meta(const Meta& meta) {
+  std::string out(kMetaMagic, 8);
+  append_u32(out, kMetaVersion);
+  append_u32(out, 0);
+  append_u64(out, meta.size_bytes);
+  append_u64(out, meta.chunk_size_bytes);
+  append_u32(out, meta.keep);
+  append_u32(out, 0);
+  append_uuid(out, meta.source_uuid);
+  const BeginDelta& header = meta.staging.header;
+  append_u64(out, header.base_cycle);
+  append_u64(out, header.target_cycle);
+  append_u64(out, static_cast<uint64_t>(header.freeze_time_unix_ms));
+  append_u64(out, header.record_count);
+  append_u64(out, header.full ? 1 : 0);
+  append_u64(out, meta.staging.durable_records);
+  append_u64(out, meta.staging.last_chunk_index);
+  append_u32(out, static_cast<uint32_t>(meta.source_node.size()));
+  out += meta.source_node;
+  append_u32(out, static_cast<uint32_t>(meta.volume_name.size()));
+  out += meta.volume_name;
   append_u64(out, checksum64(out.data(), out.size()));
   return out;
 }
 
-}  // namespace
+Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const std::string& where) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(contents.data());
+  constexpr size_t kFixedBytes = 8 + 4 + 4 + 8 + 8 + 4 + 4 + kUuidBytes + 7 * 8;
+  if (contents.size() < kFixedBytes + 4 + 4 + 8 || std::memcmp(bytes, kMetaMagic, 8) != 0) {
+    return corruption(where + " is not an amirror replica file");
+  }
+  const size_t checksum_at = contents.size() - 8;
+  if (checksum64(bytes, checksum_at) != get_u64(bytes + checksum_at)) {
+    return corruption(where + " failed its checksum; the replica metadata is damaged");
+  }
+  if (get_u32(bytes + 8) != kMetaVersion) {
+    return corruption(where + ": format version " + std::to_string(get_u32(bytes + 8)) + " is not " +
+                      std::to_string(kMetaVersion));
+  }
+  Meta meta;
+  meta.size_bytes = get_u64(bytes + 16);
+  meta.chunk_size_bytes = get_u64(bytes + 24);
+  meta.keep = get_u32(bytes + 32);
+  meta.source_uuid = read_uuid(bytes + 40);
+  size_t position = 40 + kUuidBytes;
+  BeginDelta& header = meta.staging.header;
+  header.base_cycle = get_u64(bytes + position);
+  header.target_cycle = get_u64(bytes + position + 8);
+  header.freeze_time_unix_ms = static_cast<int64_t>(get_u64(bytes + position + 16));
+  header.record_count = get_u64(bytes + position + 24);
+  header.full = get_u64(bytes + position + 32) == 1;
+  meta.staging.durable_records = get_u64(bytes + position + 40);
+  meta.staging.last_chunk_index = get_u64(bytes + position + 48);
+  position = kFixedBytes;
+  auto read_name = [&](std::string& out) {
+    if (checksum_at < position + 4) return false;
+    uint32_t length = get_u32(bytes + position);
+    position += 4;
+    if (length > kMaxNameBytes || checksum_at < position + length) return false;
+    out.assign(contents.data() + position, length);
+    position += length;
+    return true;
+  };
+  if (!read_name(meta.source_node) || !read_name(meta.volume_name) || position != checksum_at ||
+      !validate_name(meta.source_node, "node name").ok() || !validate_name(meta.volume_name, "volume name").ok() ||
+      !valid_geometry(meta.size_bytes, meta.chunk_size_bytes) || meta.keep == 0 || meta.keep > kMaxKeep ||
+      meta.staging.durable_records > meta.staging.header.record_count) {
+    return corruption(where + ": malformed replica metadata");
+  }
+  return meta;
+}
+
+Status Replica::write_meta_locked() { return write_file_atomically(fs_, dir_, kMetaName, encode_meta(meta_)); }
 
 Result<std::unique_ptr<Replica>> Replica::open_or_create(FileSystem& fs, const std::string& dir,
                                                          const std::string& source_node,
@@ -56,444 +120,423 @@ Result<std::unique_ptr<Replica>> Replica::open_or_create(FileSystem& fs, const s
   AMIRROR_ASSIGN_OR_RETURN(bool exists, fs.exists(dir + "/" + kMetaName));
   if (exists) {
     AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Replica> replica, open(fs, dir));
-    if (replica->size_bytes_ != size_bytes || replica->chunk_size_bytes_ != chunk_size_bytes) {
+    if (replica->size_bytes() != size_bytes || replica->chunk_size_bytes() != chunk_size_bytes) {
       return invalid_argument("replica " + source_node + "/" + volume + " is " +
-                              std::to_string(replica->size_bytes_) + " bytes with " +
-                              std::to_string(replica->chunk_size_bytes_) + "-byte chunks, but the source sends " +
+                              std::to_string(replica->size_bytes()) + " bytes with " +
+                              std::to_string(replica->chunk_size_bytes()) + "-byte chunks, but the source sends " +
                               std::to_string(size_bytes) + " bytes with " + std::to_string(chunk_size_bytes) +
-                              "-byte chunks; remove the replica directory " + dir + " to start over");
+                              "-byte chunks; delete it (amirror replica delete " + source_node + "/" + volume +
+                              ") to start over");
     }
     return replica;
   }
-  if (size_bytes == 0 || size_bytes % 512 != 0 || size_bytes > 64 * kTiB || !is_power_of_two(chunk_size_bytes) ||
-      chunk_size_bytes < 4096 || chunk_size_bytes > 4 * kMiB) {
+  if (!valid_geometry(size_bytes, chunk_size_bytes)) {
     return invalid_argument("bad replica geometry from the source: size " + std::to_string(size_bytes) +
                             ", chunk size " + std::to_string(chunk_size_bytes));
   }
-  std::unique_ptr<Replica> replica(new Replica(fs, dir));
-  replica->source_node_ = source_node;
-  replica->volume_ = volume;
-  replica->size_bytes_ = size_bytes;
-  replica->chunk_size_bytes_ = chunk_size_bytes;
-  AMIRROR_ASSIGN_OR_RETURN(replica->image_, fs.open(dir + "/" + kImageName, OpenMode::kOpenOrCreate));
-  AMIRROR_RETURN_IF_ERROR(replica->image_->truncate(0));
-  AMIRROR_RETURN_IF_ERROR(replica->image_->truncate(size_bytes));
-  AMIRROR_RETURN_IF_ERROR(replica->image_->sync());
-  AMIRROR_RETURN_IF_ERROR(replica->write_meta());
-  return replica;
+  // replica.meta first: a replica.meta without volume.meta is an empty replica whose
+  // volume open() creates; volume files without replica.meta are never looked at.
+  Meta meta;
+  meta.source_node = source_node;
+  meta.volume_name = volume;
+  meta.size_bytes = size_bytes;
+  meta.chunk_size_bytes = chunk_size_bytes;
+  AMIRROR_RETURN_IF_ERROR(write_file_atomically(fs, dir, kMetaName, encode_meta(meta)));
+  return open(fs, dir);
 }
 
 Result<std::unique_ptr<Replica>> Replica::open(FileSystem& fs, const std::string& dir) {
   std::unique_ptr<Replica> replica(new Replica(fs, dir));
-  AMIRROR_RETURN_IF_ERROR(replica->load_meta());
-  AMIRROR_ASSIGN_OR_RETURN(replica->image_, fs.open(dir + "/" + kImageName, OpenMode::kOpenExisting));
-  AMIRROR_ASSIGN_OR_RETURN(uint64_t image_size, replica->image_->size_bytes());
-  if (image_size != replica->size_bytes_) {
-    return corruption(dir + "/" + kImageName + " is " + std::to_string(image_size) + " bytes, expected " +
-                      std::to_string(replica->size_bytes_));
+  std::string where = dir + "/" + kMetaName;
+  AMIRROR_ASSIGN_OR_RETURN(std::string contents, read_small_file(fs, where, 4096));
+  if (contents.size() >= 12 && std::memcmp(contents.data(), kMetaMagic, 8) == 0 &&
+      get_u32(reinterpret_cast<const uint8_t*>(contents.data()) + 8) == 1) {
+    AMIRROR_RETURN_IF_ERROR(replica->convert_format_1(contents).with_context("convert replica " + dir +
+                                                                             " from format 1"));
+    AMIRROR_ASSIGN_OR_RETURN(contents, read_small_file(fs, where, 4096));
   }
-  AMIRROR_ASSIGN_OR_RETURN(bool has_stage, fs.exists(dir + "/" + kStageName));
-  if (has_stage) {
-    std::lock_guard delta(replica->delta_mutex_);
-    AMIRROR_RETURN_IF_ERROR(replica->scan_stage());
-    if (replica->committed_) {
-      // The commit record may not be durable (end_delta's fdatasync failed, then the
-      // process restarted): make it so before acting on it, else a power loss after the
-      // apply could bring this stage back without its commit, stale and "receiving".
-      AMIRROR_RETURN_IF_ERROR(replica->stage_->sync());
-      AMIRROR_RETURN_IF_ERROR(replica->apply_locked([] {}));
-    }
+  AMIRROR_ASSIGN_OR_RETURN(replica->meta_, decode_meta(contents, where));
+  replica->source_node_ = replica->meta_.source_node;
+  replica->volume_name_ = replica->meta_.volume_name;
+  AMIRROR_ASSIGN_OR_RETURN(bool has_volume, fs.exists(dir + "/" + kVolumeMetaName));
+  if (has_volume) {
+    AMIRROR_ASSIGN_OR_RETURN(replica->volume_, Volume::open(fs, dir));
+  } else {
+    // Created, then cut short before its volume existed: it never held a point.
+    for (const char* name : {kBaseName, "layer-1.data", "layer-1.map"}) (void)fs.remove(dir + "/" + name);
+    VolumeOptions options;
+    options.size_bytes = replica->meta_.size_bytes;
+    options.chunk_size_bytes = replica->meta_.chunk_size_bytes;
+    AMIRROR_ASSIGN_OR_RETURN(replica->volume_, Volume::create(fs, dir, options));
   }
+  if (replica->current()->size_bytes() != replica->meta_.size_bytes ||
+      replica->current()->chunk_size_bytes() != replica->meta_.chunk_size_bytes) {
+    return corruption(dir + ": replica.meta and volume.meta disagree on size or chunk size");
+  }
+  // The replica's own volume takes no client writes; deltas go through write_staged.
+  if (!replica->current()->read_only()) AMIRROR_RETURN_IF_ERROR(replica->current()->set_read_only(true));
+  const BeginDelta& staged = replica->meta_.staging.header;
+  if (staged.target_cycle != 0 && replica->current()->cycle() >= staged.target_cycle) {
+    // The commit (freeze) happened; only clearing the record of the delta was lost.
+    AMIRROR_RETURN_IF_ERROR(replica->clear_staging());
+  }
+  replica->staged_records_ = replica->meta_.staging.durable_records;
+  replica->last_staged_chunk_ = replica->meta_.staging.last_chunk_index;
+  AMIRROR_RETURN_IF_ERROR(replica->apply([] {}));
   return replica;
 }
 
-Status Replica::write_meta() {
-  std::string meta(kMetaMagic, 8);
-  append_u32(meta, kMetaVersion);
-  append_u32(meta, 0);
-  append_u64(meta, size_bytes_);
-  append_u64(meta, chunk_size_bytes_);
-  append_u64(meta, applied_cycle_);
-  append_u64(meta, static_cast<uint64_t>(applied_freeze_time_unix_ms_));
-  append_u32(meta, static_cast<uint32_t>(source_node_.size()));
-  meta += source_node_;
-  append_u32(meta, static_cast<uint32_t>(volume_.size()));
-  meta += volume_;
-  append_u64(meta, checksum64(meta.data(), meta.size()));
-  // What load_meta() will accept: the same bound before writing as after reading.
-  AMIRROR_ASSERT(meta.size() == kMetaMinBytes + source_node_.size() + volume_.size());
-  return write_file_atomically(fs_, dir_, kMetaName, meta);
-}
-
-Status Replica::load_meta() {
-  std::string where = dir_ + "/" + kMetaName;
-  AMIRROR_ASSIGN_OR_RETURN(std::string meta, read_small_file(fs_, where, 4096));
-  const auto* bytes = reinterpret_cast<const uint8_t*>(meta.data());
-  if (meta.size() < kMetaMinBytes || std::memcmp(bytes, kMetaMagic, 8) != 0) {
-    return corruption(where + " is not an amirror replica file");
+// Format 1: replica.img (the applied point as a raw image), replica.meta version 1, and
+// maybe delta.stage. Every step can be redone after a crash; the new replica.meta is
+// the last write, so until it lands the replica is still "format 1" and converted again.
+// A staged delta, even a committed one, is dropped: its APPLIED was never sent, so the
+// source still holds it and sends it again.
+Status Replica::convert_format_1(const std::string& contents) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(contents.data());
+  if (contents.size() < 64 + 2 || checksum64(bytes, contents.size() - 8) != get_u64(bytes + contents.size() - 8)) {
+    return corruption(dir_ + "/" + kMetaName + " (format 1) is damaged");
   }
-  const size_t checksum_at = meta.size() - kMetaChecksumBytes;
-  if (checksum64(bytes, checksum_at) != get_u64(bytes + checksum_at)) {
-    return corruption(where + " failed its checksum; the replica metadata is damaged");
-  }
-  if (get_u32(bytes + 8) != kMetaVersion) return corruption(where + ": unknown format version");
-  size_bytes_ = get_u64(bytes + 16);
-  chunk_size_bytes_ = get_u64(bytes + 24);
-  applied_cycle_ = get_u64(bytes + 32);
-  applied_freeze_time_unix_ms_ = static_cast<int64_t>(get_u64(bytes + 40));
-  size_t position = kMetaHeaderBytes;
+  Meta meta;
+  meta.size_bytes = get_u64(bytes + 16);
+  meta.chunk_size_bytes = get_u64(bytes + 24);
+  uint64_t applied_cycle = get_u64(bytes + 32);
+  auto applied_time = static_cast<int64_t>(get_u64(bytes + 40));
+  size_t position = 48;
   auto read_name = [&](std::string& out) {
-    if (checksum_at < position + 4) return false;
+    if (contents.size() - 8 < position + 4) return false;
     uint32_t length = get_u32(bytes + position);
     position += 4;
-    if (length > kMaxNameBytes || checksum_at < position + length) return false;
-    out.assign(meta.data() + position, length);
+    if (length > kMaxNameBytes || contents.size() - 8 < position + length) return false;
+    out.assign(contents.data() + position, length);
     position += length;
     return true;
   };
-  if (!read_name(source_node_) || !read_name(volume_) || position != checksum_at ||
-      !validate_name(source_node_, "node name").ok() || !validate_name(volume_, "volume name").ok() ||
-      !is_power_of_two(chunk_size_bytes_)) {
-    return corruption(where + ": malformed replica metadata");
+  if (!read_name(meta.source_node) || !read_name(meta.volume_name) ||
+      !valid_geometry(meta.size_bytes, meta.chunk_size_bytes)) {
+    return corruption(dir_ + "/" + kMetaName + " (format 1) is malformed");
   }
+  Status removed = fs_.remove(dir_ + "/" + kFormat1StageName);
+  if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed;
+  AMIRROR_ASSIGN_OR_RETURN(bool has_image, fs_.exists(dir_ + "/" + kFormat1ImageName));
+  if (has_image) AMIRROR_RETURN_IF_ERROR(fs_.rename(dir_ + "/" + kFormat1ImageName, dir_ + "/" + kBaseName));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_));
+  AMIRROR_ASSIGN_OR_RETURN(bool has_volume, fs_.exists(dir_ + "/" + kVolumeMetaName));
+  if (!has_volume) {
+    VolumeOptions options;
+    options.size_bytes = meta.size_bytes;
+    options.chunk_size_bytes = meta.chunk_size_bytes;
+    AMIRROR_ASSIGN_OR_RETURN(auto volume, Volume::create_over_base(fs_, dir_, options, applied_cycle, applied_time));
+  }
+  return write_file_atomically(fs_, dir_, kMetaName, encode_meta(meta));
+}
+
+Status Replica::clear_staging() {
+  std::unique_lock lock(state_mutex_);
+  Staging old = meta_.staging;
+  meta_.staging = Staging{};
+  Status status = write_meta_locked();
+  if (!status.ok()) {
+    meta_.staging = old;
+    return status;
+  }
+  staged_records_ = 0;
+  last_staged_chunk_ = 0;
+  bytes_since_progress_ = 0;
   return Status();
 }
 
+std::optional<uint64_t> Replica::image_cycle() const {
+  {
+    std::shared_lock lock(state_mutex_);
+    if (applying_) return std::nullopt;
+  }
+  std::shared_ptr<Volume> volume = current();
+  if (volume->merge_pending()) return std::nullopt;
+  return volume->base_cycle();
+}
+
 ReplicaState Replica::state() const {
-  std::shared_lock lock(state_mutex_);
   ReplicaState state;
-  state.applied_cycle = applied_cycle_;
-  state.applied_freeze_time_unix_ms = applied_freeze_time_unix_ms_;
-  if (stage_valid_ && !committed_) {
-    state.staged_target_cycle = stage_header_.target_cycle;
-    state.staged_base_cycle = stage_header_.full ? 0 : stage_header_.base_cycle;
+  state.applied_cycle = current()->cycle();
+  // Point 0 is "nothing received yet"; its time is the volume's creation, not a freeze.
+  if (state.applied_cycle != 0) state.applied_freeze_time_unix_ms = current()->freeze_time_unix_ms(state.applied_cycle);
+  std::shared_lock lock(state_mutex_);
+  const BeginDelta& header = meta_.staging.header;
+  if (header.target_cycle != 0) {
+    state.staged_target_cycle = header.target_cycle;
+    state.staged_base_cycle = header.full ? 0 : header.base_cycle;
     state.staged_record_count = staged_records_;
     state.staged_last_chunk_index = last_staged_chunk_;
   }
   return state;
 }
 
-uint64_t Replica::readable_cycle() const {
-  std::shared_lock lock(state_mutex_);
-  return committed_ ? stage_header_.target_cycle : applied_cycle_;
-}
-
 std::string Replica::activity() const {
   std::shared_lock lock(state_mutex_);
   if (applying_) return "applying";
-  if (committed_) return "committed";  // durable, waiting to be applied (or a retry of it)
-  if (stage_valid_) return "receiving";
+  if (meta_.staging.header.target_cycle != 0) return "receiving";
   return "idle";
 }
 
-Status Replica::scan_stage() {
-  std::string where = dir_ + "/" + kStageName;
-  AMIRROR_ASSIGN_OR_RETURN(stage_, fs_.open(where, OpenMode::kOpenExisting));
-  AMIRROR_ASSIGN_OR_RETURN(uint64_t size, stage_->size_bytes());
-  std::unique_lock lock(state_mutex_);
-  stage_valid_ = false;
-  committed_ = false;
-  staged_records_ = 0;
-  committed_index_.clear();
-  staging_index_.clear();
-  uint8_t header[kStageHeaderBytes];
-  if (size < kStageHeaderBytes) {
-    // Torn while being created: nothing was staged.
-    stage_.reset();
-    return fs_.remove(where);
-  }
-  AMIRROR_RETURN_IF_ERROR(stage_->read_at(0, header));
-  if (std::memcmp(header, kStageMagic, 8) != 0 || checksum64(header, 48) != get_u64(header + 48)) {
-    stage_.reset();
-    return fs_.remove(where);  // an unfinished header: nothing was staged either
-  }
-  stage_header_.base_cycle = get_u64(header + 8);
-  stage_header_.target_cycle = get_u64(header + 16);
-  stage_header_.freeze_time_unix_ms = static_cast<int64_t>(get_u64(header + 24));
-  stage_header_.record_count = get_u64(header + 32);
-  stage_header_.full = get_u64(header + 40) == 1;
-  stage_valid_ = true;
+std::vector<PointInfo> Replica::points() const {
+  std::vector<PointInfo> points = current()->points();
+  std::erase_if(points, [](const PointInfo& point) { return point.cycle == 0; });
+  return points;
+}
 
-  uint64_t position = kStageHeaderBytes;
-  std::vector<uint8_t> data;
-  while (true) {
-    uint8_t record[kRecordHeaderBytes];
-    if (size - position < kCommitBytes) break;
-    AMIRROR_RETURN_IF_ERROR(stage_->read_at(position, std::span(record, kCommitBytes)));
-    if (get_u32(record) == kCommitMagic) {
-      if (checksum64(record, 16) == get_u64(record + 16) && get_u64(record + 8) == staged_records_) {
-        committed_ = true;
-        position += kCommitBytes;
-      }
-      break;
-    }
-    if (size - position < kRecordHeaderBytes) break;
-    AMIRROR_RETURN_IF_ERROR(stage_->read_at(position, std::span(record, kRecordHeaderBytes)));
-    uint32_t data_bytes = get_u32(record + 24);
-    uint64_t chunk_index = get_u64(record + 16);
-    auto kind = static_cast<RecordKind>(record[4]);
-    if (get_u32(record) != kRecordMagic || get_u64(record + 8) != staged_records_ ||
-        data_bytes > chunk_size_bytes_ || size - position - kRecordHeaderBytes < data_bytes ||
-        (staged_records_ > 0 && chunk_index <= last_staged_chunk_)) {
-      break;
-    }
-    data.resize(data_bytes);
-    AMIRROR_RETURN_IF_ERROR(stage_->read_at(position + kRecordHeaderBytes, data));
-    uint64_t sum = checksum64(record, 32) ^ checksum64(data.data(), data.size());
-    if (sum != get_u64(record + 32)) break;
-    committed_index_[chunk_index] = {position + kRecordHeaderBytes, kind};
-    last_staged_chunk_ = chunk_index;
-    staged_records_ += 1;
-    position += kRecordHeaderBytes + data_bytes;
+uint32_t Replica::keep() const {
+  std::shared_lock lock(state_mutex_);
+  return meta_.keep;
+}
+
+Status Replica::set_keep(uint32_t keep) {
+  if (keep == 0 || keep > kMaxKeep) {
+    return invalid_argument("keep " + std::to_string(keep) + " is out of range: 1 to " + std::to_string(kMaxKeep));
   }
-  stage_end_bytes_ = position;
-  if (position != size) AMIRROR_RETURN_IF_ERROR(stage_->truncate(position));
-  if (!committed_) committed_index_.swap(staging_index_);  // only a committed delta is served
+  std::unique_lock lock(state_mutex_);
+  if (meta_.keep == keep) return Status();
+  uint32_t old = meta_.keep;
+  meta_.keep = keep;
+  Status status = write_meta_locked();
+  if (!status.ok()) meta_.keep = old;
+  return status;
+}
+
+std::string Replica::source_uuid() const {
+  std::shared_lock lock(state_mutex_);
+  return meta_.source_uuid;
+}
+
+Status Replica::set_source_uuid(const std::string& uuid) {
+  std::unique_lock lock(state_mutex_);
+  if (meta_.source_uuid == uuid) return Status();
+  std::string old = meta_.source_uuid;
+  meta_.source_uuid = uuid;
+  Status status = write_meta_locked();
+  if (!status.ok()) meta_.source_uuid = old;
+  return status;
+}
+
+Status Replica::reset(const std::string& uuid) {
+  std::lock_guard delta(delta_mutex_);
+  VolumeOptions options;
+  options.size_bytes = current()->size_bytes();
+  options.chunk_size_bytes = current()->chunk_size_bytes();
+  {
+    std::unique_lock lock(state_mutex_);
+    meta_.staging = Staging{};
+    meta_.source_uuid = uuid;
+    AMIRROR_RETURN_IF_ERROR(write_meta_locked());
+    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = 0;
+  }
+  // Readers holding the old volume keep reading its (unlinked) files until they let go.
+  AMIRROR_RETURN_IF_ERROR(fs_.remove(dir_ + "/" + kVolumeMetaName));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_));
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.list_dir(dir_));
+  for (const std::string& name : names) {
+    if (name != kMetaName) AMIRROR_RETURN_IF_ERROR(fs_.remove(dir_ + "/" + name));
+  }
+  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> fresh, Volume::create(fs_, dir_, options));
+  AMIRROR_RETURN_IF_ERROR(fresh->set_read_only(true));
+  std::unique_lock lock(state_mutex_);
+  volume_ = std::move(fresh);
   return Status();
 }
 
 Status Replica::begin_delta(const BeginDelta& begin) {
   std::lock_guard delta(delta_mutex_);
-  std::string where = dir_ + "/" + kStageName;
-  {
-    std::shared_lock lock(state_mutex_);
-    if (!begin.full && begin.base_cycle != applied_cycle_) {
-      return invalid_argument("refusing delta " + std::to_string(begin.base_cycle) + "->" +
-                              std::to_string(begin.target_cycle) + " for replica " + source_node_ + "/" +
-                              volume_ + ": the replica is at cycle " + std::to_string(applied_cycle_) +
-                              " (replayed, duplicated or out-of-order delta)");
-    }
-    if (begin.target_cycle <= applied_cycle_ && !begin.full) {
-      return invalid_argument("refusing delta to cycle " + std::to_string(begin.target_cycle) +
-                              ": the replica already has cycle " + std::to_string(applied_cycle_));
-    }
+  uint64_t newest = current()->cycle();
+  if (!begin.full && begin.base_cycle != newest) {
+    return invalid_argument("refusing delta " + std::to_string(begin.base_cycle) + "->" +
+                            std::to_string(begin.target_cycle) + " for replica " + source_node_ + "/" +
+                            volume_name_ + ": the replica is at cycle " + std::to_string(newest) +
+                            " (replayed, duplicated or out-of-order delta)");
   }
+  if (!begin.full && begin.target_cycle <= newest) {
+    return invalid_argument("refusing delta to cycle " + std::to_string(begin.target_cycle) +
+                            ": the replica already has cycle " + std::to_string(newest));
+  }
+  if (begin.target_cycle == 0) return invalid_argument("refusing a delta to cycle 0");
   if (begin.first_record > 0) {
-    // Resume: the stage must hold this very delta with at least that many records.
+    // Resume: the staging must hold this very delta with exactly that many records.
     std::unique_lock lock(state_mutex_);
-    if (!stage_valid_ || committed_ || stage_header_.base_cycle != begin.base_cycle ||
-        stage_header_.target_cycle != begin.target_cycle || stage_header_.full != begin.full ||
-        staged_records_ != begin.first_record) {
+    const BeginDelta& staged = meta_.staging.header;
+    if (staged.target_cycle != begin.target_cycle || staged.base_cycle != begin.base_cycle ||
+        staged.full != begin.full || staged_records_ != begin.first_record) {
       return invalid_argument("cannot resume delta to cycle " + std::to_string(begin.target_cycle) +
                               " at record " + std::to_string(begin.first_record) +
                               ": the staged delta does not match; the source must restart it");
     }
-    stage_header_.record_count = begin.record_count;
+    meta_.staging.header.record_count = begin.record_count;
     return Status();
   }
-  // A fresh delta replaces whatever was staged. If the old stage cannot be removed,
-  // that is the error to report (not the "File exists" of creating the new one over
-  // it), and the old stage stays what the replica holds, in memory as on disk.
-  Status removed = fs_.remove(where);
-  if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed.with_context("replacing the staged delta");
-  {
-    std::unique_lock lock(state_mutex_);
-    stage_.reset();
-    stage_valid_ = false;
-    committed_ = false;
-    committed_index_.clear();
-    staging_index_.clear();
-    staged_records_ = 0;
+  // A fresh delta: what the active layer holds of an earlier one goes. A full delta
+  // to a number this replica already passed (the source volume was recreated) cannot
+  // be frozen above its points: those points belong to another history, so they go.
+  if (begin.full && begin.target_cycle <= newest) {
+    AMIRROR_RETURN_IF_ERROR(current()->discard_after(current()->base_cycle()));
+    if (current()->base_cycle() >= begin.target_cycle) {
+      return invalid_argument("refusing full delta to cycle " + std::to_string(begin.target_cycle) + ": replica " +
+                              source_node_ + "/" + volume_name_ + " holds cycle " +
+                              std::to_string(current()->base_cycle()) + " of another history; delete it (amirror "
+                              "replica delete " + source_node_ + "/" + volume_name_ + ") and the source sends it again");
+    }
+  } else if (!current()->active_changes().empty()) {
+    AMIRROR_RETURN_IF_ERROR(current()->discard_after(current()->cycle()));
   }
-  // Durably gone before anything new is staged: the old stage may carry a commit record
-  // (written before a failed sync), and a power loss that brought it back would apply a
-  // delta the source no longer has in flight.
-  if (removed.ok()) AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_).with_context("replacing the staged delta"));
-  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<File> stage, fs_.open(where, OpenMode::kCreateNew));
-  std::string header = encode_stage_header(begin);
-  AMIRROR_RETURN_IF_ERROR(stage->write_at(0, bytes_of(header)));
   std::unique_lock lock(state_mutex_);
-  stage_ = std::move(stage);
-  stage_header_ = begin;
-  stage_valid_ = true;
-  stage_end_bytes_ = kStageHeaderBytes;
+  Staging old = meta_.staging;
+  meta_.staging = Staging{begin, 0, 0};
+  Status status = write_meta_locked();
+  if (!status.ok()) {
+    meta_.staging = old;
+    return status.with_context("record the delta being received");
+  }
+  staged_records_ = 0;
+  last_staged_chunk_ = 0;
+  bytes_since_progress_ = 0;
+  return Status();
+}
+
+Replica::~Replica() {
+  bool behind;
+  {
+    std::shared_lock lock(state_mutex_);
+    behind = volume_ != nullptr && meta_.staging.header.target_cycle != 0 &&
+             staged_records_ > meta_.staging.durable_records;
+  }
+  if (behind) (void)record_progress();  // best effort: a failure only costs a resend
+}
+
+Status Replica::record_progress() {
+  AMIRROR_RETURN_IF_ERROR(current()->flush());
+  std::unique_lock lock(state_mutex_);
+  Staging old = meta_.staging;
+  meta_.staging.durable_records = staged_records_;
+  meta_.staging.last_chunk_index = last_staged_chunk_;
+  Status status = write_meta_locked();
+  if (!status.ok()) {
+    meta_.staging = old;
+    return status;
+  }
+  bytes_since_progress_ = 0;
   return Status();
 }
 
 Status Replica::stage(const ChunkRecord& record) {
   std::lock_guard delta(delta_mutex_);
-  uint64_t chunk_count = (size_bytes_ + chunk_size_bytes_ - 1) / chunk_size_bytes_;
-  uint64_t expected_bytes = 0;
+  const ChunkGeometry& geometry = current()->geometry();
   {
     std::shared_lock lock(state_mutex_);
-    if (!stage_valid_ || committed_) return invalid_argument("CHUNK outside a delta");
+    if (meta_.staging.header.target_cycle == 0) return invalid_argument("CHUNK outside a delta");
     if (record.record_index != staged_records_) {
       return invalid_argument("CHUNK record " + std::to_string(record.record_index) + " out of sequence (expected " +
                               std::to_string(staged_records_) + ")");
     }
-    if (record.chunk_index >= chunk_count || (staged_records_ > 0 && record.chunk_index <= last_staged_chunk_)) {
+    if (record.chunk_index >= geometry.chunk_count() || (staged_records_ > 0 && record.chunk_index <= last_staged_chunk_)) {
       return invalid_argument("CHUNK for chunk " + std::to_string(record.chunk_index) +
                               " is out of range or out of order");
     }
-    expected_bytes = std::min<uint64_t>(chunk_size_bytes_, size_bytes_ - record.chunk_index * chunk_size_bytes_);
   }
-  if (record.kind == RecordKind::kData && record.data.size() != expected_bytes) {
+  uint64_t offset = geometry.chunk_offset_bytes(record.chunk_index);
+  uint64_t length = geometry.chunk_length_bytes(record.chunk_index);
+  if (record.kind == RecordKind::kData && record.data.size() != length) {
     return invalid_argument("CHUNK data for chunk " + std::to_string(record.chunk_index) + " is " +
-                            std::to_string(record.data.size()) + " bytes, expected " + std::to_string(expected_bytes));
+                            std::to_string(record.data.size()) + " bytes, expected " + std::to_string(length));
   }
-  uint32_t data_bytes = record.kind == RecordKind::kData ? static_cast<uint32_t>(record.data.size()) : 0;
-  std::vector<uint8_t> buffer(kRecordHeaderBytes + data_bytes);
-  put_u32(buffer.data(), kRecordMagic);
-  buffer[4] = static_cast<uint8_t>(record.kind);
-  buffer[5] = buffer[6] = buffer[7] = 0;
-  put_u64(buffer.data() + 8, record.record_index);
-  put_u64(buffer.data() + 16, record.chunk_index);
-  put_u32(buffer.data() + 24, data_bytes);
-  put_u32(buffer.data() + 28, 0);
-  if (data_bytes > 0) std::memcpy(buffer.data() + kRecordHeaderBytes, record.data.data(), data_bytes);
-  put_u64(buffer.data() + 32, checksum64(buffer.data(), 32) ^ checksum64(buffer.data() + kRecordHeaderBytes, data_bytes));
-  AMIRROR_RETURN_IF_ERROR(stage_->write_at(stage_end_bytes_, buffer));
-  std::unique_lock lock(state_mutex_);
-  staging_index_[record.chunk_index] = {stage_end_bytes_ + kRecordHeaderBytes, record.kind};
-  stage_end_bytes_ += buffer.size();
-  staged_records_ += 1;
-  last_staged_chunk_ = record.chunk_index;
-  return Status();
+  Status written = record.kind == RecordKind::kData ? current()->write_staged(offset, record.data)
+                                                    : current()->write_zeroes_staged(offset, length);
+  AMIRROR_RETURN_IF_ERROR(written);
+  bool progress_due;
+  {
+    std::unique_lock lock(state_mutex_);
+    staged_records_ += 1;
+    last_staged_chunk_ = record.chunk_index;
+    bytes_since_progress_ += record.kind == RecordKind::kData ? length : 0;
+    progress_due = bytes_since_progress_ >= kProgressEveryBytes;
+  }
+  return progress_due ? record_progress() : Status();
 }
 
 Status Replica::end_delta(uint64_t record_count) {
   std::lock_guard delta(delta_mutex_);
+  BeginDelta header;
   {
     std::shared_lock lock(state_mutex_);
-    if (!stage_valid_ || committed_) return invalid_argument("END_DELTA outside a delta");
+    header = meta_.staging.header;
+    if (header.target_cycle == 0) return invalid_argument("END_DELTA outside a delta");
     if (record_count != staged_records_) {
       return invalid_argument("END_DELTA says " + std::to_string(record_count) + " records, but " +
                               std::to_string(staged_records_) + " were staged");
     }
   }
-  AMIRROR_RETURN_IF_ERROR(stage_->sync());
-  std::string commit;
-  append_u32(commit, kCommitMagic);
-  append_u32(commit, 0);
-  append_u64(commit, record_count);
-  append_u64(commit, checksum64(commit.data(), commit.size()));
-  AMIRROR_RETURN_IF_ERROR(stage_->write_at(stage_end_bytes_, bytes_of(commit)));
-  AMIRROR_RETURN_IF_ERROR(stage_->sync());
-  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_));
-  // The index built while staging now serves reads until the apply is done.
-  std::unique_lock lock(state_mutex_);
-  stage_end_bytes_ += commit.size();
-  committed_ = true;
-  committed_index_.swap(staging_index_);
-  staging_index_.clear();
-  return Status();
+  if (header.full) {
+    // A full delta replaces the whole image: what it did not send reads as zero.
+    std::set<uint64_t> sent;
+    for (const DeltaChunk& change : current()->active_changes()) sent.insert(change.chunk_index);
+    AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> allocated, current()->allocated_chunks(current()->cycle()));
+    const ChunkGeometry& geometry = current()->geometry();
+    for (uint64_t chunk_index : allocated) {
+      if (sent.count(chunk_index)) continue;
+      AMIRROR_RETURN_IF_ERROR(current()->write_zeroes_staged(geometry.chunk_offset_bytes(chunk_index),
+                                                           geometry.chunk_length_bytes(chunk_index)));
+    }
+  }
+  // The commit point: one volume.meta rename makes the whole delta point s.
+  AMIRROR_RETURN_IF_ERROR(current()->freeze_as(header.target_cycle, header.freeze_time_unix_ms));
+  return clear_staging();
 }
 
 Status Replica::apply(const std::function<void()>& progress) {
   std::lock_guard delta(delta_mutex_);
-  return apply_locked(progress);
-}
-
-Status Replica::apply_locked(const std::function<void()>& progress) {
-  BeginDelta header;
-  std::map<uint64_t, StagedRecord> index;
+  uint32_t keep;
   {
     std::unique_lock lock(state_mutex_);
-    if (!committed_) return invalid_argument("no committed delta to apply");
-    header = stage_header_;
-    index = committed_index_;
-    if (applied_cycle_ == header.target_cycle) {
-      // Applied before a crash, only the stage removal was lost.
-      stage_.reset();
-      stage_valid_ = committed_ = false;
-      committed_index_.clear();
-      return fs_.remove(dir_ + "/" + kStageName);
-    }
-    if (!header.full && applied_cycle_ != header.base_cycle) {
-      return corruption("staged delta " + std::to_string(header.base_cycle) + "->" +
-                        std::to_string(header.target_cycle) + " does not fit replica cycle " +
-                        std::to_string(applied_cycle_));
-    }
+    keep = meta_.keep;
     applying_ = true;
   }
-  auto finish = [&](Status status) {
-    std::unique_lock lock(state_mutex_);
-    applying_ = false;
-    return status;
-  };
-  if (header.full) {
-    Status status = image_->punch_hole(0, size_bytes_);
-    if (!status.ok()) return finish(status);
+  Status status;
+  while (status.ok() && current()->points().size() > keep) {
+    status = current()->merge_oldest();
+    progress();
   }
-  std::vector<uint8_t> data(chunk_size_bytes_);
-  auto last_progress = std::chrono::steady_clock::now();
-  for (const auto& [chunk_index, record] : index) {
-    uint64_t offset = chunk_index * chunk_size_bytes_;
-    uint64_t length = std::min<uint64_t>(chunk_size_bytes_, size_bytes_ - offset);
-    Status status;
-    if (record.kind == RecordKind::kZero) {
-      status = image_->punch_hole(offset, length);
-    } else {
-      status = stage_->read_at(record.file_offset_bytes, std::span(data.data(), length));
-      if (status.ok()) status = image_->write_at(offset, std::span(data.data(), length));
-    }
-    if (!status.ok()) return finish(status.with_context("apply to " + image_path()));
-    if (std::chrono::steady_clock::now() - last_progress > std::chrono::seconds(1)) {
-      progress();
-      last_progress = std::chrono::steady_clock::now();
-    }
-  }
-  Status status = image_->sync();
-  if (!status.ok()) return finish(status);
-  {
-    std::unique_lock lock(state_mutex_);
-    uint64_t previous_cycle = applied_cycle_;
-    int64_t previous_time = applied_freeze_time_unix_ms_;
-    applied_cycle_ = header.target_cycle;
-    applied_freeze_time_unix_ms_ = header.freeze_time_unix_ms;
-    status = write_meta();
-    if (!status.ok()) {
-      applied_cycle_ = previous_cycle;
-      applied_freeze_time_unix_ms_ = previous_time;
-      applying_ = false;
-      return status;
-    }
-    stage_.reset();
-    stage_valid_ = committed_ = applying_ = false;
-    committed_index_.clear();
-  }
-  return fs_.remove(dir_ + "/" + kStageName);
+  std::unique_lock lock(state_mutex_);
+  applying_ = false;
+  return status.with_context("merge old points of replica " + source_node_ + "/" + volume_name_);
 }
 
 Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
-  if (offset_bytes > size_bytes_ || out.size() > size_bytes_ - offset_bytes) {
-    return out_of_range("read beyond the replica's end");
-  }
-  std::shared_lock lock(state_mutex_);
-  if (!committed_) return image_->read_at(offset_bytes, out);
-  // A committed delta is being applied: its chunks come from the stage; others from
-  // the image (or are zero for a full delta, which replaces the whole image).
-  uint64_t done = 0;
-  while (done < out.size()) {
-    uint64_t position = offset_bytes + done;
-    uint64_t chunk_index = position / chunk_size_bytes_;
-    uint64_t in_chunk = position % chunk_size_bytes_;
-    uint64_t length = std::min<uint64_t>(chunk_size_bytes_ - in_chunk, out.size() - done);
-    std::span<uint8_t> piece = out.subspan(done, length);
-    auto it = committed_index_.find(chunk_index);
-    if (it != committed_index_.end()) {
-      if (it->second.kind == RecordKind::kZero) {
-        std::memset(piece.data(), 0, length);
-      } else {
-        AMIRROR_RETURN_IF_ERROR(stage_->read_at(it->second.file_offset_bytes + in_chunk, piece));
-      }
-    } else if (stage_header_.full) {
-      std::memset(piece.data(), 0, length);
-    } else {
-      AMIRROR_RETURN_IF_ERROR(image_->read_at(position, piece));
+  // A merge or commit between reading the number and reading the point is harmless:
+  // a kept point reads the same until it is merged, and then the newer one is read.
+  for (;;) {
+    std::shared_ptr<Volume> volume = current();
+    uint64_t cycle = volume->cycle();
+    Status status = volume->read_frozen(cycle, offset_bytes, out);
+    if (status.code() != ErrorCode::kOutOfRange || volume->has_point(cycle) ||
+        !volume->geometry().in_range(offset_bytes, out.size())) {
+      return status;
     }
-    done += length;
   }
-  return Status();
 }
 
 Result<std::vector<Extent>> Replica::allocated_extents(uint64_t offset_bytes, uint64_t length_bytes) {
-  if (offset_bytes > size_bytes_ || length_bytes > size_bytes_ - offset_bytes) {
-    return out_of_range("extent query beyond the replica's end");
+  for (;;) {
+    std::shared_ptr<Volume> volume = current();
+    uint64_t cycle = volume->cycle();
+    auto extents = volume->allocated_extents_at(cycle, offset_bytes, length_bytes);
+    if (extents.ok() || volume->has_point(cycle) || !volume->geometry().in_range(offset_bytes, length_bytes)) {
+      return extents;
+    }
   }
-  std::shared_lock lock(state_mutex_);
-  if (committed_) return std::vector<Extent>{{offset_bytes, length_bytes}};  // conservative while applying
-  return image_->allocated_extents(offset_bytes, length_bytes);
+}
+
+Status Replica::read_point(uint64_t cycle, uint64_t offset_bytes, std::span<uint8_t> out) {
+  return current()->read_frozen(cycle, offset_bytes, out);
+}
+
+Result<std::vector<Extent>> Replica::allocated_extents_at(uint64_t cycle, uint64_t offset_bytes,
+                                                          uint64_t length_bytes) {
+  return current()->allocated_extents_at(cycle, offset_bytes, length_bytes);
 }
 
 }  // namespace amirror::repl

@@ -1,23 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
-// A replica on the target node: the image of one source volume as of its last applied
-// freeze point (the patent's RVx/1), plus at most one delta being received or applied
-// (RVx/s). Files, under <data_dir>/replicas/<source_node>/<volume>/ (formats in
-// docs/formats/replica.md):
-//   replica.img    the plain raw image (served read-only over NBD as SOURCE/VOLUME)
-//   replica.meta   size, chunk size, applied cycle and freeze time (write-new-then-rename)
-//   delta.stage    the delta being staged: header, checksummed records, commit record
+// A replica on the target node: a store Volume (src/store/volume.h) whose points arrive
+// over the wire, numbered as the source numbered them (the patent's RVx/1 and RVx/s).
+// Files, under <data_dir>/replicas/<source_node>/<volume>/ (docs/formats/replica.md):
+//   replica.meta   source, volume, keep, the source volume's id, and the delta being
+//                  received (write-new-then-rename)
+//   volume.meta, base.img, layer-*   the replica's volume (docs/formats/store.md)
 //
-// Apply protocol (why the replica is always the image of some freeze point):
-//  1. records are appended to delta.stage as they arrive (checksums already verified);
-//  2. end_delta(): fdatasync delta.stage, append the commit record, fdatasync again —
-//     from here on the delta is durable and the source is told so;
-//  3. apply(): write every record into replica.img, fdatasync it, then replace
-//     replica.meta with the new cycle, then remove delta.stage.
-//  A crash in 3 leaves a committed delta.stage whose base is still the applied cycle;
-//  open() finishes the apply (it is idempotent) before anything reads the replica.
-//  While a committed delta is being applied, read() serves its chunks from the stage
-//  file, so NBD readers see the old point before the commit and the new one after —
-//  never a mix. (The raw image file itself is only consistent while state is "idle".)
+// The delta protocol on top of the volume's crash-tested freeze and merge:
+//  1. begin_delta(): the active layer is emptied (discard_after) and the delta is
+//     recorded in replica.meta;
+//  2. stage(): each record is written into the active layer; every 64 MiB the layer is
+//     synced and replica.meta records how many records are durable (the resume point);
+//  3. end_delta() = commit: sync the layer, then freeze it as the source's point s
+//     (one volume.meta rename). From here the replica reads as s and the source is told
+//     so; a crash before the rename leaves the previous point and a resumable delta.
+//  4. apply(): merge the oldest points into base.img until `keep` points are left.
+// So a reader (NBD, verify, promote) always sees one whole freeze point, never a mix,
+// and the points kept never change content.
 //
 // Thread-safety: all methods are thread-safe; one delta at a time (callers receiving
 // for the same replica are serialized by the node).
@@ -25,90 +24,132 @@
 
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "repl/wire.h"
 #include "store/file_system.h"
+#include "store/volume.h"
 
 namespace amirror::repl {
 
+constexpr uint32_t kDefaultKeep = 1;
+constexpr uint32_t kMaxKeep = 1024;
+
 class Replica {
  public:
-  // Opens the replica in `dir`, creating an empty one (all zeros, applied cycle 0) if
-  // absent. An existing replica of another size or chunk size is refused.
+  // Opens the replica in `dir`, creating an empty one (all zeros, cycle 0) if absent.
+  // An existing replica of another size or chunk size is refused.
   static Result<std::unique_ptr<Replica>> open_or_create(FileSystem& fs, const std::string& dir,
                                                          const std::string& source_node,
                                                          const std::string& volume,
                                                          uint64_t size_bytes, uint64_t chunk_size_bytes);
-  // Opens an existing replica, finishing an interrupted apply.
+  // Opens an existing replica: converts the format-1 layout once (crash-safe), drops
+  // a delta whose commit was cut short, and merges down to `keep` points.
   static Result<std::unique_ptr<Replica>> open(FileSystem& fs, const std::string& dir);
 
+  // A clean close records how much of a delta is staged, so a restart resumes there
+  // (a crash resumes from the last 64 MiB mark instead).
+  ~Replica();
+  Replica(const Replica&) = delete;
+  Replica& operator=(const Replica&) = delete;
+
   const std::string& source_node() const { return source_node_; }
-  const std::string& volume() const { return volume_; }
-  uint64_t size_bytes() const { return size_bytes_; }
-  uint64_t chunk_size_bytes() const { return chunk_size_bytes_; }
-  std::string image_path() const { return dir_ + "/replica.img"; }
+  const std::string& volume_name() const { return volume_name_; }
+  // Kept for callers that name the source volume "volume".
+  const std::string& volume() const { return volume_name_; }
+  uint64_t size_bytes() const { return current()->size_bytes(); }
+  uint64_t chunk_size_bytes() const { return current()->chunk_size_bytes(); }
+  const std::string& dir() const { return dir_; }
+  // The raw image file: holds image_cycle() while no merge runs.
+  std::string image_path() const { return dir_ + "/base.img"; }
+  std::optional<uint64_t> image_cycle() const;
   ReplicaState state() const;
-  // "idle", "receiving", "committed" (durable, not yet applied), "applying"
+  // "idle", "receiving" (a delta is being staged), "applying" (merging old points)
   std::string activity() const;
-  // The freeze point read() serves: a committed delta's target cycle from its commit
-  // on (even while its apply waits, e.g. for disk space), else the applied cycle.
-  uint64_t readable_cycle() const;
+  // The newest point: what read() serves.
+  uint64_t readable_cycle() const { return current()->cycle(); }
+  // The points kept, oldest first (an empty replica has none).
+  std::vector<PointInfo> points() const;
+  uint32_t keep() const;
+  // How many points to keep from the next apply() on (1..kMaxKeep).
+  Status set_keep(uint32_t keep);
+  // The id of the source volume whose points these are (empty: not known yet).
+  std::string source_uuid() const;
+  Status set_source_uuid(const std::string& uuid);
+  // Forgets every point (they belong to another source volume) and becomes an empty
+  // replica of `uuid`: the source's next delta is a full copy. Crash-safe: volume.meta
+  // goes first, and a replica.meta without it is an empty replica.
+  Status reset(const std::string& uuid);
 
   // Starts (or resumes, when begin.first_record > 0) staging a delta.
-  // Refuses a delta whose base is not the applied cycle (replayed, duplicated or out of
+  // Refuses a delta whose base is not the newest point (replayed, duplicated or out of
   // order), unless it is a full delta.
   Status begin_delta(const BeginDelta& begin);
   Status stage(const ChunkRecord& record);
-  // Makes the staged delta durable (commit record). REQUIRES: record_count records staged.
+  // Commits the staged delta as the source's point (durable and atomic).
+  // REQUIRES: record_count records staged.
   Status end_delta(uint64_t record_count);
-  // Applies the committed delta. `progress` is called now and then (keep-alives).
+  // Merges points older than the newest `keep` into the base. `progress` is called
+  // now and then (keep-alives).
   Status apply(const std::function<void()>& progress);
 
-  // Reads the image as of the applied cycle, or of the committed delta being applied.
+  // Reads the newest point.
   Status read(uint64_t offset_bytes, std::span<uint8_t> out);
   Result<std::vector<Extent>> allocated_extents(uint64_t offset_bytes, uint64_t length_bytes);
+  // Reads a kept point (served over NBD as SOURCE/VOLUME@CYCLE).
+  Status read_point(uint64_t cycle, uint64_t offset_bytes, std::span<uint8_t> out);
+  Result<std::vector<Extent>> allocated_extents_at(uint64_t cycle, uint64_t offset_bytes, uint64_t length_bytes);
+
+  // The volume underneath, for promote (which takes the directory over).
+  std::shared_ptr<Volume> store_volume() const { return current(); }
 
  private:
   Replica(FileSystem& fs, std::string dir) : fs_(fs), dir_(std::move(dir)) {}
-  Status load_meta();
-  Status write_meta();
-  // Scans delta.stage: header, valid records (indexing them), commit; truncates a torn tail.
-  Status scan_stage();
-  Status apply_locked(const std::function<void()>& progress);  // REQUIRES: delta_mutex_
-
-  struct StagedRecord {
-    uint64_t file_offset_bytes;  // of the record's data in delta.stage
-    RecordKind kind;
+  struct Staging {
+    BeginDelta header;               // target_cycle 0 = nothing staged
+    uint64_t durable_records = 0;    // records known to be on disk
+    uint64_t last_chunk_index = 0;   // of the last durable record
   };
+  struct Meta {
+    std::string source_node;
+    std::string volume_name;
+    uint64_t size_bytes = 0;
+    uint64_t chunk_size_bytes = 0;
+    uint32_t keep = kDefaultKeep;
+    std::string source_uuid;
+    Staging staging;
+  };
+  static std::string encode_meta(const Meta& meta);
+  static Result<Meta> decode_meta(const std::string& contents, const std::string& where);
+  Status write_meta_locked();  // REQUIRES: state_mutex_ held exclusive
+  Status convert_format_1(const std::string& contents);
+  Status clear_staging();
+  Status record_progress();  // syncs the layer, then records the durable count
 
   FileSystem& fs_;
   const std::string dir_;
   std::string source_node_;
-  std::string volume_;
-  uint64_t size_bytes_ = 0;
-  uint64_t chunk_size_bytes_ = 0;
-  std::unique_ptr<File> image_;
+  std::string volume_name_;
+  // Replaced only by reset(); everything else reads it through current().
+  std::shared_ptr<Volume> volume_;  // GUARDED_BY(state_mutex_)
+  std::shared_ptr<Volume> current() const {
+    std::shared_lock lock(state_mutex_);
+    return volume_;
+  }
 
-  std::mutex delta_mutex_;  // one delta operation at a time
-  mutable std::shared_mutex state_mutex_;  // guards everything below; readers shared
-  uint64_t applied_cycle_ = 0;
-  int64_t applied_freeze_time_unix_ms_ = 0;
-  std::unique_ptr<File> stage_;       // open while a delta is staged
-  bool stage_valid_ = false;          // stage_ holds a header
-  BeginDelta stage_header_;
-  uint64_t staged_records_ = 0;
-  uint64_t stage_end_bytes_ = 0;
+  std::mutex delta_mutex_;                 // one delta operation at a time
+  mutable std::shared_mutex state_mutex_;  // guards everything below
+  Meta meta_;
+  uint64_t staged_records_ = 0;     // records staged in this process (>= durable)
   uint64_t last_staged_chunk_ = 0;
-  bool committed_ = false;
+  uint64_t bytes_since_progress_ = 0;
   bool applying_ = false;
-  std::map<uint64_t, StagedRecord> committed_index_;  // chunk -> record, while applying
-  std::map<uint64_t, StagedRecord> staging_index_;    // the same, built while staging
 };
 
 }  // namespace amirror::repl

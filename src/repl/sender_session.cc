@@ -13,14 +13,17 @@ Status SenderSession::start() {
   return sink_.send(FrameType::kHello, encode(Hello{kProtocolVersion, source_node_}));
 }
 
-Status SenderSession::begin_volume(const std::string& name, Volume& volume, uint64_t point) {
+Status SenderSession::begin_volume(const std::string& name, Volume& volume, uint64_t point, uint32_t keep) {
   AMIRROR_ASSERT(phase_ == Phase::kIdle);
   AMIRROR_ASSERT(point > 0);
   name_ = name;
   volume_ = &volume;
   point_ = point;
   phase_ = Phase::kAwaitingState;
-  return sink_.send(FrameType::kOpenReplica, encode(OpenReplica{name, volume.size_bytes(), volume.chunk_size_bytes()}));
+  VolumeLineage lineage = volume.lineage();
+  OpenReplica open{name, volume.size_bytes(), volume.chunk_size_bytes(), keep, lineage.uuid, lineage.origin_uuid,
+                   lineage.origin_point};
+  return sink_.send(FrameType::kOpenReplica, encode(open));
 }
 
 Status SenderSession::on_frame(const Frame& frame) {

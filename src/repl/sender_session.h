@@ -69,7 +69,8 @@ class SenderSession {
 
   Status start();  // sends HELLO
   // Sends OPEN_REPLICA for `volume`, aiming at freeze point `point`. REQUIRES: idle.
-  Status begin_volume(const std::string& name, Volume& volume, uint64_t point);
+  // `keep`: how many points the target keeps of it.
+  Status begin_volume(const std::string& name, Volume& volume, uint64_t point, uint32_t keep = 1);
   // Feeds one checked frame from the target. An error ends the connection.
   Status on_frame(const Frame& frame);
   // While streaming: sends the next CHUNK (or END_DELTA after the last one).

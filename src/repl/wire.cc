@@ -4,6 +4,7 @@
 #include "base/checksum.h"
 #include "base/coding.h"
 #include "base/names.h"
+#include "base/uuid.h"
 
 namespace amirror::repl {
 namespace {
@@ -148,6 +149,10 @@ std::vector<uint8_t> encode(const OpenReplica& message) {
   put_name(out, message.volume);
   put64(out, message.size_bytes);
   put64(out, message.chunk_size_bytes);
+  put32(out, message.keep);
+  put_name(out, message.volume_uuid);
+  put_name(out, message.origin_uuid);
+  put64(out, message.origin_point);
   return out;
 }
 
@@ -222,7 +227,12 @@ Result<OpenReplica> decode_open_replica(std::span<const uint8_t> payload) {
   Reader reader(payload, "OPEN_REPLICA");
   OpenReplica message;
   if (!reader.name(message.volume) || !reader.u64(message.size_bytes) ||
-      !reader.u64(message.chunk_size_bytes)) {
+      !reader.u64(message.chunk_size_bytes) || !reader.u32(message.keep) || !reader.name(message.volume_uuid) ||
+      !reader.name(message.origin_uuid) || !reader.u64(message.origin_point)) {
+    return reader.bad();
+  }
+  auto is_uuid = [](const std::string& text) { return text.empty() || is_uuid_text(text); };
+  if (message.keep == 0 || message.keep > 1024 || !is_uuid(message.volume_uuid) || !is_uuid(message.origin_uuid)) {
     return reader.bad();
   }
   AMIRROR_RETURN_IF_ERROR(reader.finish());

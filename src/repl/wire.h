@@ -17,7 +17,7 @@
 
 namespace amirror::repl {
 
-constexpr uint32_t kProtocolVersion = 1;
+constexpr uint32_t kProtocolVersion = 2;  // 2: OPEN_REPLICA carries keep and lineage
 constexpr uint32_t kFrameMagic = 0x31464d41;  // "AMF1"
 constexpr size_t kFrameHeaderBytes = 16;
 // The largest chunk (4 MiB) plus its record fields, with room to spare.
@@ -64,6 +64,12 @@ struct OpenReplica {
   std::string volume;
   uint64_t size_bytes = 0;
   uint64_t chunk_size_bytes = 0;
+  uint32_t keep = 1;              // points the target keeps (1..1024)
+  std::string volume_uuid;        // the source volume's id (32 hex digits)
+  // Where the source volume's history comes from: failback finds the last common
+  // point with it (empty when the volume was created, not promoted).
+  std::string origin_uuid;
+  uint64_t origin_point = 0;
 };
 
 struct ReplicaState {

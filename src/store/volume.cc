@@ -12,12 +12,14 @@
 #include "base/checksum.h"
 #include "base/coding.h"
 #include "base/names.h"
+#include "base/uuid.h"
 
 namespace amirror {
 namespace {
 
 constexpr char kMetaMagic[8] = {'A', 'M', 'V', 'O', 'L', 'U', 'M', 'E'};
-constexpr uint32_t kMetaFormatVersion = 1;
+constexpr uint32_t kMetaFormatVersion = 2;
+constexpr uint32_t kMetaFlagReadOnly = 1;
 constexpr const char* kMetaFileName = "volume.meta";
 constexpr const char* kBaseFileName = "base.img";
 constexpr uint64_t kMaxMetaBytes = 16 * kMiB;
@@ -41,6 +43,7 @@ std::span<uint8_t> scratch_chunk(uint64_t size_bytes) {
   if (buffer.size() < size_bytes) buffer.resize(size_bytes);
   return std::span(buffer.data(), size_bytes);
 }
+
 
 bool parse_layer_file_name(const std::string& name, uint64_t& layer_id) {
   const std::string prefix = "layer-";
@@ -101,7 +104,38 @@ Result<std::unique_ptr<Volume>> Volume::create(FileSystem& fs, const std::string
                            Layer::create(fs, dir, 1, options.chunk_size_bytes));
   volume->layers_.push_back(std::move(active));
   std::lock_guard meta_lock(volume->meta_mutex_);
-  volume->freeze_times_unix_ms_ = {now_unix_ms()};
+  volume->meta_.options = options;
+  volume->meta_.lineage.uuid = new_uuid();
+  volume->meta_.base_freeze_time_unix_ms = now_unix_ms();
+  volume->meta_.active_layer = 1;
+  AMIRROR_RETURN_IF_ERROR(volume->write_meta());
+  return volume;
+}
+
+Result<std::unique_ptr<Volume>> Volume::create_over_base(FileSystem& fs, const std::string& dir,
+                                                         const VolumeOptions& options, uint64_t base_cycle,
+                                                         int64_t base_freeze_time_unix_ms) {
+  AMIRROR_RETURN_IF_ERROR(validate_volume_options(options));
+  AMIRROR_ASSIGN_OR_RETURN(bool meta_exists, fs.exists(dir + "/" + kMetaFileName));
+  if (meta_exists) return Status(ErrorCode::kAlreadyExists, "a volume already exists in " + dir);
+  std::unique_ptr<Volume> volume(new Volume(fs, dir, options));
+  AMIRROR_ASSIGN_OR_RETURN(volume->base_, fs.open(dir + "/" + kBaseFileName, OpenMode::kOpenExisting));
+  AMIRROR_ASSIGN_OR_RETURN(uint64_t base_size, volume->base_->size_bytes());
+  if (base_size != options.size_bytes) {
+    return invalid_argument(dir + "/" + kBaseFileName + " is " + std::to_string(base_size) + " bytes, not " +
+                            std::to_string(options.size_bytes));
+  }
+  AMIRROR_RETURN_IF_ERROR(volume->base_->sync());
+  (void)fs.remove(dir + "/" + Layer::data_file_name(1));
+  (void)fs.remove(dir + "/" + Layer::map_file_name(1));
+  AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> active, Layer::create(fs, dir, 1, options.chunk_size_bytes));
+  volume->layers_.push_back(std::move(active));
+  std::lock_guard meta_lock(volume->meta_mutex_);
+  volume->meta_.options = options;
+  volume->meta_.lineage.uuid = new_uuid();
+  volume->meta_.base_cycle = base_cycle;
+  volume->meta_.base_freeze_time_unix_ms = base_freeze_time_unix_ms;
+  volume->meta_.active_layer = 1;
   AMIRROR_RETURN_IF_ERROR(volume->write_meta());
   return volume;
 }
@@ -117,30 +151,38 @@ Result<std::unique_ptr<Volume>> Volume::open(FileSystem& fs, const std::string& 
   }
   AMIRROR_ASSIGN_OR_RETURN(VolumeMeta meta, decode_meta(contents.value(), meta_path));
   std::unique_ptr<Volume> volume(new Volume(fs, dir, meta.options));
-  volume->cycle_ = meta.cycle;
-  volume->base_cycle_ = meta.base_cycle;
-  volume->merging_layer_ = meta.merging_layer;
-  volume->freeze_times_unix_ms_ = std::move(meta.freeze_times_unix_ms);
+  bool upgrade = meta.from_version_1;
+  volume->read_only_.store(meta.read_only);
+  volume->meta_ = std::move(meta);
 
   AMIRROR_ASSIGN_OR_RETURN(volume->base_, fs.open(dir + "/" + kBaseFileName, OpenMode::kOpenExisting));
   AMIRROR_ASSIGN_OR_RETURN(uint64_t base_size, volume->base_->size_bytes());
-  if (base_size != meta.options.size_bytes) {
+  if (base_size != volume->size_bytes()) {
     return corruption(dir + "/" + kBaseFileName + " is " + std::to_string(base_size) +
-                      " bytes but the volume is " + std::to_string(meta.options.size_bytes));
+                      " bytes but the volume is " + std::to_string(volume->size_bytes()));
   }
   // Writes of a killed process may still sit in the page cache; sync them before
   // anything new is promised durable on top of them.
   AMIRROR_RETURN_IF_ERROR(volume->base_->sync());
   AMIRROR_RETURN_IF_ERROR(volume->remove_orphan_files());
-  for (uint64_t id = volume->first_layer_id(); id <= volume->cycle_ + 1; ++id) {
-    auto layer = Layer::open(fs, dir, id, meta.options.chunk_size_bytes);
+  std::vector<uint64_t> ids;
+  for (const FrozenLayer& frozen : volume->meta_.frozen) ids.push_back(frozen.layer_id);
+  ids.push_back(volume->meta_.active_layer);
+  for (uint64_t id : ids) {
+    auto layer = Layer::open(fs, dir, id, volume->chunk_size_bytes());
     if (!layer.ok()) {
       return layer.status().with_context("open layer " + std::to_string(id) + " of " + dir);
     }
-    if (id <= volume->cycle_) layer.value()->mark_frozen();
+    if (id != volume->meta_.active_layer) layer.value()->mark_frozen();
     volume->layers_.push_back(std::move(layer).value());
   }
-  if (volume->merging_layer_ != 0) {
+  if (upgrade) {
+    // Format 1 had no volume id: give it one now, once (a crash before this rename
+    // leaves format 1, and the next open tries again).
+    std::lock_guard meta_lock(volume->meta_mutex_);
+    AMIRROR_RETURN_IF_ERROR(volume->write_meta().with_context("upgrade " + meta_path + " to format 2"));
+  }
+  if (volume->meta_.merging_layer != 0) {
     // A merge was cut short: its layer is immutable, so redoing it is safe.
     AMIRROR_RETURN_IF_ERROR(volume->merge_oldest().with_context("finish the interrupted merge of " + dir));
   }
@@ -157,7 +199,9 @@ Status Volume::remove_orphan_files() {
     uint64_t layer_id = 0;
     bool orphan = false;
     if (parse_layer_file_name(name, layer_id)) {
-      orphan = layer_id < first_layer_id() || layer_id > cycle_ + 1;
+      orphan = layer_id != meta_.active_layer &&
+               std::none_of(meta_.frozen.begin(), meta_.frozen.end(),
+                            [&](const FrozenLayer& frozen) { return frozen.layer_id == layer_id; });
     } else if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
       orphan = true;
     }
@@ -171,44 +215,129 @@ Status Volume::remove_orphan_files() {
 }
 
 std::string Volume::encode_meta() const {
-  std::string meta(kMetaMagic, sizeof kMetaMagic);
-  append_u32(meta, kMetaFormatVersion);
-  append_u32(meta, 0);
-  append_u64(meta, geometry_.volume_size_bytes());
-  append_u64(meta, geometry_.chunk_size_bytes());
-  append_u64(meta, cycle_);
-  append_u64(meta, base_cycle_);
-  append_u64(meta, merging_layer_);
-  append_u32(meta, static_cast<uint32_t>(group_.size()));
-  meta += group_;
-  AMIRROR_ASSERT(freeze_times_unix_ms_.size() == cycle_ - base_cycle_ + 1);
-  append_u32(meta, static_cast<uint32_t>(freeze_times_unix_ms_.size()));
-  for (int64_t time : freeze_times_unix_ms_) append_u64(meta, static_cast<uint64_t>(time));
-  append_u64(meta, checksum64(meta.data(), meta.size()));
-  return meta;
+  std::string out(kMetaMagic, sizeof kMetaMagic);
+  append_u32(out, kMetaFormatVersion);
+  append_u32(out, meta_.read_only ? kMetaFlagReadOnly : 0);
+  append_u64(out, geometry_.volume_size_bytes());
+  append_u64(out, geometry_.chunk_size_bytes());
+  append_uuid(out, meta_.lineage.uuid);
+  append_uuid(out, meta_.lineage.origin_uuid);
+  append_u64(out, meta_.lineage.origin_point);
+  append_u64(out, meta_.base_cycle);
+  append_u64(out, static_cast<uint64_t>(meta_.base_freeze_time_unix_ms));
+  append_u64(out, meta_.merging_layer);
+  append_u64(out, meta_.active_layer);
+  append_u32(out, static_cast<uint32_t>(group_.size()));
+  out += group_;
+  append_u32(out, static_cast<uint32_t>(meta_.frozen.size()));
+  for (const FrozenLayer& frozen : meta_.frozen) {
+    append_u64(out, frozen.layer_id);
+    append_u64(out, frozen.cycle);
+    append_u64(out, static_cast<uint64_t>(frozen.freeze_time_unix_ms));
+  }
+  append_u64(out, checksum64(out.data(), out.size()));
+  return out;
 }
 
 Status Volume::write_meta() { return write_file_atomically(fs_, dir_, kMetaFileName, encode_meta()); }
 
-Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents,
-                                               const std::string& where) {
+namespace {
+
+// Reads fields front to back, refusing to go past the checksum.
+class MetaReader {
+ public:
+  MetaReader(const std::string& contents, size_t start)
+      : bytes_(reinterpret_cast<const uint8_t*>(contents.data())), end_(contents.size() - 8), position_(start) {}
+  bool u32(uint32_t& value) { return take(4) && (value = get_u32(bytes_ + position_ - 4), true); }
+  bool u64(uint64_t& value) { return take(8) && (value = get_u64(bytes_ + position_ - 8), true); }
+  bool raw(size_t count, const uint8_t*& at) { return take(count) && (at = bytes_ + position_ - count, true); }
+  bool at_end() const { return position_ == end_; }
+
+ private:
+  bool take(size_t count) {
+    if (end_ - position_ < count) return false;
+    position_ += count;
+    return true;
+  }
+  const uint8_t* bytes_;
+  size_t end_;
+  size_t position_;
+};
+
+}  // namespace
+
+Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents, const std::string& where) {
   const auto* bytes = reinterpret_cast<const uint8_t*>(contents.data());
   size_t size = contents.size();
-  constexpr size_t kFixedBytes = 8 + 4 + 4 + 8 * 5 + 4;
-  if (size < kFixedBytes + 4 + 8 || std::memcmp(bytes, kMetaMagic, 8) != 0) {
+  if (size < 8 + 4 + 4 + 8 || std::memcmp(bytes, kMetaMagic, 8) != 0) {
     return corruption(where + " is not an amirror volume file");
   }
   if (checksum64(bytes, size - 8) != get_u64(bytes + size - 8)) {
     return corruption(where + " failed its checksum; the volume metadata is damaged");
   }
-  if (get_u32(bytes + 8) != kMetaFormatVersion) {
-    return corruption(where + " has format version " + std::to_string(get_u32(bytes + 8)) +
-                      "; this amirror reads version " + std::to_string(kMetaFormatVersion));
+  uint32_t version = get_u32(bytes + 8);
+  if (version == 1) return decode_meta_version_1(contents, where);
+  if (version != kMetaFormatVersion) {
+    return corruption(where + " has format version " + std::to_string(version) +
+                      "; this amirror reads versions 1 and " + std::to_string(kMetaFormatVersion));
   }
   VolumeMeta meta;
+  MetaReader reader(contents, 12);
+  uint32_t flags = 0, group_bytes = 0, frozen_count = 0;
+  const uint8_t* uuid = nullptr;
+  const uint8_t* origin_uuid = nullptr;
+  const uint8_t* group = nullptr;
+  uint64_t base_time = 0;
+  bool ok = reader.u32(flags) && reader.u64(meta.options.size_bytes) && reader.u64(meta.options.chunk_size_bytes) &&
+            reader.raw(kUuidBytes, uuid) && reader.raw(kUuidBytes, origin_uuid) &&
+            reader.u64(meta.lineage.origin_point) && reader.u64(meta.base_cycle) && reader.u64(base_time) &&
+            reader.u64(meta.merging_layer) && reader.u64(meta.active_layer) && reader.u32(group_bytes) &&
+            group_bytes <= kMaxNameBytes && reader.raw(group_bytes, group) && reader.u32(frozen_count);
+  for (uint32_t i = 0; ok && i < frozen_count; ++i) {
+    FrozenLayer frozen;
+    uint64_t time = 0;
+    ok = reader.u64(frozen.layer_id) && reader.u64(frozen.cycle) && reader.u64(time);
+    frozen.freeze_time_unix_ms = static_cast<int64_t>(time);
+    meta.frozen.push_back(frozen);
+  }
+  if (!ok || !reader.at_end()) return corruption(where + ": fields do not fit the file's length");
+  meta.read_only = (flags & kMetaFlagReadOnly) != 0;
+  meta.lineage.uuid = read_uuid(uuid);
+  meta.lineage.origin_uuid = read_uuid(origin_uuid);
+  meta.base_freeze_time_unix_ms = static_cast<int64_t>(base_time);
+  meta.options.group.assign(reinterpret_cast<const char*>(group), group_bytes);
+  // The stack must be ordered: layer ids and points increase; the merging layer is the
+  // oldest and completes the base's point.
+  uint64_t last_id = 0, last_cycle = meta.base_cycle;
+  bool consistent = meta.lineage.uuid.size() == 2 * kUuidBytes && meta.active_layer != 0;
+  for (size_t i = 0; consistent && i < meta.frozen.size(); ++i) {
+    const FrozenLayer& frozen = meta.frozen[i];
+    bool merging = i == 0 && meta.merging_layer != 0;
+    consistent = frozen.layer_id > last_id && (merging ? frozen.cycle == meta.base_cycle && frozen.layer_id == meta.merging_layer
+                                                       : frozen.cycle > last_cycle);
+    last_id = frozen.layer_id;
+    last_cycle = frozen.cycle;
+  }
+  if (!consistent || meta.active_layer <= last_id || (meta.merging_layer != 0 && meta.frozen.empty())) {
+    return corruption(where + ": the layer stack is inconsistent");
+  }
+  Status valid = validate_volume_options(meta.options);
+  if (!valid.ok()) return corruption(where + ": " + valid.message());
+  return meta;
+}
+
+// Format 1 (docs/formats/store.md): contiguous layer ids equal to points.
+Result<Volume::VolumeMeta> Volume::decode_meta_version_1(const std::string& contents,
+                                                         const std::string& where) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(contents.data());
+  size_t size = contents.size();
+  constexpr size_t kFixedBytes = 8 + 4 + 4 + 8 * 5 + 4;
+  if (size < kFixedBytes + 4 + 8) return corruption(where + " is not an amirror volume file");
+  VolumeMeta meta;
+  meta.from_version_1 = true;
   meta.options.size_bytes = get_u64(bytes + 16);
   meta.options.chunk_size_bytes = get_u64(bytes + 24);
-  meta.cycle = get_u64(bytes + 32);
+  uint64_t cycle = get_u64(bytes + 32);
   meta.base_cycle = get_u64(bytes + 40);
   meta.merging_layer = get_u64(bytes + 48);
   uint32_t group_bytes = get_u32(bytes + 56);
@@ -220,14 +349,19 @@ Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents,
   position += group_bytes;
   uint32_t time_count = get_u32(bytes + position);
   position += 4;
-  if (meta.base_cycle > meta.cycle || time_count != meta.cycle - meta.base_cycle + 1 ||
+  if (meta.base_cycle > cycle || time_count != cycle - meta.base_cycle + 1 ||
       (meta.merging_layer != 0 && meta.merging_layer != meta.base_cycle) ||
       size - 8 - position != uint64_t{time_count} * 8) {
     return corruption(where + ": cycle numbers are inconsistent");
   }
-  for (uint32_t i = 0; i < time_count; ++i) {
-    meta.freeze_times_unix_ms.push_back(static_cast<int64_t>(get_u64(bytes + position + 8 * i)));
-  }
+  auto time_of = [&](uint64_t point) {
+    return static_cast<int64_t>(get_u64(bytes + position + 8 * (point - meta.base_cycle)));
+  };
+  meta.base_freeze_time_unix_ms = time_of(meta.base_cycle);
+  uint64_t first = meta.merging_layer != 0 ? meta.merging_layer : meta.base_cycle + 1;
+  for (uint64_t id = first; id <= cycle; ++id) meta.frozen.push_back({id, id, time_of(id)});
+  meta.active_layer = cycle + 1;
+  meta.lineage.uuid = new_uuid();
   Status valid = validate_volume_options(meta.options);
   if (!valid.ok()) return corruption(where + ": " + valid.message());
   return meta;
@@ -235,18 +369,102 @@ Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents,
 
 uint64_t Volume::cycle() const {
   std::lock_guard lock(meta_mutex_);
-  return cycle_;
+  return cycle_locked();
 }
 
 uint64_t Volume::base_cycle() const {
   std::lock_guard lock(meta_mutex_);
-  return base_cycle_;
+  return meta_.base_cycle;
 }
 
 int64_t Volume::freeze_time_unix_ms(uint64_t cycle) const {
   std::lock_guard lock(meta_mutex_);
-  if (cycle < base_cycle_ || cycle > cycle_) return 0;
-  return freeze_times_unix_ms_[cycle - base_cycle_];
+  if (cycle == meta_.base_cycle) return meta_.base_freeze_time_unix_ms;
+  for (const FrozenLayer& frozen : meta_.frozen) {
+    if (frozen.cycle == cycle) return frozen.freeze_time_unix_ms;
+  }
+  return 0;
+}
+
+std::vector<PointInfo> Volume::points() const {
+  std::lock_guard lock(meta_mutex_);
+  std::vector<PointInfo> points = {{meta_.base_cycle, meta_.base_freeze_time_unix_ms}};
+  for (const FrozenLayer& frozen : meta_.frozen) {
+    if (frozen.cycle != meta_.base_cycle) points.push_back({frozen.cycle, frozen.freeze_time_unix_ms});
+  }
+  return points;
+}
+
+bool Volume::merge_pending() const {
+  std::lock_guard lock(meta_mutex_);
+  return meta_.merging_layer != 0;
+}
+
+bool Volume::has_point(uint64_t cycle) const {
+  std::lock_guard lock(meta_mutex_);
+  return top_layer_id_locked(cycle).has_value();
+}
+
+std::optional<uint64_t> Volume::top_layer_id_locked(uint64_t cycle) const {
+  if (cycle == meta_.base_cycle) {
+    if (meta_.merging_layer != 0) return meta_.merging_layer;
+    return (meta_.frozen.empty() ? meta_.active_layer : meta_.frozen.front().layer_id) - 1;
+  }
+  for (const FrozenLayer& frozen : meta_.frozen) {
+    if (frozen.cycle == cycle) return frozen.layer_id;
+  }
+  return std::nullopt;
+}
+
+Result<size_t> Volume::layers_in_point_locked(uint64_t cycle) const {
+  std::optional<uint64_t> top_id;
+  {
+    std::lock_guard meta(meta_mutex_);
+    top_id = top_layer_id_locked(cycle);
+  }
+  if (!top_id) return out_of_range("freeze point " + std::to_string(cycle) + " does not exist");
+  // Layer ids increase up the stack; those with id <= top_id form the point.
+  size_t top = 0;
+  while (top < layers_.size() && layers_[top]->id() <= *top_id) ++top;
+  AMIRROR_ASSERT(top < layers_.size());  // the active layer is never part of a point
+  return top;
+}
+
+std::string Volume::points_text_locked() const {
+  std::string text = std::to_string(meta_.base_cycle);
+  for (const FrozenLayer& frozen : meta_.frozen) {
+    if (frozen.cycle != meta_.base_cycle) text += ", " + std::to_string(frozen.cycle);
+  }
+  return text;
+}
+
+VolumeLineage Volume::lineage() const {
+  std::lock_guard lock(meta_mutex_);
+  return meta_.lineage;
+}
+
+Status Volume::set_lineage(const VolumeLineage& lineage) {
+  std::lock_guard lock(meta_mutex_);
+  VolumeLineage old = meta_.lineage;
+  meta_.lineage = lineage;
+  if (meta_.lineage.uuid.empty()) meta_.lineage.uuid = new_uuid();
+  Status status = write_meta();
+  if (!status.ok()) meta_.lineage = old;
+  return status;
+}
+
+Status Volume::set_read_only(bool read_only) {
+  // Exclusive: a write that passed the check finishes before the flag is durable.
+  std::unique_lock io(io_lock_);
+  std::lock_guard lock(meta_mutex_);
+  meta_.read_only = read_only;
+  Status status = write_meta();
+  if (!status.ok()) {
+    meta_.read_only = !read_only;
+    return status;
+  }
+  read_only_.store(read_only);
+  return Status();
 }
 
 // ---- Reads ----------------------------------------------------------------
@@ -328,22 +546,20 @@ Status Volume::read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint
   for (int attempt = 0;; ++attempt) {
     {
       std::lock_guard meta(meta_mutex_);
-      if (cycle < base_cycle_ || cycle > cycle_) {
+      if (!top_layer_id_locked(cycle)) {
         return out_of_range("freeze point " + std::to_string(cycle) + " does not exist (points " +
-                            std::to_string(base_cycle_) + ".." + std::to_string(cycle_) + " do)");
+                            points_text_locked() + " do)");
       }
-      if (cycle > base_cycle_ || base_point.owns_lock()) break;
+      // While layer m merges, point m = base + layer m: the layer covers every base
+      // chunk the merge rewrites, so that read needs no lock.
+      if (cycle != meta_.base_cycle || meta_.merging_layer != 0 || base_point.owns_lock()) break;
     }
     AMIRROR_ASSERT(attempt == 0);
     base_point.lock();
   }
   std::shared_lock io(io_lock_);
-  // Layers are contiguous by id; those with id <= cycle form the point.
-  uint64_t first_id = layers_.front()->id();
-  size_t top = cycle + 1 <= first_id ? 0 : std::min<uint64_t>(layers_.size(), cycle - first_id + 1);
-  if (top == layers_.size()) {
-    return out_of_range("freeze point " + std::to_string(cycle) + " is not frozen");
-  }
+  // discard_after() may have dropped the point between the checks.
+  AMIRROR_ASSIGN_OR_RETURN(size_t top, layers_in_point_locked(cycle));
   return read_layers(layers_, top, offset_bytes, out, /*lock_active=*/false);
 }
 
@@ -394,7 +610,8 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
   return Status();
 }
 
-Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua) {
+Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua,
+                      bool staged) {
   if (!geometry_.in_range(offset_bytes, length_bytes)) {
     return out_of_range("write of " + std::to_string(length_bytes) + " bytes at offset " +
                         std::to_string(offset_bytes) + " is beyond the volume's end (" +
@@ -402,6 +619,9 @@ Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_
   }
   {
     std::shared_lock io(io_lock_);
+    if (!staged && read_only_.load()) {
+      return Status(ErrorCode::kReadOnly, dir_ + " is read-only (a replica or a demoted volume)");
+    }
     Status status;
     geometry_.for_each_piece(offset_bytes, length_bytes, [&](const ChunkPiece& piece) {
       if (!status.ok()) return;
@@ -424,6 +644,14 @@ Status Volume::trim(uint64_t offset_bytes, uint64_t length_bytes) {
   return modify(offset_bytes, length_bytes, nullptr, false);
 }
 
+Status Volume::write_staged(uint64_t offset_bytes, std::span<const uint8_t> data) {
+  return modify(offset_bytes, data.size(), data.data(), false, /*staged=*/true);
+}
+
+Status Volume::write_zeroes_staged(uint64_t offset_bytes, uint64_t length_bytes) {
+  return modify(offset_bytes, length_bytes, nullptr, false, /*staged=*/true);
+}
+
 Status Volume::flush() {
   std::shared_ptr<Layer> active;
   {
@@ -437,32 +665,92 @@ Status Volume::flush() {
 
 // ---- Freeze and merge -----------------------------------------------------
 
-Status Volume::freeze_locked(int64_t time_unix_ms) {
+Status Volume::freeze_locked(int64_t time_unix_ms, uint64_t cycle) {
   Layer& active = *layers_.back();
   AMIRROR_RETURN_IF_ERROR(active.sync());
-  uint64_t new_cycle;
+  uint64_t next_id;
   {
     std::lock_guard meta(meta_mutex_);
-    new_cycle = cycle_ + 1;
+    next_id = meta_.active_layer + 1;
+    if (cycle == 0) cycle = cycle_locked() + 1;
+    if (cycle <= cycle_locked()) {
+      return invalid_argument("cannot freeze " + dir_ + " as point " + std::to_string(cycle) +
+                              ": point " + std::to_string(cycle_locked()) + " exists");
+    }
   }
   // Files of this id can only be leftovers of an earlier failed freeze.
-  (void)fs_.remove(dir_ + "/" + Layer::data_file_name(new_cycle + 1));
-  (void)fs_.remove(dir_ + "/" + Layer::map_file_name(new_cycle + 1));
-  AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> next,
-                           Layer::create(fs_, dir_, new_cycle + 1, chunk_size_bytes()));
+  (void)fs_.remove(dir_ + "/" + Layer::data_file_name(next_id));
+  (void)fs_.remove(dir_ + "/" + Layer::map_file_name(next_id));
+  AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> next, Layer::create(fs_, dir_, next_id, chunk_size_bytes()));
   std::lock_guard meta(meta_mutex_);
-  cycle_ = new_cycle;
-  freeze_times_unix_ms_.push_back(time_unix_ms);
+  meta_.frozen.push_back({meta_.active_layer, cycle, time_unix_ms});
+  meta_.active_layer = next_id;
   Status status = write_meta();
   if (!status.ok()) {
-    cycle_ -= 1;
-    freeze_times_unix_ms_.pop_back();
+    meta_.active_layer = meta_.frozen.back().layer_id;
+    meta_.frozen.pop_back();
     (void)next->remove_files();
     return status.with_context("freeze " + dir_);
   }
   active.mark_frozen();
   layers_.push_back(std::move(next));
   return Status();
+}
+
+Status Volume::freeze_as(uint64_t cycle, int64_t freeze_time_unix_ms) {
+  AMIRROR_RETURN_IF_ERROR(flush());
+  std::unique_lock io(io_lock_);
+  return freeze_locked(freeze_time_unix_ms, cycle);
+}
+
+Status Volume::discard_after(uint64_t cycle) {
+  std::lock_guard merge_lock(merge_mutex_);
+  std::unique_lock io(io_lock_);
+  std::lock_guard meta(meta_mutex_);
+  std::optional<uint64_t> top_id = top_layer_id_locked(cycle);
+  if (!top_id) {
+    return out_of_range("cannot go back to point " + std::to_string(cycle) + " of " + dir_ + ": it is not kept (points " +
+                        points_text_locked() + " are)");
+  }
+  // An unfinished merge (cut short by ENOSPC) keeps its layer: top_id is at least the
+  // merging layer's id, since the oldest kept point is the one it completes.
+  uint64_t next_id = meta_.active_layer + 1;
+  (void)fs_.remove(dir_ + "/" + Layer::data_file_name(next_id));
+  (void)fs_.remove(dir_ + "/" + Layer::map_file_name(next_id));
+  AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> next, Layer::create(fs_, dir_, next_id, chunk_size_bytes()));
+  VolumeMeta old = meta_;
+  std::erase_if(meta_.frozen, [&](const FrozenLayer& frozen) { return frozen.layer_id > *top_id; });
+  meta_.active_layer = next_id;
+  Status status = write_meta();
+  if (!status.ok()) {
+    meta_ = std::move(old);
+    (void)next->remove_files();
+    return status.with_context("discard the points after " + std::to_string(cycle) + " of " + dir_);
+  }
+  // volume.meta no longer names them: from here on they are orphans, removed now or
+  // on the next open.
+  std::vector<std::shared_ptr<Layer>> kept;
+  for (auto& layer : layers_) {
+    if (layer->id() <= *top_id) {
+      kept.push_back(std::move(layer));
+    } else {
+      (void)layer->remove_files();
+    }
+  }
+  kept.push_back(std::move(next));
+  layers_ = std::move(kept);
+  return Status();
+}
+
+std::vector<DeltaChunk> Volume::active_changes() const {
+  std::shared_ptr<Layer> active;
+  {
+    std::shared_lock io(io_lock_);
+    active = layers_.back();
+  }
+  std::vector<DeltaChunk> changes;
+  for (const auto& [chunk_index, entry] : active->entries()) changes.push_back({chunk_index, entry.state});
+  return changes;
 }
 
 Result<uint64_t> Volume::freeze(Clock& clock) {
@@ -487,9 +775,9 @@ Result<std::vector<uint64_t>> Volume::freeze_group(std::span<Volume* const> volu
   int64_t time_unix_ms = clock.unix_ms();
   std::vector<uint64_t> cycles;
   for (Volume* volume : volumes) {
-    AMIRROR_RETURN_IF_ERROR(volume->freeze_locked(time_unix_ms));
+    AMIRROR_RETURN_IF_ERROR(volume->freeze_locked(time_unix_ms, 0));
     std::lock_guard meta(volume->meta_mutex_);
-    cycles.push_back(volume->cycle_);
+    cycles.push_back(volume->cycle_locked());
   }
   auto stall_us = std::chrono::duration_cast<std::chrono::microseconds>(
                       std::chrono::steady_clock::now() - stall_start).count();
@@ -509,23 +797,22 @@ Status Volume::merge_oldest() {
   {
     std::shared_lock io(io_lock_);
     std::lock_guard meta(meta_mutex_);
-    resuming = merging_layer_ != 0;
+    resuming = meta_.merging_layer != 0;
     if (!resuming && layers_.size() < 2) return not_found("no frozen layer to merge in " + dir_);
     oldest = layers_.front();
-    AMIRROR_ASSERT(!resuming || oldest->id() == merging_layer_);
+    AMIRROR_ASSERT(!resuming || oldest->id() == meta_.merging_layer);
   }
   std::unique_lock base_point(base_point_lock_);
   if (!resuming) {
     std::lock_guard meta(meta_mutex_);
-    base_cycle_ = oldest->id();
-    merging_layer_ = oldest->id();
-    int64_t removed_time = freeze_times_unix_ms_.front();
-    freeze_times_unix_ms_.erase(freeze_times_unix_ms_.begin());
+    VolumeMeta old = meta_;
+    AMIRROR_ASSERT(meta_.frozen.front().layer_id == oldest->id());
+    meta_.base_cycle = meta_.frozen.front().cycle;
+    meta_.base_freeze_time_unix_ms = meta_.frozen.front().freeze_time_unix_ms;
+    meta_.merging_layer = oldest->id();
     Status status = write_meta();
     if (!status.ok()) {
-      base_cycle_ -= 1;
-      merging_layer_ = 0;
-      freeze_times_unix_ms_.insert(freeze_times_unix_ms_.begin(), removed_time);
+      meta_ = std::move(old);
       return status.with_context("merge layer " + std::to_string(oldest->id()) + " of " + dir_);
     }
   }
@@ -545,10 +832,12 @@ Status Volume::merge_oldest() {
   AMIRROR_RETURN_IF_ERROR(base_->sync());
   {
     std::lock_guard meta(meta_mutex_);
-    merging_layer_ = 0;
+    VolumeMeta old = meta_;
+    meta_.merging_layer = 0;
+    meta_.frozen.erase(meta_.frozen.begin());
     Status status = write_meta();
     if (!status.ok()) {
-      merging_layer_ = oldest->id();
+      meta_ = std::move(old);
       return status.with_context("finish merge of layer " + std::to_string(oldest->id()) + " of " + dir_);
     }
   }
@@ -569,13 +858,14 @@ Result<std::vector<DeltaChunk>> Volume::changed_chunks(uint64_t from_cycle, uint
   {
     std::shared_lock io(io_lock_);
     std::lock_guard meta(meta_mutex_);
-    if (from_cycle >= to_cycle || from_cycle < base_cycle_ || to_cycle > cycle_) {
+    std::optional<uint64_t> from_id = top_layer_id_locked(from_cycle);
+    std::optional<uint64_t> to_id = top_layer_id_locked(to_cycle);
+    if (from_cycle >= to_cycle || !from_id || !to_id) {
       return out_of_range("no delta from point " + std::to_string(from_cycle) + " to " +
-                          std::to_string(to_cycle) + " (points " + std::to_string(base_cycle_) +
-                          ".." + std::to_string(cycle_) + " exist)");
+                          std::to_string(to_cycle) + " (points " + points_text_locked() + " exist)");
     }
     for (const auto& layer : layers_) {
-      if (layer->id() > from_cycle && layer->id() <= to_cycle) selected.push_back(layer);
+      if (layer->id() > *from_id && layer->id() <= *to_id) selected.push_back(layer);
     }
   }
   std::map<uint64_t, ChunkState> merged;
@@ -594,11 +884,10 @@ Result<std::vector<uint64_t>> Volume::allocated_chunks(uint64_t cycle) {
   {
     std::shared_lock io(io_lock_);
     std::lock_guard meta(meta_mutex_);
-    if (cycle < base_cycle_ || cycle > cycle_) {
-      return out_of_range("freeze point " + std::to_string(cycle) + " does not exist");
-    }
+    std::optional<uint64_t> top_id = top_layer_id_locked(cycle);
+    if (!top_id) return out_of_range("freeze point " + std::to_string(cycle) + " does not exist");
     for (const auto& layer : layers_) {
-      if (layer->id() <= cycle) selected.push_back(layer);
+      if (layer->id() <= *top_id) selected.push_back(layer);
     }
   }
   std::set<uint64_t> chunks;
@@ -626,6 +915,23 @@ Result<std::vector<Extent>> Volume::allocated_extents(uint64_t offset_bytes, uin
   }
   if (length_bytes == 0) return std::vector<Extent>{};
   std::shared_lock io(io_lock_);
+  return allocated_extents_locked(layers_.size(), offset_bytes, length_bytes);
+}
+
+Result<std::vector<Extent>> Volume::allocated_extents_at(uint64_t cycle, uint64_t offset_bytes, uint64_t length_bytes) {
+  if (!geometry_.in_range(offset_bytes, length_bytes)) {
+    return out_of_range("extent query beyond the volume's end");
+  }
+  if (length_bytes == 0) return std::vector<Extent>{};
+  std::shared_lock io(io_lock_);
+  AMIRROR_ASSIGN_OR_RETURN(size_t top, layers_in_point_locked(cycle));
+  // Base extents are read without the base-point lock: a merge only adds data to the
+  // base under a layer that covers it, so at worst a chunk is reported allocated.
+  return allocated_extents_locked(top, offset_bytes, length_bytes);
+}
+
+Result<std::vector<Extent>> Volume::allocated_extents_locked(size_t top, uint64_t offset_bytes,
+                                                             uint64_t length_bytes) {
   uint64_t range_end = offset_bytes + length_bytes;
   uint64_t first_chunk = offset_bytes / chunk_size_bytes();
   uint64_t last_chunk = (range_end - 1) / chunk_size_bytes();
@@ -633,10 +939,10 @@ Result<std::vector<Extent>> Volume::allocated_extents(uint64_t offset_bytes, uin
   // one by one when the range is small, else scan the maps: whichever is less work.
   std::map<uint64_t, bool> overrides;
   size_t layer_entries = 0;
-  for (const auto& layer : layers_) layer_entries += layer->chunk_count();
+  for (size_t i = 0; i < top; ++i) layer_entries += layers_[i]->chunk_count();
   if (last_chunk - first_chunk + 1 <= layer_entries) {
     for (uint64_t chunk_index = first_chunk; chunk_index <= last_chunk; ++chunk_index) {
-      for (size_t i = layers_.size(); i-- > 0;) {
+      for (size_t i = top; i-- > 0;) {
         if (auto entry = layers_[i]->find(chunk_index)) {
           overrides[chunk_index] = entry->state == ChunkState::kData;
           break;
@@ -644,8 +950,8 @@ Result<std::vector<Extent>> Volume::allocated_extents(uint64_t offset_bytes, uin
       }
     }
   } else {
-    for (const auto& layer : layers_) {  // oldest first: newer states overwrite
-      for (const auto& [chunk_index, entry] : layer->entries()) {
+    for (size_t i = 0; i < top; ++i) {  // oldest first: newer states overwrite
+      for (const auto& [chunk_index, entry] : layers_[i]->entries()) {
         if (chunk_index >= first_chunk && chunk_index <= last_chunk) {
           overrides[chunk_index] = entry.state == ChunkState::kData;
         }
@@ -696,11 +1002,14 @@ std::vector<LayerInfo> Volume::layers() const {
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& layer = *layers_[i];
     bool frozen = i + 1 < layers_.size();
-    int64_t time = 0;
-    if (frozen && layer.id() >= base_cycle_ && layer.id() <= cycle_) {
-      time = freeze_times_unix_ms_[layer.id() - base_cycle_];
+    LayerInfo info{layer.id(), frozen, layer.chunk_count(), layer.data_bytes(), 0, 0};
+    for (const FrozenLayer& frozen_layer : meta_.frozen) {
+      if (frozen_layer.layer_id == layer.id()) {
+        info.cycle = frozen_layer.cycle;
+        info.freeze_time_unix_ms = frozen_layer.freeze_time_unix_ms;
+      }
     }
-    infos.push_back({layer.id(), frozen, layer.chunk_count(), layer.data_bytes(), time});
+    infos.push_back(info);
   }
   return infos;
 }

@@ -5,10 +5,15 @@
 //   layer base+1 .. the writes between consecutive freezes, oldest first
 //   layer cycle+1   the active layer: takes every write now
 //
-// Freeze point s is the image clients saw at the s-th freeze: base + layers with
-// id <= s. freeze() makes the active layer read-only and opens a new one; merge_oldest()
-// folds the oldest frozen layer into the base (the patent's local synchronize).
-// Layer ids are contiguous: base_cycle()+1 .. cycle()+1.
+// Freeze point s is the image clients saw at the freeze numbered s: base + the frozen
+// layers up to the one frozen as s. freeze() makes the active layer read-only and
+// opens a new one; merge_oldest() folds the oldest frozen layer into the base (the
+// patent's local synchronize).
+// Point numbers ("cycles") increase but need not be contiguous: a primary numbers its
+// freezes 1, 2, 3, ...; a replica freezes each delta it receives as the source's
+// number (freeze_as), which skips numbers when one delta spans several source cycles.
+// Layer file ids are a separate, increasing counter; volume.meta maps each frozen
+// layer to its point.
 //
 // Routing: a read of a chunk comes from the newest layer whose map holds it, else the
 // base. A write to a chunk the active layer holds goes in place; the first write to a
@@ -31,6 +36,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <span>
 #include <string>
@@ -59,12 +65,25 @@ struct DeltaChunk {
   ChunkState state = ChunkState::kData;  // kZero: reads as zero, no payload to ship
 };
 
+// Where a volume's history comes from: what failback and split-brain checks compare.
+struct VolumeLineage {
+  std::string uuid;           // 32 hex digits, fixed when the volume is created
+  std::string origin_uuid;    // empty, or the volume whose history this one continues
+  uint64_t origin_point = 0;  // points <= this equal origin_uuid's points of the same number
+};
+
+struct PointInfo {
+  uint64_t cycle = 0;
+  int64_t freeze_time_unix_ms = 0;
+};
+
 struct LayerInfo {
   uint64_t id = 0;
   bool frozen = false;
   uint64_t chunk_count = 0;
   uint64_t data_bytes = 0;
   int64_t freeze_time_unix_ms = 0;  // 0 for the active layer
+  uint64_t cycle = 0;  // the point this layer completes; 0 for the active layer
 };
 
 class Volume {
@@ -76,6 +95,12 @@ class Volume {
   // Creates the volume in `dir` (which must exist and be empty of volume files).
   static Result<std::unique_ptr<Volume>> create(FileSystem& fs, const std::string& dir,
                                                 const VolumeOptions& options);
+  // Creates a volume in `dir` around an existing base.img of exactly options.size_bytes,
+  // which becomes point `base_cycle` as it is (no copy). Leftovers of an earlier
+  // attempt (layer files) are removed first, so a crash here can simply be retried.
+  static Result<std::unique_ptr<Volume>> create_over_base(FileSystem& fs, const std::string& dir,
+                                                          const VolumeOptions& options, uint64_t base_cycle,
+                                                          int64_t base_freeze_time_unix_ms);
   // Opens an existing volume, recovering from any crash (see docs/formats/store.md).
   // A missing, foreign or corrupt volume.meta is an error; nothing is repaired by guessing.
   static Result<std::unique_ptr<Volume>> open(FileSystem& fs, const std::string& dir);
@@ -91,6 +116,19 @@ class Volume {
   uint64_t base_cycle() const;
   // Wall-clock time of freeze `cycle` (ms since the Unix epoch); 0 if unknown.
   int64_t freeze_time_unix_ms(uint64_t cycle) const;
+  // Every point still readable, oldest first: the base's, then each frozen layer's.
+  std::vector<PointInfo> points() const;
+  bool has_point(uint64_t cycle) const;
+  // A merge started and did not finish (base.img is being rewritten; merge_oldest()
+  // or the next open() finishes it).
+  bool merge_pending() const;
+
+  VolumeLineage lineage() const;
+  Status set_lineage(const VolumeLineage& lineage);
+  // A read-only volume refuses client writes with kReadOnly (a demoted primary, or a
+  // replica's volume). Freeze, merge and the replica's own staging still work.
+  bool read_only() const { return read_only_.load(); }
+  Status set_read_only(bool read_only);
 
   // Client I/O. Out-of-range requests return kOutOfRange and change nothing.
   Status read(uint64_t offset_bytes, std::span<uint8_t> out);
@@ -99,9 +137,14 @@ class Volume {
   // Discard. amirror makes trimmed ranges read as zero, so replicas stay exact.
   Status trim(uint64_t offset_bytes, uint64_t length_bytes);
   Status flush();
+  // The same, ignoring read_only(): for a replica writing a delta into its active layer.
+  Status write_staged(uint64_t offset_bytes, std::span<const uint8_t> data);
+  Status write_zeroes_staged(uint64_t offset_bytes, uint64_t length_bytes);
   // Allocated ranges of the current image in [offset, offset + length): chunks held
   // by a layer as kData plus allocated base extents, minus chunks zeroed by a layer.
   Result<std::vector<Extent>> allocated_extents(uint64_t offset_bytes, uint64_t length_bytes);
+  // The same for freeze point `cycle` (block status of a replica's point).
+  Result<std::vector<Extent>> allocated_extents_at(uint64_t cycle, uint64_t offset_bytes, uint64_t length_bytes);
 
   // Freezes now; returns the new cycle number (the frozen point's number). The freeze
   // time recorded is `clock`'s wall time.
@@ -109,6 +152,15 @@ class Volume {
   // Freezes several volumes at one instant: no write to any of them lands between the
   // first and the last freeze. Returns each volume's new cycle, in order.
   static Result<std::vector<uint64_t>> freeze_group(std::span<Volume* const> volumes, Clock& clock = real_clock());
+  // Freezes now as point `cycle` (> cycle()) with the given freeze time: a replica
+  // committing the source's point s.
+  Status freeze_as(uint64_t cycle, int64_t freeze_time_unix_ms);
+  // Forgets every point after `cycle` (which must be kept) and every change in the
+  // active layer: the volume reads as point `cycle` and the next write starts a new
+  // layer. Durable and atomic (one volume.meta replacement). Not during a merge.
+  Status discard_after(uint64_t cycle);
+  // Chunks the active layer changed since the last freeze (kZero for zeroed ones).
+  std::vector<DeltaChunk> active_changes() const;
 
   // Folds the oldest frozen layer into the base and deletes it. kNotFound if no layer
   // is frozen. Runs concurrently with client I/O; one merge at a time.
@@ -132,18 +184,38 @@ class Volume {
  private:
   Volume(FileSystem& fs, std::string dir, const VolumeOptions& options);
 
+  // One frozen layer: its file id and the point it completes.
+  struct FrozenLayer {
+    uint64_t layer_id = 0;
+    uint64_t cycle = 0;
+    int64_t freeze_time_unix_ms = 0;
+  };
   // Metadata persisted in volume.meta.
-  std::string encode_meta() const;  // REQUIRES: meta_mutex_ held
-  Status write_meta();              // REQUIRES: meta_mutex_ held
   struct VolumeMeta {
     VolumeOptions options;
-    uint64_t cycle = 0;
+    VolumeLineage lineage;
+    bool read_only = false;
     uint64_t base_cycle = 0;
-    uint64_t merging_layer = 0;
-    std::vector<int64_t> freeze_times_unix_ms;
+    int64_t base_freeze_time_unix_ms = 0;
+    uint64_t merging_layer = 0;  // 0, or frozen.front().layer_id while it is merged
+    uint64_t active_layer = 0;
+    std::vector<FrozenLayer> frozen;  // oldest first
+    bool from_version_1 = false;
   };
+  std::string encode_meta() const;  // REQUIRES: meta_mutex_ held
+  Status write_meta();              // REQUIRES: meta_mutex_ held
   static Result<VolumeMeta> decode_meta(const std::string& contents, const std::string& where);
+  static Result<VolumeMeta> decode_meta_version_1(const std::string& contents, const std::string& where);
   Status remove_orphan_files();
+  // allocated_extents over layers_[0, top) and the base. REQUIRES: io_lock_ held.
+  Result<std::vector<Extent>> allocated_extents_locked(size_t top, uint64_t offset_bytes, uint64_t length_bytes);
+  // The highest layer id that is part of point `cycle`, or nullopt if the point is not
+  // kept. REQUIRES: meta_mutex_ held.
+  std::optional<uint64_t> top_layer_id_locked(uint64_t cycle) const;
+  uint64_t cycle_locked() const { return meta_.frozen.empty() ? meta_.base_cycle : meta_.frozen.back().cycle; }
+  std::string points_text_locked() const;
+  // How many layers from the bottom form point `cycle`. REQUIRES: io_lock_ held.
+  Result<size_t> layers_in_point_locked(uint64_t cycle) const;
 
   // Routing helpers. REQUIRES: io_lock_ held (shared or exclusive). `top` = how
   // many layers from the bottom form the image read; `lock_active` = the active layer
@@ -154,8 +226,10 @@ class Volume {
   Status read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
                      uint64_t offset_bytes, std::span<uint8_t> out, bool lock_active);
   Status write_piece(const ChunkPiece& piece, const uint8_t* data);  // data null = zeroes
-  Status modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua);
-  Status freeze_locked(int64_t now_unix_ms);  // REQUIRES: io_lock_ held exclusive
+  Status modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua,
+                bool staged = false);
+  // REQUIRES: io_lock_ held exclusive. `cycle` 0 = the next number.
+  Status freeze_locked(int64_t now_unix_ms, uint64_t cycle);
 
   FileSystem& fs_;
   const std::string dir_;
@@ -175,14 +249,11 @@ class Volume {
   std::shared_mutex stripes_[kStripeCount];
 
   mutable std::mutex meta_mutex_;
-  uint64_t cycle_ = 0;       // GUARDED_BY(meta_mutex_), changed only under io_lock_ too
-  uint64_t base_cycle_ = 0;  // GUARDED_BY(meta_mutex_)
-  // Nonzero while layer base_cycle_ is being merged into the base (it is then still
-  // the bottom of the stack). GUARDED_BY(meta_mutex_)
-  uint64_t merging_layer_ = 0;
-  uint64_t first_layer_id() const { return merging_layer_ != 0 ? merging_layer_ : base_cycle_ + 1; }
-  // freeze_times_unix_ms_[i] = time of freeze base_cycle_ + i. GUARDED_BY(meta_mutex_)
-  std::vector<int64_t> freeze_times_unix_ms_;
+  // What volume.meta says. GUARDED_BY(meta_mutex_); the layer stack (frozen, active)
+  // changes only under io_lock_ exclusive too. While a merge runs, frozen.front() is
+  // the layer being merged and its cycle equals base_cycle.
+  VolumeMeta meta_;
+  std::atomic<bool> read_only_{false};
 
   std::atomic<uint64_t> last_freeze_stall_us_{0};
   std::mutex merge_mutex_;                 // one merge at a time

@@ -20,11 +20,9 @@
 #                          shows (prefix consistency). A scan whose k reaches the
 #                          unresolved in-flight write waits for the next `source` (with
 #                          --all that is an error). Prints "<judged> <waiting>".
-#   stage REPLICA_DIR      of a stopped target: "consistent" if replica.img is the image
-#                          of its applied cycle (no committed delta.stage, see
-#                          docs/formats/replica.md), else "mid-apply". Checksums are
-#                          not verified, so a torn commit counts as committed: the
-#                          verdict "consistent" is never wrong, only sometimes cautious.
+#   stage REPLICA_DIR      of a stopped target: "consistent" if base.img is the image of
+#                          a kept point (no merge under way in volume.meta, see
+#                          docs/formats/store.md), else "mid-apply".
 import os
 import struct
 import sys
@@ -181,36 +179,25 @@ def cmd_judge(d, require_all):
     return judged, deferred
 
 
-STAGE_HEADER_BYTES = 56
-RECORD_HEADER_BYTES = 40
-COMMIT_BYTES = 24
-RECORD_MAGIC = 0x31524D41  # "AMR1"
-COMMIT_MAGIC = 0x31434D41  # "AMC1"
+# volume.meta format 2 (docs/formats/store.md): merging_layer sits after magic,
+# version, flags, size, chunk size, uuid, origin uuid, origin point, base cycle and
+# base time.
+MERGING_LAYER_OFFSET = 8 + 4 + 4 + 8 + 8 + 16 + 16 + 8 + 8 + 8
 
 
 def cmd_stage(replica_dir):
-    path = os.path.join(replica_dir, "delta.stage")
+    path = os.path.join(replica_dir, "volume.meta")
     if not os.path.exists(path):
-        print("consistent")
+        print("consistent")  # never received a point: base.img is all zeros
         return
     with open(path, "rb") as f:
         data = f.read()
-    if len(data) < STAGE_HEADER_BYTES or data[:8] != b"AMSTAGE1":
-        print("consistent")  # an unfinished header: nothing staged, nothing applied
-        return
-    position = STAGE_HEADER_BYTES
-    while True:
-        if len(data) - position >= COMMIT_BYTES and struct.unpack_from("<I", data, position)[0] == COMMIT_MAGIC:
-            print("mid-apply")
-            return
-        if len(data) - position < RECORD_HEADER_BYTES:
-            break
-        magic, = struct.unpack_from("<I", data, position)
-        length, = struct.unpack_from("<I", data, position + 24)
-        if magic != RECORD_MAGIC or len(data) - position - RECORD_HEADER_BYTES < length:
-            break
-        position += RECORD_HEADER_BYTES + length
-    print("consistent")  # no commit record: the delta was still being received
+    if data[:8] != b"AMVOLUME" or struct.unpack_from("<I", data, 8)[0] != 2:
+        fail(f"{path} is not a format-2 volume.meta")
+    merging, = struct.unpack_from("<Q", data, MERGING_LAYER_OFFSET)
+    # While a merge is under way base.img is being rewritten; otherwise it is exactly
+    # the oldest kept point.
+    print("mid-apply" if merging != 0 else "consistent")
 
 
 def main():

@@ -4,8 +4,8 @@
 # writes through NBD and cycles run every second, and check after every crash:
 #  (1) the source volume holds every write acknowledged as durable (FUA, or write then
 #      flush) — and nothing but (part of) the one write that was in flight;
-#  (2) every read of the replica — over its read-only NBD export, from replica.img while
-#      the target is down, and from replica.img once it has restarted — equals the
+#  (2) every read of the replica — over its read-only NBD export, from base.img while
+#      the target is down, and from base.img once it has restarted — equals the
 #      source image after writes 1..k for some k (a cut of the write order, never a
 #      mix), and k never goes back;
 #  (3) after the final sync, replica == source;
@@ -20,8 +20,8 @@
 # before the read, after it, and once more after that, and neither of the first two
 # status samples shows a committed delta ("committed"/"applying") — a commit during the
 # read would show as one or the other, or as a new applied cycle in the last sample.
-# replica.img is read while the target is down only if it holds no committed
-# delta.stage (an interrupted apply, which the restart finishes).
+# base.img is read while the target is down only if it holds no merge under
+# way (an interrupted merge, which the restart finishes).
 #
 # AMIRROR_SEED replays the random choices (kill victims, delays, writes; the timing of
 # the machine still varies). Default: 32 kills (about 3 minutes); AMIRROR_LONG=1: 300
@@ -95,7 +95,7 @@ READS_NBD=0
 READS_FILE_UP=0
 READS_FILE_DOWN=0
 UNSOUND=0        # reads thrown away because a commit may have happened during them
-SKIPPED_DOWN=0   # target down with a committed delta.stage: replica.img mid-apply
+SKIPPED_DOWN=0   # target down with a merge under way: base.img mid-apply
 LAST_K=0         # the newest write the previous read showed
 LAST_LABEL=none
 DISTINCT_K=0
@@ -135,7 +135,7 @@ read_replica_live() {
   if [[ $how == nbd ]]; then
     source="nbd:$WORK/site-b-nbd.sock:site-a/$VOL"
   else
-    source=$REPLICA_DIR/replica.img
+    source=$REPLICA_DIR/base.img
   fi
   for ((attempt = 0; attempt < tries; attempt++)); do
     s0=$(rep_sample)
@@ -158,19 +158,17 @@ read_replica_live() {
   return 0
 }
 
-# read_replica_at_rest LABEL: site-b is down; replica.img is the image of its applied
-# cycle unless a committed delta.stage says an apply was interrupted.
+# read_replica_at_rest LABEL: site-b is down; base.img is the image of its applied
+# cycle unless a merge under way says an apply was interrupted.
 read_replica_at_rest() {
-  local verdict=consistent out
-  if [[ -e $REPLICA_DIR/delta.stage ]]; then
-    verdict=$("${CHECK[@]}" stage "$REPLICA_DIR") || fail "cannot inspect $REPLICA_DIR/delta.stage"
-  fi
+  local verdict out
+  verdict=$("${CHECK[@]}" stage "$REPLICA_DIR") || fail "cannot inspect $REPLICA_DIR/volume.meta"
   if [[ $verdict != consistent ]]; then
     SKIPPED_DOWN=$((SKIPPED_DOWN + 1))
     return 0
   fi
-  out=$("$SEQ_WRITER" scan "$REPLICA_DIR/replica.img" "$WORK/scan.tmp" 2>"$WORK/scan.err") ||
-    fail "reading replica.img of the stopped target failed: $(cat "$WORK/scan.err")"
+  out=$("$SEQ_WRITER" scan "$REPLICA_DIR/base.img" "$WORK/scan.tmp" 2>"$WORK/scan.err") ||
+    fail "reading base.img of the stopped target failed: $(cat "$WORK/scan.err")"
   take_scan "$1" "$WORK/scan.tmp" "$out"
   READS_FILE_DOWN=$((READS_FILE_DOWN + 1))
 }
@@ -204,7 +202,7 @@ INITIAL_SENT=$(mirror_field site-a $VOL site-b bytes_sent)
 ((INITIAL_SENT >= SIZE && INITIAL_SENT < SIZE + SIZE / 8)) ||
   fail "the initial sync of the filled $SIZE-byte volume sent $INITIAL_SENT bytes"
 REPLICA_DIR=$(dirname "$(replica_field site-b site-a $VOL image_path)")
-[[ -f $REPLICA_DIR/replica.img ]] || fail "no replica.img in $REPLICA_DIR"
+[[ -f $REPLICA_DIR/base.img ]] || fail "no base.img in $REPLICA_DIR"
 read_replica_live nbd initial 40
 ((READS == 1 && LAST_K == SIZE / 4096)) || fail "could not read the idle replica after the initial sync (shows writes up to $LAST_K)"
 log "initial sync: $INITIAL_SENT bytes; the replica shows writes 1..$LAST_K"
@@ -334,5 +332,5 @@ stop_node site-b
 phases=""
 for p in "${!PHASES[@]}"; do phases+=" [$p]=${PHASES[$p]}"; done
 log "kill moments:$phases"
-log "crash-matrix: seed $SEED, $KILLS kills ($KILLS_SOURCE source, $KILLS_TARGET target), $READS replica reads prefix-consistent ($READS_NBD over NBD, $READS_FILE_UP from replica.img after a target restart, $READS_FILE_DOWN from replica.img of a stopped target; $DISTINCT_K distinct points; $UNSOUND reads discarded as possibly straddling a commit, $SKIPPED_DOWN stopped targets mid-apply), $final_issued writes, bytes_sent $incremental after the initial sync for $all_span bytes of chunks written (largest per-kill limit $EPISODE_LIMIT_MAX)"
+log "crash-matrix: seed $SEED, $KILLS kills ($KILLS_SOURCE source, $KILLS_TARGET target), $READS replica reads prefix-consistent ($READS_NBD over NBD, $READS_FILE_UP from base.img after a target restart, $READS_FILE_DOWN from base.img of a stopped target; $DISTINCT_K distinct points; $UNSOUND reads discarded as possibly straddling a commit, $SKIPPED_DOWN stopped targets mid-apply), $final_issued writes, bytes_sent $incremental after the initial sync for $all_span bytes of chunks written (largest per-kill limit $EPISODE_LIMIT_MAX)"
 log "PASS"

@@ -38,8 +38,9 @@ am site-a mirror start big --to site-b --interval 1h >/dev/null
 mirror_sync site-a big
 compare_replica site-a big site-b
 applied=$(mirror_field site-a big site-b applied_cycle)
-# 32 MiB more: staging it needs more room than the target has left.
-write_random site-a big $((24 * 1024 * 1024)) $((32 * 1024 * 1024))
+# 40 MiB more: staging it into the replica's new layer needs more room than the
+# target has left (24 MiB image + 40 MiB layer > 64 MiB).
+write_random site-a big $((24 * 1024 * 1024)) $((40 * 1024 * 1024))
 if am_try site-a mirror sync big --timeout 8s; then fail "mirror sync succeeded although site-b's data directory is full"; fi
 error=$(mirror_field site-a big site-b last_error)
 [[ $error == *"No space"* || $error == *"no space"* ]] || fail "status does not show the target's disk-full error; last_error: $error"

@@ -40,7 +40,7 @@ head -c 200 /dev/urandom >"$B/volumes/g2/volume.meta"
 echo '{"format": 1, "unit": ' >"$B/mirrors/b3.json"
 truncate -s 20 "$B/replicas/site-a/a2/replica.meta"
 a2_meta_sum=$(md5sum <"$B/replicas/site-a/a2/replica.meta")
-a2_image_sum=$(md5sum <"$B/replicas/site-a/a2/replica.img")
+a2_image_sum=$(md5sum <"$B/replicas/site-a/a2/base.img")
 
 log "site-b starts despite the damage"
 start_node site-b
@@ -92,7 +92,7 @@ write_random site-a a2 8192 100000
 wait_until 60 "site-a to report site-b's refusal of a2" \
   bash -c "\"$AMIRROR\" status --json --node $WORK/site-a.sock | jq -e '.volumes[] | select(.name == \"a2\") | .mirrors[] | select(.target == \"site-b\") | .last_error // \"\" | test(\"a2 failed to open\")' >/dev/null"
 [[ $(md5sum <"$B/replicas/site-a/a2/replica.meta") == "$a2_meta_sum" ]] || fail "the failed replica's meta was overwritten"
-[[ $(md5sum <"$B/replicas/site-a/a2/replica.img") == "$a2_image_sum" ]] || fail "the failed replica's image was overwritten"
+[[ $(md5sum <"$B/replicas/site-a/a2/base.img") == "$a2_image_sum" ]] || fail "the failed replica's image was overwritten"
 # the healthy replica keeps following
 write_random site-a a1 12288 100000
 mirror_sync site-a a1

@@ -29,7 +29,7 @@ am a mirror start v --to b --interval 1h >/dev/null
 log "refused while a sends into it"
 wait_until 60 "replica a/v receiving on b" bash -c "[[ \$($AMIRROR status --json --node $WORK/b.sock | jq -r '.replicas[0].state // empty') == receiving ]]"
 expect_refusal 1 "receiving from a" b replica delete a/v
-[[ -f $rdir/replica.img ]] || fail "a refused delete removed the replica's image"
+[[ -f $rdir/base.img ]] || fail "a refused delete removed the replica's image"
 mirror_sync a v
 compare_replica a v b
 before=$(grep -c "sending a full copy" "$WORK/a.log" || true)

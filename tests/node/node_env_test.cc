@@ -149,12 +149,13 @@ TEST_F(NodeEnvTest, RetriesAnUnreachableTargetWithGrowingBackoff) {
 // (up to the lag grace). The engine must sleep meanwhile: it used to loop without
 // sleeping, one core at 100% for as long as the copy lasted.
 TEST_F(NodeEnvTest, EngineSleepsWhileATargetHoldsTheNextFreezeBack) {
-  gated_fs_ = std::make_unique<testing::GatedFileSystem>(testing::GatedFileSystem::Gate::kOpen, "delta.stage");
+  // Held in its commit: the freeze of the replica's first layer creates layer 2.
+  gated_fs_ = std::make_unique<testing::GatedFileSystem>(testing::GatedFileSystem::Gate::kOpen, "layer-2.data");
   testing::GatedFileSystem& b_fs = *gated_fs_;
   start_nodes(posix_file_system(), b_fs);
   write_v(0, 0x33);
   ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 10'000}})["ok"]);
-  ASSERT_TRUE(b_fs.wait_until_one_waits(kGenerous)) << "b never started staging point 1";
+  ASSERT_TRUE(b_fs.wait_until_one_waits(kGenerous)) << "b never started committing point 1";
 
   clock_.advance(10'001ms);  // the next freeze is due, held back by b (lag grace 20 s)
   ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous)) << "the engine does not sleep while b copies";

@@ -8,7 +8,7 @@
 // synced is dropped, all of it or a random part), including while open() finishes an
 // interrupted apply. After each power loss the replica is reopened and checked against
 // reference images, one per cycle:
-//  1. its image (Replica::read, and the raw replica.img once no committed delta is
+//  1. its image (Replica::read, and the raw base.img once no committed delta is
 //     pending) is exactly the image of one cycle: the last applied one, or the cycle of
 //     a delta whose end_delta returned OK (open() finishes its apply) — never a mix. (A
 //     delta whose end_delta failed may have reached the disk whole, commit and all: its
@@ -235,12 +235,10 @@ class PowerLossRun {
         return 8;  // batches of up to 8 records
       case Action::kEnd:
         return 4;  // sync, write commit, sync, sync dir
-      case Action::kApply: {
-        const SourceDelta& delta = deltas_.at(committed_target_);
-        // punch (full), one per record, sync, write_meta (create, truncate, write, sync,
-        // rename, sync dir), remove
-        return (delta.full ? 1 : 0) + delta.records.size() + 8;
-      }
+      case Action::kApply:
+        // A merge: two volume.meta replacements (create, write, sync, rename, sync dir
+        // each), a write or punch per chunk of the layer, a sync, two removes.
+        return size_bytes_ / chunk_size_bytes_ + 14;
     }
     return 0;
   }
@@ -362,13 +360,14 @@ class PowerLossRun {
           maybe_committed_target_ = delta.target_cycle;
           return "";
         }
-        committed_target_ = delta.target_cycle;
+        uint64_t target = delta.target_cycle;
         maybe_committed_target_ = 0;
-        if (random_.percent(30)) {
-          // Committed, not applied: readers already see the new point.
-          if (std::string e = check_read(committed_target_, "after end_delta"); !e.empty())
-            return e;
-        }
+        // The commit is the freeze: the replica is at the new point from here on (apply
+        // only merges old points away).
+        committed_target_ = target;
+        if (std::string e = adopt_applied(target, /*after_power_loss=*/false, "after end_delta"); !e.empty())
+          return e;
+        committed_target_ = target;
         return "";
       }
       case Action::kApply: {
@@ -425,7 +424,11 @@ class PowerLossRun {
     if (std::string e = check_read(cycle, when); !e.empty()) return e;
     std::string activity = replica_->activity();
     if (activity != "idle" && activity != "receiving") return when + ": the replica is " + activity;
-    if (std::string e = check_raw_image(cycle, when); !e.empty()) return e;
+    // base.img holds the newest point once the replica merged down to keep 1 (open()
+    // and apply() do); right after a commit it may still hold the one before.
+    if (replica_->image_cycle() == std::optional<uint64_t>(cycle)) {
+      if (std::string e = check_raw_image(cycle, when); !e.empty()) return e;
+    }
     // Forget what can no longer come back.
     std::erase_if(images_, [&](const auto& entry) { return entry.first < applied_cycle_; });
     std::erase_if(deltas_, [&](const auto& entry) { return entry.first <= applied_cycle_; });
@@ -440,16 +443,16 @@ class PowerLossRun {
     return compare_with_image(cycle, actual, when + ": the replica does not read as");
   }
 
-  // Compares the raw replica.img with the image of `cycle`.
+  // Compares the raw base.img with the image of `cycle`.
   std::string check_raw_image(uint64_t cycle, const std::string& when) {
     auto file = posix_file_system().open(replica_->image_path(), OpenMode::kOpenExisting);
-    if (!file.ok()) return when + ": open replica.img: " + file.status().to_string();
+    if (!file.ok()) return when + ": open base.img: " + file.status().to_string();
     auto size = file.value()->size_bytes();
-    if (!size.ok() || size.value() != size_bytes_) return when + ": replica.img has the wrong size";
+    if (!size.ok() || size.value() != size_bytes_) return when + ": base.img has the wrong size";
     std::vector<uint8_t> actual(size_bytes_);
     if (Status s = file.value()->read_at(0, actual); !s.ok())
-      return when + ": read replica.img: " + s.to_string();
-    return compare_with_image(cycle, actual, when + ": replica.img is not");
+      return when + ": read base.img: " + s.to_string();
+    return compare_with_image(cycle, actual, when + ": base.img is not");
   }
 
   // "" if `actual` is the reference image of `cycle`, else `what` + where they differ.
@@ -581,17 +584,13 @@ class PowerLossRun {
   // no longer counts; the next begin_delta or open deals with it).
   std::string check_stage(const ReplicaState& state, const std::string& activity, bool after_open,
                           const std::string& when) {
-    auto stage_exists = fs_.exists(dir_ + "/delta.stage");
-    if (!stage_exists.ok()) return stage_exists.status().to_string();
+    (void)after_open;  // the staging record lives in replica.meta, not in a file of its own
     if (state.staged_target_cycle == 0) {
       if (activity != "idle" || state.staged_record_count != 0)
         return when + ": inconsistent state " + state_text(state);
-      if (after_open && stage_exists.value())
-        return when + ": the replica is idle but delta.stage is present";
       return "";
     }
-    if (activity != "receiving" || (after_open && !stage_exists.value()))
-      return when + ": inconsistent state " + state_text(state);
+    if (activity != "receiving") return when + ": inconsistent state " + state_text(state);
     auto it = deltas_.find(state.staged_target_cycle);
     if (it == deltas_.end()) {
       return when + ": a delta to cycle " + std::to_string(state.staged_target_cycle) +
@@ -793,8 +792,9 @@ class PowerLossRun {
     if (cycle != applied_cycle_)
       return "state() says cycle " + std::to_string(cycle) + ", the model " +
              std::to_string(applied_cycle_);
-    if (activity == "committed") return check_read(committed_target_, "check while committed");
     if (std::string e = check_read(cycle, "check"); !e.empty()) return e;
+    // base.img holds the newest point once merged (not between commit and apply).
+    if (replica_->image_cycle() != std::optional<uint64_t>(cycle)) return "";
     return check_raw_image(cycle, "check");
   }
 

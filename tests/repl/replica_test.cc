@@ -108,6 +108,7 @@ TEST_F(ReplicaTest, ResumesAPartlyStagedDeltaAfterReopen) {
   auto reopened = Replica::open(posix_file_system(), dir_);
   ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
   ReplicaState state = reopened.value()->state();
+  // A clean close recorded how far the delta got: the source resumes there.
   EXPECT_EQ(state.staged_target_cycle, 2u);
   EXPECT_EQ(state.staged_record_count, 2u);
   EXPECT_EQ(state.staged_last_chunk_index, 7u);
@@ -125,21 +126,22 @@ TEST_F(ReplicaTest, ResumesAPartlyStagedDeltaAfterReopen) {
   EXPECT_FALSE(replica.begin_delta({2, 3, 0, 4, 1, false}).ok());
 }
 
-TEST_F(ReplicaTest, ACommittedDeltaIsServedBeforeApplyAndFinishedOnOpen) {
+TEST_F(ReplicaTest, ACommittedDeltaIsServedBeforeMergeAndMergedOnOpen) {
   std::vector<uint8_t> image(kSize, 0);
   {
     auto replica = create();
     stage_delta(*replica, {0, 6, 0, 3, 0, true}, {2, 3, 40}, 5, image);
     ASSERT_TRUE(replica->end_delta(3).ok());
-    // Committed, not applied: readers already see the new point, never a mix.
+    // Committed (frozen as point 6), not merged: readers already see the new point.
     EXPECT_EQ(read_all(*replica), image);
-    EXPECT_EQ(replica->state().applied_cycle, 0u);
-  }  // crash before apply
+    EXPECT_EQ(replica->state().applied_cycle, 6u);
+    EXPECT_EQ(replica->image_cycle(), 0u) << "base.img still holds the old point";
+  }  // crash before the merge
   auto reopened = Replica::open(posix_file_system(), dir_);
   ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
-  EXPECT_EQ(reopened.value()->state().applied_cycle, 6u) << "open finishes the interrupted apply";
+  EXPECT_EQ(reopened.value()->state().applied_cycle, 6u);
+  EXPECT_EQ(reopened.value()->image_cycle(), 6u) << "open merges down to keep 1";
   EXPECT_EQ(read_all(*reopened.value()), image);
-  EXPECT_FALSE(std::filesystem::exists(dir_ + "/delta.stage"));
 }
 
 TEST_F(ReplicaTest, RefusesAnotherGeometryAndCorruptMetadata) {
@@ -158,7 +160,7 @@ TEST_F(ReplicaTest, RefusesAnotherGeometryAndCorruptMetadata) {
 }
 
 // Names of one character are valid everywhere (validate_name: {1,64}); the shortest
-// replica.meta (66 bytes) must load, keep its names and cycle, and still be refused
+// replica.meta (130 bytes) must load, keep its names and cycle, and still be refused
 // when cut below the format's fixed part.
 TEST_F(ReplicaTest, OneCharacterNamesRoundTripThroughMeta) {
   std::vector<uint8_t> image(kSize, 0);
@@ -169,7 +171,7 @@ TEST_F(ReplicaTest, OneCharacterNamesRoundTripThroughMeta) {
     ASSERT_TRUE(created.value()->end_delta(2).ok());
     ASSERT_TRUE(created.value()->apply([] {}).ok());
   }
-  EXPECT_EQ(std::filesystem::file_size(dir_ + "/replica.meta"), 66u);
+  EXPECT_EQ(std::filesystem::file_size(dir_ + "/replica.meta"), 130u);
   auto reopened = Replica::open(posix_file_system(), dir_);
   ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
   EXPECT_EQ(reopened.value()->source_node(), "a");
@@ -178,7 +180,7 @@ TEST_F(ReplicaTest, OneCharacterNamesRoundTripThroughMeta) {
   EXPECT_EQ(reopened.value()->state().applied_freeze_time_unix_ms, 1234);
   EXPECT_EQ(read_all(*reopened.value()), image);
   reopened.value().reset();
-  std::filesystem::resize_file(dir_ + "/replica.meta", 63);
+  std::filesystem::resize_file(dir_ + "/replica.meta", 127);
   auto truncated = Replica::open(posix_file_system(), dir_);
   ASSERT_FALSE(truncated.ok());
   EXPECT_NE(truncated.status().message().find("not an amirror replica file"), std::string::npos)
