@@ -35,6 +35,14 @@ void adopt_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix
   target.inflight_cycle = 0;
 }
 
+void adopt_common_point(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms,
+                        const std::set<uint64_t>& resync_chunks) {
+  target.applied_cycle = cycle;
+  target.applied_freeze_time_unix_ms = freeze_time_unix_ms;
+  target.inflight_cycle = 0;
+  target.pending_chunks = resync_chunks;
+}
+
 void reset_to_full(TargetState& target) {
   target.applied_cycle = 0;
   target.pending_chunks.clear();

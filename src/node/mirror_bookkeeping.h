@@ -38,6 +38,10 @@ repl::TargetView view_of(const TargetState& target);
 void adopt_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms);
 // The target's replica is not what the source believed: the next delta is a full copy.
 void reset_to_full(TargetState& target);
+// Failback: the target holds point `cycle` of this volume's history, plus its own
+// changes to `resync_chunks`, which the next delta overwrites.
+void adopt_common_point(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms,
+                        const std::set<uint64_t>& resync_chunks);
 // The target applied `cycle` (its delta held every pending chunk).
 void mark_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms);
 

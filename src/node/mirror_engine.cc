@@ -298,6 +298,15 @@ class MirrorEngine::TargetHost : public repl::SenderHost {
   Status adopt_applied(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms) override {
     return change(volume, [&](TargetState& state) { node::adopt_applied(state, cycle, freeze_time_unix_ms); });
   }
+  Status adopt_common_point(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms,
+                            const std::set<uint64_t>& resync_chunks) override {
+    return change(volume, [&](TargetState& state) {
+      fmt::print(stderr, "{} mirror {} -> {}: the target holds common point {} and changed {} chunks after it; "
+                 "sending the chunks changed on either side\n", now_text(), volume, target_.name, cycle,
+                 resync_chunks.size());
+      node::adopt_common_point(state, cycle, freeze_time_unix_ms, resync_chunks);
+    });
+  }
   Status reset_to_full(const std::string& volume, uint64_t remote_cycle) override {
     return change(volume, [&](TargetState& state) {
       fmt::print(stderr, "{} mirror {} -> {}: replica is at cycle {}, expected {}; sending a full copy\n", now_text(),

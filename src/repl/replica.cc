@@ -25,6 +25,8 @@ constexpr const char* kVolumeMetaName = "volume.meta";
 constexpr const char* kFormat1ImageName = "replica.img";
 constexpr const char* kFormat1StageName = "delta.stage";
 constexpr const char* kBaseName = "base.img";
+constexpr const char* kResyncName = "resync.meta";
+constexpr char kResyncMagic[8] = {'A', 'M', 'R', 'E', 'S', 'Y', 'N', 'C'};
 // How much staged data may be lost to a crash and resent: the layer is synced and the
 // resume point recorded this often.
 constexpr uint64_t kProgressEveryBytes = 64 * kMiB;
@@ -180,6 +182,7 @@ Result<std::unique_ptr<Replica>> Replica::open(FileSystem& fs, const std::string
     // The commit (freeze) happened; only clearing the record of the delta was lost.
     AMIRROR_RETURN_IF_ERROR(replica->clear_staging());
   }
+  AMIRROR_RETURN_IF_ERROR(replica->load_resync());
   replica->staged_records_ = replica->meta_.staging.durable_records;
   replica->last_staged_chunk_ = replica->meta_.staging.last_chunk_index;
   AMIRROR_RETURN_IF_ERROR(replica->apply([] {}));
@@ -230,6 +233,60 @@ Status Replica::convert_format_1(const std::string& contents) {
   return write_file_atomically(fs_, dir_, kMetaName, encode_meta(meta));
 }
 
+Status Replica::write_resync(FileSystem& fs, const std::string& dir, const Resync& resync) {
+  std::string out(kResyncMagic, 8);
+  append_u32(out, 1);
+  append_u32(out, 0);
+  append_u64(out, resync.cycle);
+  append_uuid(out, resync.point_uuid);
+  append_u64(out, resync.runs.size());
+  for (const auto& [first, count] : resync.runs) {
+    append_u64(out, first);
+    append_u64(out, count);
+  }
+  append_u64(out, checksum64(out.data(), out.size()));
+  return write_file_atomically(fs, dir, kResyncName, out);
+}
+
+Status Replica::load_resync() {
+  std::string where = dir_ + "/" + kResyncName;
+  AMIRROR_ASSIGN_OR_RETURN(bool exists, fs_.exists(where));
+  if (!exists) return Status();
+  AMIRROR_ASSIGN_OR_RETURN(std::string contents, read_small_file(fs_, where, 64 * kMiB));
+  const auto* bytes = reinterpret_cast<const uint8_t*>(contents.data());
+  constexpr size_t kFixedBytes = 8 + 4 + 4 + 8 + kUuidBytes + 8;
+  if (contents.size() < kFixedBytes + 8 || std::memcmp(bytes, kResyncMagic, 8) != 0 ||
+      checksum64(bytes, contents.size() - 8) != get_u64(bytes + contents.size() - 8)) {
+    return corruption(where + " is damaged");
+  }
+  Resync resync;
+  resync.cycle = get_u64(bytes + 16);
+  resync.point_uuid = read_uuid(bytes + 24);
+  uint64_t runs = get_u64(bytes + 24 + kUuidBytes);
+  if (runs > kMaxResyncRuns || contents.size() != kFixedBytes + 16 * runs + 8) return corruption(where + " is damaged");
+  for (uint64_t i = 0; i < runs; ++i) {
+    resync.runs.emplace_back(get_u64(bytes + kFixedBytes + 16 * i), get_u64(bytes + kFixedBytes + 16 * i + 8));
+  }
+  if (current()->cycle() > resync.cycle) return clear_resync();  // its delta committed; only the removal was lost
+  std::unique_lock lock(state_mutex_);
+  resync_ = std::move(resync);
+  return Status();
+}
+
+Status Replica::clear_resync() {
+  Status removed = fs_.remove(dir_ + "/" + kResyncName);
+  if (!removed.ok() && removed.code() != ErrorCode::kNotFound) return removed;
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(dir_));
+  std::unique_lock lock(state_mutex_);
+  resync_.reset();
+  return Status();
+}
+
+bool Replica::resyncing() const {
+  std::shared_lock lock(state_mutex_);
+  return resync_.has_value();
+}
+
 Status Replica::clear_staging() {
   std::unique_lock lock(state_mutex_);
   Staging old = meta_.staging;
@@ -261,6 +318,8 @@ ReplicaState Replica::state() const {
   // Point 0 is "nothing received yet"; its time is the volume's creation, not a freeze.
   if (state.applied_cycle != 0) state.applied_freeze_time_unix_ms = current()->freeze_time_unix_ms(state.applied_cycle);
   std::shared_lock lock(state_mutex_);
+  state.point_uuid = resync_ ? resync_->point_uuid : meta_.source_uuid;
+  if (resync_) state.resync_runs = resync_->runs;
   const BeginDelta& header = meta_.staging.header;
   if (header.target_cycle != 0) {
     state.staged_target_cycle = header.target_cycle;
@@ -274,6 +333,7 @@ ReplicaState Replica::state() const {
 std::string Replica::activity() const {
   std::shared_lock lock(state_mutex_);
   if (applying_) return "applying";
+  if (resync_) return "resyncing";
   if (meta_.staging.header.target_cycle != 0) return "receiving";
   return "idle";
 }
@@ -484,7 +544,9 @@ Status Replica::end_delta(uint64_t record_count) {
   }
   // The commit point: one volume.meta rename makes the whole delta point s.
   AMIRROR_RETURN_IF_ERROR(current()->freeze_as(header.target_cycle, header.freeze_time_unix_ms));
-  return clear_staging();
+  AMIRROR_RETURN_IF_ERROR(clear_staging());
+  // The first delta after a failback overwrote every chunk the target had changed.
+  return resyncing() ? clear_resync() : Status();
 }
 
 Status Replica::apply(const std::function<void()>& progress) {
@@ -506,6 +568,11 @@ Status Replica::apply(const std::function<void()>& progress) {
 }
 
 Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
+  if (resyncing()) {
+    return Status(ErrorCode::kBusy, "replica " + source_node_ + "/" + volume_name_ +
+                                        " is resyncing after a failback; it is readable once " + source_node_ +
+                                        "'s next cycle is applied");
+  }
   // A merge or commit between reading the number and reading the point is harmless:
   // a kept point reads the same until it is merged, and then the newer one is read.
   for (;;) {

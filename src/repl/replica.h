@@ -106,6 +106,19 @@ class Replica {
   Status read_point(uint64_t cycle, uint64_t offset_bytes, std::span<uint8_t> out);
   Result<std::vector<Extent>> allocated_extents_at(uint64_t cycle, uint64_t offset_bytes, uint64_t length_bytes);
 
+  // Failback: a demoted volume taken over as this replica holds its own data,
+  // labelled as point `cycle` of volume `point_uuid` (the last point both sides share),
+  // with the chunks in `runs` changed after it. It is "resyncing" and unreadable until
+  // the source's next delta (which overwrites those chunks too) commits.
+  struct Resync {
+    uint64_t cycle = 0;
+    std::string point_uuid;
+    std::vector<std::pair<uint64_t, uint64_t>> runs;  // [first, first + count)
+  };
+  // Writes resync.meta into `dir` (before the directory becomes a replica).
+  static Status write_resync(FileSystem& fs, const std::string& dir, const Resync& resync);
+  bool resyncing() const;
+
   // The volume underneath, for promote (which takes the directory over).
   std::shared_ptr<Volume> store_volume() const { return current(); }
 
@@ -131,6 +144,8 @@ class Replica {
   Status convert_format_1(const std::string& contents);
   Status clear_staging();
   Status record_progress();  // syncs the layer, then records the durable count
+  Status load_resync();
+  Status clear_resync();
 
   FileSystem& fs_;
   const std::string dir_;
@@ -150,6 +165,7 @@ class Replica {
   uint64_t last_staged_chunk_ = 0;
   uint64_t bytes_since_progress_ = 0;
   bool applying_ = false;
+  std::optional<Resync> resync_;
 };
 
 }  // namespace amirror::repl

@@ -70,6 +70,15 @@ Status SenderSession::on_replica_state(const Frame& frame) {
     if (local.inflight_cycle != 0 && remote.applied_cycle == local.inflight_cycle) {
       // Our last delta was applied but its acknowledgement was lost.
       AMIRROR_RETURN_IF_ERROR(host_.adopt_applied(name_, remote.applied_cycle, remote.applied_freeze_time_unix_ms));
+    } else if (shares_point_with(remote)) {
+      // Failback: the target is the old primary this volume was promoted from. It has
+      // the common point plus its own later writes; send the chunks changed on either side.
+      std::set<uint64_t> resync;
+      for (const auto& [first, count] : remote.resync_runs) {
+        for (uint64_t chunk = first; chunk < first + count; ++chunk) resync.insert(chunk);
+      }
+      AMIRROR_RETURN_IF_ERROR(
+          host_.adopt_common_point(name_, remote.applied_cycle, remote.applied_freeze_time_unix_ms, resync));
     } else {
       AMIRROR_RETURN_IF_ERROR(host_.reset_to_full(name_, remote.applied_cycle));
     }
@@ -83,6 +92,13 @@ Status SenderSession::on_replica_state(const Frame& frame) {
   AMIRROR_RETURN_IF_ERROR(host_.set_inflight(name_, point_));
   phase_ = Phase::kStreaming;
   return sink_.send(FrameType::kBeginDelta, encode(begin_));
+}
+
+bool SenderSession::shares_point_with(const ReplicaState& remote) const {
+  VolumeLineage lineage = volume_->lineage();
+  return !remote.point_uuid.empty() && remote.point_uuid == lineage.origin_uuid &&
+         remote.applied_cycle == lineage.origin_point && volume_->has_point(lineage.origin_point) &&
+         remote.applied_cycle < point_;
 }
 
 Status SenderSession::plan_delta(const TargetView& local, const ReplicaState& remote) {

@@ -53,6 +53,10 @@ class SenderHost {
   virtual void observed(const std::string& volume, const ReplicaState& remote) = 0;
   // The target applied `cycle` although its APPLIED never arrived.
   virtual Status adopt_applied(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms) = 0;
+  // Failback: the target holds point `cycle` that this volume shares with its origin,
+  // plus changes of its own to `resync_chunks`; the next delta overwrites those too.
+  virtual Status adopt_common_point(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms,
+                                    const std::set<uint64_t>& resync_chunks) = 0;
   // The target's replica is not what the source believed: the next delta is a full copy.
   virtual Status reset_to_full(const std::string& volume, uint64_t remote_cycle) = 0;
   virtual Status set_inflight(const std::string& volume, uint64_t cycle) = 0;
@@ -84,6 +88,9 @@ class SenderSession {
   uint64_t first_chunk() const { return first_chunk_; }
 
  private:
+  // The target holds this volume's origin point (it is the primary this volume was
+  // promoted from), and this volume still has that point to compute a delta from.
+  bool shares_point_with(const ReplicaState& remote) const;
   Status on_replica_state(const Frame& frame);
   Status plan_delta(const TargetView& local, const ReplicaState& remote);
   Status on_applied(const Frame& frame);

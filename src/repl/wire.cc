@@ -164,6 +164,12 @@ std::vector<uint8_t> encode(const ReplicaState& message) {
   put64(out, message.staged_base_cycle);
   put64(out, message.staged_record_count);
   put64(out, message.staged_last_chunk_index);
+  put_name(out, message.point_uuid);
+  put32(out, static_cast<uint32_t>(message.resync_runs.size()));
+  for (const auto& [first, count] : message.resync_runs) {
+    put64(out, first);
+    put64(out, count);
+  }
   return out;
 }
 
@@ -246,8 +252,22 @@ Result<ReplicaState> decode_replica_state(std::span<const uint8_t> payload) {
   uint64_t time = 0;
   if (!reader.u64(message.applied_cycle) || !reader.u64(time) ||
       !reader.u64(message.staged_target_cycle) || !reader.u64(message.staged_base_cycle) ||
-      !reader.u64(message.staged_record_count) || !reader.u64(message.staged_last_chunk_index)) {
+      !reader.u64(message.staged_record_count) || !reader.u64(message.staged_last_chunk_index) ||
+      !reader.name(message.point_uuid)) {
     return reader.bad();
+  }
+  uint32_t runs = 0;
+  if (!reader.u32(runs) || runs > kMaxResyncRuns || (!message.point_uuid.empty() && !is_uuid_text(message.point_uuid))) {
+    return reader.bad();
+  }
+  uint64_t next_free = 0;
+  for (uint32_t i = 0; i < runs; ++i) {
+    uint64_t first = 0, count = 0;
+    if (!reader.u64(first) || !reader.u64(count) || count == 0 || first < next_free || count > (1ull << 40)) {
+      return reader.bad();
+    }
+    next_free = first + count;
+    message.resync_runs.emplace_back(first, count);
   }
   message.applied_freeze_time_unix_ms = static_cast<int64_t>(time);
   AMIRROR_RETURN_IF_ERROR(reader.finish());

@@ -79,7 +79,15 @@ struct ReplicaState {
   uint64_t staged_base_cycle = 0;
   uint64_t staged_record_count = 0;   // records of it durably staged (resume point)
   uint64_t staged_last_chunk_index = 0;  // chunk of the last staged record (if any)
+  // Whose point applied_cycle is: the source volume's id, or after a failback the id of
+  // the volume the target's data came from (the source's origin). Empty: unknown.
+  std::string point_uuid;
+  // After a failback: chunks the target changed after applied_cycle, which the next
+  // delta must overwrite too. [first, first + count) runs, ascending.
+  std::vector<std::pair<uint64_t, uint64_t>> resync_runs;
 };
+// At most this many runs fit a REPLICA_STATE frame; a target with more asks for a full copy.
+constexpr size_t kMaxResyncRuns = 200'000;
 
 struct BeginDelta {
   uint64_t base_cycle = 0;     // the replica must be at this cycle (0 with full = any)

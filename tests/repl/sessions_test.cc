@@ -34,6 +34,10 @@ class MemoryHost : public SenderHost {
     adopted += 1;
     return Status();
   }
+  Status adopt_common_point(const std::string&, uint64_t cycle, int64_t, const std::set<uint64_t>& chunks) override {
+    view_ = TargetView{cycle, 0, 0, chunks};
+    return Status();
+  }
   Status reset_to_full(const std::string&, uint64_t) override {
     view_ = TargetView{};
     resets += 1;

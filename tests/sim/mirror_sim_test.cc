@@ -181,6 +181,8 @@ class SourceHost : public repl::SenderHost {
   repl::TargetView view(const std::string& volume) override;
   void observed(const std::string&, const repl::ReplicaState&) override {}
   Status adopt_applied(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms) override;
+  Status adopt_common_point(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms,
+                            const std::set<uint64_t>& resync_chunks) override;
   Status reset_to_full(const std::string& volume, uint64_t remote_cycle) override;
   Status set_inflight(const std::string& volume, uint64_t cycle) override;
   Status applied(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms) override;
@@ -287,6 +289,11 @@ Status SourceHost::save(const std::string& volume) {
 repl::TargetView SourceHost::view(const std::string& volume) { return node::view_of(state(volume)); }
 Status SourceHost::adopt_applied(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms) {
   node::adopt_applied(state(volume), cycle, freeze_time_unix_ms);
+  return save(volume);
+}
+Status SourceHost::adopt_common_point(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms,
+                                      const std::set<uint64_t>& resync_chunks) {
+  node::adopt_common_point(state(volume), cycle, freeze_time_unix_ms, resync_chunks);
   return save(volume);
 }
 Status SourceHost::reset_to_full(const std::string& volume, uint64_t) {
