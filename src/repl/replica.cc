@@ -455,6 +455,39 @@ Status Replica::apply_locked(const std::function<void()>& progress) {
   return fs_.remove(dir_ + "/" + kStageName);
 }
 
+Status Replica::repair_chunks(uint64_t cycle, std::span<const RepairChunk> chunks) {
+  std::lock_guard delta(delta_mutex_);
+  {
+    std::shared_lock lock(state_mutex_);
+    if (stage_valid_ || committed_ || applying_ || applied_cycle_ != cycle) {
+      const char* activity = applying_ ? "applying" : committed_ ? "committed" : stage_valid_ ? "receiving" : "idle";
+      return invalid_argument("refusing to repair replica " + source_node_ + "/" + volume_ + " at cycle " +
+                              std::to_string(cycle) + ": it is " + activity + " at cycle " +
+                              std::to_string(applied_cycle_));
+    }
+  }
+  const uint64_t chunk_count = (size_bytes_ + chunk_size_bytes_ - 1) / chunk_size_bytes_;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const RepairChunk& chunk = chunks[i];
+    if (chunk.chunk_index >= chunk_count || (i > 0 && chunk.chunk_index <= chunks[i - 1].chunk_index)) {
+      return invalid_argument("repair of chunk " + std::to_string(chunk.chunk_index) +
+                              " is out of range or out of order");
+    }
+    uint64_t length = std::min<uint64_t>(chunk_size_bytes_, size_bytes_ - chunk.chunk_index * chunk_size_bytes_);
+    if (!chunk.data.empty() && chunk.data.size() != length) {
+      return invalid_argument("repair data for chunk " + std::to_string(chunk.chunk_index) + " is " +
+                              std::to_string(chunk.data.size()) + " bytes, expected " + std::to_string(length));
+    }
+  }
+  for (const RepairChunk& chunk : chunks) {
+    uint64_t offset = chunk.chunk_index * chunk_size_bytes_;
+    uint64_t length = std::min<uint64_t>(chunk_size_bytes_, size_bytes_ - offset);
+    Status status = chunk.data.empty() ? image_->punch_hole(offset, length) : image_->write_at(offset, chunk.data);
+    if (!status.ok()) return status.with_context("repair of " + image_path());
+  }
+  return image_->sync().with_context("repair of " + image_path());
+}
+
 Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
   if (offset_bytes > size_bytes_ || out.size() > size_bytes_ - offset_bytes) {
     return out_of_range("read beyond the replica's end");
