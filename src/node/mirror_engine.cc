@@ -651,11 +651,7 @@ Result<MirrorEngine::VerifyPoint> MirrorEngine::begin_verify_hold(const std::vec
   while (freezing_) changed_.wait(lock);
   VerifyPoint result;
   result.points = latest_points_;
-  auto settled = [&](TargetRuntime* target) {
-    return target_has_all_locked(target->name, result.points) ||
-           (!target->busy && target->failed_transfers > failures_before[target]);
-  };
-  while (!stopping_ && !std::all_of(chosen.begin(), chosen.end(), settled) && clock().now() < deadline) {
+  while (!stopping_ && !verify_settled_locked(chosen, failures_before, result.points) && clock().now() < deadline) {
     clock().wait_until(changed_, lock, deadline);
   }
   if (stopping_) {
@@ -670,6 +666,16 @@ Result<MirrorEngine::VerifyPoint> MirrorEngine::begin_verify_hold(const std::vec
     }
   }
   return result;
+}
+
+bool MirrorEngine::verify_settled_locked(const std::vector<TargetRuntime*>& chosen,
+                                         const std::map<TargetRuntime*, uint64_t>& failures_before,
+                                         const std::map<std::string, uint64_t>& points) const {
+  for (TargetRuntime* target : chosen) {
+    bool failed_since = !target->busy && target->failed_transfers > failures_before.at(target);
+    if (!target_has_all_locked(target->name, points) && !failed_since) return false;
+  }
+  return true;
 }
 
 void MirrorEngine::end_verify_hold(const std::vector<std::string>& targets) {

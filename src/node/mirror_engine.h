@@ -202,6 +202,11 @@ class MirrorEngine {
   // Connects to the peer `name` and authenticates it (TLS unless insecure).
   Result<std::unique_ptr<repl::PeerSocket>> connect_peer(const std::string& name) const;
   TargetRuntime* find_target(const std::string& name) const;
+  // A verify may go on: each of `chosen` applied `points`, or failed a transfer since
+  // the verify began (its count in `failures_before` then).
+  bool verify_settled_locked(const std::vector<TargetRuntime*>& chosen,
+                             const std::map<TargetRuntime*, uint64_t>& failures_before,
+                             const std::map<std::string, uint64_t>& points) const REQUIRES(mutex_);
   // Why `target` does not hold `points` (for a verify that cannot go on with it).
   std::string not_ready_reason_locked(const TargetRuntime& target, const std::map<std::string, uint64_t>& points) const
       REQUIRES(mutex_);
