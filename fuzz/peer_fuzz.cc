@@ -3,8 +3,8 @@
 // The input is split into messages ([type:u8][length:u16][payload]); each is run
 // through the frame header check and the message decoders, and becomes a frame fed to
 // the node's own ReceiverSession (repl/receiver_session.h; past a HELLO from the
-// configured peer "src"), which drives a real Replica
-// (in /dev/shm) through begin/stage/end/apply. A session that refuses a frame is
+// configured peer "src"), which drives a real Replica (in /dev/shm) through
+// begin/stage/end/apply and verify/repair. A session that refuses a frame is
 // replaced by a new one, as a new connection would be. Checksums are skipped on
 // purpose: the fuzzer could not forge them, and what must hold is that no
 // *well-checksummed* but hostile frame can hurt.
@@ -13,7 +13,8 @@
 //   - no crash, leak or UB in decoding, the session or the replica (ASan/UBSan);
 //   - a replica reopened after any sequence (and after the simulated crashes within it)
 //     opens, is readable and reports the cycle it had.
-// Seed corpus: fuzz/corpus/peer/ (a full delta, an incremental one, a crash mid-stage).
+// Seed corpus: fuzz/corpus/peer/ (a full delta, an incremental one, a crash mid-stage, a
+// full delta then a verify with a repair).
 #include <unistd.h>
 
 #include <cstddef>
@@ -56,6 +57,10 @@ class OneReplica : public ReplicaAccess {
     }
     return replica_;
   }
+  // mirror verify: the same replica, never created (VERIFY_BEGIN, VERIFY_WINDOW, REPAIR_*).
+  Result<std::shared_ptr<Replica>> acquire_existing(const std::string& peer, const OpenReplica& open) override {
+    return acquire(peer, open);
+  }
   void release(const std::string&, const std::string&) override {}
 
  private:
@@ -97,8 +102,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (header.ok()) check(header.value() <= kMaxFramePayloadBytes);
     }
     switch (type % 4) {
-      case 0: (void)decode_hello(payload); (void)decode_open_replica(payload); break;
-      case 1: (void)decode_replica_state(payload); (void)decode_applied(payload); (void)decode_error(payload); break;
+      case 0:
+        (void)decode_hello(payload);
+        (void)decode_open_replica(payload);
+        (void)decode_verify_begin(payload);
+        (void)decode_verify_allocated(payload);
+        (void)decode_verify_window(payload);
+        break;
+      case 1:
+        (void)decode_replica_state(payload);
+        (void)decode_applied(payload);
+        (void)decode_error(payload);
+        (void)decode_verify_hashes(payload);
+        (void)decode_repair_end(payload);
+        (void)decode_repair_done(payload);
+        break;
       case 2: {
         std::vector<uint8_t> out(std::min<size_t>(payload.size() * 97, kSize));
         uint64_t offset = payload.empty() ? 0 : payload[0] * 1000;
@@ -115,7 +133,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
     }
-    // The message is also a frame of type `type / 4` (1 HELLO .. 11 KEEPALIVE, and beyond).
+    // The message is also a frame of type `type / 4` (1 HELLO .. 11 KEEPALIVE, 20
+    // VERIFY_BEGIN .. 26 REPAIR_DONE, and beyond): verify and repair frames reach the
+    // session's VerifyResponder, which reads and repairs the replica.
     Frame frame{static_cast<FrameType>(type / 4), std::vector<uint8_t>(payload.begin(), payload.end())};
     if (!session->on_frame(frame).ok()) session = connect();
     last_cycle = replica->state().applied_cycle;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The client subcommands: build one control request, send it to the node, print the
-// answer for a person (or as JSON). Exit codes: 0 ok, 1 the node refused or failed,
-// 3 the node could not be reached.
+// answer for a person (or as JSON). Exit codes: 0 ok, 1 the node could not be reached,
+// refused or failed (`mirror verify`: also 3, see commands.h).
 #include <fmt/core.h>
 
 #include <ctime>
@@ -196,6 +196,95 @@ int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args) {
   fmt::print("synced {}: every target applied the new cycle ({:.2f} s)\n",
              args.volume.empty() ? "group " + args.group : args.volume, seconds);
   return 0;
+}
+
+namespace {
+
+// "chunks 10-12 (bytes 655360-851967), 99 (bytes 6488064-6553599)"
+std::string ranges_text(const json& ranges, bool truncated, uint64_t chunk_count) {
+  std::string text;
+  for (const json& range : ranges) {
+    uint64_t first = range["first_chunk"].get<uint64_t>(), last = range["last_chunk"].get<uint64_t>();
+    uint64_t offset = range["offset_bytes"].get<uint64_t>(), length = range["length_bytes"].get<uint64_t>();
+    text += text.empty() ? (chunk_count == 1 ? "chunk " : "chunks ") : ", ";
+    text += first == last ? std::to_string(first) : fmt::format("{}-{}", first, last);
+    text += fmt::format(" (bytes {}-{})", offset, offset + length - 1);
+  }
+  if (truncated) text += ", ... (more; the counts above are complete)";
+  return text;
+}
+
+std::string count_of(uint64_t count, const char* one, const char* many) {
+  return fmt::format("{} {}", count, count == 1 ? one : many);
+}
+
+// One line per target and volume, for a person.
+void print_verify_result(const json& result) {
+  std::string head = fmt::format("{} -> {}: ", result["volume"].get<std::string>(), result["target"].get<std::string>());
+  std::string word = result["result"].get<std::string>();
+  uint64_t cycle = result["cycle"].get<uint64_t>();
+  if (word == "error") {
+    fmt::print("{}could not verify: {}\n", head, result["error"].get<std::string>());
+    return;
+  }
+  std::string compared = fmt::format("{}, {} compared", count_of(result["chunks_compared"].get<uint64_t>(), "chunk", "chunks"),
+                                     format_bytes(result["bytes_compared"].get<uint64_t>()));
+  if (word == "equal") {
+    fmt::print("{}equal at cycle {} ({})\n", head, cycle, compared);
+    return;
+  }
+  const json& found = result["differing_ranges"];
+  uint64_t found_chunks = result["differing_chunks"].get<uint64_t>();
+  std::string differ = fmt::format("{} ({}) {} at cycle {}: {}",
+                                   count_of(found.size(), "chunk range", "chunk ranges"),
+                                   count_of(found_chunks, "chunk", "chunks"), word == "repaired" ? "differed" : "differ",
+                                   cycle, ranges_text(found, result["ranges_truncated"].get<bool>(), found_chunks));
+  if (result["repaired_chunks"].get<uint64_t>() == 0) {
+    fmt::print("{}{} ({})\n", head, differ, compared);
+    return;
+  }
+  std::string repaired = fmt::format("repaired {} ({} of data sent)", count_of(result["repaired_chunks"].get<uint64_t>(), "chunk", "chunks"),
+                                     format_bytes(result["repair_bytes_sent"].get<uint64_t>()));
+  if (word == "repaired") {
+    fmt::print("{}{}; {}; equal now\n", head, differ, repaired);
+  } else {
+    const json& still = result["still_differing_ranges"];
+    fmt::print("{}{}; {}; STILL DIFFER: {}\n", head, differ, repaired,
+               ranges_text(still, false, result["still_differing_chunks"].get<uint64_t>()));
+  }
+}
+
+}  // namespace
+
+int run_mirror_verify(const ClientArgs& client, const MirrorArgs& args) {
+  json request = unit_request("mirror_verify", args);
+  if (!args.to.empty()) request["to"] = args.to;
+  request["repair"] = args.repair;
+  uint64_t timeout_ms = args.timeout_ms != 0 ? args.timeout_ms : 300'000;
+  request["timeout_ms"] = timeout_ms;
+  json answer;
+  // The wait for the point, then reading every allocated chunk on both sides: a large
+  // volume takes long (the node answers when done).
+  if (!call(client, request, answer, timeout_ms + 24 * 3600 * 1000ull)) return kExitVerifyFailed;
+  bool failed = false, differs = false;
+  for (const json& result : answer["results"]) {
+    std::string word = result["result"].get<std::string>();
+    failed = failed || word == "error";
+    differs = differs || word == "differ";
+  }
+  if (client.json) {
+    answer.erase("ok");
+    fmt::print("{}\n", answer.dump(2));
+  } else {
+    for (const json& result : answer["results"]) print_verify_result(result);
+    if (differs && !args.repair) {
+      fmt::print("differences found; `amirror mirror verify {}{}{} --repair` resends the differing chunks\n",
+                 args.volume.empty() ? "--group " + args.group : args.volume, args.to.empty() ? "" : " --to ",
+                 args.to);
+    }
+  }
+  if (failed) return kExitVerifyFailed;
+  return differs ? kExitVerifyDiffers : kExitVerifyEqual;
 }
 
 int run_status(const ClientArgs& client) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The amirror subcommands. main.cc parses arguments (CLI11) and calls these; each
-// returns the process exit code (0 ok, 1 operation failed, 2 bad usage).
+// returns the process exit code (0 ok, 1 operation failed, 2 bad usage; `mirror
+// verify` adds 3, differences found).
 #pragma once
 
 #include <cstdint>
@@ -58,7 +59,9 @@ struct MirrorArgs {
   std::vector<std::string> targets;
   uint64_t interval_ms = 0;  // 0 = the node's default
   uint32_t keep = 0;         // 0 = unchanged (1 for a new mirror)
-  uint64_t timeout_ms = 0;   // sync only; 0 = default
+  uint64_t timeout_ms = 0;   // sync and verify; 0 = default
+  std::string to;            // verify only: one target (empty: all of the mirror's)
+  bool repair = false;       // verify only: resend the differing chunks
 };
 int run_volume_create(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_import(const ClientArgs& client, const VolumeArgs& args);
@@ -71,6 +74,15 @@ int run_replica_delete(const ClientArgs& client, const std::string& replica);
 int run_mirror_start(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_break(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args);
+// Exit codes of `mirror verify`: every compared target equal (after --repair: equal
+// now); the node refused or a target could not be verified (unreachable, no point in
+// time, refused); differences found (and, with --repair, some still differ). When a
+// target could not be verified, that wins over differences found on another: the
+// answer is incomplete.
+constexpr int kExitVerifyEqual = 0;
+constexpr int kExitVerifyFailed = 1;
+constexpr int kExitVerifyDiffers = 3;
+int run_mirror_verify(const ClientArgs& client, const MirrorArgs& args);
 int run_status(const ClientArgs& client);
 
 }  // namespace amirror::cli

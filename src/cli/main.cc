@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
   replica_delete->add_option("replica", replica_name, "SOURCE/VOLUME, as `replica list` shows it")->required();
   add_client_options(replica_delete);
 
-  CLI::App* mirror = app.add_subcommand("mirror", "Start, break and sync mirrors");
+  CLI::App* mirror = app.add_subcommand("mirror", "Start, break, sync and verify mirrors");
   mirror->require_subcommand(1);
   auto add_unit_options = [&](CLI::App* command) {
     command->add_option("volume", mirror_args.volume, "The volume (or use --group)");
@@ -137,6 +137,14 @@ int main(int argc, char** argv) {
   CLI::App* mirror_sync = mirror->add_subcommand("sync", "Freeze now and wait until every target applied that cycle");
   add_unit_options(mirror_sync);
   mirror_sync->add_option("--timeout", timeout_text, "Give up after this long, e.g. 60s (default 5m)");
+  CLI::App* mirror_verify = mirror->add_subcommand(
+      "verify", "Compare every chunk of one freeze point on the source and on each target (exit 0 only when equal)");
+  add_unit_options(mirror_verify);
+  mirror_verify->add_option("--to", mirror_args.to, "Only this target (default: every target of the mirror)");
+  mirror_verify->add_flag("--repair", mirror_args.repair, "Resend the differing chunks, then compare them again");
+  mirror_verify->add_option("--timeout", timeout_text,
+                            "Wait this long for the targets to copy the point to compare, e.g. 60s (default 5m)");
+  mirror_verify->add_flag("--json", client.json, "Print the machine-readable result");
 
   CLI::App* status = app.add_subcommand("status", "Show volumes, mirrors, lag and replicas");
   status->add_flag("--json", client.json, "Print the machine-readable status");
@@ -201,6 +209,7 @@ int main(int argc, char** argv) {
   if (mirror_start->parsed()) return amirror::cli::run_mirror_start(client, mirror_args);
   if (mirror_break->parsed()) return amirror::cli::run_mirror_break(client, mirror_args);
   if (mirror_sync->parsed()) return amirror::cli::run_mirror_sync(client, mirror_args);
+  if (mirror_verify->parsed()) return amirror::cli::run_mirror_verify(client, mirror_args);
   if (status->parsed()) return amirror::cli::run_status(client);
   return 2;
 }

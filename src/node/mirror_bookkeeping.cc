@@ -46,6 +46,9 @@ void adopt_common_point(TargetState& target, uint64_t cycle, int64_t freeze_time
 void reset_to_full(TargetState& target) {
   target.applied_cycle = 0;
   target.pending_chunks.clear();
+  // The full copy replaces the whole image, differing chunks included.
+  target.verify_cycle = 0;
+  target.verify_differing_chunks = 0;
 }
 
 void mark_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms) {
@@ -53,6 +56,17 @@ void mark_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_
   target.applied_freeze_time_unix_ms = freeze_time_unix_ms;
   target.inflight_cycle = 0;
   target.pending_chunks.clear();
+}
+
+void note_verified(TargetState& target, uint64_t cycle, uint64_t differing_chunks) {
+  target.verify_cycle = cycle;
+  target.verify_differing_chunks = differing_chunks;
+}
+
+std::string verify_differs_message(const std::string& volume, const std::string& target, const TargetState& state) {
+  return "mirror verify at cycle " + std::to_string(state.verify_cycle) + " found " +
+         std::to_string(state.verify_differing_chunks) + " chunk(s) of the replica on " + target +
+         " different from the source; run `amirror mirror verify " + volume + " --to " + target + " --repair`";
 }
 
 }  // namespace amirror::node

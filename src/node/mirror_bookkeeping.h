@@ -44,5 +44,10 @@ void adopt_common_point(TargetState& target, uint64_t cycle, int64_t freeze_time
                         const std::set<uint64_t>& resync_chunks);
 // The target applied `cycle` (its delta held every pending chunk).
 void mark_applied(TargetState& target, uint64_t cycle, int64_t freeze_time_unix_ms);
+// `mirror verify` compared the target's replica with the source at `cycle`:
+// `differing_chunks` differed (0: equal). A full copy (reset_to_full) forgets it.
+void note_verified(TargetState& target, uint64_t cycle, uint64_t differing_chunks);
+// What status says of a target whose last verify found differences.
+std::string verify_differs_message(const std::string& volume, const std::string& target, const TargetState& state);
 
 }  // namespace amirror::node

@@ -69,6 +69,11 @@ void MirrorEngine::stop() {
     for (auto& target : targets_) {
       if (target->socket != nullptr) target->socket->shutdown();
     }
+    for (repl::PeerSocket* socket : verify_sockets_) socket->shutdown();
+    changed_.notify_all();
+    // A verify may still record its result; the final state is the caller's to write
+    // once stop() returns, so wait for it to let go (its connection is cut: it ends soon).
+    while (verify_holds_ > 0) changed_.wait(lock);
   }
   changed_.notify_all();
   if (thread_.joinable()) thread_.join();
@@ -151,6 +156,7 @@ uint64_t MirrorEngine::pinned_point_locked(const VolumeEntry& entry, const Targe
 }
 
 bool MirrorEngine::freeze_due_locked(Clock::TimePoint now) const {
+  if (verify_holds_ > 0) return false;  // a verify compares the newest point: keep it newest
   if (!freeze_requested_locked() && now < next_freeze_at_) return false;
   auto lag_grace = std::max<std::chrono::steady_clock::duration>(2 * interval_, kMinLagGrace);
   for (const auto& target : targets_) {
@@ -216,9 +222,11 @@ void MirrorEngine::run() {
     const uint64_t notifications = changed_.notifications();
     if (freeze_due_locked(now)) {
       const uint64_t attempt = ++freezes_started_;
+      freezing_ = true;
       lock.unlock();
       Status status = freeze_all();
       lock.lock();
+      freezing_ = false;
       if (status.ok()) last_good_freeze_ = attempt;
       note_freeze_locked(status);
     }
@@ -234,8 +242,10 @@ void MirrorEngine::run() {
 Clock::TimePoint MirrorEngine::next_wake_locked(Clock::TimePoint now) const {
   // At least once a second, so a change nobody notified about is noticed.
   Clock::TimePoint wake = now + std::chrono::seconds(1);
-  if (next_freeze_at_ > now) wake = std::min(wake, next_freeze_at_);
-  if (next_freeze_at_ <= now || freeze_requested_locked()) {
+  // While a verify holds the mirror no freeze starts, however late (a lag grace already
+  // past would wake it at once, again and again); the end of the hold notifies.
+  if (verify_holds_ == 0 && next_freeze_at_ > now) wake = std::min(wake, next_freeze_at_);
+  if (verify_holds_ == 0 && (next_freeze_at_ <= now || freeze_requested_locked())) {
     // A freeze is due but a target still copying the latest point holds it back: the
     // end of that transfer notifies; past the lag grace it no longer holds it back.
     auto lag_grace = std::max<std::chrono::steady_clock::duration>(2 * interval_, kMinLagGrace);
@@ -259,12 +269,17 @@ Status MirrorEngine::authenticate_target(repl::PeerSocket& socket, const PeerCon
   return Status();
 }
 
-Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_target(TargetRuntime* target) {
-  const PeerConfig* peer = context_.config->find_peer(target->name);
-  if (peer == nullptr) return not_found("peer '" + target->name + "' is not in the node's config");
+Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_peer(const std::string& name) const {
+  const PeerConfig* peer = context_.config->find_peer(name);
+  if (peer == nullptr) return not_found("peer '" + name + "' is not in the node's config");
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket,
                            repl::PeerSocket::connect(*context_.env.network, peer->address, static_cast<int>(context_.config->peer_timeout_ms)));
   if (context_.tls != nullptr) AMIRROR_RETURN_IF_ERROR(authenticate_target(*socket, *peer));
+  return socket;
+}
+
+Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_target(TargetRuntime* target) {
+  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket, connect_peer(target->name));
   MutexLock lock(mutex_);
   if (stopping_) return Status(ErrorCode::kCancelled, "mirror stopped");
   target->socket = socket.get();  // from now on stop() can cut it
@@ -366,6 +381,7 @@ void MirrorEngine::finish_transfer_locked(TargetRuntime* target, const Status& s
     target->retry_at = {};  // it may have caught up to an older point: go on at once
   } else {
     target->consecutive_failures += 1;
+    target->failed_transfers += 1;
     target->last_error = status.to_string();
     target->backoff_ms = std::min(kMaxBackoffMs, target->backoff_ms == 0 ? kFirstBackoffMs : target->backoff_ms * 2);
     uint64_t wait_ms = target->backoff_ms + context_.env.random->uniform(target->backoff_ms / 4 + 1);
@@ -556,6 +572,11 @@ MirrorStatus MirrorEngine::target_status_locked(const VolumeEntry& entry, const 
   }
   if (!target.last_error.empty()) {
     status.state = "error";
+  } else if (target.verify_holds > 0) {
+    status.state = "verifying";  // held at its point: not keeping up with writes meanwhile
+  } else if (state.verify_differing_chunks > 0) {
+    status.state = "differs";
+    status.last_error = verify_differs_message(entry.name, target.name, state);
   } else if (state.applied_cycle >= latest_point) {
     status.state = "idle";
   } else {
@@ -578,6 +599,142 @@ std::vector<MirrorStatus> MirrorEngine::status() {
     for (const auto& target : targets_) result.push_back(target_status_locked(*entry, *target, layers));
   }
   return result;
+}
+
+}  // namespace amirror::node
+
+namespace amirror::node {
+
+// ---- mirror verify ---------------------------------------------------------------
+
+MirrorEngine::TargetRuntime* MirrorEngine::find_target(const std::string& name) const {
+  for (const auto& target : targets_) {
+    if (target->name == name) return target.get();
+  }
+  return nullptr;
+}
+
+std::vector<std::string> MirrorEngine::target_names() const {
+  std::vector<std::string> names;
+  for (const auto& target : targets_) names.push_back(target->name);
+  return names;
+}
+
+std::string MirrorEngine::not_ready_reason_locked(const TargetRuntime& target,
+                                                  const std::map<std::string, uint64_t>& points) const {
+  if (!target.last_error.empty()) return target.last_error;
+  std::string cycles;
+  for (const auto& [volume, cycle] : points) cycles += (cycles.empty() ? "" : ", ") + volume + " " + std::to_string(cycle);
+  return std::string(target.busy ? "still copying" : "has not copied") + " the point to verify (" + cycles +
+         ") when the wait timed out";
+}
+
+Result<MirrorEngine::VerifyPoint> MirrorEngine::begin_verify_hold(const std::vector<std::string>& targets,
+                                                                   uint64_t timeout_ms) {
+  std::vector<TargetRuntime*> chosen;
+  for (const std::string& name : targets) {
+    chosen.push_back(find_target(name));
+    AMIRROR_ASSERT(chosen.back() != nullptr);
+  }
+  const auto deadline = clock().now() + std::chrono::milliseconds(timeout_ms);
+  MutexLock lock(mutex_);
+  // A target counts as failed for this verify once a transfer to it fails from now on.
+  // (The freeze below makes one that waits out a backoff try again at once.)
+  std::map<TargetRuntime*, uint64_t> failures_before;
+  for (TargetRuntime* target : chosen) failures_before[target] = target->failed_transfers;
+  // A fresh point, as `mirror sync` makes: the verify covers every write finished
+  // before it was asked for.
+  const uint64_t wanted_freeze = freezes_started_ + 1;
+  freeze_wanted_ = std::max(freeze_wanted_, wanted_freeze);
+  changed_.notify_all();
+  while (!stopping_ && last_good_freeze_ < wanted_freeze && clock().now() < deadline) {
+    clock().wait_until(changed_, lock, deadline);
+  }
+  if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
+  if (last_good_freeze_ < wanted_freeze) {
+    return Status(ErrorCode::kTimeout, "timed out before the freeze to verify could happen" +
+                                           (freeze_error_.empty() ? std::string() : ": " + freeze_error_));
+  }
+  // From here no freeze starts; one already under way ends first (bounded by its sync).
+  verify_holds_ += 1;
+  for (TargetRuntime* target : chosen) target->verify_holds += 1;
+  while (freezing_) changed_.wait(lock);
+  VerifyPoint result;
+  result.points = latest_points_;
+  while (!stopping_ && !verify_settled_locked(chosen, failures_before, result.points) && clock().now() < deadline) {
+    clock().wait_until(changed_, lock, deadline);
+  }
+  if (stopping_) {
+    verify_holds_ -= 1;
+    for (TargetRuntime* target : chosen) target->verify_holds -= 1;
+    changed_.notify_all();
+    return Status(ErrorCode::kCancelled, "the mirror was stopped");
+  }
+  for (TargetRuntime* target : chosen) {
+    if (!target_has_all_locked(target->name, result.points)) {
+      result.not_ready[target->name] = not_ready_reason_locked(*target, result.points);
+    }
+  }
+  return result;
+}
+
+bool MirrorEngine::verify_settled_locked(const std::vector<TargetRuntime*>& chosen,
+                                         const std::map<TargetRuntime*, uint64_t>& failures_before,
+                                         const std::map<std::string, uint64_t>& points) const {
+  for (TargetRuntime* target : chosen) {
+    bool failed_since = !target->busy && target->failed_transfers > failures_before.at(target);
+    if (!target_has_all_locked(target->name, points) && !failed_since) return false;
+  }
+  return true;
+}
+
+void MirrorEngine::end_verify_hold(const std::vector<std::string>& targets) {
+  MutexLock lock(mutex_);
+  AMIRROR_ASSERT(verify_holds_ > 0);
+  verify_holds_ -= 1;
+  for (const std::string& name : targets) {
+    TargetRuntime* target = find_target(name);
+    AMIRROR_ASSERT(target != nullptr && target->verify_holds > 0);
+    target->verify_holds -= 1;
+  }
+  changed_.notify_all();  // the engine (a freeze may be due) and stop()
+}
+
+Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_for_verify(const std::string& target) {
+  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket, connect_peer(target));
+  MutexLock lock(mutex_);
+  if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
+  verify_sockets_.insert(socket.get());
+  return socket;
+}
+
+void MirrorEngine::forget_verify_socket(repl::PeerSocket* socket) {
+  MutexLock lock(mutex_);
+  verify_sockets_.erase(socket);
+}
+
+bool MirrorEngine::still_at(const std::string& volume, uint64_t cycle) const {
+  MutexLock lock(mutex_);
+  auto latest = latest_points_.find(volume);
+  if (stopping_ || latest == latest_points_.end() || latest->second != cycle) return false;
+  for (const auto& entry : volumes_) {
+    if (entry->name == volume) return entry->volume->cycle() == cycle;
+  }
+  return false;
+}
+
+Status MirrorEngine::note_verified(const std::string& target, const std::string& volume, uint64_t cycle,
+                                   uint64_t differing_chunks, uint64_t bytes_sent) {
+  {
+    MutexLock lock(mutex_);
+    if (stopping_) {
+      return Status(ErrorCode::kCancelled, "the mirror was stopped while verifying; the result is not recorded");
+    }
+    TargetState& state = mutable_state_locked(volume).target_states[target];
+    node::note_verified(state, cycle, differing_chunks);
+    state.bytes_sent += bytes_sent;
+  }
+  return save(volume);
 }
 
 }  // namespace amirror::node

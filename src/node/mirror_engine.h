@@ -44,6 +44,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -71,7 +72,10 @@ struct VolumeEntry {
 struct MirrorStatus {
   std::string volume;
   std::string target;
-  std::string state;  // "initial-sync", "copying", "idle", "lagging", "error", "stopped"
+  // "initial-sync", "copying", "idle", "lagging", "error", "stopped"; "verifying" while a
+  // `mirror verify` holds the mirror; "differs" after one found the replica different
+  // (last_error says how to repair).
+  std::string state;
   uint64_t applied_cycle = 0;
   int64_t applied_freeze_time_unix_ms = 0;
   uint64_t bytes_pending = 0;
@@ -111,6 +115,35 @@ class MirrorEngine {
   // that point, or fails after timeout_ms with each lagging target's reason.
   Status sync(uint64_t timeout_ms) EXCLUDES(mutex_);
   std::vector<MirrorStatus> status() EXCLUDES(mutex_);
+
+  // ---- `mirror verify` (node/mirror_verify.cc drives these) ----
+  struct VerifyPoint {
+    std::map<std::string, uint64_t> points;        // volume -> the held freeze point
+    std::map<std::string, std::string> not_ready;  // target -> why it does not hold that point
+  };
+  // Freezes now (as `mirror sync` does), then holds the mirror: no freeze starts until
+  // end_verify_hold(), so the newest point stays the newest and readable on the source
+  // (merges fold only layers at or below it). Waits until each of `targets` applied
+  // it, failed a transfer since the hold began, or timeout_ms passed; those that did not
+  // apply it are in not_ready with the reason. On error there is no hold.
+  // REQUIRES: `targets` are targets of this mirror.
+  Result<VerifyPoint> begin_verify_hold(const std::vector<std::string>& targets, uint64_t timeout_ms)
+      EXCLUDES(mutex_);
+  void end_verify_hold(const std::vector<std::string>& targets) EXCLUDES(mutex_);
+  // A connection to `target` (TLS, its identity checked) that stop() cuts;
+  // forget_verify_socket() before destroying it.
+  Result<std::unique_ptr<repl::PeerSocket>> connect_for_verify(const std::string& target) EXCLUDES(mutex_);
+  void forget_verify_socket(repl::PeerSocket* socket) EXCLUDES(mutex_);
+  // Whether `volume`'s newest freeze is still `cycle` and the engine runs: a verify's
+  // result is only trusted if so.
+  bool still_at(const std::string& volume, uint64_t cycle) const EXCLUDES(mutex_);
+  // Records what a verify of `target` found at `cycle` (node/mirror_bookkeeping.h,
+  // note_verified) and the bytes it sent (bytes_sent counts every byte sent to the
+  // target for the volume), and saves it. Refused once the engine stops (its final
+  // state is the break's to write).
+  Status note_verified(const std::string& target, const std::string& volume, uint64_t cycle,
+                       uint64_t differing_chunks, uint64_t bytes_sent) EXCLUDES(mutex_);
+  std::vector<std::string> target_names() const;
   // The members' mirror states as they are now; after stop(), final.
   std::map<std::string, MirrorState> states() EXCLUDES(mutex_);
 
@@ -127,6 +160,8 @@ class MirrorEngine {
     uint64_t backoff_ms = 0;
     std::string last_error;
     uint32_t consecutive_failures = 0;
+    uint64_t failed_transfers = 0;  // ever: a verify waits for one more, or for the point
+    uint32_t verify_holds = 0;      // verifies of this target holding the mirror now
     // Per volume: (applied cycle, staged records) the target last reported.
     std::map<std::string, std::pair<uint64_t, uint64_t>> last_observed;
     std::thread thread;
@@ -164,6 +199,17 @@ class MirrorEngine {
   void start_transfers_locked(Clock::TimePoint now) REQUIRES(mutex_);
   void transfer(TargetRuntime* target, std::map<std::string, uint64_t> points) EXCLUDES(mutex_);
   Result<std::unique_ptr<repl::PeerSocket>> connect_target(TargetRuntime* target) EXCLUDES(mutex_);
+  // Connects to the peer `name` and authenticates it (TLS unless insecure).
+  Result<std::unique_ptr<repl::PeerSocket>> connect_peer(const std::string& name) const;
+  TargetRuntime* find_target(const std::string& name) const;
+  // A verify may go on: each of `chosen` applied `points`, or failed a transfer since
+  // the verify began (its count in `failures_before` then).
+  bool verify_settled_locked(const std::vector<TargetRuntime*>& chosen,
+                             const std::map<TargetRuntime*, uint64_t>& failures_before,
+                             const std::map<std::string, uint64_t>& points) const REQUIRES(mutex_);
+  // Why `target` does not hold `points` (for a verify that cannot go on with it).
+  std::string not_ready_reason_locked(const TargetRuntime& target, const std::map<std::string, uint64_t>& points) const
+      REQUIRES(mutex_);
   // TLS handshake, then checks the target's certificate names the peer's identity.
   Status authenticate_target(repl::PeerSocket& socket, const PeerConfig& peer) const;
   void finish_transfer_locked(TargetRuntime* target, const Status& status) REQUIRES(mutex_);
@@ -221,6 +267,11 @@ class MirrorEngine {
   uint64_t freeze_wanted_ GUARDED_BY(mutex_) = 0;
   Clock::TimePoint next_freeze_at_ GUARDED_BY(mutex_);
   std::string freeze_error_ GUARDED_BY(mutex_);
+  // While > 0 no freeze starts (`mirror verify`); freezing_ while freeze_all() runs.
+  uint32_t verify_holds_ GUARDED_BY(mutex_) = 0;
+  bool freezing_ GUARDED_BY(mutex_) = false;
+  // Verify connections, for stop() to cut.
+  std::set<repl::PeerSocket*> verify_sockets_ GUARDED_BY(mutex_);
 
   // Serialises stop(): it joins threads, which two callers must not do at once.
   Mutex stop_mutex_;

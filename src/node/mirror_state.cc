@@ -51,6 +51,9 @@ Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
       target.inflight_cycle = entry.at("inflight_cycle").get<uint64_t>();
       target.bytes_sent = entry.at("bytes_sent").get<uint64_t>();
       for (uint64_t chunk : entry.at("pending_chunks")) target.pending_chunks.insert(chunk);
+      // Added without a format change: absent in files written before `mirror verify`.
+      target.verify_cycle = entry.value("verify_cycle", uint64_t{0});
+      target.verify_differing_chunks = entry.value("verify_differing_chunks", uint64_t{0});
       state.target_states[name] = std::move(target);
     }
     if (format == 1) forget_untracked_targets(state);
@@ -75,7 +78,9 @@ Status save_mirror_state(FileSystem& fs, const std::string& dir, const std::stri
                      {"applied_freeze_time_unix_ms", target.applied_freeze_time_unix_ms},
                      {"inflight_cycle", target.inflight_cycle},
                      {"bytes_sent", target.bytes_sent},
-                     {"pending_chunks", target.pending_chunks}};
+                     {"pending_chunks", target.pending_chunks},
+                     {"verify_cycle", target.verify_cycle},
+                     {"verify_differing_chunks", target.verify_differing_chunks}};
   }
   document["target_states"] = targets;
   return write_file_atomically(fs, dir, volume + ".json", document.dump());

@@ -32,6 +32,12 @@ struct TargetState {
   uint64_t inflight_cycle = 0;          // a transfer to this cycle may have been applied
   uint64_t bytes_sent = 0;              // every byte ever sent to this target for this volume
   std::set<uint64_t> pending_chunks;    // chunks changed in layers merged before it applied them
+  // The last `mirror verify` of this target: at which cycle, and how many chunks of its
+  // replica differed from the source then (still, after a --repair). While nonzero,
+  // status shows the mirror as "differs", never idle: incremental deltas do not resend
+  // those chunks. Cleared by a verify that finds it equal, or by a full copy.
+  uint64_t verify_cycle = 0;
+  uint64_t verify_differing_chunks = 0;
 };
 
 struct MirrorState {

@@ -355,6 +355,7 @@ const std::map<std::string, Node::ControlHandler>& Node::control_handlers() {
       {"mirror_start", &Node::control_mirror_start},
       {"mirror_break", &Node::control_mirror_break},
       {"mirror_sync", &Node::control_mirror_sync},
+      {"mirror_verify", &Node::control_mirror_verify},
       {"volume_delete", &Node::control_volume_delete},
       {"replica_delete", &Node::control_replica_delete},
   };
@@ -604,6 +605,8 @@ std::string Node::status_json() {
         status.bytes_sent = state.bytes_sent;
         if (auto blocked = blocked_units_.find(entry->state.unit); entry->state.running && blocked != blocked_units_.end()) {
           status.last_error = "not resumed at start: " + blocked->second;
+        } else if (state.verify_differing_chunks > 0) {
+          status.last_error = verify_differs_message(name, target, state);
         }
         mirrors.push_back(std::move(status));
       }

@@ -7,8 +7,8 @@
 // Control requests are JSON objects with a "command" field; responses are
 // {"ok": true, ...} or {"ok": false, "error": "..."}. Commands: volume_create,
 // volume_import, volume_list, volume_delete, replica_list, replica_points, replica_delete,
-// mirror_start, mirror_break, mirror_sync, status (fields in node.cc and node_delete.cc,
-// next to each handler). Errors change nothing.
+// mirror_start, mirror_break, mirror_sync, mirror_verify, status (fields in node.cc,
+// node_delete.cc and mirror_verify.cc, next to each handler). Errors change nothing.
 //
 // A volume or replica that cannot be opened at start is "failed": the node starts
 // anyway, serves and mirrors everything else, and shows it in status with the reason;
@@ -93,6 +93,8 @@ class Node {
   std::string control_mirror_start(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_mirror_break(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_mirror_sync(const nlohmann::json& request) EXCLUDES(mutex_);
+  // mirror_verify (mirror_verify.cc).
+  std::string control_mirror_verify(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_volume_delete(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_replica_delete(const nlohmann::json& request) EXCLUDES(mutex_);
   // `mirror break` of the unit `volume` or `group` names (exactly one non-empty).

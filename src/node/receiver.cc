@@ -164,18 +164,25 @@ class NodeReplicaAccess : public repl::ReplicaAccess {
   }
 
   Result<std::shared_ptr<repl::Replica>> acquire(const std::string& peer_name, const repl::OpenReplica& open) override {
-    const PeerConfig* peer = config_.find_peer(peer_name);  // non-null: admit_peer checked
-    if (peer == nullptr || !peer->may_send(open.volume)) {
-      return invalid_argument("peer '" + peer_name + "' may not send volume '" + open.volume +
-                              "': it is not in that peer's 'volumes' list on " + config_.name);
-    }
-    std::string key = peer_name + "/" + open.volume;
-    if (!registry_.acquire(key, config_.peer_timeout_ms)) {
-      return Status(ErrorCode::kBusy, "replica " + key + " is in use by another connection");
-    }
+    AMIRROR_ASSIGN_OR_RETURN(std::string key, claim(peer_name, open.volume, "send"));
     auto replica = registry_.open_or_create(peer_name, open.volume, open.size_bytes, open.chunk_size_bytes);
     if (!replica.ok()) registry_.release(key);
     return replica;
+  }
+
+  // `mirror verify`: the same rights, but only a replica that exists (and opened).
+  Result<std::shared_ptr<repl::Replica>> acquire_existing(const std::string& peer_name,
+                                                          const repl::OpenReplica& open) override {
+    AMIRROR_ASSIGN_OR_RETURN(std::string key, claim(peer_name, open.volume, "verify"));
+    if (auto replica = registry_.find(peer_name, open.volume)) return replica;
+    registry_.release(key);
+    for (const FailedReplica& failed : registry_.failed()) {
+      if (failed.source == peer_name && failed.volume == open.volume) {
+        return Status(ErrorCode::kCorruption, "replica " + key + " on " + config_.name +
+                                                  " failed to open when the node started: " + failed.error);
+      }
+    }
+    return not_found("there is no replica " + key + " on " + config_.name);
   }
 
   void release(const std::string& peer_name, const std::string& volume) override {
@@ -183,6 +190,21 @@ class NodeReplicaAccess : public repl::ReplicaAccess {
   }
 
  private:
+  // Checks `peer_name` may `verb` (send, verify) `volume`, then marks the replica in use
+  // (waiting for a previous connection of the peer to let go). Returns its key.
+  Result<std::string> claim(const std::string& peer_name, const std::string& volume, const char* verb) {
+    const PeerConfig* peer = config_.find_peer(peer_name);  // non-null: admit_peer checked
+    if (peer == nullptr || !peer->may_send(volume)) {
+      return invalid_argument("peer '" + peer_name + "' may not " + verb + " volume '" + volume +
+                              "': it is not in that peer's 'volumes' list on " + config_.name);
+    }
+    std::string key = peer_name + "/" + volume;
+    if (!registry_.acquire(key, config_.peer_timeout_ms)) {
+      return Status(ErrorCode::kBusy, "replica " + key + " is in use by another connection");
+    }
+    return key;
+  }
+
   const repl::PeerSocket& socket_;
   const NodeConfig& config_;
   ReplicaRegistry& registry_;

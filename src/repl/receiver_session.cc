@@ -3,6 +3,10 @@
 
 namespace amirror::repl {
 
+Result<std::shared_ptr<Replica>> ReplicaAccess::acquire_existing(const std::string&, const OpenReplica&) {
+  return Status(ErrorCode::kUnsupported, "this node does not verify replicas");
+}
+
 Status ReceiverSession::on_frame(const Frame& frame) {
   if (peer_name_.empty()) {
     if (frame.type != FrameType::kHello) return invalid_argument("expected HELLO first");
@@ -12,7 +16,7 @@ Status ReceiverSession::on_frame(const Frame& frame) {
     case FrameType::kKeepAlive: return Status();
     case FrameType::kOpenReplica: return on_open_replica(frame);
     case FrameType::kBeginDelta: {
-      if (replica_ == nullptr || in_delta_) return invalid_argument("BEGIN_DELTA out of sequence");
+      if (replica_ == nullptr || in_delta_ || verify_ != nullptr) return invalid_argument("BEGIN_DELTA out of sequence");
       AMIRROR_ASSIGN_OR_RETURN(BeginDelta begin, decode_begin_delta(frame.payload));
       AMIRROR_RETURN_IF_ERROR(replica_->begin_delta(begin));
       in_delta_ = true;
@@ -24,6 +28,10 @@ Status ReceiverSession::on_frame(const Frame& frame) {
       return replica_->stage(record);
     }
     case FrameType::kEndDelta: return on_end_delta(frame);
+    case FrameType::kVerifyBegin: return on_verify_begin(frame);
+    case FrameType::kVerifyWindow:
+    case FrameType::kRepairChunk:
+    case FrameType::kRepairEnd: return on_verify_frame(frame);
     default: return invalid_argument(std::string("unexpected ") + frame_type_name(frame.type) + " frame");
   }
 }
@@ -74,7 +82,40 @@ Status ReceiverSession::on_end_delta(const Frame& frame) {
   return sink_.send(FrameType::kApplied, encode(Applied{replica_->state().applied_cycle}));
 }
 
+Status ReceiverSession::on_verify_begin(const Frame& frame) {
+  if (in_delta_) return invalid_argument("VERIFY_BEGIN in the middle of a delta");
+  AMIRROR_ASSIGN_OR_RETURN(VerifyBegin begin, decode_verify_begin(frame.payload));
+  release();
+  AMIRROR_ASSIGN_OR_RETURN(replica_,
+                           replicas_.acquire_existing(peer_name_, OpenReplica{begin.volume, begin.size_bytes,
+                                                                              begin.chunk_size_bytes}));
+  held_volume_ = begin.volume;
+  AMIRROR_ASSIGN_OR_RETURN(verify_, VerifyResponder::start(replica_, begin, sink_));
+  return Status();
+}
+
+Status ReceiverSession::on_verify_frame(const Frame& frame) {
+  if (verify_ == nullptr) return invalid_argument(std::string(frame_type_name(frame.type)) + " outside a verify");
+  switch (frame.type) {
+    case FrameType::kVerifyWindow: {
+      AMIRROR_ASSIGN_OR_RETURN(VerifyWindow window, decode_verify_window(frame.payload));
+      return verify_->on_window(window);
+    }
+    case FrameType::kRepairChunk: {
+      AMIRROR_ASSIGN_OR_RETURN(ChunkRecord record, decode_chunk(frame.payload));
+      return verify_->on_repair_chunk(record);
+    }
+    case FrameType::kRepairEnd: {
+      AMIRROR_ASSIGN_OR_RETURN(RepairEnd end, decode_repair_end(frame.payload));
+      return verify_->on_repair_end(end);
+    }
+    default: break;
+  }
+  return invalid_argument(std::string("unexpected ") + frame_type_name(frame.type) + " frame");
+}
+
 void ReceiverSession::release() {
+  verify_.reset();  // it uses the replica
   if (replica_ != nullptr) replicas_.release(peer_name_, held_volume_);
   held_volume_.clear();
   replica_.reset();

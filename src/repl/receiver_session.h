@@ -6,10 +6,13 @@
 //
 // Protocol (docs/formats/wire.md): HELLO from an admitted peer -> HELLO_ACK; then per
 // volume OPEN_REPLICA -> REPLICA_STATE, BEGIN_DELTA, CHUNK..., END_DELTA ->
-// DELTA_DURABLE -> (apply) -> APPLIED.
+// DELTA_DURABLE -> (apply) -> APPLIED; or, for `mirror verify`, VERIFY_BEGIN and what
+// follows it (repl/verify_session.h), which never creates a replica.
 //
 // States:   awaiting-hello --HELLO--> open --OPEN_REPLICA--> replica --BEGIN--> delta
 //           delta --END_DELTA--> replica (after DELTA_DURABLE, apply, APPLIED)
+//           open|replica|verify --VERIFY_BEGIN--> verify (VERIFY_WINDOW, REPAIR_*)
+//           verify --OPEN_REPLICA--> replica
 // Invariant: nothing is staged from a frame that failed its checks, and any error
 // returned by on_frame ends the session: the caller sends ERROR and closes.
 // Thread-safety: one thread at a time.
@@ -22,6 +25,7 @@
 #include "base/status.h"
 #include "repl/frame_sink.h"
 #include "repl/replica.h"
+#include "repl/verify_session.h"
 #include "repl/wire.h"
 
 namespace amirror::repl {
@@ -35,6 +39,9 @@ class ReplicaAccess {
   // Exclusive use of the replica `peer`/`volume` until release(); creates it if absent.
   // Errors: not allowed, busy, another size, or the replica cannot be opened.
   virtual Result<std::shared_ptr<Replica>> acquire(const std::string& peer, const OpenReplica& open) = 0;
+  // The same for `mirror verify`, but only an existing replica: never creates one.
+  // Errors: as acquire(), or no such replica. By default verify is not offered.
+  virtual Result<std::shared_ptr<Replica>> acquire_existing(const std::string& peer, const OpenReplica& open);
   virtual void release(const std::string& peer, const std::string& volume) = 0;
 };
 
@@ -57,6 +64,9 @@ class ReceiverSession {
   Status on_hello(const Frame& frame);
   Status on_open_replica(const Frame& frame);
   Status on_end_delta(const Frame& frame);
+  Status on_verify_begin(const Frame& frame);
+  // VERIFY_WINDOW, REPAIR_CHUNK, REPAIR_END: only within a verify.
+  Status on_verify_frame(const Frame& frame);
   void release();
 
   const std::string node_name_;
@@ -66,6 +76,7 @@ class ReceiverSession {
   std::string held_volume_;
   std::shared_ptr<Replica> replica_;
   bool in_delta_ = false;
+  std::unique_ptr<VerifyResponder> verify_;  // while verifying replica_
 };
 
 }  // namespace amirror::repl

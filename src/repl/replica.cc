@@ -567,6 +567,45 @@ Status Replica::apply(const std::function<void()>& progress) {
   return status.with_context("merge old points of replica " + source_node_ + "/" + volume_name_);
 }
 
+Status Replica::repair_chunks(uint64_t cycle, std::span<const RepairChunk> chunks) {
+  std::lock_guard delta(delta_mutex_);
+  std::shared_ptr<Volume> volume = current();
+  {
+    std::shared_lock lock(state_mutex_);
+    const char* activity = applying_ ? "applying" : resync_ ? "resyncing"
+                           : meta_.staging.header.target_cycle != 0 ? "receiving"
+                           : volume->merge_pending()                ? "merging"
+                                                                    : "idle";
+    if (std::string(activity) != "idle" || volume->cycle() != cycle) {
+      return invalid_argument("refusing to repair replica " + source_node_ + "/" + volume_name_ + " at cycle " +
+                              std::to_string(cycle) + ": it is " + activity + " at cycle " +
+                              std::to_string(volume->cycle()));
+    }
+  }
+  const ChunkGeometry& geometry = volume->geometry();
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const RepairChunk& chunk = chunks[i];
+    if (chunk.chunk_index >= geometry.chunk_count() || (i > 0 && chunk.chunk_index <= chunks[i - 1].chunk_index)) {
+      return invalid_argument("repair of chunk " + std::to_string(chunk.chunk_index) +
+                              " is out of range or out of order");
+    }
+    uint64_t length = geometry.chunk_length_bytes(chunk.chunk_index);
+    if (!chunk.data.empty() && chunk.data.size() != length) {
+      return invalid_argument("repair data for chunk " + std::to_string(chunk.chunk_index) + " is " +
+                              std::to_string(chunk.data.size()) + " bytes, expected " + std::to_string(length));
+    }
+  }
+  for (const RepairChunk& chunk : chunks) {
+    Status status = volume->rewrite_chunk_of_newest_point(chunk.chunk_index, chunk.data);
+    if (!status.ok()) {
+      return status.with_context("repair of replica " + source_node_ + "/" + volume_name_ +
+                                 " (if it persists: `amirror replica delete " + source_node_ + "/" + volume_name_ +
+                                 "` and the source sends a full copy)");
+    }
+  }
+  return Status();
+}
+
 Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
   if (resyncing()) {
     return Status(ErrorCode::kBusy, "replica " + source_node_ + "/" + volume_name_ +

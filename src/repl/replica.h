@@ -99,6 +99,27 @@ class Replica {
   // now and then (keep-alives).
   Status apply(const std::function<void()>& progress);
 
+  // One chunk for repair_chunks(): `data` is the chunk's whole content (the volume's
+  // last chunk clipped at its end), or empty for a chunk that reads as zero.
+  struct RepairChunk {
+    uint64_t chunk_index = 0;
+    std::span<const uint8_t> data;
+  };
+  // `mirror verify --repair` (repl/verify_session.h): overwrites these chunks of the
+  // newest point `cycle` in place (in base.img, or in the frozen layer that point reads
+  // the chunk from), durably (fdatasync).
+  // - REQUIRES, else refused with nothing written: the replica is idle (no delta staged,
+  //   being merged or resyncing) and its newest point is `cycle`; chunk indexes
+  //   strictly ascending and within the volume; each `data` empty or exactly the chunk's
+  //   length. A zero chunk is deallocated (punch_hole), so it reads as zero.
+  // - Returns OK once every chunk is written and durable.
+  // - Not atomic: after an error or a crash some chunks may hold the new content and
+  //   others the old. Each new one is point `cycle`'s own content, so the image is never
+  //   further from that point than before; verify again to find what is left.
+  // - Changes nothing else: applied cycle, freeze time and replica.meta stay; a delta
+  //   waits for it (delta_mutex_); NBD readers see each chunk before or after its repair.
+  Status repair_chunks(uint64_t cycle, std::span<const RepairChunk> chunks);
+
   // Reads the newest point.
   Status read(uint64_t offset_bytes, std::span<uint8_t> out);
   Result<std::vector<Extent>> allocated_extents(uint64_t offset_bytes, uint64_t length_bytes);

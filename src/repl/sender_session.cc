@@ -34,16 +34,10 @@ Status SenderSession::on_frame(const Frame& frame) {
                       frame_type_name(frame.type));
   };
   switch (phase_) {
-    case Phase::kHello: {
-      if (frame.type != FrameType::kHelloAck) return unexpected("HELLO_ACK");
-      AMIRROR_ASSIGN_OR_RETURN(Hello ack, decode_hello(frame.payload));
-      if (ack.node_name != target_node_) {
-        return invalid_argument("the peer says it is '" + ack.node_name + "', not '" + target_node_ +
-                                "'; check the peer's address in the config");
-      }
+    case Phase::kHello:
+      AMIRROR_RETURN_IF_ERROR(check_hello_ack(frame, target_node_));
       phase_ = Phase::kIdle;
       return Status();
-    }
     case Phase::kAwaitingState:
       if (frame.type != FrameType::kReplicaState) return unexpected("REPLICA_STATE");
       return on_replica_state(frame);

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "repl/wire.h"
 
+#include <algorithm>
+
 #include "base/checksum.h"
 #include "base/coding.h"
 #include "base/names.h"
@@ -33,6 +35,17 @@ class Reader {
     value = get_u64(bytes_.data() + position_);
     position_ += 8;
     return true;
+  }
+  bool bytes(std::span<uint8_t> out) {
+    if (!has(out.size())) return false;
+    std::copy_n(bytes_.data() + position_, out.size(), out.data());
+    position_ += out.size();
+    return true;
+  }
+  // A u32 count of records of `record_bytes` each, at most `limit`: checked against
+  // what is left of the payload before anything is allocated for it.
+  bool count(uint32_t& value, uint32_t limit, size_t record_bytes) {
+    return u32(value) && value <= limit && (bytes_.size() - position_) / record_bytes >= value;
   }
   bool name(std::string& value) {
     uint32_t length = 0;
@@ -72,6 +85,47 @@ void put32(std::vector<uint8_t>& out, uint32_t value) {
   out.insert(out.end(), bytes, bytes + 4);
 }
 
+constexpr size_t kRangeBytes = 16;
+constexpr size_t kDigestEntryBytes = 8 + 1 + kChunkDigestBytes;  // the largest entry
+
+void put_ranges(std::vector<uint8_t>& out, const std::vector<ChunkRange>& ranges) {
+  put32(out, static_cast<uint32_t>(ranges.size()));
+  for (const ChunkRange& range : ranges) {
+    put64(out, range.first_chunk);
+    put64(out, range.chunk_count);
+  }
+}
+
+// Ranges: each non-empty, without overflow, ascending and not overlapping.
+bool read_ranges(Reader& reader, std::vector<ChunkRange>& ranges) {
+  uint32_t count = 0;
+  if (!reader.count(count, kMaxVerifyRangesPerFrame, kRangeBytes)) return false;
+  ranges.resize(count);
+  uint64_t previous_end = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    ChunkRange& range = ranges[i];
+    if (!reader.u64(range.first_chunk) || !reader.u64(range.chunk_count)) return false;
+    if (range.chunk_count == 0 || range.first_chunk + range.chunk_count < range.first_chunk) return false;
+    if (i > 0 && range.first_chunk < previous_end) return false;
+    previous_end = range.end_chunk();
+  }
+  return true;
+}
+
+// Messages that are one u64 (END_DELTA, APPLIED, REPAIR_END, REPAIR_DONE).
+std::vector<uint8_t> encode_one_u64(uint64_t value) {
+  std::vector<uint8_t> out;
+  put64(out, value);
+  return out;
+}
+Result<uint64_t> decode_one_u64(std::span<const uint8_t> payload, const char* what) {
+  Reader reader(payload, what);
+  uint64_t value = 0;
+  if (!reader.u64(value)) return reader.bad();
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  return value;
+}
+
 uint32_t frame_checksum(std::span<const uint8_t> header_prefix, std::span<const uint8_t> payload) {
   // Checksum of the 12 header bytes before the checksum field, then of the payload,
   // combined; both parts are covered so a flipped bit anywhere is caught.
@@ -95,8 +149,22 @@ const char* frame_type_name(FrameType type) {
     case FrameType::kApplied: return "APPLIED";
     case FrameType::kError: return "ERROR";
     case FrameType::kKeepAlive: return "KEEPALIVE";
+    case FrameType::kVerifyBegin: return "VERIFY_BEGIN";
+    case FrameType::kVerifyAllocated: return "VERIFY_ALLOCATED";
+    case FrameType::kVerifyWindow: return "VERIFY_WINDOW";
+    case FrameType::kVerifyHashes: return "VERIFY_HASHES";
+    case FrameType::kRepairChunk: return "REPAIR_CHUNK";
+    case FrameType::kRepairEnd: return "REPAIR_END";
+    case FrameType::kRepairDone: return "REPAIR_DONE";
   }
   return "UNKNOWN";
+}
+
+bool is_known_frame_type(uint16_t raw_type) {
+  return (raw_type >= static_cast<uint16_t>(FrameType::kHello) &&
+          raw_type <= static_cast<uint16_t>(FrameType::kKeepAlive)) ||
+         (raw_type >= static_cast<uint16_t>(FrameType::kVerifyBegin) &&
+          raw_type <= static_cast<uint16_t>(FrameType::kRepairDone));
 }
 
 std::vector<uint8_t> encode_frame(FrameType type, std::span<const uint8_t> payload) {
@@ -116,8 +184,7 @@ Result<uint32_t> decode_frame_header(std::span<const uint8_t, kFrameHeaderBytes>
                                      FrameType& type) {
   if (get_u32(header.data()) != kFrameMagic) return corruption("peer sent a frame with bad magic");
   uint16_t raw_type = static_cast<uint16_t>(header[4] | (header[5] << 8));
-  if (raw_type < static_cast<uint16_t>(FrameType::kHello) ||
-      raw_type > static_cast<uint16_t>(FrameType::kKeepAlive)) {
+  if (!is_known_frame_type(raw_type)) {
     return corruption("peer sent an unknown frame type " + std::to_string(raw_type));
   }
   if (header[6] != 0 || header[7] != 0) return corruption("peer sent a frame with reserved bits set");
@@ -184,17 +251,52 @@ std::vector<uint8_t> encode(const BeginDelta& message) {
   return out;
 }
 
-std::vector<uint8_t> encode(const EndDelta& message) {
+std::vector<uint8_t> encode(const EndDelta& message) { return encode_one_u64(message.record_count); }
+
+std::vector<uint8_t> encode(const Applied& message) { return encode_one_u64(message.applied_cycle); }
+
+std::vector<uint8_t> encode(const VerifyBegin& message) {
   std::vector<uint8_t> out;
-  put64(out, message.record_count);
+  put_name(out, message.volume);
+  put64(out, message.size_bytes);
+  put64(out, message.chunk_size_bytes);
+  put64(out, message.cycle);
   return out;
 }
 
-std::vector<uint8_t> encode(const Applied& message) {
+std::vector<uint8_t> encode(const VerifyAllocated& message) {
+  AMIRROR_ASSERT(message.ranges.size() <= kMaxVerifyRangesPerFrame);
   std::vector<uint8_t> out;
-  put64(out, message.applied_cycle);
+  out.push_back(message.last ? 1 : 0);
+  put_ranges(out, message.ranges);
   return out;
 }
+
+std::vector<uint8_t> encode(const VerifyWindow& message) {
+  uint64_t chunks = 0;
+  for (const ChunkRange& range : message.ranges) chunks += range.chunk_count;
+  AMIRROR_ASSERT(chunks >= 1 && chunks <= kMaxVerifyWindowChunks);
+  std::vector<uint8_t> out;
+  put_ranges(out, message.ranges);
+  return out;
+}
+
+std::vector<uint8_t> encode(const VerifyHashes& message) {
+  AMIRROR_ASSERT(!message.digests.empty() && message.digests.size() <= kMaxVerifyWindowChunks);
+  std::vector<uint8_t> out;
+  out.reserve(4 + message.digests.size() * kDigestEntryBytes);
+  put32(out, static_cast<uint32_t>(message.digests.size()));
+  for (const ChunkDigest& digest : message.digests) {
+    put64(out, digest.chunk_index);
+    out.push_back(static_cast<uint8_t>(digest.kind));
+    if (digest.kind == DigestKind::kHash) out.insert(out.end(), digest.digest.begin(), digest.digest.end());
+  }
+  return out;
+}
+
+std::vector<uint8_t> encode(const RepairEnd& message) { return encode_one_u64(message.record_count); }
+
+std::vector<uint8_t> encode(const RepairDone& message) { return encode_one_u64(message.record_count); }
 
 std::vector<uint8_t> encode_error(const std::string& message) {
   std::string clipped = message.substr(0, kMaxErrorBytes);
@@ -202,8 +304,9 @@ std::vector<uint8_t> encode_error(const std::string& message) {
 }
 
 std::vector<uint8_t> encode_chunk_frame(uint64_t record_index, uint64_t chunk_index,
-                                        RecordKind kind, std::span<const uint8_t> data) {
+                                        RecordKind kind, std::span<const uint8_t> data, FrameType type) {
   AMIRROR_ASSERT(kind == RecordKind::kData ? !data.empty() : data.empty());
+  AMIRROR_ASSERT(type == FrameType::kChunk || type == FrameType::kRepairChunk);
   size_t payload_bytes = kChunkHeaderBytes + data.size();
   AMIRROR_ASSERT(payload_bytes <= kMaxFramePayloadBytes);
   std::vector<uint8_t> frame(kFrameHeaderBytes + payload_bytes);
@@ -213,7 +316,7 @@ std::vector<uint8_t> encode_chunk_frame(uint64_t record_index, uint64_t chunk_in
   payload[16] = static_cast<uint8_t>(kind);
   std::copy(data.begin(), data.end(), payload + kChunkHeaderBytes);
   put_u32(frame.data(), kFrameMagic);
-  frame[4] = static_cast<uint8_t>(FrameType::kChunk);
+  frame[4] = static_cast<uint8_t>(type);
   frame[5] = frame[6] = frame[7] = 0;
   put_u32(frame.data() + 8, static_cast<uint32_t>(payload_bytes));
   put_u32(frame.data() + 12, frame_checksum(std::span(frame.data(), 12), std::span(payload, payload_bytes)));
@@ -314,19 +417,90 @@ Result<ChunkRecord> decode_chunk(std::span<const uint8_t> payload) {
 }
 
 Result<EndDelta> decode_end_delta(std::span<const uint8_t> payload) {
-  Reader reader(payload, "END_DELTA");
-  EndDelta message;
-  if (!reader.u64(message.record_count)) return reader.bad();
+  AMIRROR_ASSIGN_OR_RETURN(uint64_t record_count, decode_one_u64(payload, "END_DELTA"));
+  return EndDelta{record_count};
+}
+
+Result<Applied> decode_applied(std::span<const uint8_t> payload) {
+  AMIRROR_ASSIGN_OR_RETURN(uint64_t applied_cycle, decode_one_u64(payload, "APPLIED"));
+  return Applied{applied_cycle};
+}
+
+Result<VerifyBegin> decode_verify_begin(std::span<const uint8_t> payload) {
+  Reader reader(payload, "VERIFY_BEGIN");
+  VerifyBegin message;
+  if (!reader.name(message.volume) || !reader.u64(message.size_bytes) || !reader.u64(message.chunk_size_bytes) ||
+      !reader.u64(message.cycle)) {
+    return reader.bad();
+  }
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  AMIRROR_RETURN_IF_ERROR(validate_name(message.volume, "volume name"));
+  if (message.cycle == 0) return corruption("VERIFY_BEGIN for cycle 0 (no freeze point)");
+  return message;
+}
+
+Result<VerifyAllocated> decode_verify_allocated(std::span<const uint8_t> payload) {
+  Reader reader(payload, "VERIFY_ALLOCATED");
+  VerifyAllocated message;
+  uint8_t last = 0;
+  if (!reader.u8(last) || last > 1 || !read_ranges(reader, message.ranges)) return reader.bad();
+  message.last = last == 1;
   AMIRROR_RETURN_IF_ERROR(reader.finish());
   return message;
 }
 
-Result<Applied> decode_applied(std::span<const uint8_t> payload) {
-  Reader reader(payload, "APPLIED");
-  Applied message;
-  if (!reader.u64(message.applied_cycle)) return reader.bad();
+Result<VerifyWindow> decode_verify_window(std::span<const uint8_t> payload) {
+  Reader reader(payload, "VERIFY_WINDOW");
+  VerifyWindow message;
+  if (!read_ranges(reader, message.ranges)) return reader.bad();
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  uint64_t chunks = 0;
+  for (const ChunkRange& range : message.ranges) {
+    // Counts go up to 2^64 - 1: compare before adding, so the sum cannot wrap.
+    if (range.chunk_count > kMaxVerifyWindowChunks - chunks) {
+      return corruption("VERIFY_WINDOW asks for more than " + std::to_string(kMaxVerifyWindowChunks) + " chunks");
+    }
+    chunks += range.chunk_count;
+  }
+  if (chunks == 0) return corruption("VERIFY_WINDOW asks for no chunk");
+  return message;
+}
+
+Result<VerifyHashes> decode_verify_hashes(std::span<const uint8_t> payload) {
+  Reader reader(payload, "VERIFY_HASHES");
+  VerifyHashes message;
+  uint32_t count = 0;
+  // The smallest entry (a zero) is 9 bytes: the count is checked against that.
+  if (!reader.count(count, kMaxVerifyWindowChunks, 8 + 1) || count == 0) return reader.bad();
+  message.digests.resize(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    ChunkDigest& digest = message.digests[i];
+    uint8_t kind = 0;
+    if (!reader.u64(digest.chunk_index) || !reader.u8(kind)) return reader.bad();
+    if (i > 0 && digest.chunk_index <= message.digests[i - 1].chunk_index) {
+      return corruption("VERIFY_HASHES with chunk indexes out of order");
+    }
+    if (kind == static_cast<uint8_t>(DigestKind::kHash)) {
+      digest.kind = DigestKind::kHash;
+      if (!reader.bytes(digest.digest)) return reader.bad();
+    } else if (kind == static_cast<uint8_t>(DigestKind::kZero)) {
+      digest.kind = DigestKind::kZero;
+    } else {
+      return corruption("VERIFY_HASHES entry of unknown kind " + std::to_string(kind));
+    }
+  }
   AMIRROR_RETURN_IF_ERROR(reader.finish());
   return message;
+}
+
+Result<RepairEnd> decode_repair_end(std::span<const uint8_t> payload) {
+  AMIRROR_ASSIGN_OR_RETURN(uint64_t record_count, decode_one_u64(payload, "REPAIR_END"));
+  return RepairEnd{record_count};
+}
+
+Result<RepairDone> decode_repair_done(std::span<const uint8_t> payload) {
+  AMIRROR_ASSIGN_OR_RETURN(uint64_t record_count, decode_one_u64(payload, "REPAIR_DONE"));
+  return RepairDone{record_count};
 }
 
 std::string decode_error(std::span<const uint8_t> payload) {
@@ -335,6 +509,18 @@ std::string decode_error(std::span<const uint8_t> payload) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
   }
   return text;
+}
+
+Status check_hello_ack(const Frame& frame, const std::string& target_node) {
+  if (frame.type != FrameType::kHelloAck) {
+    return corruption(std::string("expected HELLO_ACK from ") + target_node + ", got " + frame_type_name(frame.type));
+  }
+  AMIRROR_ASSIGN_OR_RETURN(Hello ack, decode_hello(frame.payload));
+  if (ack.node_name != target_node) {
+    return invalid_argument("the peer says it is '" + ack.node_name + "', not '" + target_node +
+                            "'; check the peer's address in the config");
+  }
+  return Status();
 }
 
 }  // namespace amirror::repl

@@ -8,6 +8,7 @@
 // allocation (kMaxFramePayloadBytes).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -35,8 +36,18 @@ enum class FrameType : uint16_t {
   kApplied = 9,       // target -> source: the replica now is the target cycle's image
   kError = 10,        // either way: a message; the connection closes after it
   kKeepAlive = 11,    // either way: no payload
+  // mirror verify (20 and up; 12..19 are left to other frames): docs/formats/wire.md.
+  kVerifyBegin = 20,      // source -> target: volume, geometry, the freeze point to compare
+  kVerifyAllocated = 21,  // target -> source: chunk ranges its replica has allocated
+  kVerifyWindow = 22,     // source -> target: the chunk ranges whose digests it wants next
+  kVerifyHashes = 23,     // target -> source: one digest per chunk of a window
+  kRepairChunk = 24,      // source -> target: a differing chunk's content at the verified point
+  kRepairEnd = 25,        // source -> target: record count
+  kRepairDone = 26,       // target -> source: every repaired chunk is written and durable
 };
 const char* frame_type_name(FrameType type);
+// Whether a frame header's type field names a frame of this protocol version.
+bool is_known_frame_type(uint16_t raw_type);
 
 struct Frame {
   FrameType type = FrameType::kError;
@@ -115,16 +126,82 @@ struct Applied {
   uint64_t applied_cycle = 0;
 };
 
+// ---- mirror verify -------------------------------------------------------------
+// Bounds: a window asks for at most kMaxVerifyWindowChunks digests (16384 x 41 bytes
+// fits a frame easily); an allocation frame carries at most kMaxVerifyRangesPerFrame
+// ranges (1 MiB). Both are checked before anything is allocated.
+constexpr uint32_t kMaxVerifyWindowChunks = 16384;
+constexpr uint32_t kMaxVerifyRangesPerFrame = 65536;
+constexpr size_t kChunkDigestBytes = 32;  // SHA-256 (repl/verify.h says why)
+
+// Chunks first_chunk .. first_chunk + chunk_count - 1 (chunk_count >= 1 on the wire).
+struct ChunkRange {
+  uint64_t first_chunk = 0;
+  uint64_t chunk_count = 0;
+  uint64_t end_chunk() const { return first_chunk + chunk_count; }  // one past the last
+  bool operator==(const ChunkRange&) const = default;
+};
+
+struct VerifyBegin {
+  std::string volume;
+  uint64_t size_bytes = 0;
+  uint64_t chunk_size_bytes = 0;
+  uint64_t cycle = 0;  // the freeze point both sides compare; the replica must be idle at it
+};
+
+// Ranges ascending, not overlapping; `last` on the final frame of the list.
+struct VerifyAllocated {
+  bool last = false;
+  std::vector<ChunkRange> ranges;
+};
+
+// Ranges ascending, not overlapping, 1..kMaxVerifyWindowChunks chunks in all.
+struct VerifyWindow {
+  std::vector<ChunkRange> ranges;
+};
+
+enum class DigestKind : uint8_t { kHash = 1, kZero = 2 };
+
+// A chunk's fingerprint: kZero for a chunk that reads as zero (no digest sent), else the
+// SHA-256 of its bytes (clipped at the volume's end). kHash is never sent for all zeros.
+struct ChunkDigest {
+  uint64_t chunk_index = 0;
+  DigestKind kind = DigestKind::kZero;
+  std::array<uint8_t, kChunkDigestBytes> digest{};  // kHash only; zeros otherwise
+  bool operator==(const ChunkDigest&) const = default;
+};
+
+// Chunk indexes strictly ascending; 1..kMaxVerifyWindowChunks digests.
+struct VerifyHashes {
+  std::vector<ChunkDigest> digests;
+};
+
+struct RepairEnd {
+  uint64_t record_count = 0;
+};
+
+struct RepairDone {
+  uint64_t record_count = 0;
+};
+
 std::vector<uint8_t> encode(const Hello& message);
 std::vector<uint8_t> encode(const OpenReplica& message);
 std::vector<uint8_t> encode(const ReplicaState& message);
 std::vector<uint8_t> encode(const BeginDelta& message);
 std::vector<uint8_t> encode(const EndDelta& message);
 std::vector<uint8_t> encode(const Applied& message);
+std::vector<uint8_t> encode(const VerifyBegin& message);
+std::vector<uint8_t> encode(const VerifyAllocated& message);
+std::vector<uint8_t> encode(const VerifyWindow& message);
+std::vector<uint8_t> encode(const VerifyHashes& message);
+std::vector<uint8_t> encode(const RepairEnd& message);
+std::vector<uint8_t> encode(const RepairDone& message);
 std::vector<uint8_t> encode_error(const std::string& message);
 // A whole CHUNK frame (header + payload) built with a single copy of the data.
+// REPAIR_CHUNK has the same payload: pass its type.
 std::vector<uint8_t> encode_chunk_frame(uint64_t record_index, uint64_t chunk_index,
-                                        RecordKind kind, std::span<const uint8_t> data);
+                                        RecordKind kind, std::span<const uint8_t> data,
+                                        FrameType type = FrameType::kChunk);
 
 Result<Hello> decode_hello(std::span<const uint8_t> payload);
 Result<OpenReplica> decode_open_replica(std::span<const uint8_t> payload);
@@ -133,6 +210,16 @@ Result<BeginDelta> decode_begin_delta(std::span<const uint8_t> payload);
 Result<ChunkRecord> decode_chunk(std::span<const uint8_t> payload);
 Result<EndDelta> decode_end_delta(std::span<const uint8_t> payload);
 Result<Applied> decode_applied(std::span<const uint8_t> payload);
+Result<VerifyBegin> decode_verify_begin(std::span<const uint8_t> payload);
+Result<VerifyAllocated> decode_verify_allocated(std::span<const uint8_t> payload);
+Result<VerifyWindow> decode_verify_window(std::span<const uint8_t> payload);
+Result<VerifyHashes> decode_verify_hashes(std::span<const uint8_t> payload);
+Result<RepairEnd> decode_repair_end(std::span<const uint8_t> payload);
+Result<RepairDone> decode_repair_done(std::span<const uint8_t> payload);
+// REPAIR_CHUNK payloads decode with decode_chunk (the same layout as CHUNK).
 std::string decode_error(std::span<const uint8_t> payload);
+// A source's check of the target's answer to HELLO: a HELLO_ACK naming `target_node`
+// (else the address in the config reaches another node).
+Status check_hello_ack(const Frame& frame, const std::string& target_node);
 
 }  // namespace amirror::repl

@@ -13,6 +13,7 @@
 #include "base/coding.h"
 #include "base/names.h"
 #include "base/uuid.h"
+#include "base/zeros.h"
 
 namespace amirror {
 namespace {
@@ -740,6 +741,33 @@ Status Volume::discard_after(uint64_t cycle) {
   kept.push_back(std::move(next));
   layers_ = std::move(kept);
   return Status();
+}
+
+Status Volume::rewrite_chunk_of_newest_point(uint64_t chunk_index, std::span<const uint8_t> data) {
+  std::lock_guard merge_lock(merge_mutex_);  // the base and the stack stay as they are
+  std::shared_lock io(io_lock_);
+  uint64_t newest;
+  {
+    std::lock_guard meta(meta_mutex_);
+    if (meta_.merging_layer != 0) return Status(ErrorCode::kBusy, dir_ + " has a merge to finish first");
+    newest = cycle_locked();
+  }
+  AMIRROR_ASSIGN_OR_RETURN(size_t top, layers_in_point_locked(newest));
+  uint64_t offset = geometry_.chunk_offset_bytes(chunk_index);
+  uint64_t length = geometry_.chunk_length_bytes(chunk_index);
+  auto [index, entry] = resolve(layers_, top, chunk_index);
+  if (!entry) {
+    AMIRROR_RETURN_IF_ERROR(data.empty() ? base_->punch_hole(offset, length) : base_->write_at(offset, data));
+    return base_->sync();
+  }
+  Layer& layer = *layers_[index];
+  if (entry->state == ChunkState::kZero) {
+    if (data.empty() || all_zero(data)) return Status();
+    return Status(ErrorCode::kUnsupported, "chunk " + std::to_string(chunk_index) + " is recorded as zero in layer " +
+                                               std::to_string(layer.id()) + " of " + dir_ + "; it cannot be fixed in place");
+  }
+  AMIRROR_RETURN_IF_ERROR(layer.write_slot(entry->slot, 0, data.empty() ? std::span<const uint8_t>(zero_chunk(), length) : data));
+  return layer.sync();
 }
 
 std::vector<DeltaChunk> Volume::active_changes() const {

@@ -159,6 +159,12 @@ class Volume {
   // active layer: the volume reads as point `cycle` and the next write starts a new
   // layer. Durable and atomic (one volume.meta replacement). Not during a merge.
   Status discard_after(uint64_t cycle);
+  // Repairs one chunk of the newest point in place: writes `data` (empty = zeros) where
+  // that point reads the chunk from — base.img, or the slot of the frozen layer holding
+  // it — and fdatasyncs that file. For `mirror verify --repair` on a replica; older
+  // points sharing that storage change with it. kBusy during a merge; kUnsupported
+  // when a frozen layer records the chunk as zero and `data` is not (no slot to fix).
+  Status rewrite_chunk_of_newest_point(uint64_t chunk_index, std::span<const uint8_t> data);
   // Chunks the active layer changed since the last freeze (kZero for zeroed ones).
   std::vector<DeltaChunk> active_changes() const;
 

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // The mirror state file: what each target lacks must survive a round trip, and a file
-// from a version that did not track dropped targets must not make one trusted again.
+// from a version that did not track dropped targets must not make one trusted again;
+// what a verify found survives too.
 #include "node/mirror_state.h"
 
 #include <gtest/gtest.h>
+
+#include "node/mirror_bookkeeping.h"
 
 #include <fstream>
 
@@ -52,6 +55,33 @@ TEST_F(MirrorStateTest, FormatOneGivesDroppedTargetsAFullCopy) {
   const TargetState& listed = loaded->target_states.at("c");
   EXPECT_EQ(listed.applied_cycle, 9u);
   EXPECT_EQ(listed.pending_chunks, (std::set<uint64_t>{2}));
+}
+
+// What the last `mirror verify` found survives a restart (status must keep saying
+// "differs"); files written before verify existed lack it and read as never verified;
+// a full copy forgets it.
+TEST_F(MirrorStateTest, VerifyResultRoundTripsAndOlderFilesReadAsNeverVerified) {
+  MirrorState state;
+  state.unit = "volume:v";
+  state.targets = {"b"};
+  note_verified(state.target_states["b"], 12, 3);
+  ASSERT_TRUE(save_mirror_state(posix_file_system(), dir_, "v", state).ok());
+  auto loaded = load_mirror_state(posix_file_system(), dir_ + "/v.json");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->target_states.at("b").verify_cycle, 12u);
+  EXPECT_EQ(loaded->target_states.at("b").verify_differing_chunks, 3u);
+  EXPECT_NE(verify_differs_message("v", "b", loaded->target_states.at("b")).find("--repair"), std::string::npos);
+  reset_to_full(loaded->target_states.at("b"));
+  EXPECT_EQ(loaded->target_states.at("b").verify_differing_chunks, 0u) << "a full copy replaces the differing chunks";
+
+  std::ofstream(dir_ + "/old.json") << R"({"format": 2, "unit": "volume:old", "targets": ["b"], "interval_ms": 1000,
+    "running": true, "target_states": {
+      "b": {"applied_cycle": 4, "applied_freeze_time_unix_ms": 1, "inflight_cycle": 0, "bytes_sent": 7,
+            "pending_chunks": []}}})";
+  auto old = load_mirror_state(posix_file_system(), dir_ + "/old.json");
+  ASSERT_TRUE(old.ok()) << old.status().to_string();
+  EXPECT_EQ(old->target_states.at("b").verify_cycle, 0u);
+  EXPECT_EQ(old->target_states.at("b").verify_differing_chunks, 0u);
 }
 
 TEST_F(MirrorStateTest, UnknownFormatIsRefused) {

@@ -200,6 +200,77 @@ TEST_F(NodeEnvTest, SyncDuringAFreezeWaitsForTheNextOne) {
   EXPECT_GE(applied_on_b(), 3u);
 }
 
+// `mirror verify` compares one point on both sides, so it holds the mirror: no freeze
+// starts while it runs, however long a target takes to get the point, even past the
+// interval and the lag grace. The freeze that became due happens once it lets go.
+TEST_F(NodeEnvTest, AVerifyHoldsTheMirrorAtOnePointUntilItEnds) {
+  // b's replica records each delta it begins in replica.meta: hold that.
+  gated_fs_ = std::make_unique<testing::GatedFileSystem>(testing::GatedFileSystem::Gate::kOpen, "replica.meta.tmp",
+                                                         /*armed=*/false);
+  start_nodes(posix_file_system(), *gated_fs_);
+  write_v(0, 0x55);
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 60'000}})["ok"]);
+  ASSERT_TRUE(eventually([&] { return applied_on_b() == 1 && mirror_of_v()["state"] == "idle"; })) << mirror_of_v().dump();
+
+  gated_fs_->arm();  // b stops as it begins to stage the next point
+  auto verify = std::async(std::launch::async, [&] {
+    return call(*a_, {{"command", "mirror_verify"}, {"volume", "v"}, {"timeout_ms", 3'600'000}});
+  });
+  ASSERT_TRUE(gated_fs_->wait_until_one_waits(kGenerous)) << "the verify did not freeze a point to compare";
+  ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine + 1, kGenerous)) << "the engine and the verify never slept";
+  EXPECT_EQ(source_cycle(), 2u);
+  clock_.advance(600'000ms);  // far past the interval and the lag grace (2 min)
+  ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine + 1, kGenerous));
+  EXPECT_EQ(source_cycle(), 2u) << "froze while a verify held the mirror";
+
+  gated_fs_->open_gate();
+  json answer = verify.get();
+  ASSERT_TRUE(answer["ok"]) << answer.dump();
+  EXPECT_TRUE(answer["equal"]) << answer.dump();
+  ASSERT_EQ(answer["results"].size(), 1u);
+  EXPECT_EQ(answer["results"][0]["result"], "equal");
+  EXPECT_EQ(answer["results"][0]["cycle"], 2u) << "compared another point than the one held";
+  ASSERT_TRUE(eventually([&] { return source_cycle() == 3; })) << "the freeze due meanwhile never happened";
+}
+
+// What a verify found is kept (also across a restart): status calls the mirror
+// "differs", not idle, until a repair (or a later verify) finds the replica equal.
+TEST_F(NodeEnvTest, ADifferingReplicaIsShownUntilRepairedEvenAfterARestart) {
+  start_nodes();
+  write_v(0, 0x66);
+  write_v(65536, 0x67);
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 3'600'000}})["ok"]);
+  ASSERT_TRUE(eventually([&] { return applied_on_b() == 1 && mirror_of_v()["state"] == "idle"; })) << mirror_of_v().dump();
+  auto image = posix_file_system().open(b_->find_replica("a", "v")->image_path(), OpenMode::kOpenExisting);
+  ASSERT_TRUE(image.ok());
+  std::vector<uint8_t> garbage(16, 0xee);
+  ASSERT_TRUE(image.value()->write_at(65536 + 100, garbage).ok());
+
+  json found = call(*a_, {{"command", "mirror_verify"}, {"volume", "v"}});
+  ASSERT_TRUE(found["ok"]) << found.dump();
+  EXPECT_FALSE(found["equal"]);
+  EXPECT_EQ(found["results"][0]["result"], "differ") << found.dump();
+  EXPECT_EQ(found["results"][0]["differing_ranges"][0]["first_chunk"], 1u) << found.dump();
+  EXPECT_EQ(mirror_of_v()["state"], "differs") << mirror_of_v().dump();
+
+  a_->stop();
+  a_.reset();  // lets go of the data directory's lock
+  auto restarted = Node::start(config("a"), env(posix_file_system()));
+  ASSERT_TRUE(restarted.ok()) << restarted.status().to_string();
+  a_ = std::move(restarted).value();
+  ASSERT_TRUE(eventually([&] { return mirror_of_v()["state"] == "differs"; })) << mirror_of_v().dump();
+
+  json repaired = call(*a_, {{"command", "mirror_verify"}, {"volume", "v"}, {"repair", true}});
+  ASSERT_TRUE(repaired["ok"]) << repaired.dump();
+  EXPECT_TRUE(repaired["equal"]) << repaired.dump();
+  EXPECT_EQ(repaired["results"][0]["result"], "repaired") << repaired.dump();
+  EXPECT_EQ(repaired["results"][0]["repaired_chunks"], 1u) << repaired.dump();
+  EXPECT_EQ(mirror_of_v()["state"], "idle") << mirror_of_v().dump();
+  std::vector<uint8_t> replica(4096);
+  ASSERT_TRUE(b_->find_replica("a", "v")->read(65536, replica).ok());
+  EXPECT_EQ(replica, std::vector<uint8_t>(4096, 0x67));
+}
+
 TEST_F(NodeEnvTest, StoppedNodesLeaveNoThreadBehind) {
   start_nodes();
   ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 1000}})["ok"]);

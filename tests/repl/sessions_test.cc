@@ -12,12 +12,11 @@
 #include "store/volume.h"
 #include "testing/sim_link.h"
 #include "testing/test_support.h"
+#include "volume_and_replica.h"
 
 namespace amirror::repl {
 namespace {
 
-using testing::Random;
-using testing::ScratchDir;
 using testing::SimLink;
 
 constexpr uint64_t kChunkBytes = 4096;
@@ -69,33 +68,9 @@ class OneReplica : public ReplicaAccess {
   std::shared_ptr<Replica> replica_;
 };
 
-class SessionsTest : public ::testing::Test {
+class SessionsTest : public VolumeAndReplicaTest {
  protected:
-  void SetUp() override {
-    ASSERT_TRUE(posix_file_system().make_dir(scratch_.sub("v")).ok());
-    ASSERT_TRUE(posix_file_system().make_dir(scratch_.sub("r")).ok());
-    VolumeOptions options;
-    options.size_bytes = kVolumeBytes;
-    options.chunk_size_bytes = kChunkBytes;
-    auto volume = Volume::create(posix_file_system(), scratch_.sub("v"), options);
-    ASSERT_TRUE(volume.ok()) << volume.status().to_string();
-    volume_ = std::move(volume).value();
-    auto replica = Replica::open_or_create(posix_file_system(), scratch_.sub("r"), "a", "v", kVolumeBytes, kChunkBytes);
-    ASSERT_TRUE(replica.ok()) << replica.status().to_string();
-    replica_ = std::move(replica).value();
-  }
-
-  // Writes `chunks` random chunks and freezes; returns the new cycle.
-  uint64_t write_and_freeze(std::initializer_list<uint64_t> chunks) {
-    std::vector<uint8_t> data(kChunkBytes);
-    for (uint64_t chunk : chunks) {
-      random_.fill(data);
-      EXPECT_TRUE(volume_->write(chunk * kChunkBytes, data).ok());
-    }
-    auto cycle = volume_->freeze();
-    EXPECT_TRUE(cycle.ok());
-    return cycle.value();
-  }
+  SessionsTest() : VolumeAndReplicaTest("sessions", kVolumeBytes, kChunkBytes, 7) {}
 
   // One connection: HELLO, then the volume to `point`. Moves at most `max_frames`
   // frames; returns the sender's state when it stopped (or an error).
@@ -127,18 +102,6 @@ class SessionsTest : public ::testing::Test {
     return Status(ErrorCode::kCancelled, "cut");
   }
 
-  void expect_replica_equals(uint64_t point) {
-    std::vector<uint8_t> expected(kVolumeBytes), actual(kVolumeBytes);
-    ASSERT_TRUE(volume_->read_frozen(point, 0, expected).ok());
-    ASSERT_TRUE(replica_->read(0, actual).ok());
-    EXPECT_EQ(replica_->state().applied_cycle, point);
-    EXPECT_TRUE(expected == actual) << "replica differs from freeze point " << point;
-  }
-
-  ScratchDir scratch_{"sessions", /*in_memory=*/true};
-  Random random_{7};
-  std::unique_ptr<Volume> volume_;
-  std::shared_ptr<Replica> replica_;
   MemoryHost host_;
   std::unique_ptr<SimLink> link_;
   std::unique_ptr<OneReplica> access_;

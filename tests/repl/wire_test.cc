@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "base/coding.h"
+
 #include <random>
 
 namespace amirror::repl {
@@ -86,6 +88,146 @@ TEST(Wire, MessagesRoundTripAndRejectGarbage) {
   EXPECT_FALSE(decode_chunk(std::span(bad_kind).subspan(kFrameHeaderBytes)).ok());
 }
 
+// ---- mirror verify frames ----
+
+std::vector<uint8_t> payload_of(const std::vector<uint8_t>& frame) {
+  return std::vector<uint8_t>(frame.begin() + kFrameHeaderBytes, frame.end());
+}
+
+TEST(Wire, VerifyFrameTypesAreKnownAndNothingAroundThem) {
+  for (uint16_t raw = 20; raw <= 26; ++raw) {
+    std::vector<uint8_t> frame = encode_frame(static_cast<FrameType>(raw), {});
+    FrameType type;
+    ASSERT_TRUE(decode_frame_header(header_of(frame), type).ok()) << raw;
+    EXPECT_EQ(static_cast<uint16_t>(type), raw);
+    EXPECT_STRNE(frame_type_name(type), "UNKNOWN");
+  }
+  for (uint16_t raw : {12, 19, 27, 0xffff}) {
+    std::vector<uint8_t> frame = encode_frame(FrameType::kKeepAlive, {});
+    frame[4] = static_cast<uint8_t>(raw);
+    frame[5] = static_cast<uint8_t>(raw >> 8);
+    FrameType type;
+    EXPECT_FALSE(decode_frame_header(header_of(frame), type).ok()) << raw;
+  }
+}
+
+TEST(Wire, VerifyMessagesRoundTrip) {
+  auto begin = decode_verify_begin(encode(VerifyBegin{"db", 1 << 20, 65536, 42}));
+  ASSERT_TRUE(begin.ok()) << begin.status().to_string();
+  EXPECT_EQ(begin->volume, "db");
+  EXPECT_EQ(begin->size_bytes, 1u << 20);
+  EXPECT_EQ(begin->chunk_size_bytes, 65536u);
+  EXPECT_EQ(begin->cycle, 42u);
+
+  VerifyAllocated allocated{true, {{0, 3}, {3, 1}, {100, 7}}};
+  auto allocated_back = decode_verify_allocated(encode(allocated));
+  ASSERT_TRUE(allocated_back.ok()) << allocated_back.status().to_string();
+  EXPECT_TRUE(allocated_back->last);
+  EXPECT_EQ(allocated_back->ranges, allocated.ranges);
+  auto none = decode_verify_allocated(encode(VerifyAllocated{true, {}}));
+  ASSERT_TRUE(none.ok()) << "an empty replica has no allocated range";
+  EXPECT_TRUE(none->ranges.empty());
+
+  VerifyWindow window{{{5, 2}, {9, kMaxVerifyWindowChunks - 2}}};
+  auto window_back = decode_verify_window(encode(window));
+  ASSERT_TRUE(window_back.ok()) << window_back.status().to_string();
+  EXPECT_EQ(window_back->ranges, window.ranges);
+
+  VerifyHashes hashes;
+  ChunkDigest hashed{7, DigestKind::kHash, {}};
+  for (size_t i = 0; i < kChunkDigestBytes; ++i) hashed.digest[i] = static_cast<uint8_t>(i * 7 + 1);
+  hashes.digests = {ChunkDigest{3, DigestKind::kZero, {}}, hashed, ChunkDigest{8, DigestKind::kZero, {}}};
+  auto hashes_back = decode_verify_hashes(encode(hashes));
+  ASSERT_TRUE(hashes_back.ok()) << hashes_back.status().to_string();
+  EXPECT_EQ(hashes_back->digests, hashes.digests);
+  EXPECT_EQ(encode(hashes).size(), 4 + 3 * 9 + kChunkDigestBytes) << "a zero chunk carries no digest";
+
+  EXPECT_EQ(decode_repair_end(encode(RepairEnd{12}))->record_count, 12u);
+  EXPECT_EQ(decode_repair_done(encode(RepairDone{12}))->record_count, 12u);
+
+  std::vector<uint8_t> data(4096, 0xab);
+  std::vector<uint8_t> repair = encode_chunk_frame(4, 9, RecordKind::kData, data, FrameType::kRepairChunk);
+  FrameType type;
+  ASSERT_TRUE(decode_frame_header(header_of(repair), type).ok());
+  EXPECT_EQ(type, FrameType::kRepairChunk);
+  EXPECT_TRUE(verify_frame(header_of(repair), std::span(repair).subspan(kFrameHeaderBytes)).ok());
+  std::vector<uint8_t> payload = payload_of(repair);  // the record's data points into it
+  auto record = decode_chunk(payload);
+  ASSERT_TRUE(record.ok());
+  EXPECT_EQ(record->record_index, 4u);
+  EXPECT_EQ(record->chunk_index, 9u);
+  EXPECT_TRUE(std::equal(record->data.begin(), record->data.end(), data.begin(), data.end()));
+}
+
+TEST(Wire, MalformedVerifyMessagesAreRefused) {
+  EXPECT_FALSE(decode_verify_begin(encode(VerifyBegin{"a/b", 512, 4096, 1})).ok()) << "names are validated";
+  EXPECT_FALSE(decode_verify_begin(encode(VerifyBegin{"db", 512, 4096, 0})).ok()) << "cycle 0 is no point";
+  std::vector<uint8_t> long_begin = encode(VerifyBegin{"db", 512, 4096, 1});
+  long_begin.push_back(0);
+  EXPECT_FALSE(decode_verify_begin(long_begin).ok()) << "trailing bytes";
+
+  auto allocated = [](std::vector<ChunkRange> list) {
+    std::vector<uint8_t> out{1};
+    uint8_t count[4];
+    put_u32(count, static_cast<uint32_t>(list.size()));
+    out.insert(out.end(), count, count + 4);
+    for (const ChunkRange& range : list) {
+      uint8_t bytes[16];
+      put_u64(bytes, range.first_chunk);
+      put_u64(bytes + 8, range.chunk_count);
+      out.insert(out.end(), bytes, bytes + 16);
+    }
+    return out;
+  };
+  EXPECT_TRUE(decode_verify_allocated(allocated({{0, 2}, {2, 1}})).ok());
+  EXPECT_FALSE(decode_verify_allocated(allocated({{0, 0}})).ok()) << "an empty range";
+  EXPECT_FALSE(decode_verify_allocated(allocated({{4, 2}, {5, 1}})).ok()) << "overlapping";
+  EXPECT_FALSE(decode_verify_allocated(allocated({{4, 2}, {1, 1}})).ok()) << "descending";
+  EXPECT_FALSE(decode_verify_allocated(allocated({{UINT64_MAX, 2}})).ok()) << "wraps around";
+  std::vector<uint8_t> bad_last = allocated({{0, 1}});
+  bad_last[0] = 2;
+  EXPECT_FALSE(decode_verify_allocated(bad_last).ok());
+  std::vector<uint8_t> lying_count = allocated({{0, 1}});
+  put_u32(lying_count.data() + 1, 1000);  // more ranges than bytes: refused before allocating
+  EXPECT_FALSE(decode_verify_allocated(lying_count).ok());
+  put_u32(lying_count.data() + 1, kMaxVerifyRangesPerFrame + 1);
+  EXPECT_FALSE(decode_verify_allocated(lying_count).ok());
+
+  // A window's ranges are the same, minus the flag; its total is bounded without wrapping.
+  auto window = [&](std::vector<ChunkRange> list) {
+    std::vector<uint8_t> out = allocated(std::move(list));
+    out.erase(out.begin());
+    return out;
+  };
+  EXPECT_TRUE(decode_verify_window(window({{0, kMaxVerifyWindowChunks}})).ok());
+  EXPECT_FALSE(decode_verify_window(window({{0, kMaxVerifyWindowChunks + 1}})).ok());
+  EXPECT_FALSE(decode_verify_window(window({{0, 2}, {10, UINT64_MAX - 10}})).ok()) << "a sum that would wrap";
+  EXPECT_FALSE(decode_verify_window(window({})).ok()) << "a window of no chunk";
+
+  VerifyHashes two;
+  two.digests = {ChunkDigest{3, DigestKind::kZero, {}}, ChunkDigest{5, DigestKind::kHash, {}}};
+  std::vector<uint8_t> good = encode(two);
+  ASSERT_TRUE(decode_verify_hashes(good).ok());
+  std::vector<uint8_t> out_of_order = good;
+  put_u64(out_of_order.data() + 4 + 9, 3);  // the second entry's index = the first's
+  EXPECT_FALSE(decode_verify_hashes(out_of_order).ok());
+  std::vector<uint8_t> bad_kind = good;
+  bad_kind[4 + 8] = 3;
+  EXPECT_FALSE(decode_verify_hashes(bad_kind).ok());
+  std::vector<uint8_t> short_digest(good.begin(), good.end() - 1);
+  EXPECT_FALSE(decode_verify_hashes(short_digest).ok());
+  std::vector<uint8_t> empty(4, 0);
+  EXPECT_FALSE(decode_verify_hashes(empty).ok()) << "no digest";
+  std::vector<uint8_t> too_many = good;
+  put_u32(too_many.data(), kMaxVerifyWindowChunks + 1);
+  EXPECT_FALSE(decode_verify_hashes(too_many).ok());
+
+  std::vector<uint8_t> repair_end = encode(RepairEnd{1});
+  repair_end.pop_back();
+  EXPECT_FALSE(decode_repair_end(repair_end).ok());
+  EXPECT_FALSE(decode_repair_done({}).ok());
+}
+
 TEST(Wire, RandomBytesNeverCrashTheDecoders) {
   std::mt19937 random(11);
   for (int round = 0; round < 20000; ++round) {
@@ -99,6 +241,12 @@ TEST(Wire, RandomBytesNeverCrashTheDecoders) {
     (void)decode_end_delta(bytes);
     (void)decode_applied(bytes);
     (void)decode_error(bytes);
+    (void)decode_verify_begin(bytes);
+    (void)decode_verify_allocated(bytes);
+    (void)decode_verify_window(bytes);
+    (void)decode_verify_hashes(bytes);
+    (void)decode_repair_end(bytes);
+    (void)decode_repair_done(bytes);
   }
 }
 
