@@ -111,6 +111,25 @@ int run_replica_delete(const ClientArgs& client, const std::string& replica) {
   return 0;
 }
 
+int run_replica_promote(const ClientArgs& client, const PromoteArgs& args) {
+  json request = {{"command", "replica_promote"}, {"replica", args.replica}};
+  if (!args.as.empty()) request["as"] = args.as;
+  if (args.at != 0) request["at"] = args.at;
+  json answer;
+  if (!call(client, request, answer)) return 1;
+  fmt::print("promoted {} at cycle {}: volume {} is writable here now (mirror it with `amirror mirror start {} --to PEER`)\n",
+             args.replica, answer.value("cycle", uint64_t{0}), answer.value("volume", ""), answer.value("volume", ""));
+  return 0;
+}
+
+int run_volume_demote(const ClientArgs& client, const std::string& name) {
+  json answer;
+  if (!call(client, {{"command", "volume_demote"}, {"name", name}}, answer)) return 1;
+  fmt::print("demoted volume {} at cycle {}: it takes no writes; it becomes the replica of the peer that mirrors "
+             "{} here next\n", name, answer.value("cycle", uint64_t{0}), name);
+  return 0;
+}
+
 int run_volume_list(const ClientArgs& client) {
   json answer;
   if (!call(client, {{"command", "volume_list"}}, answer)) return 1;

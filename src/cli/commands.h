@@ -71,6 +71,13 @@ int run_replica_list(const ClientArgs& client);
 int run_replica_points(const ClientArgs& client, const std::string& replica);
 // `replica`: "SOURCE/VOLUME".
 int run_replica_delete(const ClientArgs& client, const std::string& replica);
+struct PromoteArgs {
+  std::string replica;  // SOURCE/VOLUME
+  std::string as;       // the new volume's name (default: VOLUME)
+  uint64_t at = 0;      // the point (default: the newest kept)
+};
+int run_replica_promote(const ClientArgs& client, const PromoteArgs& args);
+int run_volume_demote(const ClientArgs& client, const std::string& name);
 int run_mirror_start(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_break(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args);

@@ -101,6 +101,11 @@ int main(int argc, char** argv) {
   volume_delete->add_flag("--force", volume_args.force,
                           "Even if mirrored (the mirror is broken first) or open by NBD clients (they are cut off)");
   add_client_options(volume_delete);
+  std::string demote_name;
+  CLI::App* volume_demote = volume->add_subcommand(
+      "demote", "Stop taking writes here; the volume becomes the replica of the peer promoted from it (failback)");
+  volume_demote->add_option("name", demote_name, "Volume name")->required();
+  add_client_options(volume_demote);
 
   amirror::cli::MirrorArgs mirror_args;
   std::string targets_text;
@@ -117,6 +122,14 @@ int main(int argc, char** argv) {
   CLI::App* replica_delete = replica->add_subcommand("delete", "Delete a replica; the source's next cycle sends a full copy");
   replica_delete->add_option("replica", replica_name, "SOURCE/VOLUME, as `replica list` shows it")->required();
   add_client_options(replica_delete);
+  amirror::cli::PromoteArgs promote_args;
+  CLI::App* replica_promote = replica->add_subcommand(
+      "promote", "Make a replica point a writable volume here, at once (no copy); the source may be dead");
+  replica_promote->add_option("replica", promote_args.replica, "SOURCE/VOLUME, as `replica list` shows it")->required();
+  replica_promote->add_option("--as", promote_args.as, "Name of the new volume (default: VOLUME)");
+  replica_promote->add_option("--at", promote_args.at, "Kept point to promote (default: the newest; see `replica points`)")
+      ->check(CLI::PositiveNumber);
+  add_client_options(replica_promote);
 
   CLI::App* mirror = app.add_subcommand("mirror", "Start, break, sync and verify mirrors");
   mirror->require_subcommand(1);
@@ -206,6 +219,8 @@ int main(int argc, char** argv) {
   if (replica_list->parsed()) return amirror::cli::run_replica_list(client);
   if (replica_points->parsed()) return amirror::cli::run_replica_points(client, replica_name);
   if (replica_delete->parsed()) return amirror::cli::run_replica_delete(client, replica_name);
+  if (replica_promote->parsed()) return amirror::cli::run_replica_promote(client, promote_args);
+  if (volume_demote->parsed()) return amirror::cli::run_volume_demote(client, demote_name);
   if (mirror_start->parsed()) return amirror::cli::run_mirror_start(client, mirror_args);
   if (mirror_break->parsed()) return amirror::cli::run_mirror_break(client, mirror_args);
   if (mirror_sync->parsed()) return amirror::cli::run_mirror_sync(client, mirror_args);

@@ -15,6 +15,8 @@ class VolumeExport final : public Export {
  public:
   explicit VolumeExport(std::shared_ptr<Volume> volume) : volume_(std::move(volume)) {}
   uint64_t size_bytes() const override { return volume_->size_bytes(); }
+  // A demoted volume: new connections are told so; writes on old ones get EPERM.
+  bool read_only() const override { return volume_->read_only(); }
   Status read(uint64_t offset_bytes, std::span<uint8_t> out) override {
     return volume_->read(offset_bytes, out);
   }

@@ -477,6 +477,19 @@ uint64_t MirrorEngine::merge_limit_locked(const VolumeEntry& entry) const {
     if (target->busy && busy != target->busy_points.end()) limit = std::min(limit, busy->second - 1);
     if (uint64_t pinned = pinned_point_locked(entry, *target)) limit = std::min(limit, pinned);
   }
+  // A promoted volume keeps the point it was promoted at while a target is new to it:
+  // that target may be the old primary, and failback sends it the changes since that
+  // point (sessions_test, test-failover-failback).
+  VolumeLineage lineage = entry.volume->lineage();
+  if (!lineage.origin_uuid.empty()) {
+    const auto& states = state_locked(entry.name).target_states;
+    for (const auto& target : targets_) {
+      auto state = states.find(target->name);
+      if (state == states.end() || (state->second.applied_cycle == 0 && state->second.inflight_cycle == 0)) {
+        limit = std::min(limit, lineage.origin_point);
+      }
+    }
+  }
   return limit;
 }
 
@@ -492,12 +505,15 @@ void MirrorEngine::merge_what_is_possible() {
   for (const auto& entry : volumes_) {
     Volume& volume = *entry->volume;
     while (true) {
-      uint64_t layer_to_merge = volume.base_cycle() + 1;
+      // Points need not be consecutive (a promoted replica kept the source's numbers).
+      std::vector<PointInfo> points = volume.points();
+      if (points.size() < 2) break;
+      uint64_t layer_to_merge = points[1].cycle;
       {
         MutexLock lock(mutex_);
         if (layer_to_merge > merge_limit_locked(*entry)) break;
       }
-      auto delta = volume.changed_chunks(layer_to_merge - 1, layer_to_merge);
+      auto delta = volume.changed_chunks(points[0].cycle, layer_to_merge);
       if (!delta.ok()) break;
       bool pending_added = false;
       {

@@ -101,6 +101,9 @@ Status Node::open_everything() {
   MutexLock lock(mutex_);
   for (const std::string& name : names) open_volume_entry(fs, name);
   replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas");
+  replicas_->set_before_create([this](const std::string& peer, const repl::OpenReplica& open, const std::string& dir) {
+    return before_create_replica(peer, open, dir);
+  });
   return replicas_->load();
 }
 
@@ -358,6 +361,8 @@ const std::map<std::string, Node::ControlHandler>& Node::control_handlers() {
       {"mirror_verify", &Node::control_mirror_verify},
       {"volume_delete", &Node::control_volume_delete},
       {"replica_delete", &Node::control_replica_delete},
+      {"replica_promote", &Node::control_replica_promote},
+      {"volume_demote", &Node::control_volume_demote},
   };
   return handlers;
 }
@@ -468,7 +473,7 @@ std::string Node::control_volume_list(const json&) {
     volumes.push_back({{"name", name},
                        {"size_bytes", entry->volume->size_bytes()},
                        {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
-                       {"role", "primary"},  // the only role until demote and promote exist
+                       {"role", volume_role(*entry->volume)},
                        {"group", entry->volume->group()},
                        {"cycle", entry->volume->cycle()}});
   }
@@ -636,7 +641,7 @@ std::string Node::status_json() {
     volumes.push_back({{"name", name},
                        {"size_bytes", entry->volume->size_bytes()},
                        {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
-                       {"role", "primary"},  // the only role until demote and promote exist
+                       {"role", volume_role(*entry->volume)},
                        {"group", entry->volume->group().empty() ? json(nullptr) : json(entry->volume->group())},
                        {"cycle", entry->volume->cycle()},
                        {"base_cycle", entry->volume->base_cycle()},

@@ -97,6 +97,19 @@ class Node {
   std::string control_mirror_verify(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_volume_delete(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_replica_delete(const nlohmann::json& request) EXCLUDES(mutex_);
+
+  // replica_promote, volume_demote, and what a peer sending a volume this node has no
+  // replica of may find here: failback or split brain (node_failover.cc).
+  std::string control_replica_promote(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_volume_demote(const nlohmann::json& request) EXCLUDES(mutex_);
+  Status before_create_replica(const std::string& peer, const repl::OpenReplica& open, const std::string& dir)
+      EXCLUDES(mutex_);
+  // Turns the demoted `ours` into the replica at `dir`; returns the bytes of its
+  // writes after the common point (discarded: the peer's next delta overwrites them).
+  Result<uint64_t> take_over_as_replica(const VolumeEntry& ours, const std::string& peer,
+                                        const repl::OpenReplica& open, const std::string& dir);
+  // "primary", "promoted" (from a replica) or "demoted" (takes no writes).
+  static std::string volume_role(const Volume& volume);
   // `mirror break` of the unit `volume` or `group` names (exactly one non-empty).
   Status break_mirror(const std::string& volume, const std::string& group) EXCLUDES(mutex_);
 

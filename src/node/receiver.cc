@@ -165,6 +165,13 @@ class NodeReplicaAccess : public repl::ReplicaAccess {
 
   Result<std::shared_ptr<repl::Replica>> acquire(const std::string& peer_name, const repl::OpenReplica& open) override {
     AMIRROR_ASSIGN_OR_RETURN(std::string key, claim(peer_name, open.volume, "send"));
+    if (registry_.before_create() && registry_.find(peer_name, open.volume) == nullptr) {
+      Status allowed = registry_.before_create()(peer_name, open, registry_.dir_of(peer_name, open.volume));
+      if (!allowed.ok()) {
+        registry_.release(key);
+        return allowed;
+      }
+    }
     auto replica = registry_.open_or_create(peer_name, open.volume, open.size_bytes, open.chunk_size_bytes);
     if (!replica.ok()) registry_.release(key);
     return replica;

@@ -65,12 +65,22 @@ class ReplicaRegistry {
   // from what is left, as at start. A later send creates a fresh replica (full copy).
   Status remove(const std::string& source, const std::string& volume,
                 const std::function<Status(const std::string& dir)>& remove_dir);
+  // Asked before a peer's first delta creates a replica here: may refuse it (split
+  // brain) or put a demoted volume in its place (failback). Set once, before load().
+  using BeforeCreate =
+      std::function<Status(const std::string& source, const repl::OpenReplica& open, const std::string& dir)>;
+  void set_before_create(BeforeCreate hook) { before_create_ = std::move(hook); }
+  const BeforeCreate& before_create() const { return before_create_; }
+  std::string dir_of(const std::string& source, const std::string& volume) const {
+    return replicas_dir_ + "/" + source + "/" + volume;
+  }
 
  private:
   void load_one(const std::string& source, const std::string& volume);
 
   FileSystem& fs_;
   const std::string replicas_dir_;
+  BeforeCreate before_create_;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<repl::Replica>> replicas_;  // key "source/volume"
   std::map<std::string, FailedReplica> failed_;                     // same key; never in replicas_

@@ -458,11 +458,16 @@ Status Replica::begin_delta(const BeginDelta& begin) {
   return Status();
 }
 
+void Replica::close_without_saving() {
+  std::unique_lock lock(state_mutex_);
+  closed_ = true;
+}
+
 Replica::~Replica() {
   bool behind;
   {
     std::shared_lock lock(state_mutex_);
-    behind = volume_ != nullptr && meta_.staging.header.target_cycle != 0 &&
+    behind = !closed_ && volume_ != nullptr && meta_.staging.header.target_cycle != 0 &&
              staged_records_ > meta_.staging.durable_records;
   }
   if (behind) (void)record_progress();  // best effort: a failure only costs a resend

@@ -140,6 +140,10 @@ class Replica {
   static Status write_resync(FileSystem& fs, const std::string& dir, const Resync& resync);
   bool resyncing() const;
 
+  // Promote takes the directory over: from now on this object writes nothing of its
+  // own (no progress record on destruction).
+  void close_without_saving();
+
   // The volume underneath, for promote (which takes the directory over).
   std::shared_ptr<Volume> store_volume() const { return current(); }
 
@@ -186,6 +190,7 @@ class Replica {
   uint64_t last_staged_chunk_ = 0;
   uint64_t bytes_since_progress_ = 0;
   bool applying_ = false;
+  bool closed_ = false;
   std::optional<Resync> resync_;
 };
 

@@ -770,6 +770,20 @@ Status Volume::rewrite_chunk_of_newest_point(uint64_t chunk_index, std::span<con
   return layer.sync();
 }
 
+Status Volume::relabel_base(uint64_t cycle) {
+  std::lock_guard merge_lock(merge_mutex_);
+  std::unique_lock io(io_lock_);
+  std::lock_guard meta(meta_mutex_);
+  if (!meta_.frozen.empty() || meta_.merging_layer != 0 || layers_.back()->chunk_count() != 0) {
+    return invalid_argument("cannot renumber the base of " + dir_ + ": it has layers above it");
+  }
+  uint64_t old = meta_.base_cycle;
+  meta_.base_cycle = cycle;
+  Status status = write_meta();
+  if (!status.ok()) meta_.base_cycle = old;
+  return status;
+}
+
 std::vector<DeltaChunk> Volume::active_changes() const {
   std::shared_ptr<Layer> active;
   {

@@ -165,6 +165,10 @@ class Volume {
   // points sharing that storage change with it. kBusy during a merge; kUnsupported
   // when a frozen layer records the chunk as zero and `data` is not (no slot to fix).
   Status rewrite_chunk_of_newest_point(uint64_t chunk_index, std::span<const uint8_t> data);
+  // Renumbers the base's point as `cycle`. REQUIRES (else kInvalidArgument): no frozen
+  // layer, no merge pending, nothing in the active layer. For failback: the flattened
+  // old primary is labelled as the point it shares with the new one.
+  Status relabel_base(uint64_t cycle);
   // Chunks the active layer changed since the last freeze (kZero for zeroed ones).
   std::vector<DeltaChunk> active_changes() const;
 

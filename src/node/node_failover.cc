@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0
+// Node: roles (docs/operations.md has the runbook).
+//
+// replica_promote {"replica": "SOURCE/VOLUME", "as"?, "at"?}: the replica's volume
+// becomes a writable volume here, at once (no copy). Steps, and why in this order:
+//  1. the registry holds the replica's name (no source connection can use it), its NBD
+//     exports are withdrawn;
+//  2. on the replica's own volume: points after the chosen one are discarded, the
+//     volume gets a new id whose origin is (source volume id, chosen point) — what
+//     failback and split-brain checks compare later — and becomes writable;
+//  3. the directory moves from replicas/SOURCE/VOLUME to volumes/NAME with one rename;
+//     replica.meta is removed after. A crash before 3 leaves the replica (opened as one
+//     again: read-only, same points up to the chosen one); after it, the volume.
+//
+// volume_demote {"name"}: the volume takes no more writes (NBD clients get EPERM) and
+// waits to become the replica of the side that was promoted from it. Refused while
+// the volume is mirrored.
+//
+// When a peer sends a volume this node has no replica of (before_create_replica):
+//  - the peer's volume was promoted from a volume here (its origin is our volume's id):
+//    if ours is demoted, ours becomes the replica (failback): it is labelled as the
+//    common point, with the chunks it changed after that point listed in resync.meta,
+//    so the peer sends only the chunks changed on either side; if ours is not demoted,
+//    both sides took writes after the common point: split brain, refused;
+//  - one of our volumes was promoted from the peer's volume: the peer still sends the
+//    volume we took over: split brain, refused.
+#include <fmt/core.h>
+
+#include <nlohmann/json.hpp>
+
+#include "base/names.h"
+#include "base/units.h"
+#include "base/uuid.h"
+#include "node/node.h"
+#include "node/node_catalog.h"
+
+namespace amirror::node {
+
+using nlohmann::json;
+
+namespace {
+
+// Sorted chunk indexes -> [first, count) runs.
+std::vector<std::pair<uint64_t, uint64_t>> to_runs(const std::set<uint64_t>& chunks) {
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  for (uint64_t chunk : chunks) {
+    if (!runs.empty() && runs.back().first + runs.back().second == chunk) {
+      runs.back().second += 1;
+    } else {
+      runs.emplace_back(chunk, 1);
+    }
+  }
+  return runs;
+}
+
+std::string role_of(const Volume& volume) {
+  if (volume.read_only()) return "demoted";
+  return volume.lineage().origin_uuid.empty() ? "primary" : "promoted";
+}
+
+}  // namespace
+
+std::string Node::volume_role(const Volume& volume) { return role_of(volume); }
+
+std::string Node::control_replica_promote(const json& request) {
+  std::string replica_name = request.value("replica", "");
+  auto parsed = parse_replica_name(replica_name);
+  if (!parsed.ok()) return error_response(parsed.status()).dump();
+  const auto [source, source_volume] = parsed.value();
+  std::string name = request.value("as", "");
+  if (name.empty()) name = source_volume;
+  if (Status valid = validate_name(name, "volume name (--as)"); !valid.ok()) return error_response(valid).dump();
+  std::shared_ptr<repl::Replica> replica = replicas_->find(source, source_volume);
+  if (replica == nullptr) {
+    return error_response(not_found("no replica " + replica_name + " on node " + config_.name +
+                                    " (`amirror replica list` shows what is here)")).dump();
+  }
+  if (replica->resyncing()) {
+    return error_response(Status(ErrorCode::kBusy, "replica " + replica_name +
+                                                       " is resyncing after a failback and holds no whole point yet"))
+        .dump();
+  }
+  uint64_t cycle = request.value("at", uint64_t{0});
+  if (cycle == 0) cycle = replica->readable_cycle();
+  std::string kept;
+  for (const PointInfo& point : replica->points()) kept += (kept.empty() ? "" : ", ") + std::to_string(point.cycle);
+  if (cycle == 0 || !replica->store_volume()->has_point(cycle)) {
+    return error_response(invalid_argument("replica " + replica_name + " does not keep point " + std::to_string(cycle) +
+                                           " (kept: " + (kept.empty() ? "none yet" : kept) + ")")).dump();
+  }
+  {
+    MutexLock lock(mutex_);
+    if (Status free = check_name_free(name); !free.ok()) {
+      return error_response(free.with_context("promote " + replica_name + " as '" + name +
+                                              "' (choose another name with --as)")).dump();
+    }
+    deleting_.insert(name);  // reserved until the volume is in volumes_
+  }
+  std::string volume_dir = data_dir_->volume_dir(name);
+  Status status = replicas_->remove(source, source_volume, [&](const std::string& dir) -> Status {
+    withdraw_export(replica_name);
+    replica->close_without_saving();
+    std::shared_ptr<Volume> volume = replica->store_volume();
+    AMIRROR_RETURN_IF_ERROR(volume->discard_after(cycle));
+    AMIRROR_RETURN_IF_ERROR(volume->set_lineage(VolumeLineage{new_uuid(), replica->source_uuid(), cycle}));
+    AMIRROR_RETURN_IF_ERROR(volume->set_read_only(false));
+    FileSystem& fs = *env_.fs;
+    AMIRROR_RETURN_IF_ERROR(fs.rename(dir, volume_dir));
+    AMIRROR_RETURN_IF_ERROR(fs.sync_dir(dir.substr(0, dir.rfind('/'))));
+    AMIRROR_RETURN_IF_ERROR(fs.sync_dir(volume_dir.substr(0, volume_dir.rfind('/'))));
+    for (const char* leftover : {"/replica.meta", "/resync.meta"}) (void)fs.remove(volume_dir + leftover);
+    return fs.sync_dir(volume_dir);
+  });
+  MutexLock lock(mutex_);
+  deleting_.erase(name);
+  if (!status.ok()) return error_response(status.with_context("promote " + replica_name)).dump();
+  open_volume_entry(*env_.fs, name);
+  if (!volumes_.contains(name)) {
+    return error_response(Status(ErrorCode::kIo, "promoted " + replica_name + " to volume '" + name +
+                                                     "', but it failed to open: " + failed_volumes_[name].error))
+        .dump();
+  }
+  fmt::print(stderr, "amirror node {}: promoted replica {} at cycle {} to volume {}\n", config_.name, replica_name,
+             cycle, name);
+  return json{{"ok", true}, {"volume", name}, {"replica", replica_name}, {"cycle", cycle}}.dump();
+}
+
+std::string Node::control_volume_demote(const json& request) {
+  std::string name = request.value("name", "");
+  if (Status valid = validate_name(name, "volume name"); !valid.ok()) return error_response(valid).dump();
+  std::shared_ptr<VolumeEntry> entry;
+  {
+    MutexLock lock(mutex_);
+    auto unit = deletable_locked(name);
+    if (!unit.ok()) return error_response(unit.status()).dump();
+    if (!unit.value().empty()) {
+      return error_response(Status(ErrorCode::kBusy, "volume '" + name + "' is mirrored (" + unit.value() +
+                                                         "); run `amirror mirror break " + name + "` first"))
+          .dump();
+    }
+    if (failed_volumes_.contains(name)) {
+      return error_response(Status(ErrorCode::kCorruption, "volume '" + name + "' failed to open: " +
+                                                               failed_volumes_.at(name).error)).dump();
+    }
+    entry = volumes_.at(name);
+  }
+  if (entry->volume->read_only()) {
+    return json{{"ok", true}, {"volume", name}, {"role", "demoted"}, {"cycle", entry->volume->cycle()},
+                {"note", "already demoted"}}.dump();
+  }
+  if (Status status = entry->volume->set_read_only(true); !status.ok()) {
+    return error_response(status.with_context("demote " + name)).dump();
+  }
+  fmt::print(stderr, "amirror node {}: demoted volume {} at cycle {}; it takes no writes now\n", config_.name, name,
+             entry->volume->cycle());
+  return json{{"ok", true}, {"volume", name}, {"role", "demoted"}, {"cycle", entry->volume->cycle()}}.dump();
+}
+
+Status Node::before_create_replica(const std::string& peer, const repl::OpenReplica& open, const std::string& dir) {
+  std::shared_ptr<VolumeEntry> ours;
+  bool ours_is_origin = false;
+  {
+    MutexLock lock(mutex_);
+    for (const auto& [name, entry] : volumes_) {
+      VolumeLineage lineage = entry->volume->lineage();
+      if (!open.volume_uuid.empty() && lineage.origin_uuid == open.volume_uuid) {
+        return Status(ErrorCode::kAlreadyExists,
+                      fmt::format("split brain: {}/{} was promoted here to volume '{}' at cycle {} (now cycle {}), "
+                                  "and {} still sends it. Keep {}'s data: on {} run `amirror mirror break {}` and "
+                                  "`amirror volume demote {}`, then here `amirror mirror start {} --to {}`. Keep {}'s "
+                                  "data instead: `amirror volume delete {}` here",
+                                  peer, open.volume, name, lineage.origin_point, entry->volume->cycle(), peer,
+                                  config_.name, peer, open.volume, open.volume, name, peer, peer, name));
+      }
+      if (!open.origin_uuid.empty() && lineage.uuid == open.origin_uuid) {
+        ours = entry;
+        ours_is_origin = true;
+        break;
+      }
+    }
+    if (!ours_is_origin) return Status();
+    if (!ours->volume->read_only()) {
+      return Status(ErrorCode::kAlreadyExists,
+                    fmt::format("split brain: {}/{} was promoted from volume '{}' here at cycle {}, and both sides "
+                                "took writes since (this side is at cycle {}). Keep {}'s data: `amirror volume demote "
+                                "{}` here (its writes after cycle {} are discarded). Keep this side's: on {} run "
+                                "`amirror mirror break {}` and `amirror volume delete {}`",
+                                peer, open.volume, ours->name, open.origin_point, ours->volume->cycle(), peer,
+                                ours->name, open.origin_point, peer, open.volume, open.volume));
+    }
+    auto unit = unit_of_volume_.find(ours->name);
+    if ((unit != unit_of_volume_.end() && engines_.contains(unit->second)) || deleting_.contains(ours->name)) {
+      return Status(ErrorCode::kBusy, "volume '" + ours->name + "' is in use here; try again");
+    }
+    deleting_.insert(ours->name);
+    volumes_.erase(ours->name);
+  }
+  Result<uint64_t> discarded = take_over_as_replica(*ours, peer, open, dir);
+  MutexLock lock(mutex_);
+  deleting_.erase(ours->name);
+  if (!discarded.ok()) {
+    volumes_[ours->name] = ours;  // still the demoted volume, nothing lost
+    return discarded.status().with_context("failback of volume '" + ours->name + "' from " + peer);
+  }
+  fmt::print(stderr,
+             "amirror node {}: failback: volume {} becomes replica {}/{} at common cycle {}; {} of writes made here "
+             "after that point are discarded\n",
+             config_.name, ours->name, peer, open.volume, open.origin_point, format_bytes(discarded.value()));
+  return Status();
+}
+
+// REQUIRES: `ours` is demoted and out of volumes_ (reserved in deleting_).
+Result<uint64_t> Node::take_over_as_replica(const VolumeEntry& ours, const std::string& peer,
+                                            const repl::OpenReplica& open, const std::string& dir) {
+  withdraw_export(ours.name);
+  Volume& volume = *ours.volume;
+  const uint64_t common = open.origin_point;
+  FileSystem& fs = *env_.fs;
+  std::string volume_dir = data_dir_->volume_dir(ours.name);
+  if (open.size_bytes != volume.size_bytes() || open.chunk_size_bytes != volume.chunk_size_bytes()) {
+    return invalid_argument("the promoted volume's size or chunk size differs from this one's");
+  }
+  // The chunks written here after the common point: changed in layers above it, in
+  // the active layer, and (if layers past it were merged) those recorded as pending
+  // for this very peer when they were merged.
+  std::set<uint64_t> changed;
+  if (common > volume.cycle()) {
+    return invalid_argument(fmt::format("this volume is at cycle {}, before the common point {}; it is not the one {} "
+                                        "was promoted from", volume.cycle(), common, peer));
+  }
+  uint64_t from = common;
+  if (!volume.has_point(common)) {
+    auto state = ours.state.target_states.find(peer);
+    if (volume.base_cycle() < common || state == ours.state.target_states.end() ||
+        state->second.applied_cycle != common) {
+      return invalid_argument(fmt::format("cannot tell which chunks changed here after cycle {} (merged since); "
+                                          "`amirror volume delete {}` here and {} sends a full copy",
+                                          common, ours.name, peer));
+    }
+    changed = state->second.pending_chunks;
+    from = volume.base_cycle();
+  }
+  if (from < volume.cycle()) {
+    AMIRROR_ASSIGN_OR_RETURN(std::vector<DeltaChunk> layers, volume.changed_chunks(from, volume.cycle()));
+    for (const DeltaChunk& chunk : layers) changed.insert(chunk.chunk_index);
+  }
+  for (const DeltaChunk& chunk : volume.active_changes()) changed.insert(chunk.chunk_index);
+  repl::Replica::Resync resync{common, volume.lineage().uuid, to_runs(changed)};
+  if (resync.runs.size() > repl::kMaxResyncRuns) {
+    return invalid_argument("too many scattered chunks changed here to list; `amirror volume delete " + ours.name +
+                            "` here and " + peer + " sends a full copy");
+  }
+  // resync.meta first: from here a restart would still find the demoted volume, but
+  // the chunk list survives the flattening below, which would hide it.
+  AMIRROR_ASSIGN_OR_RETURN(bool has_resync, fs.exists(volume_dir + "/resync.meta"));
+  if (!has_resync) AMIRROR_RETURN_IF_ERROR(repl::Replica::write_resync(fs, volume_dir, resync));
+  // Fold everything into base.img and call it the common point; the resync list says
+  // which chunks are not that point's yet.
+  if (!volume.active_changes().empty()) AMIRROR_RETURN_IF_ERROR(volume.freeze().status());
+  while (volume.points().size() > 1 || volume.merge_pending()) AMIRROR_RETURN_IF_ERROR(volume.merge_oldest());
+  if (volume.base_cycle() != common) AMIRROR_RETURN_IF_ERROR(volume.relabel_base(common));
+  AMIRROR_RETURN_IF_ERROR(fs.make_dir(dir.substr(0, dir.rfind('/'))));
+  AMIRROR_RETURN_IF_ERROR(fs.sync_dir(dir.substr(0, dir.rfind('/', dir.rfind('/') - 1))));
+  AMIRROR_RETURN_IF_ERROR(fs.rename(volume_dir, dir));
+  AMIRROR_RETURN_IF_ERROR(fs.sync_dir(volume_dir.substr(0, volume_dir.rfind('/'))));
+  AMIRROR_RETURN_IF_ERROR(fs.sync_dir(dir.substr(0, dir.rfind('/'))));
+  // The volume's mirror state (its targets, what they lack) is meaningless now.
+  std::string state_path = mirrors_dir_ + "/" + ours.name + ".json";
+  AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
+  if (has_state) {
+    AMIRROR_RETURN_IF_ERROR(fs.remove(state_path));
+    AMIRROR_RETURN_IF_ERROR(fs.sync_dir(mirrors_dir_));
+  }
+  return changed.size() * volume.chunk_size_bytes();
+}
+
+}  // namespace amirror::node
