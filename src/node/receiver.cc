@@ -192,6 +192,11 @@ class NodeReplicaAccess : public repl::ReplicaAccess {
     return not_found("there is no replica " + key + " on " + config_.name);
   }
 
+  Result<uint64_t> switchover(const std::string& peer_name, const repl::Switchover& request) override {
+    if (!registry_.switchover_hook()) return repl::ReplicaAccess::switchover(peer_name, request);
+    return registry_.switchover_hook()(peer_name, request);
+  }
+
   void release(const std::string& peer_name, const std::string& volume) override {
     registry_.release(peer_name + "/" + volume);
   }

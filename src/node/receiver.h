@@ -70,6 +70,10 @@ class ReplicaRegistry {
   using BeforeCreate =
       std::function<Status(const std::string& source, const repl::OpenReplica& open, const std::string& dir)>;
   void set_before_create(BeforeCreate hook) { before_create_ = std::move(hook); }
+  // Takes a planned switchover from a peer (see repl::ReplicaAccess::switchover).
+  using Switchover = std::function<Result<uint64_t>(const std::string& peer, const repl::Switchover& request)>;
+  void set_switchover(Switchover hook) { switchover_ = std::move(hook); }
+  const Switchover& switchover_hook() const { return switchover_; }
   const BeforeCreate& before_create() const { return before_create_; }
   std::string dir_of(const std::string& source, const std::string& volume) const {
     return replicas_dir_ + "/" + source + "/" + volume;
@@ -81,6 +85,7 @@ class ReplicaRegistry {
   FileSystem& fs_;
   const std::string replicas_dir_;
   BeforeCreate before_create_;
+  Switchover switchover_;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<repl::Replica>> replicas_;  // key "source/volume"
   std::map<std::string, FailedReplica> failed_;                     // same key; never in replicas_

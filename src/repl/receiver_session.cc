@@ -7,6 +7,10 @@ Result<std::shared_ptr<Replica>> ReplicaAccess::acquire_existing(const std::stri
   return Status(ErrorCode::kUnsupported, "this node does not verify replicas");
 }
 
+Result<uint64_t> ReplicaAccess::switchover(const std::string&, const Switchover&) {
+  return Status(ErrorCode::kUnsupported, "this node does not take switchovers");
+}
+
 Status ReceiverSession::on_frame(const Frame& frame) {
   if (peer_name_.empty()) {
     if (frame.type != FrameType::kHello) return invalid_argument("expected HELLO first");
@@ -29,6 +33,12 @@ Status ReceiverSession::on_frame(const Frame& frame) {
     }
     case FrameType::kEndDelta: return on_end_delta(frame);
     case FrameType::kVerifyBegin: return on_verify_begin(frame);
+    case FrameType::kSwitchover: {
+      if (replica_ != nullptr || in_delta_) return invalid_argument("SWITCHOVER in the middle of a transfer");
+      AMIRROR_ASSIGN_OR_RETURN(Switchover request, decode_switchover(frame.payload));
+      AMIRROR_ASSIGN_OR_RETURN(uint64_t cycle, replicas_.switchover(peer_name_, request));
+      return sink_.send(FrameType::kSwitchoverDone, encode(Applied{cycle}));
+    }
     case FrameType::kVerifyWindow:
     case FrameType::kRepairChunk:
     case FrameType::kRepairEnd: return on_verify_frame(frame);

@@ -43,6 +43,9 @@ class ReplicaAccess {
   // Errors: as acquire(), or no such replica. By default verify is not offered.
   virtual Result<std::shared_ptr<Replica>> acquire_existing(const std::string& peer, const OpenReplica& open);
   virtual void release(const std::string& peer, const std::string& volume) = 0;
+  // A planned switchover from `peer`: promote its replica at the cycle and mirror the
+  // new volume back to `peer`. Returns the cycle promoted. By default refused.
+  virtual Result<uint64_t> switchover(const std::string& peer, const Switchover& request);
 };
 
 class ReceiverSession {

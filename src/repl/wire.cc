@@ -156,6 +156,8 @@ const char* frame_type_name(FrameType type) {
     case FrameType::kRepairChunk: return "REPAIR_CHUNK";
     case FrameType::kRepairEnd: return "REPAIR_END";
     case FrameType::kRepairDone: return "REPAIR_DONE";
+    case FrameType::kSwitchover: return "SWITCHOVER";
+    case FrameType::kSwitchoverDone: return "SWITCHOVER_DONE";
   }
   return "UNKNOWN";
 }
@@ -164,7 +166,9 @@ bool is_known_frame_type(uint16_t raw_type) {
   return (raw_type >= static_cast<uint16_t>(FrameType::kHello) &&
           raw_type <= static_cast<uint16_t>(FrameType::kKeepAlive)) ||
          (raw_type >= static_cast<uint16_t>(FrameType::kVerifyBegin) &&
-          raw_type <= static_cast<uint16_t>(FrameType::kRepairDone));
+          raw_type <= static_cast<uint16_t>(FrameType::kRepairDone)) ||
+         raw_type == static_cast<uint16_t>(FrameType::kSwitchover) ||
+         raw_type == static_cast<uint16_t>(FrameType::kSwitchoverDone);
 }
 
 std::vector<uint8_t> encode_frame(FrameType type, std::span<const uint8_t> payload) {
@@ -509,6 +513,27 @@ std::string decode_error(std::span<const uint8_t> payload) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
   }
   return text;
+}
+
+std::vector<uint8_t> encode(const Switchover& message) {
+  std::vector<uint8_t> out;
+  put_name(out, message.volume);
+  put64(out, message.cycle);
+  put32(out, message.keep);
+  put64(out, message.interval_ms);
+  return out;
+}
+
+Result<Switchover> decode_switchover(std::span<const uint8_t> payload) {
+  Reader reader(payload, "SWITCHOVER");
+  Switchover message;
+  if (!reader.name(message.volume) || !reader.u64(message.cycle) || !reader.u32(message.keep) ||
+      !reader.u64(message.interval_ms) || message.cycle == 0 || message.keep == 0 || message.keep > 1024) {
+    return reader.bad();
+  }
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  AMIRROR_RETURN_IF_ERROR(validate_name(message.volume, "volume name"));
+  return message;
 }
 
 Status check_hello_ack(const Frame& frame, const std::string& target_node) {

@@ -44,6 +44,8 @@ enum class FrameType : uint16_t {
   kRepairChunk = 24,      // source -> target: a differing chunk's content at the verified point
   kRepairEnd = 25,        // source -> target: record count
   kRepairDone = 26,       // target -> source: every repaired chunk is written and durable
+  kSwitchover = 30,       // source -> target: promote my volume's replica at a cycle, mirror it back to me
+  kSwitchoverDone = 31,   // target -> source: done; the cycle it promoted
 };
 const char* frame_type_name(FrameType type);
 // Whether a frame header's type field names a frame of this protocol version.
@@ -183,6 +185,16 @@ struct RepairEnd {
 struct RepairDone {
   uint64_t record_count = 0;
 };
+
+// A planned switchover: the source applied `cycle` on this target and takes no writes.
+struct Switchover {
+  std::string volume;
+  uint64_t cycle = 0;
+  uint32_t keep = 1;
+  uint64_t interval_ms = 0;
+};
+std::vector<uint8_t> encode(const Switchover& message);
+Result<Switchover> decode_switchover(std::span<const uint8_t> payload);
 
 std::vector<uint8_t> encode(const Hello& message);
 std::vector<uint8_t> encode(const OpenReplica& message);
