@@ -499,8 +499,16 @@ std::string Node::control_mirror_start(const json& request) {
   }
   uint64_t interval_ms = request.value("interval_ms", config_.default_interval_ms);
   if (interval_ms < 100) return error_response(invalid_argument("interval must be at least 100ms")).dump();
-  uint32_t keep = request.value("keep", 0u);
-  if (keep > 1024) return error_response(invalid_argument("--keep " + std::to_string(keep) + " is out of range: 1 to 1024")).dump();
+  // Absent: as before (1 for a new mirror). Given, it is 1..kMaxKeep: 0 must not pass as
+  // "absent", nor a negative or huge number wrap into range on the way to uint32_t.
+  uint32_t keep = 0;
+  if (const auto asked = request.find("keep"); asked != request.end()) {
+    if (!asked->is_number_unsigned() || asked->get<uint64_t>() == 0 || asked->get<uint64_t>() > repl::kMaxKeep) {
+      return error_response(invalid_argument("--keep must be a whole number from 1 to " +
+                                             std::to_string(repl::kMaxKeep) + ", not " + asked->dump())).dump();
+    }
+    keep = asked->get<uint32_t>();
+  }
   wait_until_settled_locked(lock, members.value());  // a break of these volumes finishes first
   if (refusing_starts_) {
     return error_response(Status(ErrorCode::kCancelled, "node " + config_.name +

@@ -76,6 +76,15 @@ bool split_point_name(const std::string& name, std::string& replica_name, uint64
   return cycle > 0;
 }
 
+bool NodeCatalog::merged_point(const std::string& name) const {
+  std::string replica_name;
+  uint64_t cycle = 0;
+  if (!split_point_name(name, replica_name, cycle)) return false;
+  auto parsed = parse_replica_name(replica_name);
+  auto replica = parsed.ok() ? node_->find_replica(parsed->first, parsed->second) : nullptr;
+  return replica == nullptr || !replica->store_volume()->has_point(cycle);
+}
+
 template <typename Operation>
 auto WithdrawableExport::unless_withdrawn(Operation&& operation) -> decltype(operation()) {
   std::shared_lock lock(withdraw_lock_);
@@ -128,7 +137,13 @@ std::shared_ptr<nbd::Export> NodeCatalog::find(const std::string& name) const {
   // cannot be overtaken by a find() that saw the name before.
   MutexLock lock(mutex_);
   auto cached = cache_.find(resolved);
-  if (cached != cache_.end()) return cached->second;
+  if (cached != cache_.end()) {
+    if (!merged_point(resolved)) return cached->second;
+    // Opened while kept, merged since: a new client is refused at open (the handshake
+    // says "not kept"), not handed an export whose every read fails. Clients already
+    // holding it keep that export and get its "no longer kept" errors.
+    cache_.erase(cached);
+  }
   std::shared_ptr<nbd::Export> found;
   std::string point_of;
   uint64_t point_cycle = 0;

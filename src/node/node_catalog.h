@@ -64,6 +64,9 @@ class NodeCatalog final : public nbd::ExportCatalog {
   std::shared_ptr<WithdrawableExport> withdraw(const std::string& name);
 
  private:
+  // True if `name` is SOURCE/VOLUME@CYCLE and that point is not kept (any more).
+  bool merged_point(const std::string& name) const;
+
   const Node* node_;
   mutable Mutex mutex_;
   mutable std::map<std::string, std::shared_ptr<WithdrawableExport>> cache_ GUARDED_BY(mutex_);
