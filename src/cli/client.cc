@@ -204,6 +204,18 @@ int run_mirror_break(const ClientArgs& client, const MirrorArgs& args) {
   return 0;
 }
 
+int run_mirror_switchover(const ClientArgs& client, const MirrorArgs& args) {
+  json request = unit_request("mirror_switchover", args);
+  request["to"] = args.to;
+  uint64_t timeout_ms = args.timeout_ms != 0 ? args.timeout_ms : 300'000;
+  request["timeout_ms"] = timeout_ms;
+  json answer;
+  if (!call(client, request, answer, timeout_ms + 60'000)) return 1;
+  fmt::print("switched {} over to {} at cycle {}: {} is the primary and mirrors back here; this copy takes no writes\n",
+             args.volume, args.to, answer.value("cycle", uint64_t{0}), args.to);
+  return 0;
+}
+
 int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args) {
   json request = unit_request("mirror_sync", args);
   uint64_t timeout_ms = args.timeout_ms != 0 ? args.timeout_ms : 300'000;

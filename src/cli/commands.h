@@ -79,6 +79,7 @@ struct PromoteArgs {
 int run_replica_promote(const ClientArgs& client, const PromoteArgs& args);
 int run_volume_demote(const ClientArgs& client, const std::string& name);
 int run_mirror_start(const ClientArgs& client, const MirrorArgs& args);
+int run_mirror_switchover(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_break(const ClientArgs& client, const MirrorArgs& args);
 int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args);
 // Exit codes of `mirror verify`: every compared target equal (after --repair: equal

@@ -150,6 +150,11 @@ int main(int argc, char** argv) {
   CLI::App* mirror_sync = mirror->add_subcommand("sync", "Freeze now and wait until every target applied that cycle");
   add_unit_options(mirror_sync);
   mirror_sync->add_option("--timeout", timeout_text, "Give up after this long, e.g. 60s (default 5m)");
+  CLI::App* mirror_switchover = mirror->add_subcommand(
+      "switchover", "Planned swap: last cycle to PEER, PEER becomes primary and mirrors back here; nothing is lost");
+  add_unit_options(mirror_switchover);
+  mirror_switchover->add_option("--to", mirror_args.to, "The target that becomes the primary")->required();
+  mirror_switchover->add_option("--timeout", timeout_text, "Give up on the last cycle after this long (default 5m)");
   CLI::App* mirror_verify = mirror->add_subcommand(
       "verify", "Compare every chunk of one freeze point on the source and on each target (exit 0 only when equal)");
   add_unit_options(mirror_verify);
@@ -225,6 +230,7 @@ int main(int argc, char** argv) {
   if (mirror_break->parsed()) return amirror::cli::run_mirror_break(client, mirror_args);
   if (mirror_sync->parsed()) return amirror::cli::run_mirror_sync(client, mirror_args);
   if (mirror_verify->parsed()) return amirror::cli::run_mirror_verify(client, mirror_args);
+  if (mirror_switchover->parsed()) return amirror::cli::run_mirror_switchover(client, mirror_args);
   if (status->parsed()) return amirror::cli::run_status(client);
   return 2;
 }

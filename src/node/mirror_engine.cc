@@ -716,6 +716,28 @@ void MirrorEngine::end_verify_hold(const std::vector<std::string>& targets) {
   changed_.notify_all();  // the engine (a freeze may be due) and stop()
 }
 
+Result<uint64_t> MirrorEngine::hand_over(const std::string& target, const repl::Switchover& request) const {
+  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket, connect_peer(target));
+  AMIRROR_RETURN_IF_ERROR(
+      socket->send_frame(repl::FrameType::kHello, repl::encode(repl::Hello{repl::kProtocolVersion, context_.config->name})));
+  AMIRROR_ASSIGN_OR_RETURN(repl::Frame ack, socket->receive_frame());
+  if (ack.type == repl::FrameType::kError) return Status(ErrorCode::kIo, target + " refused: " + repl::decode_error(ack.payload));
+  AMIRROR_RETURN_IF_ERROR(repl::check_hello_ack(ack, target));
+  AMIRROR_RETURN_IF_ERROR(socket->send_frame(repl::FrameType::kSwitchover, repl::encode(request)));
+  for (;;) {
+    AMIRROR_ASSIGN_OR_RETURN(repl::Frame answer, socket->receive_frame());
+    if (answer.type == repl::FrameType::kKeepAlive) continue;
+    if (answer.type == repl::FrameType::kError) {
+      return Status(ErrorCode::kIo, target + " refused: " + repl::decode_error(answer.payload));
+    }
+    if (answer.type != repl::FrameType::kSwitchoverDone) {
+      return corruption("expected SWITCHOVER_DONE from " + target + ", got " + repl::frame_type_name(answer.type));
+    }
+    AMIRROR_ASSIGN_OR_RETURN(repl::Applied done, repl::decode_applied(answer.payload));
+    return done.applied_cycle;
+  }
+}
+
 Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_for_verify(const std::string& target) {
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket, connect_peer(target));
   MutexLock lock(mutex_);

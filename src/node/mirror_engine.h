@@ -133,6 +133,9 @@ class MirrorEngine {
   // A connection to `target` (TLS, its identity checked) that stop() cuts;
   // forget_verify_socket() before destroying it.
   Result<std::unique_ptr<repl::PeerSocket>> connect_for_verify(const std::string& target) EXCLUDES(mutex_);
+  // Switchover: asks `target` to promote its replica at request.cycle and mirror it
+  // back (one connection of its own). Returns the cycle it promoted.
+  Result<uint64_t> hand_over(const std::string& target, const repl::Switchover& request) const;
   void forget_verify_socket(repl::PeerSocket* socket) EXCLUDES(mutex_);
   // Whether `volume`'s newest freeze is still `cycle` and the engine runs: a verify's
   // result is only trusted if so.

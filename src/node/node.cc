@@ -21,7 +21,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr uint64_t kDefaultSyncTimeoutMs = 300'000;
 constexpr size_t kMaxPeerConnections = 64;
 
 std::string iso_time(int64_t unix_ms) {
@@ -104,6 +103,8 @@ Status Node::open_everything() {
   replicas_->set_before_create([this](const std::string& peer, const repl::OpenReplica& open, const std::string& dir) {
     return before_create_replica(peer, open, dir);
   });
+  replicas_->set_switchover(
+      [this](const std::string& peer, const repl::Switchover& request) { return accept_switchover(peer, request); });
   return replicas_->load();
 }
 
@@ -363,6 +364,7 @@ const std::map<std::string, Node::ControlHandler>& Node::control_handlers() {
       {"replica_delete", &Node::control_replica_delete},
       {"replica_promote", &Node::control_replica_promote},
       {"volume_demote", &Node::control_volume_demote},
+      {"mirror_switchover", &Node::control_mirror_switchover},
   };
   return handlers;
 }

@@ -49,6 +49,9 @@ namespace amirror::node {
 class ImportSource;
 class NodeCatalog;
 
+// How long `mirror sync` (and a switchover's last cycle) waits when not told.
+constexpr uint64_t kDefaultSyncTimeoutMs = 300'000;
+
 class Node {
  public:
   // `env`: where files, time, the network and threads come from (node/env.h).
@@ -102,6 +105,13 @@ class Node {
   // replica of may find here: failback or split brain (node_failover.cc).
   std::string control_replica_promote(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_volume_demote(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_mirror_switchover(const nlohmann::json& request) EXCLUDES(mutex_);
+  // The replica SOURCE/VOLUME's point `cycle` (0: newest) becomes volume `name` ("":
+  // VOLUME). Returns the name and the cycle.
+  Result<std::pair<std::string, uint64_t>> promote_replica(const std::string& replica_name, std::string name,
+                                                           uint64_t cycle) EXCLUDES(mutex_);
+  // A peer's planned switchover: promote its replica at the cycle, mirror it back.
+  Result<uint64_t> accept_switchover(const std::string& peer, const repl::Switchover& request) EXCLUDES(mutex_);
   Status before_create_replica(const std::string& peer, const repl::OpenReplica& open, const std::string& dir)
       EXCLUDES(mutex_);
   // Turns the demoted `ours` into the replica at `dir`; returns the bytes of its

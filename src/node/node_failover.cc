@@ -64,36 +64,37 @@ std::string Node::volume_role(const Volume& volume) { return role_of(volume); }
 
 std::string Node::control_replica_promote(const json& request) {
   std::string replica_name = request.value("replica", "");
-  auto parsed = parse_replica_name(replica_name);
-  if (!parsed.ok()) return error_response(parsed.status()).dump();
-  const auto [source, source_volume] = parsed.value();
-  std::string name = request.value("as", "");
+  auto promoted = promote_replica(replica_name, request.value("as", ""), request.value("at", uint64_t{0}));
+  if (!promoted.ok()) return error_response(promoted.status()).dump();
+  const auto& [name, cycle] = promoted.value();
+  return json{{"ok", true}, {"volume", name}, {"replica", replica_name}, {"cycle", cycle}}.dump();
+}
+
+Result<std::pair<std::string, uint64_t>> Node::promote_replica(const std::string& replica_name, std::string name,
+                                                               uint64_t cycle) {
+  AMIRROR_ASSIGN_OR_RETURN(auto parsed, parse_replica_name(replica_name));
+  const auto [source, source_volume] = parsed;
   if (name.empty()) name = source_volume;
-  if (Status valid = validate_name(name, "volume name (--as)"); !valid.ok()) return error_response(valid).dump();
+  AMIRROR_RETURN_IF_ERROR(validate_name(name, "volume name (--as)"));
   std::shared_ptr<repl::Replica> replica = replicas_->find(source, source_volume);
   if (replica == nullptr) {
-    return error_response(not_found("no replica " + replica_name + " on node " + config_.name +
-                                    " (`amirror replica list` shows what is here)")).dump();
+    return not_found("no replica " + replica_name + " on node " + config_.name +
+                     " (`amirror replica list` shows what is here)");
   }
   if (replica->resyncing()) {
-    return error_response(Status(ErrorCode::kBusy, "replica " + replica_name +
-                                                       " is resyncing after a failback and holds no whole point yet"))
-        .dump();
+    return Status(ErrorCode::kBusy, "replica " + replica_name + " is resyncing after a failback and holds no whole point yet");
   }
-  uint64_t cycle = request.value("at", uint64_t{0});
   if (cycle == 0) cycle = replica->readable_cycle();
   std::string kept;
   for (const PointInfo& point : replica->points()) kept += (kept.empty() ? "" : ", ") + std::to_string(point.cycle);
   if (cycle == 0 || !replica->store_volume()->has_point(cycle)) {
-    return error_response(invalid_argument("replica " + replica_name + " does not keep point " + std::to_string(cycle) +
-                                           " (kept: " + (kept.empty() ? "none yet" : kept) + ")")).dump();
+    return invalid_argument("replica " + replica_name + " does not keep point " + std::to_string(cycle) + " (kept: " +
+                            (kept.empty() ? "none yet" : kept) + ")");
   }
   {
     MutexLock lock(mutex_);
-    if (Status free = check_name_free(name); !free.ok()) {
-      return error_response(free.with_context("promote " + replica_name + " as '" + name +
-                                              "' (choose another name with --as)")).dump();
-    }
+    AMIRROR_RETURN_IF_ERROR(
+        check_name_free(name).with_context("promote " + replica_name + " as '" + name + "' (choose another name with --as)"));
     deleting_.insert(name);  // reserved until the volume is in volumes_
   }
   std::string volume_dir = data_dir_->volume_dir(name);
@@ -113,16 +114,92 @@ std::string Node::control_replica_promote(const json& request) {
   });
   MutexLock lock(mutex_);
   deleting_.erase(name);
-  if (!status.ok()) return error_response(status.with_context("promote " + replica_name)).dump();
+  AMIRROR_RETURN_IF_ERROR(status.with_context("promote " + replica_name));
   open_volume_entry(*env_.fs, name);
   if (!volumes_.contains(name)) {
-    return error_response(Status(ErrorCode::kIo, "promoted " + replica_name + " to volume '" + name +
-                                                     "', but it failed to open: " + failed_volumes_[name].error))
-        .dump();
+    return Status(ErrorCode::kIo, "promoted " + replica_name + " to volume '" + name + "', but it failed to open: " +
+                                      failed_volumes_[name].error);
   }
   fmt::print(stderr, "amirror node {}: promoted replica {} at cycle {} to volume {}\n", config_.name, replica_name,
              cycle, name);
-  return json{{"ok", true}, {"volume", name}, {"replica", replica_name}, {"cycle", cycle}}.dump();
+  return std::make_pair(name, cycle);
+}
+
+// mirror_switchover {"volume", "to", "timeout_ms"?}: on the primary. Its writes stop
+// (clients get EPERM), a last cycle reaches the peer, the mirror stops, and the peer
+// promotes that cycle and mirrors back here; this volume then becomes its replica
+// with nothing to resend (failback with no changes on either side).
+std::string Node::control_mirror_switchover(const json& request) {
+  std::string volume_name = request.value("volume", "");
+  std::string to = request.value("to", "");
+  if (!request.value("group", "").empty()) {
+    return error_response(Status(ErrorCode::kUnsupported,
+                                 "switchover of a group is not supported yet; switch each volume, or use demote and "
+                                 "promote (docs/operations.md)")).dump();
+  }
+  std::shared_ptr<MirrorEngine> engine;
+  std::shared_ptr<VolumeEntry> entry;
+  {
+    MutexLock lock(mutex_);
+    std::string unit_key;
+    auto members = resolve_unit(volume_name, "", unit_key);
+    if (!members.ok()) return error_response(members.status()).dump();
+    auto found = find_engine_locked(members.value(), unit_key);
+    if (!found.ok()) return error_response(found.status()).dump();
+    engine = std::move(found).value();
+    entry = members.value().front();
+    const auto& targets = entry->state.targets;
+    if (std::find(targets.begin(), targets.end(), to) == targets.end()) {
+      return error_response(invalid_argument("volume '" + volume_name + "' is not mirrored to '" + to +
+                                             "'; switch over to one of its targets")).dump();
+    }
+  }
+  MirrorState state = engine->states().at(volume_name);
+  if (Status status = entry->volume->set_read_only(true); !status.ok()) {
+    return error_response(status.with_context("switchover of " + volume_name)).dump();
+  }
+  auto undo = [&](const Status& why, const std::string& step) {
+    Status writable = entry->volume->set_read_only(false);
+    return error_response(why.with_context("switchover of " + volume_name + " to " + to + " failed while " + step +
+                                           (writable.ok() ? "; it is writable here again"
+                                                          : "; and it could not be made writable again: " +
+                                                                writable.message())))
+        .dump();
+  };
+  if (Status synced = engine->sync(request.value("timeout_ms", kDefaultSyncTimeoutMs)); !synced.ok()) {
+    return undo(synced, "copying the last cycle (the mirror still runs)");
+  }
+  uint64_t cycle = entry->volume->cycle();
+  if (Status broken = break_mirror(volume_name, ""); !broken.ok()) return undo(broken, "stopping the mirror");
+  repl::Switchover handover{volume_name, cycle, state.keep, state.interval_ms};
+  auto promoted = engine->hand_over(to, handover);
+  if (!promoted.ok()) {
+    return undo(promoted.status(), "asking " + to + " to take over (the mirror is stopped: `amirror mirror start " +
+                                       volume_name + " --to " + to + "` resumes it)");
+  }
+  fmt::print(stderr, "amirror node {}: switched {} over to {} at cycle {}; this copy follows {} now\n", config_.name,
+             volume_name, to, cycle, to);
+  return json{{"ok", true}, {"volume", volume_name}, {"to", to}, {"cycle", cycle}}.dump();
+}
+
+Result<uint64_t> Node::accept_switchover(const std::string& peer, const repl::Switchover& request) {
+  std::string replica_name = peer + "/" + request.volume;
+  std::shared_ptr<repl::Replica> replica = replicas_->find(peer, request.volume);
+  if (replica == nullptr) return not_found("no replica " + replica_name + " on " + config_.name);
+  if (replica->readable_cycle() != request.cycle) {
+    return invalid_argument("replica " + replica_name + " is at cycle " + std::to_string(replica->readable_cycle()) +
+                            ", not the final cycle " + std::to_string(request.cycle));
+  }
+  AMIRROR_ASSIGN_OR_RETURN(auto promoted, promote_replica(replica_name, request.volume, request.cycle));
+  MutexLock lock(mutex_);
+  std::string unit_key;
+  AMIRROR_ASSIGN_OR_RETURN(auto members, resolve_unit(promoted.first, "", unit_key));
+  AMIRROR_RETURN_IF_ERROR(start_mirror(unit_key, members, {peer}, request.interval_ms, request.keep, true)
+                              .with_context("promoted " + replica_name + " as '" + promoted.first +
+                                            "', but mirroring it back to " + peer + " failed"));
+  fmt::print(stderr, "amirror node {}: took over {} from {} at cycle {}; mirroring it back to {}\n", config_.name,
+             promoted.first, peer, request.cycle, peer);
+  return request.cycle;
 }
 
 std::string Node::control_volume_demote(const json& request) {
