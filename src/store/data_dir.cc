@@ -53,7 +53,12 @@ Result<std::unique_ptr<DataDir>> DataDir::open(FileSystem& fs, const std::string
     }
     return lock.status();
   }
-  if (!has_marker) AMIRROR_RETURN_IF_ERROR(write_file_atomically(fs, path, kMarkerName, kMarkerContents));
+  if (!has_marker) {
+    AMIRROR_RETURN_IF_ERROR(write_file_atomically(fs, path, kMarkerName, kMarkerContents));
+    // A new data directory: its own entry must be durable too, or a power loss could
+    // take the whole directory, with every volume acknowledged in it, away.
+    AMIRROR_RETURN_IF_ERROR(fs.sync_dir(path.find('/') == std::string::npos ? "." : parent_of(path)));
+  }
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(path + "/" + kVolumesDirName));
   std::unique_ptr<DataDir> data_dir(new DataDir(fs, path, std::move(lock).value()));
   AMIRROR_RETURN_IF_ERROR(data_dir->remove_unfinished_volumes());
