@@ -549,9 +549,20 @@ Status Replica::end_delta(uint64_t record_count) {
   }
   // The commit point: one volume.meta rename makes the whole delta point s.
   AMIRROR_RETURN_IF_ERROR(current()->freeze_as(header.target_cycle, header.freeze_time_unix_ms));
-  AMIRROR_RETURN_IF_ERROR(clear_staging());
+  // Committed. What follows is bookkeeping that open() redoes from the volume's cycle
+  // if it fails here (say the disk is full), so it does not make the commit fail:
+  // the replica is at the new point either way, in memory as on disk.
+  if (!clear_staging().ok()) {
+    std::unique_lock lock(state_mutex_);
+    meta_.staging = Staging{};
+    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = 0;
+  }
   // The first delta after a failback overwrote every chunk the target had changed.
-  return resyncing() ? clear_resync() : Status();
+  if (resyncing() && !clear_resync().ok()) {
+    std::unique_lock lock(state_mutex_);
+    resync_.reset();
+  }
+  return Status();
 }
 
 Status Replica::apply(const std::function<void()>& progress) {
