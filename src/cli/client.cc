@@ -113,6 +113,25 @@ int run_replica_delete(const ClientArgs& client, const std::string& replica) {
 
 int run_replica_promote(const ClientArgs& client, const PromoteArgs& args) {
   json request = {{"command", "replica_promote"}, {"replica", args.replica}};
+  if (!args.source.empty()) request["source"] = args.source;
+  if (!args.group.empty()) request["group"] = args.group;
+  if (!args.group.empty() || !args.source.empty()) {
+    if (!args.as.empty()) request["as"] = args.as;
+    if (args.at != 0) request["at"] = args.at;
+    json answer;
+    if (!call(client, request, answer)) return 1;
+    for (const json& volume : answer["volumes"]) {
+      fmt::print("promoted {}/{} at cycle {}: volume {} is writable here now\n", args.source,
+                 volume.value("volume", ""), volume.value("cycle", uint64_t{0}), volume.value("volume", ""));
+    }
+    fmt::print("group {} is writable here now (mirror it with `amirror mirror start --group {} --to PEER`)\n", args.group,
+               args.group);
+    return 0;
+  }
+  if (args.replica.empty()) {
+    fmt::print(stderr, "error: name the replica (SOURCE/VOLUME) or a group (--source NODE --group G)\n");
+    return 2;
+  }
   if (!args.as.empty()) request["as"] = args.as;
   if (args.at != 0) request["at"] = args.at;
   json answer;

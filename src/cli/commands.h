@@ -75,6 +75,8 @@ struct PromoteArgs {
   std::string replica;  // SOURCE/VOLUME
   std::string as;       // the new volume's name (default: VOLUME)
   uint64_t at = 0;      // the point (default: the newest kept)
+  std::string source;   // with group: every replica of that group from that node
+  std::string group;
 };
 int run_replica_promote(const ClientArgs& client, const PromoteArgs& args);
 int run_volume_demote(const ClientArgs& client, const std::string& name);

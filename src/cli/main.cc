@@ -125,7 +125,10 @@ int main(int argc, char** argv) {
   amirror::cli::PromoteArgs promote_args;
   CLI::App* replica_promote = replica->add_subcommand(
       "promote", "Make a replica point a writable volume here, at once (no copy); the source may be dead");
-  replica_promote->add_option("replica", promote_args.replica, "SOURCE/VOLUME, as `replica list` shows it")->required();
+  replica_promote->add_option("replica", promote_args.replica, "SOURCE/VOLUME, as `replica list` shows it");
+  replica_promote->add_option("--source", promote_args.source, "With --group: the node the group's replicas come from");
+  replica_promote->add_option("--group", promote_args.group,
+                              "Every replica of this consistency group, at the newest point they all kept");
   replica_promote->add_option("--as", promote_args.as, "Name of the new volume (default: VOLUME)");
   replica_promote->add_option("--at", promote_args.at, "Kept point to promote (default: the newest; see `replica points`)")
       ->check(CLI::PositiveNumber);

@@ -106,6 +106,7 @@ class Node {
   std::string control_replica_promote(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_volume_demote(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_mirror_switchover(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string promote_group(const nlohmann::json& request) EXCLUDES(mutex_);
   // The replica SOURCE/VOLUME's point `cycle` (0: newest) becomes volume `name` ("":
   // VOLUME). Returns the name and the cycle.
   Result<std::pair<std::string, uint64_t>> promote_replica(const std::string& replica_name, std::string name,

@@ -63,6 +63,8 @@ std::string role_of(const Volume& volume) {
 std::string Node::volume_role(const Volume& volume) { return role_of(volume); }
 
 std::string Node::control_replica_promote(const json& request) {
+  std::string source = request.value("source", ""), group = request.value("group", "");
+  if (!source.empty() || !group.empty()) return promote_group(request);
   std::string replica_name = request.value("replica", "");
   auto promoted = promote_replica(replica_name, request.value("as", ""), request.value("at", uint64_t{0}));
   if (!promoted.ok()) return error_response(promoted.status()).dump();
@@ -123,6 +125,57 @@ Result<std::pair<std::string, uint64_t>> Node::promote_replica(const std::string
   fmt::print(stderr, "amirror node {}: promoted replica {} at cycle {} to volume {}\n", config_.name, replica_name,
              cycle, name);
   return std::make_pair(name, cycle);
+}
+
+// replica_promote {"source", "group"}: every replica of `group` from `source`, each at
+// its point of the newest freeze they all kept (a group freezes at one instant, with
+// one freeze time), under the same volume names and in the same group here.
+std::string Node::promote_group(const json& request) {
+  std::string source = request.value("source", ""), group = request.value("group", "");
+  if (source.empty() || group.empty() || !request.value("replica", "").empty()) {
+    return error_response(invalid_argument("name a replica as SOURCE/VOLUME, or a group with both --source NODE and "
+                                           "--group G")).dump();
+  }
+  if (!request.value("as", "").empty() || request.value("at", uint64_t{0}) != 0) {
+    return error_response(invalid_argument("--as and --at name one replica; a group is promoted under its volume "
+                                           "names at its newest common point")).dump();
+  }
+  std::vector<std::shared_ptr<repl::Replica>> members;
+  for (const auto& replica : replicas_->all()) {
+    if (replica->source_node() == source && replica->group() == group) members.push_back(replica);
+  }
+  if (members.empty()) {
+    return error_response(not_found("no replica of group '" + group + "' from " + source + " here (`amirror replica "
+                                    "list` shows what is here)")).dump();
+  }
+  // The newest freeze time every member kept a point of.
+  std::map<int64_t, std::map<std::string, uint64_t>> by_time;  // time -> member -> cycle
+  for (const auto& member : members) {
+    for (const PointInfo& point : member->points()) by_time[point.freeze_time_unix_ms][member->volume()] = point.cycle;
+  }
+  std::erase_if(by_time, [&](const auto& item) { return item.second.size() != members.size(); });
+  if (by_time.empty()) {
+    return error_response(invalid_argument("the replicas of group '" + group + "' from " + source +
+                                           " keep no common point (one is still being copied?); promote them one "
+                                           "by one with --at, or wait for the next cycle")).dump();
+  }
+  const auto& [time, cycles] = *by_time.rbegin();
+  json promoted = json::array();
+  for (const auto& [volume, cycle] : cycles) {
+    auto done = promote_replica(source + "/" + volume, volume, cycle);
+    Status status = done.ok() ? Status() : done.status();
+    if (status.ok()) {
+      std::shared_ptr<VolumeEntry> entry = find_volume(volume);
+      if (entry) status = entry->volume->set_group(group);
+    }
+    if (!status.ok()) {
+      return error_response(status.with_context("promote group '" + group + "' (promoted so far: " +
+                                                promoted.dump() + ")")).dump();
+    }
+    promoted.push_back({{"volume", volume}, {"cycle", cycle}});
+  }
+  fmt::print(stderr, "amirror node {}: promoted group {} from {}: {}\n", config_.name, group, source, promoted.dump());
+  return json{{"ok", true}, {"group", group}, {"volumes", promoted}, {"freeze_time_unix_ms", time}}.dump();
 }
 
 // mirror_switchover {"volume", "to", "timeout_ms"?}: on the primary. Its writes stop

@@ -64,6 +64,7 @@ Status ReceiverSession::on_open_replica(const Frame& frame) {
   AMIRROR_ASSIGN_OR_RETURN(replica_, replicas_.acquire(peer_name_, open));
   held_volume_ = open.volume;
   AMIRROR_RETURN_IF_ERROR(replica_->set_keep(open.keep));
+  AMIRROR_RETURN_IF_ERROR(replica_->set_group(open.group));
   if (!open.volume_uuid.empty() && replica_->source_uuid() != open.volume_uuid) {
     // Points of another source volume (it was deleted and created again): they say
     // nothing about this one. A replica that never saw an id (format 1) adopts it.

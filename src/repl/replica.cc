@@ -62,6 +62,8 @@ std::string Replica::encode_meta(const Meta& meta) {
   out += meta.source_node;
   append_u32(out, static_cast<uint32_t>(meta.volume_name.size()));
   out += meta.volume_name;
+  append_u32(out, static_cast<uint32_t>(meta.group.size()));
+  out += meta.group;
   append_u64(out, checksum64(out.data(), out.size()));
   return out;
 }
@@ -69,7 +71,7 @@ std::string Replica::encode_meta(const Meta& meta) {
 Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const std::string& where) {
   const auto* bytes = reinterpret_cast<const uint8_t*>(contents.data());
   constexpr size_t kFixedBytes = 8 + 4 + 4 + 8 + 8 + 4 + 4 + kUuidBytes + 7 * 8;
-  if (contents.size() < kFixedBytes + 4 + 4 + 8 || std::memcmp(bytes, kMetaMagic, 8) != 0) {
+  if (contents.size() < kFixedBytes + 4 + 4 + 4 + 8 || std::memcmp(bytes, kMetaMagic, 8) != 0) {
     return corruption(where + " is not an amirror replica file");
   }
   const size_t checksum_at = contents.size() - 8;
@@ -104,7 +106,8 @@ Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const st
     position += length;
     return true;
   };
-  if (!read_name(meta.source_node) || !read_name(meta.volume_name) || position != checksum_at ||
+  if (!read_name(meta.source_node) || !read_name(meta.volume_name) || !read_name(meta.group) || position != checksum_at ||
+      (!meta.group.empty() && !validate_name(meta.group, "group name").ok()) ||
       !validate_name(meta.source_node, "node name").ok() || !validate_name(meta.volume_name, "volume name").ok() ||
       !valid_geometry(meta.size_bytes, meta.chunk_size_bytes) || meta.keep == 0 || meta.keep > kMaxKeep ||
       meta.staging.durable_records > meta.staging.header.record_count) {
@@ -359,6 +362,21 @@ Status Replica::set_keep(uint32_t keep) {
   meta_.keep = keep;
   Status status = write_meta_locked();
   if (!status.ok()) meta_.keep = old;
+  return status;
+}
+
+std::string Replica::group() const {
+  std::shared_lock lock(state_mutex_);
+  return meta_.group;
+}
+
+Status Replica::set_group(const std::string& group) {
+  std::unique_lock lock(state_mutex_);
+  if (meta_.group == group) return Status();
+  std::string old = meta_.group;
+  meta_.group = group;
+  Status status = write_meta_locked();
+  if (!status.ok()) meta_.group = old;
   return status;
 }
 

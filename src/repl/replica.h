@@ -79,6 +79,9 @@ class Replica {
   uint32_t keep() const;
   // How many points to keep from the next apply() on (1..kMaxKeep).
   Status set_keep(uint32_t keep);
+  // The source volume's consistency group, as it last said ("" = none).
+  std::string group() const;
+  Status set_group(const std::string& group);
   // The id of the source volume whose points these are (empty: not known yet).
   std::string source_uuid() const;
   Status set_source_uuid(const std::string& uuid);
@@ -161,6 +164,7 @@ class Replica {
     uint64_t chunk_size_bytes = 0;
     uint32_t keep = kDefaultKeep;
     std::string source_uuid;
+    std::string group;
     Staging staging;
   };
   static std::string encode_meta(const Meta& meta);

@@ -21,8 +21,8 @@ Status SenderSession::begin_volume(const std::string& name, Volume& volume, uint
   point_ = point;
   phase_ = Phase::kAwaitingState;
   VolumeLineage lineage = volume.lineage();
-  OpenReplica open{name, volume.size_bytes(), volume.chunk_size_bytes(), keep, lineage.uuid, lineage.origin_uuid,
-                   lineage.origin_point};
+  OpenReplica open{name,         volume.size_bytes(), volume.chunk_size_bytes(), keep, lineage.uuid,
+                   lineage.origin_uuid, lineage.origin_point, volume.group()};
   return sink_.send(FrameType::kOpenReplica, encode(open));
 }
 

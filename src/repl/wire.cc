@@ -224,6 +224,7 @@ std::vector<uint8_t> encode(const OpenReplica& message) {
   put_name(out, message.volume_uuid);
   put_name(out, message.origin_uuid);
   put64(out, message.origin_point);
+  put_name(out, message.group);
   return out;
 }
 
@@ -341,7 +342,8 @@ Result<OpenReplica> decode_open_replica(std::span<const uint8_t> payload) {
   OpenReplica message;
   if (!reader.name(message.volume) || !reader.u64(message.size_bytes) ||
       !reader.u64(message.chunk_size_bytes) || !reader.u32(message.keep) || !reader.name(message.volume_uuid) ||
-      !reader.name(message.origin_uuid) || !reader.u64(message.origin_point)) {
+      !reader.name(message.origin_uuid) || !reader.u64(message.origin_point) || !reader.name(message.group) ||
+      (!message.group.empty() && !validate_name(message.group, "group name").ok())) {
     return reader.bad();
   }
   auto is_uuid = [](const std::string& text) { return text.empty() || is_uuid_text(text); };

@@ -83,6 +83,7 @@ struct OpenReplica {
   // point with it (empty when the volume was created, not promoted).
   std::string origin_uuid;
   uint64_t origin_point = 0;
+  std::string group;              // the source volume's consistency group ("" = none)
 };
 
 struct ReplicaState {

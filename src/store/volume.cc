@@ -454,6 +454,20 @@ Status Volume::set_lineage(const VolumeLineage& lineage) {
   return status;
 }
 
+Status Volume::set_group(const std::string& group) {
+  if (!group.empty()) AMIRROR_RETURN_IF_ERROR(validate_name(group, "group name"));
+  std::lock_guard lock(meta_mutex_);
+  std::string old = group_;
+  group_ = group;
+  meta_.options.group = group;
+  Status status = write_meta();
+  if (!status.ok()) {
+    group_ = old;
+    meta_.options.group = old;
+  }
+  return status;
+}
+
 Status Volume::set_read_only(bool read_only) {
   // Exclusive: a write that passed the check finishes before the flag is durable.
   std::unique_lock io(io_lock_);

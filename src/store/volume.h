@@ -108,7 +108,10 @@ class Volume {
   uint64_t size_bytes() const { return geometry_.volume_size_bytes(); }
   uint64_t chunk_size_bytes() const { return geometry_.chunk_size_bytes(); }
   const ChunkGeometry& geometry() const { return geometry_; }
+  // The consistency group. Changed only by set_group(), which callers make while
+  // nothing else uses the volume (promote of a group).
   const std::string& group() const { return group_; }
+  Status set_group(const std::string& group);
   const std::string& dir() const { return dir_; }
   // Number of the latest freeze; 0 before the first.
   uint64_t cycle() const;
@@ -244,7 +247,7 @@ class Volume {
   FileSystem& fs_;
   const std::string dir_;
   const ChunkGeometry geometry_;
-  const std::string group_;
+  std::string group_;
   std::unique_ptr<File> base_;
 
   // Shared by reads and writes, exclusive for freeze and for removing a merged layer.

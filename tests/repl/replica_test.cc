@@ -160,7 +160,7 @@ TEST_F(ReplicaTest, RefusesAnotherGeometryAndCorruptMetadata) {
 }
 
 // Names of one character are valid everywhere (validate_name: {1,64}); the shortest
-// replica.meta (130 bytes) must load, keep its names and cycle, and still be refused
+// replica.meta (134 bytes) must load, keep its names and cycle, and still be refused
 // when cut below the format's fixed part.
 TEST_F(ReplicaTest, OneCharacterNamesRoundTripThroughMeta) {
   std::vector<uint8_t> image(kSize, 0);
@@ -171,7 +171,7 @@ TEST_F(ReplicaTest, OneCharacterNamesRoundTripThroughMeta) {
     ASSERT_TRUE(created.value()->end_delta(2).ok());
     ASSERT_TRUE(created.value()->apply([] {}).ok());
   }
-  EXPECT_EQ(std::filesystem::file_size(dir_ + "/replica.meta"), 130u);
+  EXPECT_EQ(std::filesystem::file_size(dir_ + "/replica.meta"), 134u);
   auto reopened = Replica::open(posix_file_system(), dir_);
   ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
   EXPECT_EQ(reopened.value()->source_node(), "a");
