@@ -2,15 +2,20 @@
 // Volume::resize (grow only): the new region is writable and survives reopen; points
 // frozen before read zeros past their old end, including the old short last chunk
 // whose slot held someone else's bytes; copy-on-first-write of the grown chunk;
-// refusals change nothing; and a crash at every file operation of a resize leaves the
-// old size or the new one, wholly, with every point intact. (tests/store/model_test.cc
+// refusals change nothing; a crash at every file operation of a resize leaves the
+// old size or the new one, wholly, with every point intact; and growth beside client
+// reads, writes and freezes (meant for ThreadSanitizer too). (tests/store/model_test.cc
 // also grows volumes among its random operations and crashes.)
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
+#include <map>
+#include <thread>
 
 #include "store/volume.h"
 #include "testing/fault_file_system.h"
+#include "testing/sector_stamp.h"
 #include "testing/test_support.h"
 
 namespace amirror::testing {
@@ -334,6 +339,77 @@ TEST(VolumeResizeTest, PowerLossAtEveryStepLeavesTheOldOrTheNewSize) {
         EXPECT_GT(allowed, 3u) << "a resize of so few file operations cannot be crash-safe as described";
         return;
       }
+    }
+  }
+}
+
+// Two writers stamp sectors (each owns every other sector) anywhere below the size they
+// see, a reader reads everything below the size it sees, and a third thread grows the
+// volume 40 times (often to a short last chunk) and freezes now and then. No request
+// within a size once seen may be refused; every sector reads as zeros or a stamp of its
+// owner; at the end each sector holds its owner's last write.
+TEST(VolumeResizeTest, GrowsBesideReadsWritesAndFreezes) {
+  ScratchDir dir("resize-concurrent");
+  auto created = Volume::create(posix_file_system(), dir.path(), options(kOldSize));
+  ASSERT_TRUE(created.ok());
+  Volume& v = *created.value();
+  constexpr int kWriters = 2;
+  constexpr uint64_t kGrowths = 40;
+  std::atomic<bool> growing{true};
+  std::atomic<uint64_t> failures{0};
+  std::vector<std::map<uint64_t, uint64_t>> last_sequence(kWriters);  // sector -> sequence
+  auto fail = [&](const std::string& what) {
+    if (failures.fetch_add(1) == 0) ADD_FAILURE() << what;
+  };
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWriters; ++w) {
+    threads.emplace_back([&, w] {
+      Random random(100 + static_cast<uint64_t>(w));
+      std::vector<uint8_t> sector(kStampSectorBytes);
+      for (uint64_t sequence = 1; growing.load() || sequence < 200; ++sequence) {
+        uint64_t sectors = v.size_bytes() / kStampSectorBytes;
+        uint64_t index = random.uniform(0, sectors / kWriters - 1) * kWriters + static_cast<uint64_t>(w);
+        stamp_sector(sector, sequence, index, static_cast<uint64_t>(w));
+        Status status = v.write(index * kStampSectorBytes, sector);
+        if (!status.ok()) return fail("write: " + status.to_string());
+        last_sequence[static_cast<size_t>(w)][index] = sequence;
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    std::vector<uint8_t> image;
+    while (growing.load()) {
+      image.resize(v.size_bytes());
+      Status status = v.read(0, image);
+      if (!status.ok()) return fail("read of a size once seen: " + status.to_string());
+      for (uint64_t index = 0; index < image.size() / kStampSectorBytes; ++index) {
+        StampInfo info = parse_sector(std::span(image).subspan(index * kStampSectorBytes, kStampSectorBytes), index);
+        if (info.kind == StampKind::kGarbage || (info.kind == StampKind::kValid && info.tag != index % kWriters)) {
+          return fail("sector " + std::to_string(index) + " holds another sector's or writer's bytes");
+        }
+      }
+    }
+  });
+  Random random(7);
+  for (uint64_t growth = 0; growth < kGrowths && failures.load() == 0; ++growth) {
+    uint64_t size = v.size_bytes() + (random.percent(50) ? 512 * random.uniform(1, 7) : kChunk);
+    auto resized = v.resize(size);
+    if (!resized.ok()) fail("resize: " + resized.status().to_string());
+    if (growth % 4 == 0 && !v.freeze().ok()) fail("freeze");
+  }
+  growing.store(false);
+  for (std::thread& thread : threads) thread.join();
+  ASSERT_EQ(failures.load(), 0u);
+  std::vector<uint8_t> image = read_all(v);
+  for (uint64_t index = 0; index < image.size() / kStampSectorBytes; ++index) {
+    StampInfo info = parse_sector(std::span(image).subspan(index * kStampSectorBytes, kStampSectorBytes), index);
+    const auto& written = last_sequence[index % kWriters];
+    auto last = written.find(index);
+    if (last == written.end()) {
+      ASSERT_EQ(info.kind, StampKind::kZero) << "sector " << index << " was never written";
+    } else {
+      ASSERT_EQ(info.kind, StampKind::kValid) << "sector " << index;
+      ASSERT_EQ(info.sequence, last->second) << "sector " << index << " lost its last write";
     }
   }
 }
