@@ -97,6 +97,30 @@ int run_volume_import(const ClientArgs& client, const VolumeArgs& args) {
   return 0;
 }
 
+int run_volume_resize(const ClientArgs& client, const VolumeArgs& args) {
+  json answer;
+  if (!call(client, {{"command", "volume_resize"}, {"name", args.name}, {"size_bytes", args.size_bytes}}, answer)) {
+    return 1;
+  }
+  std::string size = format_bytes(answer["size_bytes"].get<uint64_t>());
+  if (!answer["changed"].get<bool>()) {
+    fmt::print("{} is already {}; nothing changed\n", args.name, size);
+    return 0;
+  }
+  std::string replicas;
+  if (answer["mirror_running"].get<bool>()) {
+    replicas = "; replicas grow at the next cycle";
+  } else if (!answer["targets"].empty()) {
+    replicas = "; replicas grow at the first cycle after `amirror mirror start`";
+  }
+  fmt::print("{}: {} -> {}{}\n", args.name, format_bytes(answer["old_size_bytes"].get<uint64_t>()), size, replicas);
+  if (uint32_t clients = answer["nbd_clients"].get<uint32_t>(); clients > 0) {
+    fmt::print("{} NBD client{} connected now keep{} the old size until {} reconnect{}\n", clients,
+               clients == 1 ? "" : "s", clients == 1 ? "s" : "", clients == 1 ? "it" : "they", clients == 1 ? "s" : "");
+  }
+  return 0;
+}
+
 int run_volume_delete(const ClientArgs& client, const VolumeArgs& args) {
   json answer;
   if (!call(client, {{"command", "volume_delete"}, {"name", args.name}, {"force", args.force}}, answer)) return 1;

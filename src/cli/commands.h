@@ -66,6 +66,8 @@ struct MirrorArgs {
 int run_volume_create(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_import(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_list(const ClientArgs& client);
+// Grow only: args.size_bytes is the new size.
+int run_volume_resize(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_delete(const ClientArgs& client, const VolumeArgs& args);
 int run_replica_list(const ClientArgs& client);
 int run_replica_points(const ClientArgs& client, const std::string& replica);

@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
   };
   std::string size_text, chunk_text, interval_text, timeout_text;
   amirror::cli::VolumeArgs volume_args;
-  CLI::App* volume = app.add_subcommand("volume", "Create, import, list and delete volumes");
+  CLI::App* volume = app.add_subcommand("volume", "Create, import, list, resize and delete volumes");
   volume->require_subcommand(1);
   CLI::App* volume_create = volume->add_subcommand("create", "Create an empty (sparse) volume");
   volume_create->add_option("name", volume_args.name, "Volume name: letters, digits, '.', '_', '-'")->required();
@@ -96,6 +96,10 @@ int main(int argc, char** argv) {
   CLI::App* volume_list = volume->add_subcommand("list", "List the node's volumes");
   volume_list->add_flag("--json", client.json, "Print JSON");
   add_client_options(volume_list);
+  CLI::App* volume_resize = volume->add_subcommand("resize", "Grow a volume online; its replicas grow at the next cycle");
+  volume_resize->add_option("name", volume_args.name, "Volume name")->required();
+  volume_resize->add_option("--size", size_text, "New size, e.g. 20G (larger; a multiple of 512 bytes)")->required();
+  add_client_options(volume_resize);
   CLI::App* volume_delete = volume->add_subcommand("delete", "Delete a volume and every file of it");
   volume_delete->add_option("name", volume_args.name, "Volume name")->required();
   volume_delete->add_flag("--force", volume_args.force,
@@ -223,6 +227,7 @@ int main(int argc, char** argv) {
   if (volume_create->parsed()) return amirror::cli::run_volume_create(client, volume_args);
   if (volume_import->parsed()) return amirror::cli::run_volume_import(client, volume_args);
   if (volume_list->parsed()) return amirror::cli::run_volume_list(client);
+  if (volume_resize->parsed()) return amirror::cli::run_volume_resize(client, volume_args);
   if (volume_delete->parsed()) return amirror::cli::run_volume_delete(client, volume_args);
   if (replica_list->parsed()) return amirror::cli::run_replica_list(client);
   if (replica_points->parsed()) return amirror::cli::run_replica_points(client, replica_name);

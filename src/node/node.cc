@@ -356,6 +356,7 @@ const std::map<std::string, Node::ControlHandler>& Node::control_handlers() {
       {"replica_points", &Node::control_replica_points},
       {"volume_create", &Node::control_volume_create},
       {"volume_import", &Node::control_volume_create},
+      {"volume_resize", &Node::control_volume_resize},
       {"mirror_start", &Node::control_mirror_start},
       {"mirror_break", &Node::control_mirror_break},
       {"mirror_sync", &Node::control_mirror_sync},

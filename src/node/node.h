@@ -6,9 +6,10 @@
 //
 // Control requests are JSON objects with a "command" field; responses are
 // {"ok": true, ...} or {"ok": false, "error": "..."}. Commands: volume_create,
-// volume_import, volume_list, volume_delete, replica_list, replica_points, replica_delete,
-// mirror_start, mirror_break, mirror_sync, mirror_verify, status (fields in node.cc,
-// node_delete.cc and mirror_verify.cc, next to each handler). Errors change nothing.
+// volume_import, volume_list, volume_delete, volume_resize, volume_demote, replica_list,
+// replica_points, replica_delete, replica_promote, mirror_start, mirror_break, mirror_sync,
+// mirror_verify, mirror_switchover, status (fields next to each handler: node.cc,
+// node_delete.cc, node_resize.cc, node_failover.cc, mirror_verify.cc). Errors change nothing.
 //
 // A volume or replica that cannot be opened at start is "failed": the node starts
 // anyway, serves and mirrors everything else, and shows it in status with the reason;
@@ -93,6 +94,10 @@ class Node {
   std::string control_replica_list(const nlohmann::json& request);
   std::string control_replica_points(const nlohmann::json& request);
   std::string control_volume_create(const nlohmann::json& request) EXCLUDES(mutex_);
+  // volume_resize (node_resize.cc).
+  std::string control_volume_resize(const nlohmann::json& request) EXCLUDES(mutex_);
+  // The volume `name` if it can be resized now (else why not), reserved in resizing_.
+  Result<std::shared_ptr<VolumeEntry>> claim_for_resize_locked(const std::string& name) REQUIRES(mutex_);
   std::string control_mirror_start(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_mirror_break(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_mirror_sync(const nlohmann::json& request) EXCLUDES(mutex_);
@@ -213,6 +218,9 @@ class Node {
   // Names a `volume delete` is removing: in neither volumes_ nor failed_volumes_, and
   // not free for create or import until the directory is gone from its name.
   std::set<std::string> deleting_ GUARDED_BY(mutex_);
+  // Names a `volume resize` is growing (outside mutex_): a `volume delete` of one
+  // waits on settled_ until it is done.
+  std::set<std::string> resizing_ GUARDED_BY(mutex_);
 
   // Null only with insecure = true (or a node with no peers and no TLS files).
   std::shared_ptr<const net::TlsContext> tls_;      // peers: TLS 1.3 only

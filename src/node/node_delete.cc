@@ -66,7 +66,8 @@ Status Node::delete_volume(const std::string& name, bool force) {
     std::string unit;
     {
       MutexLock lock(mutex_);
-      while (volumes_settling_.contains(name)) settled_.wait(lock);  // a `mirror break` of it finishes
+      // A `mirror break` or `volume resize` of it finishes first.
+      while (volumes_settling_.contains(name) || resizing_.contains(name)) settled_.wait(lock);
       AMIRROR_ASSIGN_OR_RETURN(unit, deletable_locked(name));
       if (unit.empty()) {
         claimed = claim_for_delete_locked(name);

@@ -68,6 +68,12 @@ std::vector<std::shared_ptr<repl::Replica>> ReplicaRegistry::all() const {
 Result<std::shared_ptr<repl::Replica>> ReplicaRegistry::open_or_create(const std::string& source,
                                                                        const std::string& volume,
                                                                        uint64_t size_bytes, uint64_t chunk_size_bytes) {
+  if (std::shared_ptr<repl::Replica> existing = find(source, volume)) {
+    // Grows it when the source volume grew (a few syncs): outside mutex_, so status
+    // goes on; the caller holds the replica (acquire), so no delete races this.
+    AMIRROR_RETURN_IF_ERROR(existing->follow_source_geometry(size_bytes, chunk_size_bytes));
+    return existing;
+  }
   std::lock_guard lock(mutex_);
   if (auto failed = failed_.find(source + "/" + volume); failed != failed_.end()) {
     return Status(ErrorCode::kCorruption, "replica " + failed->first + " failed to open when the target started (" +
@@ -76,10 +82,8 @@ Result<std::shared_ptr<repl::Replica>> ReplicaRegistry::open_or_create(const std
                                               failed->first + "` on it");
   }
   auto it = replicas_.find(source + "/" + volume);
-  if (it != replicas_.end()) {
-    if (it->second->size_bytes() != size_bytes || it->second->chunk_size_bytes() != chunk_size_bytes) {
-      return invalid_argument("replica " + source + "/" + volume + " has another size or chunk size than the source sends");
-    }
+  if (it != replicas_.end()) {  // created since the look-up above
+    AMIRROR_RETURN_IF_ERROR(it->second->follow_source_geometry(size_bytes, chunk_size_bytes));
     return it->second;
   }
   // Every directory entry on the way is durable before the replica is used: a replica

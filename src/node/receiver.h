@@ -53,6 +53,8 @@ class ReplicaRegistry {
   std::shared_ptr<repl::Replica> find(const std::string& source, const std::string& volume) const;
   std::vector<std::shared_ptr<repl::Replica>> all() const;
   // A failed replica is refused with its reason (the sender must not overwrite it).
+  // An existing one follows the source's size: it grows when the source volume grew
+  // (Replica::follow_source_geometry).
   Result<std::shared_ptr<repl::Replica>> open_or_create(const std::string& source, const std::string& volume,
                                                         uint64_t size_bytes, uint64_t chunk_size_bytes);
   // Marks a replica as used by a connection. If another connection holds it (often the

@@ -125,14 +125,7 @@ Result<std::unique_ptr<Replica>> Replica::open_or_create(FileSystem& fs, const s
   AMIRROR_ASSIGN_OR_RETURN(bool exists, fs.exists(dir + "/" + kMetaName));
   if (exists) {
     AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Replica> replica, open(fs, dir));
-    if (replica->size_bytes() != size_bytes || replica->chunk_size_bytes() != chunk_size_bytes) {
-      return invalid_argument("replica " + source_node + "/" + volume + " is " +
-                              std::to_string(replica->size_bytes()) + " bytes with " +
-                              std::to_string(replica->chunk_size_bytes()) + "-byte chunks, but the source sends " +
-                              std::to_string(size_bytes) + " bytes with " + std::to_string(chunk_size_bytes) +
-                              "-byte chunks; delete it (amirror replica delete " + source_node + "/" + volume +
-                              ") to start over");
-    }
+    AMIRROR_RETURN_IF_ERROR(replica->follow_source_geometry(size_bytes, chunk_size_bytes));
     return replica;
   }
   if (!valid_geometry(size_bytes, chunk_size_bytes)) {
@@ -174,9 +167,14 @@ Result<std::unique_ptr<Replica>> Replica::open(FileSystem& fs, const std::string
     options.chunk_size_bytes = replica->meta_.chunk_size_bytes;
     AMIRROR_ASSIGN_OR_RETURN(replica->volume_, Volume::create(fs, dir, options));
   }
-  if (replica->current()->size_bytes() != replica->meta_.size_bytes ||
+  if (replica->current()->size_bytes() < replica->meta_.size_bytes ||
       replica->current()->chunk_size_bytes() != replica->meta_.chunk_size_bytes) {
     return corruption(dir + ": replica.meta and volume.meta disagree on size or chunk size");
+  }
+  if (replica->current()->size_bytes() > replica->meta_.size_bytes) {
+    // A grow was cut short after the volume's resize: only replica.meta lags.
+    AMIRROR_RETURN_IF_ERROR(replica->record_size(replica->current()->size_bytes())
+                                .with_context("finish growing replica " + dir));
   }
   // The replica's own volume takes no client writes; deltas go through write_staged.
   if (!replica->current()->read_only()) AMIRROR_RETURN_IF_ERROR(replica->current()->set_read_only(true));
@@ -288,6 +286,33 @@ Status Replica::clear_resync() {
 bool Replica::resyncing() const {
   std::shared_lock lock(state_mutex_);
   return resync_.has_value();
+}
+
+Status Replica::follow_source_geometry(uint64_t size_bytes, uint64_t chunk_size_bytes) {
+  std::lock_guard delta(delta_mutex_);  // no delta is staged while the volume grows
+  std::shared_ptr<Volume> volume = current();
+  if (volume->size_bytes() == size_bytes && volume->chunk_size_bytes() == chunk_size_bytes) return Status();
+  if (size_bytes < volume->size_bytes() || chunk_size_bytes != volume->chunk_size_bytes()) {
+    return invalid_argument("replica " + source_node_ + "/" + volume_name_ + " is " +
+                            std::to_string(volume->size_bytes()) + " bytes with " +
+                            std::to_string(volume->chunk_size_bytes()) + "-byte chunks, but the source sends " +
+                            std::to_string(size_bytes) + " bytes with " + std::to_string(chunk_size_bytes) +
+                            "-byte chunks (a replica only grows, in whole chunks of the same size); delete it "
+                            "(amirror replica delete " + source_node_ + "/" + volume_name_ + ") to start over");
+  }
+  AMIRROR_RETURN_IF_ERROR(volume->resize(size_bytes).status().with_context("grow replica " + source_node_ + "/" +
+                                                                          volume_name_));
+  return record_size(size_bytes);
+}
+
+Status Replica::record_size(uint64_t size_bytes) {
+  std::unique_lock lock(state_mutex_);
+  if (meta_.size_bytes == size_bytes) return Status();
+  uint64_t old = meta_.size_bytes;
+  meta_.size_bytes = size_bytes;
+  Status status = write_meta_locked();
+  if (!status.ok()) meta_.size_bytes = old;  // open() finishes it from volume.meta
+  return status;
 }
 
 Status Replica::clear_staging() {

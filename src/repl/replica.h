@@ -44,7 +44,7 @@ constexpr uint32_t kMaxKeep = 1024;
 class Replica {
  public:
   // Opens the replica in `dir`, creating an empty one (all zeros, cycle 0) if absent.
-  // An existing replica of another size or chunk size is refused.
+  // An existing replica follows the source's geometry (follow_source_geometry).
   static Result<std::unique_ptr<Replica>> open_or_create(FileSystem& fs, const std::string& dir,
                                                          const std::string& source_node,
                                                          const std::string& volume,
@@ -89,6 +89,13 @@ class Replica {
   // replica of `uuid`: the source's next delta is a full copy. Crash-safe: volume.meta
   // goes first, and a replica.meta without it is an empty replica.
   Status reset(const std::string& uuid);
+
+  // The geometry OPEN_REPLICA announces. Equal: nothing to do. Larger with the same
+  // chunk size (the source volume grew, `volume resize`): the replica grows to it
+  // online; its kept points read as zeros past their old end, as the source's do.
+  // Order: the volume's own crash-safe resize, then replica.meta; open() finishes a
+  // grow cut short between them. Smaller, or another chunk size: refused, nothing changes.
+  Status follow_source_geometry(uint64_t size_bytes, uint64_t chunk_size_bytes);
 
   // Starts (or resumes, when begin.first_record > 0) staging a delta.
   // Refuses a delta whose base is not the newest point (replayed, duplicated or out of
@@ -170,6 +177,8 @@ class Replica {
   static std::string encode_meta(const Meta& meta);
   static Result<Meta> decode_meta(const std::string& contents, const std::string& where);
   Status write_meta_locked();  // REQUIRES: state_mutex_ held exclusive
+  // replica.meta records the volume's size (the last step of a grow).
+  Status record_size(uint64_t size_bytes);
   Status convert_format_1(const std::string& contents);
   Status clear_staging();
   Status record_progress();  // syncs the layer, then records the durable count

@@ -21,7 +21,8 @@ Status SenderSession::begin_volume(const std::string& name, Volume& volume, uint
   point_ = point;
   phase_ = Phase::kAwaitingState;
   VolumeLineage lineage = volume.lineage();
-  OpenReplica open{name,         volume.size_bytes(), volume.chunk_size_bytes(), keep, lineage.uuid,
+  opened_size_bytes_ = volume.size_bytes();
+  OpenReplica open{name,         opened_size_bytes_, volume.chunk_size_bytes(), keep, lineage.uuid,
                    lineage.origin_uuid, lineage.origin_point, volume.group()};
   return sink_.send(FrameType::kOpenReplica, encode(open));
 }
@@ -134,9 +135,15 @@ Status SenderSession::plan_delta(const TargetView& local, const ReplicaState& re
 
 Status SenderSession::send_next() {
   AMIRROR_ASSERT(phase_ == Phase::kStreaming);
-  const ChunkGeometry& geometry = volume_->geometry();
+  const ChunkGeometry geometry(opened_size_bytes_, volume_->chunk_size_bytes());
   while (next_chunk_ < chunks_.size()) {
     const DeltaChunk& chunk = chunks_[next_chunk_++];
+    if (chunk.chunk_index >= geometry.chunk_count()) {
+      // Written after a resize that came after OPEN_REPLICA: the next connection
+      // opens the replica with the new size and sends it.
+      return Status(ErrorCode::kBusy, "volume " + name_ + " grew while its delta to " + target_node_ +
+                                          " was sent; the next attempt sends the new size");
+    }
     std::span<uint8_t> content(buffer_.data(), geometry.chunk_length_bytes(chunk.chunk_index));
     RecordKind kind = RecordKind::kZero;
     if (chunk.state == ChunkState::kData) {

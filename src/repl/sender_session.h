@@ -105,6 +105,9 @@ class SenderSession {
   std::string name_;
   Volume* volume_ = nullptr;
   uint64_t point_ = 0;
+  // The size OPEN_REPLICA told the target: chunks are cut to it even if the volume
+  // grows (volume resize) while this delta streams.
+  uint64_t opened_size_bytes_ = 0;
   BeginDelta begin_;
   std::vector<DeltaChunk> chunks_;
   uint64_t next_chunk_ = 0;

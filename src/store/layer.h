@@ -61,7 +61,9 @@ class Layer {
 
   std::optional<ChunkEntry> find(uint64_t chunk_index) const;
   // Declares the layer immutable (it was frozen and synced): later lookups skip the
-  // map lock. REQUIRES: no further publish_*/write_slot calls.
+  // map lock. REQUIRES: no further publish_* calls, and write_slot only to slot bytes
+  // outside every chunk's content (Volume::resize zeroing the tail of a slot that holds
+  // a volume's old short last chunk).
   void mark_frozen() { frozen_.store(true, std::memory_order_release); }
   size_t chunk_count() const;
   // A sorted copy of the map: (chunk_index, entry).

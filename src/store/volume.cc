@@ -86,8 +86,11 @@ Status validate_volume_options(const VolumeOptions& options) {
 Volume::Volume(FileSystem& fs, std::string dir, const VolumeOptions& options)
     : fs_(fs),
       dir_(std::move(dir)),
-      geometry_(options.size_bytes, options.chunk_size_bytes),
-      group_(options.group) {}
+      chunk_size_bytes_(options.chunk_size_bytes),
+      size_bytes_(options.size_bytes),
+      group_(options.group) {
+  AMIRROR_ASSERT(is_power_of_two(chunk_size_bytes_));
+}
 
 Volume::~Volume() = default;
 
@@ -158,9 +161,15 @@ Result<std::unique_ptr<Volume>> Volume::open(FileSystem& fs, const std::string& 
 
   AMIRROR_ASSIGN_OR_RETURN(volume->base_, fs.open(dir + "/" + kBaseFileName, OpenMode::kOpenExisting));
   AMIRROR_ASSIGN_OR_RETURN(uint64_t base_size, volume->base_->size_bytes());
-  if (base_size != volume->size_bytes()) {
+  if (base_size < volume->size_bytes()) {
     return corruption(dir + "/" + kBaseFileName + " is " + std::to_string(base_size) +
                       " bytes but the volume is " + std::to_string(volume->size_bytes()));
+  }
+  if (base_size > volume->size_bytes()) {
+    // A resize extended base.img and died before volume.meta recorded the new size:
+    // the tail is a hole no point reads, so the old size stands and the tail goes.
+    AMIRROR_RETURN_IF_ERROR(volume->base_->truncate(volume->size_bytes())
+                                .with_context("trim " + dir + "/" + kBaseFileName + " left by an interrupted resize"));
   }
   // Writes of a killed process may still sit in the page cache; sync them before
   // anything new is promised durable on top of them.
@@ -219,8 +228,9 @@ std::string Volume::encode_meta() const {
   std::string out(kMetaMagic, sizeof kMetaMagic);
   append_u32(out, kMetaFormatVersion);
   append_u32(out, meta_.read_only ? kMetaFlagReadOnly : 0);
-  append_u64(out, geometry_.volume_size_bytes());
-  append_u64(out, geometry_.chunk_size_bytes());
+  // meta_'s size, not size_bytes(): resize() writes the new size before it uses it.
+  append_u64(out, meta_.options.size_bytes);
+  append_u64(out, chunk_size_bytes_);
   append_uuid(out, meta_.lineage.uuid);
   append_uuid(out, meta_.lineage.origin_uuid);
   append_u64(out, meta_.lineage.origin_point);
@@ -513,7 +523,7 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
                             out.subspan(base_run_start, base_run_length));
     base_run_length = 0;
   };
-  geometry_.for_each_piece(offset_bytes, out.size(), [&](const ChunkPiece& piece) {
+  geometry().for_each_piece(offset_bytes, out.size(), [&](const ChunkPiece& piece) {
     if (!status.ok()) return;
     auto [index, entry] = resolve(layers, top, piece.chunk_index);
     if (!entry) {
@@ -540,17 +550,19 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
 }
 
 Status Volume::read(uint64_t offset_bytes, std::span<uint8_t> out) {
-  if (!geometry_.in_range(offset_bytes, out.size())) {
+  std::shared_lock io(io_lock_);  // before the range check: the size is stable under it
+  if (!geometry().in_range(offset_bytes, out.size())) {
     return out_of_range("read of " + std::to_string(out.size()) + " bytes at offset " +
                         std::to_string(offset_bytes) + " is beyond the volume's end (" +
                         std::to_string(size_bytes()) + " bytes)");
   }
-  std::shared_lock io(io_lock_);
   return read_layers(layers_, layers_.size(), offset_bytes, out, /*lock_active=*/true);
 }
 
 Status Volume::read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint8_t> out) {
-  if (!geometry_.in_range(offset_bytes, out.size())) {
+  // Checked again under io_lock_ below; this early answer only saves the locks (the
+  // size never shrinks, so a request in range now stays in range).
+  if (!geometry().in_range(offset_bytes, out.size())) {
     return out_of_range("read beyond the volume's end");
   }
   // Reading the base point itself must not overlap a merge rewriting the base: wait
@@ -575,6 +587,8 @@ Status Volume::read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint
   std::shared_lock io(io_lock_);
   // discard_after() may have dropped the point between the checks.
   AMIRROR_ASSIGN_OR_RETURN(size_t top, layers_in_point_locked(cycle));
+  // A point frozen before a resize reads as zeros past its old end: no layer of it
+  // holds a chunk there and the base's tail is a hole (see resize()).
   return read_layers(layers_, top, offset_bytes, out, /*lock_active=*/false);
 }
 
@@ -598,7 +612,8 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
   }
 
   // First write to this chunk since the freeze (patent step C10).
-  uint64_t chunk_length = geometry_.chunk_length_bytes(piece.chunk_index);
+  const ChunkGeometry geometry = this->geometry();  // stable: the caller holds io_lock_
+  uint64_t chunk_length = geometry.chunk_length_bytes(piece.chunk_index);
   uint64_t slot = active.reserve_slot();
   Status status;
   if (piece.covers_whole_chunk) {
@@ -609,7 +624,7 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
       std::memset(chunk.data(), 0, chunk_length);
     } else {
       // The writer holds this chunk's stripe, so the lower layers' content is stable.
-      status = read_layers(layers_, layers_.size() - 1, geometry_.chunk_offset_bytes(piece.chunk_index),
+      status = read_layers(layers_, layers_.size() - 1, geometry.chunk_offset_bytes(piece.chunk_index),
                            chunk, /*lock_active=*/false);
     }
     if (status.ok()) {
@@ -627,18 +642,19 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
 
 Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua,
                       bool staged) {
-  if (!geometry_.in_range(offset_bytes, length_bytes)) {
-    return out_of_range("write of " + std::to_string(length_bytes) + " bytes at offset " +
-                        std::to_string(offset_bytes) + " is beyond the volume's end (" +
-                        std::to_string(size_bytes()) + " bytes)");
-  }
   {
-    std::shared_lock io(io_lock_);
+    std::shared_lock io(io_lock_);  // before the range check: the size is stable under it
+    const ChunkGeometry geometry = this->geometry();
+    if (!geometry.in_range(offset_bytes, length_bytes)) {
+      return out_of_range("write of " + std::to_string(length_bytes) + " bytes at offset " +
+                          std::to_string(offset_bytes) + " is beyond the volume's end (" +
+                          std::to_string(geometry.volume_size_bytes()) + " bytes)");
+    }
     if (!staged && read_only_.load()) {
       return Status(ErrorCode::kReadOnly, dir_ + " is read-only (a replica or a demoted volume)");
     }
     Status status;
-    geometry_.for_each_piece(offset_bytes, length_bytes, [&](const ChunkPiece& piece) {
+    geometry.for_each_piece(offset_bytes, length_bytes, [&](const ChunkPiece& piece) {
       if (!status.ok()) return;
       status = write_piece(piece, data != nullptr ? data + piece.offset_in_request_bytes : nullptr);
     });
@@ -767,8 +783,8 @@ Status Volume::rewrite_chunk_of_newest_point(uint64_t chunk_index, std::span<con
     newest = cycle_locked();
   }
   AMIRROR_ASSIGN_OR_RETURN(size_t top, layers_in_point_locked(newest));
-  uint64_t offset = geometry_.chunk_offset_bytes(chunk_index);
-  uint64_t length = geometry_.chunk_length_bytes(chunk_index);
+  uint64_t offset = geometry().chunk_offset_bytes(chunk_index);
+  uint64_t length = geometry().chunk_length_bytes(chunk_index);
   auto [index, entry] = resolve(layers_, top, chunk_index);
   if (!entry) {
     AMIRROR_RETURN_IF_ERROR(data.empty() ? base_->punch_hole(offset, length) : base_->write_at(offset, data));
@@ -796,6 +812,79 @@ Status Volume::relabel_base(uint64_t cycle) {
   Status status = write_meta();
   if (!status.ok()) meta_.base_cycle = old;
   return status;
+}
+
+// Resize protocol: see volume.h and docs/formats/store.md ("Resize").
+Result<uint64_t> Volume::resize(uint64_t size_bytes) {
+  {
+    std::lock_guard meta(meta_mutex_);
+    AMIRROR_RETURN_IF_ERROR(check_resize_locked(size_bytes));
+    if (size_bytes == meta_.options.size_bytes) return size_bytes;
+  }
+  // Like freeze: sync outside the locks first, so the stall covers only the last changes.
+  AMIRROR_RETURN_IF_ERROR(flush());
+  // After a merge, not beside it: the merge reads the geometry once for its layer.
+  std::lock_guard merge_lock(merge_mutex_);
+  std::unique_lock io(io_lock_);  // client I/O waits; what it sees next is the new size
+  const uint64_t old_size_bytes = this->size_bytes();
+  {
+    std::lock_guard meta(meta_mutex_);  // again: another resize may have run meanwhile
+    AMIRROR_RETURN_IF_ERROR(check_resize_locked(size_bytes));
+  }
+  if (size_bytes == old_size_bytes) return old_size_bytes;
+  AMIRROR_RETURN_IF_ERROR(zero_slot_tails_locked(old_size_bytes, size_bytes).with_context("resize " + dir_));
+  // A durable point, like freeze: every write before resize() survives a crash after it.
+  AMIRROR_RETURN_IF_ERROR(layers_.back()->sync().with_context("resize " + dir_));
+  // A hole: no data is written, and a crash from here on leaves a longer base.img
+  // that open() trims back to the size volume.meta records.
+  AMIRROR_RETURN_IF_ERROR(base_->truncate(size_bytes).with_context("resize " + dir_));
+  AMIRROR_RETURN_IF_ERROR(base_->sync().with_context("resize " + dir_));
+  {
+    std::lock_guard meta(meta_mutex_);
+    meta_.options.size_bytes = size_bytes;
+    Status status = write_meta();
+    if (!status.ok()) {
+      // base.img stays longer: harmless in memory (nothing reads past the size) and
+      // trimmed by the next open if volume.meta did not change after all.
+      meta_.options.size_bytes = old_size_bytes;
+      return status.with_context("resize " + dir_);
+    }
+  }
+  size_bytes_.store(size_bytes, std::memory_order_release);
+  return old_size_bytes;
+}
+
+Status Volume::check_resize_locked(uint64_t size_bytes) const {
+  const uint64_t old_size_bytes = meta_.options.size_bytes;
+  VolumeOptions options = meta_.options;
+  options.size_bytes = size_bytes;
+  AMIRROR_RETURN_IF_ERROR(validate_volume_options(options));  // names a bad value
+  if (size_bytes < old_size_bytes) {
+    return invalid_argument("shrinking is not supported; the volume is " + format_bytes(old_size_bytes) + " (" +
+                            std::to_string(old_size_bytes) + " bytes) and " + format_bytes(size_bytes) + " (" +
+                            std::to_string(size_bytes) + " bytes) is smaller; a volume only grows");
+  }
+  return Status();
+}
+
+// The old last chunk was short: each slot holding it has bytes past the old end that
+// were never part of any point, and may hold another chunk's old bytes (slots are
+// reused). Once the chunk is longer they would be read, so they become zeros first,
+// synced before volume.meta changes. Bytes outside every point's image change: no
+// point changes, not even a frozen layer's, so a crash anywhere here is harmless.
+Status Volume::zero_slot_tails_locked(uint64_t old_size_bytes, uint64_t new_size_bytes) {
+  uint64_t old_tail_bytes = old_size_bytes % chunk_size_bytes_;
+  if (old_tail_bytes == 0) return Status();
+  uint64_t chunk_index = old_size_bytes / chunk_size_bytes_;
+  uint64_t new_length_bytes = ChunkGeometry(new_size_bytes, chunk_size_bytes_).chunk_length_bytes(chunk_index);
+  std::span<const uint8_t> zeros(zero_chunk(), new_length_bytes - old_tail_bytes);
+  for (const auto& layer : layers_) {
+    std::optional<ChunkEntry> entry = layer->find(chunk_index);
+    if (!entry || entry->state != ChunkState::kData) continue;
+    AMIRROR_RETURN_IF_ERROR(layer->write_slot(entry->slot, old_tail_bytes, zeros));
+    AMIRROR_RETURN_IF_ERROR(layer->sync());
+  }
+  return Status();
 }
 
 std::vector<DeltaChunk> Volume::active_changes() const {
@@ -874,9 +963,10 @@ Status Volume::merge_oldest() {
   }
   // Chunk order keeps the base writes sequential where the layer is dense.
   std::span<uint8_t> chunk = scratch_chunk(chunk_size_bytes());
+  const ChunkGeometry geometry = this->geometry();  // stable: resize() waits for merge_mutex_
   for (const auto& [chunk_index, entry] : oldest->entries()) {
-    uint64_t chunk_offset = geometry_.chunk_offset_bytes(chunk_index);
-    uint64_t chunk_length = geometry_.chunk_length_bytes(chunk_index);
+    uint64_t chunk_offset = geometry.chunk_offset_bytes(chunk_index);
+    uint64_t chunk_length = geometry.chunk_length_bytes(chunk_index);
     if (entry.state == ChunkState::kZero) {
       AMIRROR_RETURN_IF_ERROR(base_->punch_hole(chunk_offset, chunk_length));
       continue;
@@ -966,20 +1056,20 @@ Result<std::vector<uint64_t>> Volume::allocated_chunks(uint64_t cycle) {
 }
 
 Result<std::vector<Extent>> Volume::allocated_extents(uint64_t offset_bytes, uint64_t length_bytes) {
-  if (!geometry_.in_range(offset_bytes, length_bytes)) {
+  std::shared_lock io(io_lock_);  // before the range check: the size is stable under it
+  if (!geometry().in_range(offset_bytes, length_bytes)) {
     return out_of_range("extent query beyond the volume's end");
   }
   if (length_bytes == 0) return std::vector<Extent>{};
-  std::shared_lock io(io_lock_);
   return allocated_extents_locked(layers_.size(), offset_bytes, length_bytes);
 }
 
 Result<std::vector<Extent>> Volume::allocated_extents_at(uint64_t cycle, uint64_t offset_bytes, uint64_t length_bytes) {
-  if (!geometry_.in_range(offset_bytes, length_bytes)) {
+  std::shared_lock io(io_lock_);  // before the range check: the size is stable under it
+  if (!geometry().in_range(offset_bytes, length_bytes)) {
     return out_of_range("extent query beyond the volume's end");
   }
   if (length_bytes == 0) return std::vector<Extent>{};
-  std::shared_lock io(io_lock_);
   AMIRROR_ASSIGN_OR_RETURN(size_t top, layers_in_point_locked(cycle));
   // Base extents are read without the base-point lock: a merge only adds data to the
   // base under a layer that covers it, so at worst a chunk is reported allocated.
@@ -988,6 +1078,7 @@ Result<std::vector<Extent>> Volume::allocated_extents_at(uint64_t cycle, uint64_
 
 Result<std::vector<Extent>> Volume::allocated_extents_locked(size_t top, uint64_t offset_bytes,
                                                              uint64_t length_bytes) {
+  const ChunkGeometry geometry = this->geometry();
   uint64_t range_end = offset_bytes + length_bytes;
   uint64_t first_chunk = offset_bytes / chunk_size_bytes();
   uint64_t last_chunk = (range_end - 1) / chunk_size_bytes();
@@ -1023,8 +1114,8 @@ Result<std::vector<Extent>> Volume::allocated_extents_locked(size_t top, uint64_
     uint64_t position = extent.offset_bytes;
     uint64_t end = extent.offset_bytes + extent.length_bytes;
     for (auto it = overrides.lower_bound(position / chunk_size_bytes());
-         it != overrides.end() && geometry_.chunk_offset_bytes(it->first) < end; ++it) {
-      uint64_t chunk_start = geometry_.chunk_offset_bytes(it->first);
+         it != overrides.end() && geometry.chunk_offset_bytes(it->first) < end; ++it) {
+      uint64_t chunk_start = geometry.chunk_offset_bytes(it->first);
       if (chunk_start > position) ranges.push_back({position, chunk_start});
       position = std::max(position, chunk_start + chunk_size_bytes());
     }
@@ -1032,8 +1123,8 @@ Result<std::vector<Extent>> Volume::allocated_extents_locked(size_t top, uint64_
   }
   for (const auto& [chunk_index, holds_data] : overrides) {
     if (!holds_data) continue;
-    uint64_t chunk_start = geometry_.chunk_offset_bytes(chunk_index);
-    ranges.push_back({chunk_start, chunk_start + geometry_.chunk_length_bytes(chunk_index)});
+    uint64_t chunk_start = geometry.chunk_offset_bytes(chunk_index);
+    ranges.push_back({chunk_start, chunk_start + geometry.chunk_length_bytes(chunk_index)});
   }
   std::sort(ranges.begin(), ranges.end());
   std::vector<Extent> result;

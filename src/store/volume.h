@@ -24,7 +24,13 @@
 // before it survives a crash. freeze() is itself a durable point: a frozen layer is
 // fully synced before freeze() returns, so a frozen point never changes after a crash.
 // Metadata (size, chunk size, cycle, base_cycle) lives in volume.meta, replaced
-// atomically (write-new-then-rename) by freeze and merge.
+// atomically (write-new-then-rename) by freeze, merge and resize.
+//
+// Size: a volume grows online (resize()); it never shrinks. Points carry no size of
+// their own: a point frozen before a growth reads as its image followed by zeros up
+// to the current size, because nothing in its layers covers the new chunks, the
+// base's new tail is a hole, and resize() zeroes the bytes past the old end in every
+// slot of the old short last chunk (see resize()).
 //
 // Thread-safety: all methods are thread-safe. Reads and writes run concurrently;
 // freeze() waits for in-flight reads and writes to drain and holds new ones back only
@@ -105,9 +111,11 @@ class Volume {
   // A missing, foreign or corrupt volume.meta is an error; nothing is repaired by guessing.
   static Result<std::unique_ptr<Volume>> open(FileSystem& fs, const std::string& dir);
 
-  uint64_t size_bytes() const { return geometry_.volume_size_bytes(); }
-  uint64_t chunk_size_bytes() const { return geometry_.chunk_size_bytes(); }
-  const ChunkGeometry& geometry() const { return geometry_; }
+  // The size now; only resize() changes it, and only upwards.
+  uint64_t size_bytes() const { return size_bytes_.load(std::memory_order_acquire); }
+  uint64_t chunk_size_bytes() const { return chunk_size_bytes_; }
+  // A snapshot of the geometry at the current size.
+  ChunkGeometry geometry() const { return ChunkGeometry(size_bytes(), chunk_size_bytes_); }
   // The consistency group. Changed only by set_group(), which callers make while
   // nothing else uses the volume (promote of a group).
   const std::string& group() const { return group_; }
@@ -175,6 +183,20 @@ class Volume {
   // Chunks the active layer changed since the last freeze (kZero for zeroed ones).
   std::vector<DeltaChunk> active_changes() const;
 
+  // Grows the volume to `size_bytes` while clients read and write (they wait only
+  // while it runs, after a running merge; no data is copied) and returns the size
+  // before. Like freeze(), a durable point: every write before it survives a crash
+  // once it returns. The same size changes nothing. Shrinking, a size not a multiple
+  // of 512 or above the maximum is refused naming the value, and changes nothing.
+  // Crash protocol (docs/formats/store.md, "Resize"): (1) in every layer whose slot
+  // holds the old short last chunk, the slot's bytes past the old end are zeroed and
+  // synced (they were never part of any point, so no point changes), and the active
+  // layer is synced; (2) base.img is extended with truncate (a hole) and synced;
+  // (3) one volume.meta replacement records the new size. A crash before (3) leaves
+  // the old size with a longer base.img, which open() trims back.
+  // Clients that learned the size earlier (an NBD connection) keep using the old one.
+  Result<uint64_t> resize(uint64_t size_bytes);
+
   // Folds the oldest frozen layer into the base and deletes it. kNotFound if no layer
   // is frozen. Runs concurrently with client I/O; one merge at a time.
   Status merge_oldest();
@@ -196,6 +218,10 @@ class Volume {
 
  private:
   Volume(FileSystem& fs, std::string dir, const VolumeOptions& options);
+  // The error for a resize to `size_bytes`, or ok. REQUIRES: meta_mutex_ held.
+  Status check_resize_locked(uint64_t size_bytes) const;
+  // resize() step 1. REQUIRES: io_lock_ held exclusive.
+  Status zero_slot_tails_locked(uint64_t old_size_bytes, uint64_t new_size_bytes);
 
   // One frozen layer: its file id and the point it completes.
   struct FrozenLayer {
@@ -246,7 +272,10 @@ class Volume {
 
   FileSystem& fs_;
   const std::string dir_;
-  const ChunkGeometry geometry_;
+  const uint64_t chunk_size_bytes_;
+  // Changes only in resize(), under io_lock_ exclusive: whoever holds io_lock_ (shared
+  // or exclusive) sees one stable size; others get a size that only grows.
+  std::atomic<uint64_t> size_bytes_;
   std::string group_;
   std::unique_ptr<File> base_;
 
@@ -269,7 +298,7 @@ class Volume {
   std::atomic<bool> read_only_{false};
 
   std::atomic<uint64_t> last_freeze_stall_us_{0};
-  std::mutex merge_mutex_;                 // one merge at a time
+  std::mutex merge_mutex_;                 // one merge (or resize) at a time
   // Held exclusively by a merge while it rewrites the base, shared by readers of the
   // base point itself (read_frozen(base_cycle()), allocated_chunks).
   std::shared_mutex base_point_lock_;

@@ -53,6 +53,13 @@ void ModelVolume::merge_oldest() {
   base_cycle_++;
 }
 
+void ModelVolume::grow(uint64_t size_bytes) {
+  AMIRROR_ASSERT(size_bytes >= image_.size());
+  image_.resize(size_bytes, 0);
+  durable_.resize(size_bytes, 0);
+  for (auto& [cycle, image] : frozen_) image.resize(size_bytes, 0);
+}
+
 void ModelVolume::uncertain_write(uint64_t offset_bytes, std::span<const uint8_t> attempted,
                                   std::span<const uint8_t> actual) {
   AMIRROR_ASSERT(attempted.size() == actual.size());

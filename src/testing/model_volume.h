@@ -42,6 +42,10 @@ class ModelVolume {
   void flush();
   uint64_t freeze();  // returns the new cycle
   void merge_oldest();  // REQUIRES: cycle() > base_cycle()
+  // Volume::resize: every point, old ones included, reads zeros up to the new size.
+  // Not a durable point by itself (a successful resize is: call flush() too).
+  // REQUIRES: size_bytes >= size_bytes().
+  void grow(uint64_t size_bytes);
 
   // A write whose outcome is unknown (it failed midway): the bytes may hold old or new
   // data. The model takes `actual` (what the volume now shows, each byte checked to be

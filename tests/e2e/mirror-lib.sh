@@ -22,6 +22,7 @@
 #   wait_until TIMEOUT_S DESCRIPTION COMMAND...  (TIMEOUT_S is scaled by TIMEOUT_SCALE, 4)
 #   proxy_link SRC TGT LABEL ARGS..., unproxy LABEL   faults between two nodes
 #   compare_replica SRC VOL TGT    byte-compare SRC's volume with its replica on TGT
+#   hold_open NODE VOL             a qemu-io keeping an NBD connection open (fd 7, $WORK/holder.out)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/pki.sh"
 require_cmd qemu-io qemu-img nbdcopy jq python3 cmp
@@ -318,4 +319,17 @@ write_mix() {
   write_pattern "$node" "$vol" $((size / 3 + 12345)) 777 "$p3"
   write_pattern "$node" "$vol" $((size - 1000)) 1000 "$p2"
   write_random "$node" "$vol" $((size / 2 + 511 + seed * 4096)) $((1024 * 1024 + 3))
+}
+
+# hold_open NODE VOL: a qemu-io that keeps an NBD connection to VOL open, fed from fd 7
+# (echo "read 0 4k" >&7); it prints to $WORK/holder.out. Needs stdbuf.
+hold_open() {
+  rm -f "$WORK/holder.fifo" "$WORK/holder.out"
+  mkfifo "$WORK/holder.fifo"
+  stdbuf -oL qemu-io -f raw "$(vol_uri "$1" "$2")" <"$WORK/holder.fifo" >"$WORK/holder.out" 2>&1 &
+  HOLDER_PID=$!
+  SERVE_PID[holder]=$HOLDER_PID
+  exec 7>"$WORK/holder.fifo"
+  echo "read 0 4k" >&7
+  wait_until 30 "qemu-io holding $1:$2 open read from it" grep -q "read 4096/4096" "$WORK/holder.out"
 }

@@ -15,18 +15,6 @@ start_node b
 vdir=$WORK/a.d/volumes/v
 state=$WORK/a.d/mirrors/v.json
 
-# hold_open NODE VOL: a qemu-io that keeps an NBD connection to VOL open, fed from fd 7.
-hold_open() {
-  rm -f "$WORK/holder.fifo" "$WORK/holder.out"
-  mkfifo "$WORK/holder.fifo"
-  stdbuf -oL qemu-io -f raw "$(vol_uri "$1" "$2")" <"$WORK/holder.fifo" >"$WORK/holder.out" 2>&1 &
-  HOLDER_PID=$!
-  SERVE_PID[holder]=$HOLDER_PID
-  exec 7>"$WORK/holder.fifo"
-  echo "read 0 4k" >&7
-  wait_until 30 "qemu-io holding $1:$2 open read from it" grep -q "read 4096/4096" "$WORK/holder.out"
-}
-
 expect_refusal 1 "no volume named 'x'" a volume delete x
 expect_refusal 2 "" a volume delete
 expect_refusal 1 "bad volume name" a volume delete 'a/b'

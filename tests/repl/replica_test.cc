@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <random>
 
+#include "base/coding.h"
+
 namespace amirror::repl {
 namespace {
 
@@ -146,7 +148,9 @@ TEST_F(ReplicaTest, ACommittedDeltaIsServedBeforeMergeAndMergedOnOpen) {
 
 TEST_F(ReplicaTest, RefusesAnotherGeometryAndCorruptMetadata) {
   { auto replica = create(); }
-  EXPECT_FALSE(Replica::open_or_create(posix_file_system(), dir_, "site-a", "db", kSize * 2, kChunk).ok());
+  // Smaller, or another chunk size (a larger size is a grow: GrowsWithItsSource...).
+  EXPECT_FALSE(Replica::open_or_create(posix_file_system(), dir_, "site-a", "db", kSize - 512, kChunk).ok());
+  EXPECT_FALSE(Replica::open_or_create(posix_file_system(), dir_, "site-a", "db", kSize, kChunk * 2).ok());
   {
     FILE* meta = std::fopen((dir_ + "/replica.meta").c_str(), "r+b");
     ASSERT_NE(meta, nullptr);
@@ -185,6 +189,74 @@ TEST_F(ReplicaTest, OneCharacterNamesRoundTripThroughMeta) {
   ASSERT_FALSE(truncated.ok());
   EXPECT_NE(truncated.status().message().find("not an amirror replica file"), std::string::npos)
       << truncated.status().message();
+}
+
+// The source volume grew (`volume resize`): OPEN_REPLICA brings the larger size and
+// the replica grows instead of refusing; its point reads zeros past the old end, the
+// old short last chunk takes a whole chunk, and the new region takes deltas. A smaller
+// size or another chunk size is still refused and changes nothing.
+TEST_F(ReplicaTest, GrowsWithItsSourceAndRefusesToShrink) {
+  constexpr uint64_t kGrown = kSize + 40 * kChunk;  // chunk 64 becomes whole, 65.. new
+  std::vector<uint8_t> image(kSize, 0);
+  {
+    auto replica = create();
+    stage_delta(*replica, {0, 3, 1000, 2, 0, true}, {1, 64}, 1, image);
+    ASSERT_TRUE(replica->end_delta(2).ok());
+    ASSERT_TRUE(replica->apply([] {}).ok());
+  }
+  auto grown = Replica::open_or_create(posix_file_system(), dir_, "site-a", "db", kGrown, kChunk);
+  ASSERT_TRUE(grown.ok()) << grown.status().to_string();
+  Replica& replica = *grown.value();
+  EXPECT_EQ(replica.size_bytes(), kGrown);
+  image.resize(kGrown, 0);
+  std::vector<uint8_t> actual(kGrown);
+  ASSERT_TRUE(replica.read(0, actual).ok());
+  EXPECT_EQ(actual, image) << "the applied point must read zeros past its old end";
+  EXPECT_EQ(replica.state().applied_cycle, 3u) << "growing keeps the applied point";
+
+  for (auto [size, chunk] : {std::pair{kSize, kChunk}, std::pair{kGrown - 512, kChunk}, std::pair{kGrown, 2 * kChunk}}) {
+    Status refused = replica.follow_source_geometry(size, chunk);
+    ASSERT_FALSE(refused.ok()) << size << " bytes, " << chunk << "-byte chunks";
+    EXPECT_NE(refused.message().find("replica delete site-a/db"), std::string::npos) << refused.message();
+    EXPECT_EQ(replica.size_bytes(), kGrown);
+  }
+
+  // A delta after the growth: the old short chunk whole, and a chunk of the new region.
+  ASSERT_TRUE(replica.begin_delta({3, 4, 2000, 2, 0, false}).ok());
+  std::vector<uint8_t> whole(kChunk), fresh(kChunk);
+  for (size_t i = 0; i < kChunk; ++i) whole[i] = static_cast<uint8_t>(i * 3 + 1), fresh[i] = static_cast<uint8_t>(i * 5 + 2);
+  ASSERT_TRUE(replica.stage({0, 64, RecordKind::kData, whole}).ok());
+  ASSERT_TRUE(replica.stage({1, 100, RecordKind::kData, fresh}).ok());
+  ASSERT_TRUE(replica.end_delta(2).ok());
+  ASSERT_TRUE(replica.apply([] {}).ok());
+  std::copy(whole.begin(), whole.end(), image.begin() + 64 * kChunk);
+  std::copy(fresh.begin(), fresh.end(), image.begin() + 100 * kChunk);
+  ASSERT_TRUE(replica.read(0, actual).ok());
+  EXPECT_EQ(actual, image);
+  grown.value().reset();
+
+  auto reopened = Replica::open(posix_file_system(), dir_);
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  EXPECT_EQ(reopened.value()->size_bytes(), kGrown);
+  ASSERT_TRUE(reopened.value()->read(0, actual).ok());
+  EXPECT_EQ(actual, image);
+}
+
+// A grow cut short after the volume grew and before replica.meta recorded it: open()
+// finishes it (the volume is the truth; only a grow makes it larger).
+TEST_F(ReplicaTest, OpenFinishesAGrowCutShortBeforeReplicaMeta) {
+  {
+    auto replica = create();
+    ASSERT_TRUE(replica->store_volume()->resize(kSize + kChunk).ok());  // step 1 only
+  }
+  auto reopened = Replica::open(posix_file_system(), dir_);
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  EXPECT_EQ(reopened.value()->size_bytes(), kSize + kChunk);
+  reopened.value().reset();
+  // replica.meta says so itself now (size_bytes: the u64 at byte 16).
+  auto meta = read_small_file(posix_file_system(), dir_ + "/replica.meta", 4096);
+  ASSERT_TRUE(meta.ok());
+  EXPECT_EQ(get_u64(reinterpret_cast<const uint8_t*>(meta.value().data()) + 16), kSize + kChunk);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@ using testing::SimLink;
 
 constexpr uint64_t kChunkBytes = 4096;
 constexpr uint64_t kVolumeBytes = 32 * kChunkBytes;
+constexpr uint64_t kShortVolumeBytes = 10 * kChunkBytes + 2048;  // a short last chunk
 
 // What a source believes about its one target, kept in memory.
 class MemoryHost : public SenderHost {
@@ -61,7 +62,11 @@ class OneReplica : public ReplicaAccess {
   Status admit_peer(const std::string& node) override {
     return node == "a" ? Status() : invalid_argument("'" + node + "' is not a peer");
   }
-  Result<std::shared_ptr<Replica>> acquire(const std::string&, const OpenReplica&) override { return replica_; }
+  // As the node's registry does: the replica follows the size the source announces.
+  Result<std::shared_ptr<Replica>> acquire(const std::string&, const OpenReplica& open) override {
+    AMIRROR_RETURN_IF_ERROR(replica_->follow_source_geometry(open.size_bytes, open.chunk_size_bytes));
+    return replica_;
+  }
   void release(const std::string&, const std::string&) override {}
 
  private:
@@ -101,6 +106,8 @@ class SessionsTest : public VolumeAndReplicaTest {
     }
     return Status(ErrorCode::kCancelled, "cut");
   }
+
+  void write_random(uint64_t offset_bytes, uint64_t length_bytes);
 
   MemoryHost host_;
   std::unique_ptr<SimLink> link_;
@@ -167,6 +174,62 @@ TEST_F(SessionsTest, TheReceiverRefusesAStrangerAndFramesOutOfSequence) {
   Status early = second.on_frame(Frame{FrameType::kEndDelta, encode(EndDelta{0})});
   EXPECT_FALSE(early.ok());
   EXPECT_EQ(replica_->state().applied_cycle, 0u);
+}
+
+void SessionsTest::write_random(uint64_t offset_bytes, uint64_t length_bytes) {
+  std::vector<uint8_t> data(length_bytes);
+  random_.fill(data);
+  ASSERT_TRUE(volume_->write(offset_bytes, data).ok());
+}
+
+// The source grows (`volume resize`) while its target lags a point behind: the next
+// connection opens the replica with the new size, the replica grows, the old point is
+// sent cut to the new size (zeros past its old end) and then the new one, with only
+// the chunks written since (also in the new region). A full copy works at the new size.
+TEST_F(SessionsTest, TheReplicaGrowsWithItsSourceAndGetsTheNewRegion) {
+  start_with(kShortVolumeBytes, "v2", "r2");  // a short last chunk
+  write_random(0, kShortVolumeBytes);
+  uint64_t first = volume_->freeze().value();
+  ASSERT_TRUE(connect_and_send(first).ok());
+  expect_replica_equals(first);
+
+  write_random(3 * kChunkBytes, kChunkBytes);
+  uint64_t before_growth = volume_->freeze().value();  // of the old size, not sent yet
+  ASSERT_TRUE(volume_->resize(kShortVolumeBytes + 10 * kChunkBytes).ok());
+  write_random(10 * kChunkBytes + 1024, 6000);  // across the old end
+  write_random(19 * kChunkBytes, kChunkBytes);
+  uint64_t after_growth = volume_->freeze().value();
+
+  ASSERT_TRUE(connect_and_send(before_growth).ok());
+  expect_replica_equals(before_growth);
+  ASSERT_TRUE(connect_and_send(after_growth).ok());
+  expect_replica_equals(after_growth);
+  EXPECT_LT(link_->bytes_sent(SimLink::kSource), 4 * kChunkBytes)
+      << "the delta after the growth sent more than the three chunks written (10, 11, 19)";
+
+  host_.view_ = TargetView{};  // the source lost its record: a full copy at the new size
+  write_random(15 * kChunkBytes, 100);
+  uint64_t full = volume_->freeze().value();
+  ASSERT_TRUE(connect_and_send(full).ok());
+  EXPECT_EQ(host_.resets, 1);
+  expect_replica_equals(full);
+}
+
+// A delta cut after every record was staged, among them the short last chunk; then the
+// source grows; the next connection grows the replica (the staged short chunk gets
+// zeros past the old end) and resumes the delta instead of starting over.
+TEST_F(SessionsTest, ADeltaCutBeforeTheSourceGrewResumesAfterIt) {
+  start_with(kShortVolumeBytes, "v2", "r2");  // a short last chunk
+  write_random(0, kShortVolumeBytes);
+  uint64_t point = volume_->freeze().value();
+  // HELLO, OPEN, state and BEGIN take 6 steps; each record 2 (send, stage).
+  Status cut = connect_and_send(point, 6 + 2 * 11);
+  ASSERT_EQ(cut.code(), ErrorCode::kCancelled);
+  ASSERT_EQ(replica_->state().staged_record_count, 11u) << "the cut should come after the last record";
+  ASSERT_TRUE(volume_->resize(kShortVolumeBytes + 3 * kChunkBytes).ok());
+  ASSERT_TRUE(connect_and_send(point).ok());
+  EXPECT_EQ(sender_->first_chunk(), 11u) << "the delta started over instead of resuming";
+  expect_replica_equals(point);
 }
 
 }  // namespace

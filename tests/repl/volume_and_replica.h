@@ -23,16 +23,21 @@ class VolumeAndReplicaTest : public ::testing::Test {
   VolumeAndReplicaTest(const std::string& tag, uint64_t volume_bytes, uint64_t chunk_bytes, uint64_t seed)
       : volume_bytes_(volume_bytes), chunk_bytes_(chunk_bytes), scratch_(tag, /*in_memory=*/true), random_(seed) {}
 
-  void SetUp() override {
-    ASSERT_TRUE(posix_file_system().make_dir(scratch_.sub("v")).ok());
-    ASSERT_TRUE(posix_file_system().make_dir(scratch_.sub("r")).ok());
+  void SetUp() override { start_with(volume_bytes_, "v", "r"); }
+
+  // A fresh source volume of `size_bytes` in scratch directory `volume_dir` and its
+  // empty replica in `replica_dir`.
+  void start_with(uint64_t size_bytes, const std::string& volume_dir, const std::string& replica_dir) {
+    ASSERT_TRUE(posix_file_system().make_dir(scratch_.sub(volume_dir)).ok());
+    ASSERT_TRUE(posix_file_system().make_dir(scratch_.sub(replica_dir)).ok());
     VolumeOptions options;
-    options.size_bytes = volume_bytes_;
+    options.size_bytes = size_bytes;
     options.chunk_size_bytes = chunk_bytes_;
-    auto volume = Volume::create(posix_file_system(), scratch_.sub("v"), options);
+    auto volume = Volume::create(posix_file_system(), scratch_.sub(volume_dir), options);
     ASSERT_TRUE(volume.ok()) << volume.status().to_string();
     volume_ = std::move(volume).value();
-    auto replica = Replica::open_or_create(posix_file_system(), scratch_.sub("r"), "a", "v", volume_bytes_, chunk_bytes_);
+    auto replica = Replica::open_or_create(posix_file_system(), scratch_.sub(replica_dir), "a", "v", size_bytes,
+                                           chunk_bytes_);
     ASSERT_TRUE(replica.ok()) << replica.status().to_string();
     replica_ = std::move(replica).value();
   }
@@ -41,7 +46,7 @@ class VolumeAndReplicaTest : public ::testing::Test {
   // freezes; returns the new cycle.
   uint64_t write_and_freeze(std::initializer_list<uint64_t> chunks) {
     for (uint64_t chunk : chunks) {
-      std::vector<uint8_t> data(std::min(chunk_bytes_, volume_bytes_ - chunk * chunk_bytes_));
+      std::vector<uint8_t> data(std::min(chunk_bytes_, volume_->size_bytes() - chunk * chunk_bytes_));
       random_.fill(data);
       EXPECT_TRUE(volume_->write(chunk * chunk_bytes_, data).ok());
     }
@@ -50,9 +55,11 @@ class VolumeAndReplicaTest : public ::testing::Test {
     return cycle.value();
   }
 
-  // The replica is at `point` and reads as that freeze point, byte for byte.
+  // The replica is at `point` and reads as that freeze point, byte for byte (at the
+  // volume's size now: a grown source's replica must have grown too).
   void expect_replica_equals(uint64_t point) {
-    std::vector<uint8_t> expected(volume_bytes_), actual(volume_bytes_);
+    ASSERT_EQ(replica_->size_bytes(), volume_->size_bytes());
+    std::vector<uint8_t> expected(volume_->size_bytes()), actual(volume_->size_bytes());
     ASSERT_TRUE(volume_->read_frozen(point, 0, expected).ok());
     ASSERT_TRUE(replica_->read(0, actual).ok());
     EXPECT_EQ(replica_->state().applied_cycle, point);

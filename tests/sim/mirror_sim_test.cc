@@ -8,7 +8,8 @@
 // and its persistence. What the simulation supplies is the schedule: which frame moves
 // when, which fault strikes, when targets change, crash or lose power.
 //
-// Each seed runs a random schedule of: writes and flushes, freezes, merges, connects,
+// Each seed runs a random schedule of: writes and flushes, freezes, merges, source
+// volumes growing (`volume resize`; replicas grow when their next delta opens), connects,
 // frame deliveries, `mirror break` + `mirror start` with a random target set (names of
 // 1-2 characters), `mirror sync`, target crash and power loss, source crash, network
 // faults and a full or failing target disk, a crash in the middle of a target's
@@ -230,6 +231,7 @@ class Simulation {
   void step();
   // Operations of the schedule.
   void op_write();
+  void op_grow();
   void op_freeze();
   void op_merge(SourceVolume& volume);
   void op_connect(size_t target);
@@ -385,6 +387,20 @@ void Simulation::op_write() {
   }
   std::copy(data.begin(), data.end(), entry.model.begin() + static_cast<std::ptrdiff_t>(offset));
   log("write " + entry.name + " " + std::to_string(offset) + "+" + std::to_string(length) + " kind " + std::to_string(kind));
+}
+
+// `volume resize`: a few sectors (often leaving a short last chunk) or a few chunks,
+// up to 64 chunks. Every point kept reads zeros past its old end, as on the replicas.
+void Simulation::op_grow() {
+  SourceVolume& entry = volumes_[random_.uniform(0, volumes_.size() - 1)];
+  const uint64_t chunk = entry.volume->chunk_size_bytes();
+  uint64_t size = entry.model.size();
+  uint64_t grown = std::min(64 * chunk, size + (random_.percent(50) ? 512 * random_.uniform(1, 8) : chunk * random_.uniform(1, 4)));
+  if (grown <= size) return;
+  check_ok(entry.volume->resize(grown).status(), "resize");
+  entry.model.resize(grown, 0);
+  for (auto& [cycle, image] : entry.points) image.resize(grown, 0);
+  log("grow " + entry.name + " from " + std::to_string(size) + " to " + std::to_string(grown));
 }
 
 void Simulation::op_freeze() {
@@ -694,12 +710,17 @@ void Simulation::check_invariants() {
       auto point = entry.points.find(readable);
       check(point != entry.points.end(), "replica " + volume_name + " on " + target->name() + " serves cycle " +
                                              std::to_string(readable) + ", which was never frozen");
-      std::vector<uint8_t> image(entry.model.size());
-      check_ok(replica->read(0, image), "read replica");
+      // A replica not reached since its source grew is smaller: then the point, read
+      // at the source's size, must be zeros past the replica's end.
+      check(replica->size_bytes() <= entry.model.size(), "replica " + volume_name + " on " + target->name() +
+                                                             " is larger than its source");
+      std::vector<uint8_t> image(entry.model.size(), 0);
+      check_ok(replica->read(0, std::span(image).first(replica->size_bytes())), "read replica");
       if (image != point->second) {
         size_t at = std::mismatch(image.begin(), image.end(), point->second.begin()).first - image.begin();
         throw SimFailure{"replica " + volume_name + " on " + target->name() + " at cycle " + std::to_string(readable) +
-                         " differs from the source's freeze point at byte " + std::to_string(at)};
+                         " differs from the source's freeze point at byte " + std::to_string(at) + " (replica " +
+                         std::to_string(replica->size_bytes()) + " bytes, source " + std::to_string(entry.model.size()) + ")"};
       }
     }
   }
@@ -728,8 +749,10 @@ void Simulation::check_invariants() {
 void Simulation::step() {
   size_t t = random_.uniform(0, targets_.size() - 1);
   uint64_t dice = random_.uniform(0, 999);
-  if (dice < 250) {
+  if (dice < 240) {
     op_write();
+  } else if (dice < 250) {
+    op_grow();
   } else if (dice < 290) {
     SourceVolume& entry = volumes_[random_.uniform(0, volumes_.size() - 1)];
     check_ok(entry.volume->flush(), "flush");

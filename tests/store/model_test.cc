@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Model-based test of the volume store: random sequences of client I/O, freezes,
-// group freezes, merges, frozen-point reads, delta iteration, reopen and simulated
-// power loss, run against 2-3 real Volumes on a FaultFileSystem and checked step by
+// group freezes, merges, growth (resize), frozen-point reads, delta iteration, reopen
+// and simulated power loss, run against 2-3 real Volumes on a FaultFileSystem and checked step by
 // step against ModelVolume (plain byte arrays per volume and per freeze point).
 //
 // Default: 20 seeds x 5,000 operations, split over 4 shards so ctest can run them in
@@ -141,7 +141,8 @@ class ModelRun {
     uint64_t dice = random_.uniform(0, 999);
     // Cumulative weights (per mille).
     if (dice < 350) return op_write(v);
-    if (dice < 480) return op_read(v);
+    if (dice < 470) return op_read(v);
+    if (dice < 480) return op_grow(v);
     if (dice < 540) return op_trim_or_zero(v, /*trim=*/true);
     if (dice < 600) return op_trim_or_zero(v, /*trim=*/false);
     if (dice < 660) return op_flush(v);
@@ -206,6 +207,34 @@ class ModelRun {
     Status status = volumes_[v].volume->flush();
     if (!status.ok()) return "flush failed: " + status.to_string();
     volumes_[v].model.flush();
+    return "";
+  }
+
+  // Grows by a few sectors (often leaving a short last chunk) or a few chunks, up to
+  // 2 MiB; old points must then read zeros past their old end (the model pads them).
+  // Same size (a no-op) once the volume reached 2 MiB.
+  uint64_t pick_grown_size(const ModelVolume& model) {
+    constexpr uint64_t kMaxGrownBytes = 2 * kMiB;
+    uint64_t size = model.size_bytes();
+    if (size >= kMaxGrownBytes) return size;
+    uint64_t grown = random_.percent(50) ? size + random_.uniform(1, 16) * kSectorSizeBytes
+                                         : size + random_.uniform(1, 3) * model.chunk_size_bytes();
+    return std::min(grown, kMaxGrownBytes);
+  }
+
+  std::string op_grow(size_t v) {
+    auto& t = volumes_[v];
+    uint64_t size = t.model.size_bytes();
+    uint64_t grown = pick_grown_size(t.model);
+    log("grow v" + std::to_string(v) + " from " + std::to_string(size) + " to " + std::to_string(grown));
+    auto resized = t.volume->resize(grown);
+    if (!resized.ok()) return "resize failed: " + resized.status().to_string();
+    if (resized.value() != size) return "resize returned old size " + std::to_string(resized.value());
+    if (grown != size) {
+      t.model.grow(grown);
+      t.model.flush();  // a resize that changes the size is a durable point
+    }
+    if (t.volume->size_bytes() != grown) return "size_bytes() is not the new size after resize";
     return "";
   }
 
@@ -637,8 +666,8 @@ class ModelRun {
     uint64_t after = random_.uniform(0, 12);
     bool random_subset = random_.percent(40);
     uint64_t drop_seed = random_.next();
-    uint64_t kind = random_.uniform(0, 4);
-    static const char* const kNames[] = {"write", "write fua", "flush", "freeze", "merge_oldest"};
+    uint64_t kind = random_.uniform(0, 5);
+    static const char* const kNames[] = {"write", "write fua", "flush", "freeze", "merge_oldest", "resize"};
     uint64_t offset = 0, length = 0;
     std::vector<uint8_t> data;
     if (kind <= 1) {
@@ -646,8 +675,11 @@ class ModelRun {
       data.resize(length);
       random_.fill(data);
     }
+    const uint64_t old_size = t.model.size_bytes();
+    const uint64_t grown = kind == 5 ? pick_grown_size(t.model) : old_size;
     log(std::string("crash during ") + kNames[kind] + " v" + std::to_string(v) + " after " +
         std::to_string(after) + " file operations" + (kind <= 1 ? " " + range_text(v, offset, length) : "") +
+        (kind == 5 ? " to " + std::to_string(grown) + " bytes" : "") +
         (random_subset ? ", keeping a random subset (seed " + std::to_string(drop_seed) + ")" : ""));
     // Whatever became durable before the crash point is durable.
     fs_.fail_after(after, ErrorCode::kIo, FaultFileSystem::kOpAllMutating, /*sticky=*/true);
@@ -656,7 +688,8 @@ class ModelRun {
       case 0: case 1: status = t.volume->write(offset, data, kind == 1); break;
       case 2: status = t.volume->flush(); break;
       case 3: status = t.volume->freeze().status(); break;
-      default: status = t.volume->merge_oldest(); break;
+      case 4: status = t.volume->merge_oldest(); break;
+      default: status = t.volume->resize(grown).status(); break;
     }
     fs_.clear_faults();
     bool merge_possible = kind == 4 && t.model.cycle() > t.model.base_cycle();
@@ -665,7 +698,13 @@ class ModelRun {
         case 0: case 1: t.model.write(offset, data, kind == 1); break;
         case 2: t.model.flush(); break;
         case 3: t.model.freeze(); break;
-        default: if (merge_possible) t.model.merge_oldest(); break;
+        case 4: if (merge_possible) t.model.merge_oldest(); break;
+        default:
+          if (grown != old_size) {
+            t.model.grow(grown);
+            t.model.flush();
+          }
+          break;
       }
     } else if (kind <= 1) {
       t.model.unknown_write(offset, data);
@@ -684,6 +723,16 @@ class ModelRun {
       } else if (cycle != t.model.cycle()) {
         return "after a crash during freeze, cycle is " + std::to_string(cycle) + ", expected " +
                std::to_string(t.model.cycle()) + " or one more";
+      }
+    }
+    // A failed resize may or may not have happened, but wholly: the old size or the new.
+    if (!status.ok() && kind == 5) {
+      uint64_t size = t.volume->size_bytes();
+      if (size == grown) {
+        t.model.grow(grown);
+      } else if (size != old_size) {
+        return "after a crash during resize, the size is " + std::to_string(size) + ", expected " +
+               std::to_string(old_size) + " or " + std::to_string(grown);
       }
     }
     if (!status.ok() && merge_possible) {
