@@ -246,6 +246,10 @@ std::shared_ptr<repl::Replica> Node::find_replica(const std::string& source, con
   return replicas_->find(source, volume);
 }
 
+bool Node::replica_in_use(const std::string& source, const std::string& volume) const {
+  return replicas_->in_use(source + "/" + volume);
+}
+
 std::string Node::unavailable_reason(const std::string& export_name) const {
   for (const FailedReplica& failed : replicas_->failed()) {
     if (failed.source + "/" + failed.volume == export_name) return "replica failed to open: " + failed.error;

@@ -67,6 +67,8 @@ class Node {
   std::vector<std::string> export_names() const;
   std::shared_ptr<VolumeEntry> find_volume(const std::string& name) const;
   std::shared_ptr<repl::Replica> find_replica(const std::string& source, const std::string& volume) const;
+  // A peer connection holds the replica now (it is receiving); for tests.
+  bool replica_in_use(const std::string& source, const std::string& volume) const;
   // Why an export name that is not served is known anyway (failed, being imported); "" if unknown.
   std::string unavailable_reason(const std::string& export_name) const;
   // Unit keys ("volume:NAME", "group:NAME") with a mirror engine now; for tests and

@@ -106,6 +106,11 @@ bool ReplicaRegistry::acquire(const std::string& key, uint64_t wait_ms) {
   return in_use_.insert(key).second;
 }
 
+bool ReplicaRegistry::in_use(const std::string& key) const {
+  std::lock_guard lock(mutex_);
+  return in_use_.contains(key);
+}
+
 void ReplicaRegistry::release(const std::string& key) {
   std::lock_guard lock(mutex_);
   in_use_.erase(key);

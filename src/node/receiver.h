@@ -61,6 +61,7 @@ class ReplicaRegistry {
   // source's previous connection, not yet seen closing), waits up to `wait_ms` for it.
   bool acquire(const std::string& key, uint64_t wait_ms);
   void release(const std::string& key);
+  bool in_use(const std::string& key) const;
   // Deletes the replica (or failed replica) SOURCE/VOLUME: refused while a connection
   // holds it (it is receiving). `remove_dir` runs while the name is held, so no
   // connection recreates the replica halfway; if it fails, the replica is loaded again

@@ -427,6 +427,11 @@ std::optional<uint64_t> Volume::top_layer_id_locked(uint64_t cycle) const {
   return std::nullopt;
 }
 
+uint64_t Volume::next_layer_id_locked() {
+  highest_layer_id_ = std::max(highest_layer_id_, meta_.active_layer) + 1;
+  return highest_layer_id_;
+}
+
 Result<size_t> Volume::layers_in_point_locked(uint64_t cycle) const {
   std::optional<uint64_t> top_id;
   {
@@ -702,7 +707,7 @@ Status Volume::freeze_locked(int64_t time_unix_ms, uint64_t cycle) {
   uint64_t next_id;
   {
     std::lock_guard meta(meta_mutex_);
-    next_id = meta_.active_layer + 1;
+    next_id = next_layer_id_locked();
     if (cycle == 0) cycle = cycle_locked() + 1;
     if (cycle <= cycle_locked()) {
       return invalid_argument("cannot freeze " + dir_ + " as point " + std::to_string(cycle) +
@@ -720,7 +725,9 @@ Status Volume::freeze_locked(int64_t time_unix_ms, uint64_t cycle) {
   if (!status.ok()) {
     meta_.active_layer = meta_.frozen.back().layer_id;
     meta_.frozen.pop_back();
-    (void)next->remove_files();
+    // Not removed: if the rename did land before the error (say only the directory
+    // sync failed), volume.meta names this layer. Unnamed, it is an orphan that the
+    // next open removes; its id is never used again meanwhile.
     return status.with_context("freeze " + dir_);
   }
   active.mark_frozen();
@@ -745,7 +752,7 @@ Status Volume::discard_after(uint64_t cycle) {
   }
   // An unfinished merge (cut short by ENOSPC) keeps its layer: top_id is at least the
   // merging layer's id, since the oldest kept point is the one it completes.
-  uint64_t next_id = meta_.active_layer + 1;
+  uint64_t next_id = next_layer_id_locked();
   (void)fs_.remove(dir_ + "/" + Layer::data_file_name(next_id));
   (void)fs_.remove(dir_ + "/" + Layer::map_file_name(next_id));
   AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> next, Layer::create(fs_, dir_, next_id, chunk_size_bytes()));
@@ -754,8 +761,7 @@ Status Volume::discard_after(uint64_t cycle) {
   meta_.active_layer = next_id;
   Status status = write_meta();
   if (!status.ok()) {
-    meta_ = std::move(old);
-    (void)next->remove_files();
+    meta_ = std::move(old);  // the new layer's files stay: see freeze_locked
     return status.with_context("discard the points after " + std::to_string(cycle) + " of " + dir_);
   }
   // volume.meta no longer names them: from here on they are orphans, removed now or

@@ -253,6 +253,10 @@ class Volume {
   std::optional<uint64_t> top_layer_id_locked(uint64_t cycle) const;
   uint64_t cycle_locked() const { return meta_.frozen.empty() ? meta_.base_cycle : meta_.frozen.back().cycle; }
   std::string points_text_locked() const;
+  // A layer id never used before in this process: a failed freeze may have left its
+  // files named by volume.meta after all, so they are never reused. REQUIRES: meta_mutex_.
+  uint64_t next_layer_id_locked();
+  uint64_t highest_layer_id_ = 0;  // GUARDED_BY(meta_mutex_)
   // How many layers from the bottom form point `cycle`. REQUIRES: io_lock_ held.
   Result<size_t> layers_in_point_locked(uint64_t cycle) const;
 

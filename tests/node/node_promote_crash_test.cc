@@ -82,6 +82,8 @@ class Attempt {
       points[v.cycle()] = read_all(v);
     }
     EXPECT_TRUE(call(*a_, {{"command", "mirror_break"}, {"volume", "v"}})["ok"]);
+    // b lets go of the replica once it sees the source's connection close.
+    EXPECT_TRUE(eventually([&] { return b_->replica_in_use("a", "v") == false; }));
     std::erase_if(points, [&](const auto& item) { return !b_->find_replica("a", "v")->store_volume()->has_point(item.first); });
     EXPECT_EQ(points.size(), 2u);
     return points;
