@@ -268,10 +268,22 @@ Status Replica::load_resync() {
   for (uint64_t i = 0; i < runs; ++i) {
     resync.runs.emplace_back(get_u64(bytes + kFixedBytes + 16 * i), get_u64(bytes + kFixedBytes + 16 * i + 8));
   }
-  if (current()->cycle() > resync.cycle) return clear_resync();  // its delta committed; only the removal was lost
+  if (current()->cycle() > resync.cycle) return finish_resync(resync.cycle);  // its delta committed; the rest was cut short
   std::unique_lock lock(state_mutex_);
   resync_ = std::move(resync);
   return Status();
+}
+
+Status Replica::finish_resync(uint64_t common_cycle) {
+  // The base is labelled as the common point but holds this side's own writes after it
+  // in the resync chunks: it is not that point, so it must not stay a kept point (NBD
+  // SOURCE/VOLUME@CYCLE, promote --at). Merging the delta's layer into it makes it the
+  // delta's point; resync.meta goes only after, so a crash in between merges at open.
+  std::shared_ptr<Volume> volume = current();
+  while (volume->base_cycle() == common_cycle && volume->cycle() > common_cycle) {
+    AMIRROR_RETURN_IF_ERROR(volume->merge_oldest());
+  }
+  return clear_resync();
 }
 
 Status Replica::clear_resync() {
@@ -601,10 +613,15 @@ Status Replica::end_delta(uint64_t record_count) {
     staged_records_ = last_staged_chunk_ = bytes_since_progress_ = 0;
   }
   // The first delta after a failback overwrote every chunk the target had changed.
-  if (resyncing() && !clear_resync().ok()) {
-    std::unique_lock lock(state_mutex_);
-    resync_.reset();
+  if (!resyncing()) return Status();
+  uint64_t common_cycle;
+  {
+    std::shared_lock lock(state_mutex_);
+    common_cycle = resync_->cycle;
   }
+  // If this fails (a full disk), the replica stays "resyncing" (unreadable) and the next
+  // commit or open finishes it; the commit itself stands.
+  (void)finish_resync(common_cycle);
   return Status();
 }
 
@@ -696,6 +713,12 @@ Result<std::vector<Extent>> Replica::allocated_extents(uint64_t offset_bytes, ui
 }
 
 Status Replica::read_point(uint64_t cycle, uint64_t offset_bytes, std::span<uint8_t> out) {
+  // The only point held while resyncing is the labelled base, which is not that point yet.
+  if (resyncing()) {
+    return Status(ErrorCode::kBusy, "replica " + source_node_ + "/" + volume_name_ +
+                                        " is resyncing after a failback; its points are readable once " +
+                                        source_node_ + "'s next cycle is applied");
+  }
   return current()->read_frozen(cycle, offset_bytes, out);
 }
 

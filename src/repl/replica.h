@@ -183,6 +183,9 @@ class Replica {
   Status clear_staging();
   Status record_progress();  // syncs the layer, then records the durable count
   Status load_resync();
+  // After the resync's delta committed: merges away the base labelled `common_cycle`
+  // (it holds this side's discarded writes), then removes resync.meta.
+  Status finish_resync(uint64_t common_cycle);
   Status clear_resync();
 
   FileSystem& fs_;

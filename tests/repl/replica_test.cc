@@ -10,6 +10,7 @@
 #include <random>
 
 #include "base/coding.h"
+#include "base/uuid.h"
 
 namespace amirror::repl {
 namespace {
@@ -161,6 +162,49 @@ TEST_F(ReplicaTest, RefusesAnotherGeometryAndCorruptMetadata) {
   auto reopened = Replica::open(posix_file_system(), dir_);
   ASSERT_FALSE(reopened.ok());
   EXPECT_NE(reopened.status().message().find("checksum"), std::string::npos) << reopened.status().message();
+}
+
+// Failback (node_failover.cc) turns a demoted volume into a replica whose base is
+// labelled as the common point, with resync.meta listing the chunks it changed after
+// that point. The base is not that point (it holds the writes being discarded): it is
+// not readable as one while resyncing, and it is not kept once the first delta commits
+// — also when the process stopped between that commit and the removal of resync.meta.
+TEST_F(ReplicaTest, AFailedBackBaseIsNotKeptAsTheCommonPoint) {
+  std::vector<uint8_t> image(kSize, 0);
+  {
+    auto replica = create();
+    stage_delta(*replica, {0, 3, 0, 2, 0, true}, {1, 5}, 1, image);  // base 3: this side's own data
+    ASSERT_TRUE(replica->end_delta(2).ok());
+    ASSERT_TRUE(replica->apply([] {}).ok());
+    ASSERT_TRUE(replica->set_keep(4).ok());
+  }
+  ASSERT_TRUE(Replica::write_resync(posix_file_system(), dir_, {3, new_uuid(), {{1, 1}}}).ok());
+  auto reopened = Replica::open(posix_file_system(), dir_);
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  Replica& replica = *reopened.value();
+  ASSERT_TRUE(replica.resyncing());
+  std::vector<uint8_t> out(kSize);
+  EXPECT_FALSE(replica.read_point(3, 0, out).ok()) << "the labelled base read as point 3";
+  // The source's delta from 3 overwrites chunk 1 (changed here) and chunk 2 (there).
+  stage_delta(replica, {3, 5, 0, 2, 0, false}, {1, 2}, 7, image);
+  ASSERT_TRUE(replica.end_delta(2).ok());
+  ASSERT_TRUE(replica.apply([] {}).ok());
+  EXPECT_FALSE(replica.resyncing());
+  ASSERT_EQ(replica.points().size(), 1u);
+  EXPECT_EQ(replica.points().front().cycle, 5u);
+  EXPECT_EQ(read_all(replica), image);
+
+  // resync.meta left behind by a stop after the commit: open finishes the resync.
+  stage_delta(replica, {5, 6, 0, 1, 0, false}, {9}, 8, image);
+  ASSERT_TRUE(replica.end_delta(1).ok());
+  reopened.value().reset();
+  ASSERT_TRUE(Replica::write_resync(posix_file_system(), dir_, {5, new_uuid(), {{1, 1}}}).ok());
+  auto again = Replica::open(posix_file_system(), dir_);
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_FALSE(again.value()->resyncing());
+  ASSERT_EQ(again.value()->points().size(), 1u);
+  EXPECT_EQ(again.value()->points().front().cycle, 6u);
+  EXPECT_EQ(read_all(*again.value()), image);
 }
 
 // Names of one character are valid everywhere (validate_name: {1,64}); the shortest
