@@ -29,7 +29,7 @@ constexpr const char* kResyncName = "resync.meta";
 constexpr char kResyncMagic[8] = {'A', 'M', 'R', 'E', 'S', 'Y', 'N', 'C'};
 // How much staged data may be lost to a crash and resent: the layer is synced and the
 // resume point recorded this often.
-constexpr uint64_t kProgressEveryBytes = 64 * kMiB;
+constexpr uint64_t kProgressEveryBytes = 16 * kMiB;
 
 
 bool valid_geometry(uint64_t size_bytes, uint64_t chunk_size_bytes) {

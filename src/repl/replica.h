@@ -9,7 +9,7 @@
 // The delta protocol on top of the volume's crash-tested freeze and merge:
 //  1. begin_delta(): the active layer is emptied (discard_after) and the delta is
 //     recorded in replica.meta;
-//  2. stage(): each record is written into the active layer; every 64 MiB the layer is
+//  2. stage(): each record is written into the active layer; every 16 MiB the layer is
 //     synced and replica.meta records how many records are durable (the resume point);
 //  3. end_delta() = commit: sync the layer, then freeze it as the source's point s
 //     (one volume.meta rename). From here the replica reads as s and the source is told
@@ -54,7 +54,7 @@ class Replica {
   static Result<std::unique_ptr<Replica>> open(FileSystem& fs, const std::string& dir);
 
   // A clean close records how much of a delta is staged, so a restart resumes there
-  // (a crash resumes from the last 64 MiB mark instead).
+  // (a crash resumes from the last 16 MiB mark instead).
   ~Replica();
   Replica(const Replica&) = delete;
   Replica& operator=(const Replica&) = delete;
