@@ -393,13 +393,7 @@ Status Replica::set_keep(uint32_t keep) {
   if (keep == 0 || keep > kMaxKeep) {
     return invalid_argument("keep " + std::to_string(keep) + " is out of range: 1 to " + std::to_string(kMaxKeep));
   }
-  std::unique_lock lock(state_mutex_);
-  if (meta_.keep == keep) return Status();
-  uint32_t old = meta_.keep;
-  meta_.keep = keep;
-  Status status = write_meta_locked();
-  if (!status.ok()) meta_.keep = old;
-  return status;
+  return set_meta_field(&Meta::keep, keep);
 }
 
 std::string Replica::group() const {
@@ -407,28 +401,23 @@ std::string Replica::group() const {
   return meta_.group;
 }
 
-Status Replica::set_group(const std::string& group) {
-  std::unique_lock lock(state_mutex_);
-  if (meta_.group == group) return Status();
-  std::string old = meta_.group;
-  meta_.group = group;
-  Status status = write_meta_locked();
-  if (!status.ok()) meta_.group = old;
-  return status;
-}
+Status Replica::set_group(const std::string& group) { return set_meta_field(&Meta::group, group); }
 
 std::string Replica::source_uuid() const {
   std::shared_lock lock(state_mutex_);
   return meta_.source_uuid;
 }
 
-Status Replica::set_source_uuid(const std::string& uuid) {
+Status Replica::set_source_uuid(const std::string& uuid) { return set_meta_field(&Meta::source_uuid, uuid); }
+
+template <typename Field, typename Value>
+Status Replica::set_meta_field(Field Meta::*field, const Value& value) {
   std::unique_lock lock(state_mutex_);
-  if (meta_.source_uuid == uuid) return Status();
-  std::string old = meta_.source_uuid;
-  meta_.source_uuid = uuid;
+  if (meta_.*field == value) return Status();
+  Field old = meta_.*field;
+  meta_.*field = value;
   Status status = write_meta_locked();
-  if (!status.ok()) meta_.source_uuid = old;
+  if (!status.ok()) meta_.*field = std::move(old);  // memory says what the disk says
   return status;
 }
 
@@ -683,7 +672,14 @@ Status Replica::repair_chunks(uint64_t cycle, std::span<const RepairChunk> chunk
 }
 
 Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
-  if (resyncing()) {
+  std::shared_ptr<Volume> volume;
+  bool in_resync;
+  {
+    std::shared_lock lock(state_mutex_);  // once per request: this is the NBD read path
+    volume = volume_;
+    in_resync = resync_.has_value();
+  }
+  if (in_resync) {
     return Status(ErrorCode::kBusy, "replica " + source_node_ + "/" + volume_name_ +
                                         " is resyncing after a failback; it is readable once " + source_node_ +
                                         "'s next cycle is applied");
@@ -691,7 +687,6 @@ Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
   // A merge or commit between reading the number and reading the point is harmless:
   // a kept point reads the same until it is merged, and then the newer one is read.
   for (;;) {
-    std::shared_ptr<Volume> volume = current();
     uint64_t cycle = volume->cycle();
     Status status = volume->read_frozen(cycle, offset_bytes, out);
     if (status.code() != ErrorCode::kOutOfRange || volume->has_point(cycle) ||

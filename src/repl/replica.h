@@ -177,6 +177,9 @@ class Replica {
   static std::string encode_meta(const Meta& meta);
   static Result<Meta> decode_meta(const std::string& contents, const std::string& where);
   Status write_meta_locked();  // REQUIRES: state_mutex_ held exclusive
+  // Sets one field of replica.meta durably; on failure memory keeps the old value.
+  template <typename Field, typename Value>
+  Status set_meta_field(Field Meta::*field, const Value& value);
   // replica.meta records the volume's size (the last step of a grow).
   Status record_size(uint64_t size_bytes);
   Status convert_format_1(const std::string& contents);
