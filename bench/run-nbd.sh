@@ -118,7 +118,7 @@ for spec in "${JOBS[@]}"; do
   done
 done
 stop_servers
-[[ -s "$WORK/amirror-freeze.log" ]] && grep -h "freezer ran" "$WORK/amirror-freeze.log" >&2 || true
+[[ -s "$WORK/amirror-freeze.log" ]] && grep -h " freeze_cycles=" "$WORK/amirror-freeze.log" >&2 || true
 
 python3 - "$RESULTS" "$RUNTIME_S" "$REPS" "$SIZE_MIB" <<'EOF'
 import statistics, sys

@@ -11,6 +11,8 @@ packages=(
   # libraries
   libfmt-dev libxxhash-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev libnbd-dev
+  # logs (spdlog, journald) and metrics (prometheus-cpp; the prometheus server and promtool for tests)
+  libspdlog-dev libsystemd-dev prometheus-cpp-dev prometheus
   # real NBD clients and peers used by tests and benchmarks
   qemu-utils libnbd-bin nbdkit nbdfuse fio rsync
   # test plumbing

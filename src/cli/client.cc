@@ -403,6 +403,9 @@ int run_status(const ClientArgs& client) {
                    format_bytes(static_cast<uint64_t>(rate)), eta);
       }
       if (mirror["last_error"].is_string()) fmt::print("     last error: {}\n", mirror["last_error"].get<std::string>());
+      if (mirror.value("lag_alert", false)) {
+        fmt::print("     LAG ALERT: over lag_alert = {:g}s\n", answer.value("lag_alert_seconds", 0.0));
+      }
     }
   }
   for (const json& replica : answer["replicas"]) {

@@ -34,11 +34,13 @@ struct ServeArgs {
   std::string tls_certificate_path;
   std::string tls_key_path;
   std::string tls_ca_path;
+  std::string log_level = "info";  // --log-level: trace, debug, info, warn or error
 };
 int run_serve(const ServeArgs& args);
 
-// `amirror node --config FILE`: runs a node in the foreground until SIGTERM/SIGINT.
-int run_node(const std::string& config_path);
+// `amirror node --config FILE [--log-level LEVEL]`: runs a node in the foreground until
+// SIGTERM/SIGINT. `log_level` ("" = the config's log_level) wins over the config.
+int run_node(const std::string& config_path, const std::string& log_level);
 
 // Client commands: talk to a running node through its control socket.
 struct ClientArgs {

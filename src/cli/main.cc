@@ -60,10 +60,17 @@ int main(int argc, char** argv) {
   CLI::Option* serve_tls_key = serve->add_option("--tls-key", serve_args.tls_key_path, "PEM private key of this server");
   CLI::Option* serve_tls_ca =
       serve->add_option("--tls-ca", serve_args.tls_ca_path, "PEM CA that signs the clients' certificates");
+  const auto log_levels = CLI::IsMember({"trace", "debug", "info", "warn", "error"});
+  serve->add_option("--log-level", serve_args.log_level, "Lowest level logged: trace, debug, info, warn, error")
+      ->check(log_levels);
 
   std::string config_path;
   CLI::App* node = app.add_subcommand("node", "Run a node in the foreground (stop with SIGTERM)");
   node->add_option("--config", config_path, "The node's TOML config file")->required();
+  std::string node_log_level;
+  node->add_option("--log-level", node_log_level,
+                   "Lowest level logged: trace, debug, info, warn, error (default: the config's log_level)")
+      ->check(log_levels);
 
   // Client commands reach a running node through its control socket, named anywhere on
   // the line: `amirror --node S status` and `amirror status --node S` both work.
@@ -223,7 +230,7 @@ int main(int argc, char** argv) {
 
   if (demo->parsed()) return amirror::cli::run_demo(demo_args);
   if (serve->parsed()) return amirror::cli::run_serve(serve_args);
-  if (node->parsed()) return amirror::cli::run_node(config_path);
+  if (node->parsed()) return amirror::cli::run_node(config_path, node_log_level);
   if (volume_create->parsed()) return amirror::cli::run_volume_create(client, volume_args);
   if (volume_import->parsed()) return amirror::cli::run_volume_import(client, volume_args);
   if (volume_list->parsed()) return amirror::cli::run_volume_list(client);

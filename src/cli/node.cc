@@ -3,32 +3,42 @@
 #include <fmt/core.h>
 #include <signal.h>
 
+#include "base/log.h"
 #include "cli/commands.h"
 #include "cli/stop_signals.h"
 #include "node/node.h"
 
 namespace amirror::cli {
 
-int run_node(const std::string& config_path) {
+int run_node(const std::string& config_path, const std::string& log_level) {
   auto config = node::load_node_config(config_path);
   if (!config.ok()) {
+    // Before the logger is set up, and for the operator at the terminal: plain text.
     fmt::print(stderr, "amirror node: {}\n", config.status().message());
     return 2;
   }
+  log::Level level = config->log_level;
+  if (!log_level.empty()) level = log::parse_level(log_level).value();  // main.cc checked it
+  log::configure(level);
   sigset_t stop_signals = block_stop_signals();
 
   auto running = node::Node::start(config.value());
   if (!running.ok()) {
-    fmt::print(stderr, "amirror node {}: cannot start: {}\n", config->name, running.status().message());
+    log::error("node", "cannot start", {{"node", config->name}, {"error", running.status().message()}});
     return 1;
   }
-  fmt::print(stderr, "amirror node {} running (control {}{}{})\n", config->name, config->control_socket,
-             config->nbd_socket.empty() ? "" : ", nbd " + config->nbd_socket,
-             config->listen.empty() ? "" : ", peers " + config->listen);
+  log::info("node", "running",
+            {{"node", config->name},
+             {"control", config->control_socket},
+             {"nbd", config->nbd_socket},
+             {"peers", config->listen},
+             {"metrics", config->metrics_listen},
+             {"log_level", log::level_name(level)},
+             {"log_output", log::output_name()}});
   int signal_number = wait_for_stop_signal(stop_signals);
-  fmt::print(stderr, "amirror node {}: stopping ({})\n", config->name, signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  log::info("node", "stopping", {{"node", config->name}, {"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
   running.value()->stop();
-  fmt::print(stderr, "amirror node {}: stopped\n", config->name);
+  log::info("node", "stopped", {{"node", config->name}});
   return 0;
 }
 

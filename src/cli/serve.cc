@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/log.h"
 #include "base/names.h"
 #include "cli/commands.h"
 #include "cli/stop_signals.h"
@@ -54,9 +55,8 @@ class Freezer {
     }
     wake_.notify_all();
     thread_.join();
-    // Tests read this line to know the cycles really ran underneath.
-    std::fprintf(stderr, "amirror serve: freezer ran %llu freeze+merge cycles\n",
-                 static_cast<unsigned long long>(cycles_));
+    // Tests read freeze_cycles to know the cycles really ran underneath.
+    log::info("serve", "freezer stopped", {{"freeze_cycles", cycles_}});
   }
 
  private:
@@ -71,14 +71,12 @@ class Freezer {
       for (const NamedVolume& entry : volumes_) {
         Result<uint64_t> cycle = entry.volume->freeze();
         if (!cycle.ok()) {
-          std::fprintf(stderr, "amirror serve: freeze of volume %s failed: %s\n",
-                       entry.name.c_str(), cycle.status().to_string().c_str());
+          log::error("serve", "freeze failed", {{"volume", entry.name}, {"error", cycle.status().to_string()}});
           continue;
         }
         Status merged = entry.volume->merge_oldest();
         if (!merged.ok()) {
-          std::fprintf(stderr, "amirror serve: merge of volume %s failed: %s\n",
-                       entry.name.c_str(), merged.to_string().c_str());
+          log::error("serve", "merge failed", {{"volume", entry.name}, {"error", merged.to_string()}});
         }
       }
       lock.lock();
@@ -161,18 +159,19 @@ int run_serve(const ServeArgs& args) {
     }
     tls = std::move(*loaded);
   }
+  log::configure(log::parse_level(args.log_level).value());  // main.cc checked it
   // Before any thread exists, so every thread inherits the mask.
   sigset_t stop_signals = block_stop_signals();
 
   Result<std::unique_ptr<DataDir>> data_dir = DataDir::open(posix_file_system(), args.data_dir);
   if (!data_dir.ok()) {
-    std::fprintf(stderr, "amirror serve: cannot use data directory %s: %s\n",
-                 args.data_dir.c_str(), data_dir.status().to_string().c_str());
+    log::error("serve", "cannot use data directory",
+               {{"data_dir", args.data_dir}, {"error", data_dir.status().to_string()}});
     return 1;
   }
   Result<std::vector<NamedVolume>> volumes = open_volumes(**data_dir, args);
   if (!volumes.ok()) {
-    std::fprintf(stderr, "amirror serve: %s\n", volumes.status().to_string().c_str());
+    log::error("serve", "cannot open volumes", {{"error", volumes.status().to_string()}});
     return 1;
   }
   auto catalog = std::make_shared<nbd::StaticCatalog>();
@@ -188,7 +187,7 @@ int run_serve(const ServeArgs& args) {
   options.tls_mode = *tls_mode;
   Result<std::unique_ptr<nbd::Server>> server = nbd::Server::start(options, catalog);
   if (!server.ok()) {
-    std::fprintf(stderr, "amirror serve: %s\n", server.status().to_string().c_str());
+    log::error("serve", "cannot start NBD server", {{"error", server.status().to_string()}});
     return 1;
   }
   std::string tls_note = "no TLS";
@@ -198,19 +197,18 @@ int run_serve(const ServeArgs& args) {
       tls_note += "; allowed, not required, on the Unix socket";
     }
   }
-  std::string listeners = args.socket_path;
-  if (!args.tcp_address.empty()) {
-    listeners += (listeners.empty() ? "tcp " : " tcp ") +
-                 bound_tcp_address(args.tcp_address, (*server)->tcp_port());
-  }
-  std::fprintf(stderr, "amirror serve: serving %zu volume(s) from %s on %s (%s)\n",
-               volumes->size(), args.data_dir.c_str(), listeners.c_str(), tls_note.c_str());
+  // Tests read the bound port from tcp= (they start servers on port 0).
+  log::info("serve", "serving",
+            {{"volumes", volumes->size()},
+             {"data_dir", args.data_dir},
+             {"socket", args.socket_path},
+             {"tcp", args.tcp_address.empty() ? "" : bound_tcp_address(args.tcp_address, (*server)->tcp_port())},
+             {"tls", tls_note}});
   if (!args.tcp_address.empty() && !is_loopback_address(args.tcp_address) &&
       *tls_mode != nbd::TlsMode::kRequire) {
-    std::fprintf(stderr,
-                 "amirror serve: warning: TCP listener %s is not loopback and TLS is not "
-                 "required: whoever reaches it can read and write every volume\n",
-                 args.tcp_address.c_str());
+    log::warn("serve", "TCP listener is not loopback and TLS is not required: whoever reaches it can read and "
+                       "write every volume",
+              {{"tcp", args.tcp_address}});
   }
 
   std::unique_ptr<Freezer> freezer;
@@ -219,20 +217,18 @@ int run_serve(const ServeArgs& args) {
   }
 
   int signal_number = wait_for_stop_signal(stop_signals);
-  std::fprintf(stderr, "amirror serve: %s received, shutting down\n",
-               signal_number == SIGINT ? "SIGINT" : "SIGTERM");
+  log::info("serve", "shutting down", {{"signal", signal_number == SIGINT ? "SIGINT" : "SIGTERM"}});
   (*server)->stop();
   freezer.reset();
   int exit_code = 0;
   for (const NamedVolume& entry : *volumes) {
     Status flushed = entry.volume->flush();
     if (!flushed.ok()) {
-      std::fprintf(stderr, "amirror serve: final flush of volume %s failed: %s\n",
-                   entry.name.c_str(), flushed.to_string().c_str());
+      log::error("serve", "final flush failed", {{"volume", entry.name}, {"error", flushed.to_string()}});
       exit_code = 1;
     }
   }
-  std::fprintf(stderr, "amirror serve: stopped\n");
+  log::info("serve", "stopped");
   return exit_code;
 }
 

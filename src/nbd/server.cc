@@ -15,26 +15,16 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdarg>
-#include <cstdio>
+#include <chrono>
 #include <cstring>
 
+#include "base/log.h"
 #include "nbd/handshake.h"
 #include "nbd/protocol.h"
 
 namespace amirror::nbd {
 
 namespace {
-
-void log_line(const char* format, ...) __attribute__((format(printf, 1, 2)));
-void log_line(const char* format, ...) {
-  char line[1024];
-  va_list args;
-  va_start(args, format);
-  std::vsnprintf(line, sizeof line, format, args);
-  va_end(args);
-  std::fprintf(stderr, "amirror nbd: %s\n", line);
-}
 
 // Reads exactly `length` bytes. false on EOF, error or shutdown.
 bool recv_exact(int fd, uint8_t* out, size_t length) {
@@ -164,13 +154,14 @@ class Buffer {
 class Connection {
  public:
   Connection(uint64_t id, int fd, std::string peer, bool quiet, TlsMode tls_mode,
-             const net::TlsContext* tls_context)
+             const net::TlsContext* tls_context, ServerObserver* observer)
       : id_(id),
         fd_(fd),
         peer_(std::move(peer)),
         quiet_(quiet),
         tls_mode_(tls_mode),
-        tls_context_(tls_context) {}
+        tls_context_(tls_context),
+        observer_(observer) {}
 
   uint64_t id() const { return id_; }
   int fd() const { return fd_; }
@@ -210,6 +201,9 @@ class Connection {
   const bool quiet_;
   const TlsMode tls_mode_;
   const net::TlsContext* const tls_context_;  // null when tls_mode_ is kOff
+  ServerObserver* const observer_;            // null = not counted; outlives the connection
+  // Set by serve() before the workers start; null = not counted.
+  std::shared_ptr<ExportObserver> export_observer_;
   std::atomic<bool> closing_{false};
   std::shared_ptr<Export> target_;
   std::atomic<const Export*> serving_{nullptr};  // target_, for other threads
@@ -236,12 +230,10 @@ void Connection::serve(const ExportCatalog& catalog) {
   if (!negotiated.ok()) {
     if (stream.tls_failed()) {
       // A refused client is a security event: logged even when quiet.
-      log_line("connection %llu from %s: %s; closing", static_cast<unsigned long long>(id_), peer_.c_str(),
-               negotiated.status().message().c_str());
+      log::warn("nbd", "refused", {{"connection", id_}, {"peer", peer_}, {"error", negotiated.status().message()}});
     } else if (!quiet_ || negotiated.status().code() != ErrorCode::kCancelled) {
-      log_line("connection %llu from %s: handshake ended: %s",
-               static_cast<unsigned long long>(id_), peer_.c_str(),
-               negotiated.status().to_string().c_str());
+      log::info("nbd", "handshake ended",
+                {{"connection", id_}, {"peer", peer_}, {"reason", negotiated.status().to_string()}});
     }
     if (std::unique_ptr<net::TlsSession> session = stream.take_session()) session->close_notify();
     return;
@@ -254,14 +246,15 @@ void Connection::serve(const ExportCatalog& catalog) {
   tls_ = stream.take_session();
   AMIRROR_ASSERT(negotiated->tls == (tls_ != nullptr));
   if (tls_ != nullptr) tls_->set_timeout_ms(0);  // idle clients may stay, as in plaintext
+  if (observer_ != nullptr) export_observer_ = observer_->for_export(negotiated->export_name);
   if (!quiet_) {
-    std::string tls_note =
-        tls_ != nullptr ? ", TLS with client " + tls_->peer_subject() : ", no TLS";
-    log_line("connection %llu from %s: serving export '%s' (structured replies %s, "
-             "base:allocation %s%s)",
-             static_cast<unsigned long long>(id_), peer_.c_str(),
-             negotiated->export_name.c_str(), limits_.structured_replies ? "on" : "off",
-             limits_.base_allocation ? "on" : "off", tls_note.c_str());
+    log::info("nbd", "serving export",
+              {{"connection", id_},
+               {"peer", peer_},
+               {"export", negotiated->export_name},
+               {"structured_replies", limits_.structured_replies},
+               {"base_allocation", limits_.base_allocation},
+               {"tls_client", tls_ != nullptr ? tls_->peer_subject() : std::string("none")}});
   }
 
   std::vector<std::thread> workers;
@@ -278,8 +271,7 @@ void Connection::serve(const ExportCatalog& catalog) {
   // the Connection last: the server's owner may be closing volumes right after stop().
   target_.reset();
   if (!quiet_) {
-    log_line("connection %llu from %s: closed", static_cast<unsigned long long>(id_),
-             peer_.c_str());
+    log::info("nbd", "connection closed", {{"connection", id_}, {"peer", peer_}});
   }
 }
 
@@ -368,9 +360,9 @@ void Connection::worker_loop() {
       header = parse_request_header(raw);
       Validation validation = validate_request(header, limits_);
       if (validation.verdict == Verdict::kDisconnect) {
-        log_line("connection %llu from %s: closing: %s (command %u, length %u)",
-                 static_cast<unsigned long long>(id_), peer_.c_str(), validation.reason,
-                 header.type, header.length_bytes);
+        log::warn("nbd", "closing on a bad request",
+                  {{"connection", id_}, {"peer", peer_}, {"reason", validation.reason},
+                   {"command", header.type}, {"length", header.length_bytes}});
         stop_reading();
         ::shutdown(fd_, SHUT_RDWR);
         return;
@@ -407,7 +399,14 @@ void Connection::worker_loop() {
         }
       }
     }
-    execute(header, buffer);
+    if (export_observer_ != nullptr) {
+      auto started = std::chrono::steady_clock::now();
+      execute(header, buffer);
+      std::chrono::duration<double> took = std::chrono::steady_clock::now() - started;
+      export_observer_->on_request(header.type, header.length_bytes, took.count());
+    } else {
+      execute(header, buffer);
+    }
     if (reserved_bytes > 0) release_payload(reserved_bytes);
     buffer.trim();
   }
@@ -493,10 +492,9 @@ void Connection::execute(const RequestHeader& header, Buffer& buffer) {
       AMIRROR_ASSERT(false && "validate_request let an unknown command through");
   }
   if (!status.ok()) {
-    log_line("connection %llu: %s offset %llu length %u failed: %s",
-             static_cast<unsigned long long>(id_), command_name(header.type),
-             static_cast<unsigned long long>(header.offset_bytes), header.length_bytes,
-             status.to_string().c_str());
+    log::error("nbd", "request failed",
+               {{"connection", id_}, {"command", command_name(header.type)}, {"offset", header.offset_bytes},
+                {"length", header.length_bytes}, {"error", status.to_string()}});
     reply_error(header, nbd_error_from_status(status), status.message().c_str());
     return;
   }
@@ -640,7 +638,7 @@ void Server::accept_loop() {
     int ready = ::poll(fds, count, -1);
     if (ready < 0) {
       if (errno == EINTR) continue;
-      log_line("poll on listeners failed: %s; no longer accepting", std::strerror(errno));
+      log::error("nbd", "poll on listeners failed; no longer accepting", {{"error", std::strerror(errno)}});
       return;
     }
     if (fds[0].revents != 0) return;  // stop() woke us
@@ -653,7 +651,7 @@ void Server::accept_loop() {
                          SOCK_CLOEXEC);
       if (fd < 0) {
         if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
-          log_line("accept failed: %s", std::strerror(errno));
+          log::error("nbd", "accept failed", {{"error", std::strerror(errno)}});
           ::usleep(10000);  // e.g. EMFILE: do not spin
         }
         continue;
@@ -674,15 +672,15 @@ void Server::accept_loop() {
       }
       if (connections_.size() >= kMaxConnections) {
         lock.unlock();
-        log_line("refusing connection from %s: already %u connections (limit)",
-                 peer_name.c_str(), kMaxConnections);
+        log::warn("nbd", "refusing connection: at the connection limit",
+                  {{"peer", peer_name}, {"limit", kMaxConnections}});
         ::close(fd);
         continue;
       }
       const TlsMode tls_mode = tls_mode_for(is_tcp);
       auto connection = std::make_shared<Connection>(
           next_connection_id_++, fd, peer_name, options_.quiet, tls_mode,
-          tls_mode == TlsMode::kOff ? nullptr : options_.tls.get());
+          tls_mode == TlsMode::kOff ? nullptr : options_.tls.get(), options_.observer.get());
       connections_.push_back(connection);
       lock.unlock();
       std::thread([this, connection] { run_connection(connection); }).detach();
@@ -696,7 +694,9 @@ TlsMode Server::tls_mode_for(bool is_tcp) const {
 }
 
 void Server::run_connection(std::shared_ptr<Connection> connection) {
+  if (options_.observer != nullptr) options_.observer->on_connection_open();
   connection->serve(*catalog_);
+  if (options_.observer != nullptr) options_.observer->on_connection_close();
   std::lock_guard lock(connections_mutex_);
   // Closed under the mutex so stop() never shuts down a recycled descriptor.
   ::close(connection->fd());

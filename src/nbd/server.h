@@ -55,6 +55,26 @@ constexpr uint64_t kMaxInFlightPayloadBytesPerConnection = 128ULL * 1024 * 1024;
 constexpr uint64_t kRetainedBufferBytes = 4ULL * 1024 * 1024;
 constexpr int kHandshakeTimeoutSeconds = 30;
 
+// What the server tells about its traffic (node/metrics.cc counts it for Prometheus).
+// on_request runs on every request: an implementation must not take a lock shared by
+// connections (atomic counters), which is why a connection asks for its export's
+// observer once, after the handshake.
+class ExportObserver {
+ public:
+  virtual ~ExportObserver() = default;
+  // One request answered: its command (kCmd*), payload length, and the seconds from
+  // its header being read to its reply being sent.
+  virtual void on_request(uint16_t command, uint32_t length_bytes, double seconds) = 0;
+};
+class ServerObserver {
+ public:
+  virtual ~ServerObserver() = default;
+  virtual void on_connection_open() = 0;
+  virtual void on_connection_close() = 0;
+  // For a connection that negotiated `export_name`; may be null (not counted).
+  virtual std::shared_ptr<ExportObserver> for_export(const std::string& export_name) = 0;
+};
+
 struct ServerOptions {
   std::string unix_socket_path;  // empty = none
   // "HOST:PORT", or "PORT" / ":PORT" for loopback (127.0.0.1); empty = none; port 0 =
@@ -64,6 +84,7 @@ struct ServerOptions {
   // TLS for STARTTLS; required unless tls_mode is kOff (start() refuses otherwise).
   std::shared_ptr<const net::TlsContext> tls;
   TlsMode tls_mode = TlsMode::kOff;  // for TCP; the Unix socket never requires TLS
+  std::shared_ptr<ServerObserver> observer;  // null = nothing counted
 };
 
 class Connection;

@@ -87,6 +87,43 @@ Status check_transport(const NodeConfig& config, const std::string& source_name)
   return Status();
 }
 
+// log_level, metrics_listen (+ metrics_allow_remote) and lag_alert.
+Status parse_operations_keys(const toml::table& table, const std::string& where, NodeConfig& config) {
+  std::string level;
+  AMIRROR_RETURN_IF_ERROR(get_string(table, where, "log_level", false, level));
+  if (!level.empty()) {
+    auto parsed = log::parse_level(level);
+    if (!parsed.ok()) return invalid_argument(where + ": 'log_level': " + parsed.status().message());
+    config.log_level = parsed.value();
+  }
+  if (const toml::node* allow = table.get("metrics_allow_remote")) {
+    if (allow->as_boolean() == nullptr) return invalid_argument(where + ": 'metrics_allow_remote' must be true or false");
+    config.metrics_allow_remote = allow->as_boolean()->get();
+  }
+  AMIRROR_RETURN_IF_ERROR(get_string(table, where, "metrics_listen", false, config.metrics_listen));
+  if (!config.metrics_listen.empty()) {
+    size_t colon = config.metrics_listen.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == config.metrics_listen.size()) {
+      return invalid_argument(where + ": 'metrics_listen' must be HOST:PORT, e.g. \"127.0.0.1:9464\", got '" +
+                              config.metrics_listen + "'");
+    }
+    if (!is_loopback_address(config.metrics_listen) && !config.metrics_allow_remote) {
+      return invalid_argument(where + ": 'metrics_listen' " + config.metrics_listen +
+                              " is not a loopback address: the metrics name every volume and peer of this node; "
+                              "set metrics_allow_remote = true to serve them there anyway");
+    }
+  }
+  std::string lag_alert;
+  AMIRROR_RETURN_IF_ERROR(get_string(table, where, "lag_alert", false, lag_alert));
+  if (!lag_alert.empty()) {
+    auto parsed = parse_duration_ms(lag_alert);
+    if (!parsed.ok()) return parsed.status().with_context(where + " lag_alert");
+    if (parsed.value() < 1000) return invalid_argument(where + ": 'lag_alert' must be at least 1s");
+    config.lag_alert_ms = parsed.value();
+  }
+  return Status();
+}
+
 }  // namespace
 
 bool PeerConfig::may_send(const std::string& volume) const {
@@ -116,7 +153,8 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
   std::string where = source_name + " [node]";
   AMIRROR_RETURN_IF_ERROR(check_keys(*node_table, where,
                                      {"name", "data_dir", "control_socket", "nbd_socket", "nbd_listen", "listen",
-                                      "nbd_tls", "peer_timeout", "default_interval"}));
+                                      "nbd_tls", "peer_timeout", "default_interval", "log_level", "metrics_listen",
+                                      "metrics_allow_remote", "lag_alert"}));
   NodeConfig config;
   AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "name", true, config.name));
   AMIRROR_RETURN_IF_ERROR(validate_name(config.name, "node name").with_context(where));
@@ -142,6 +180,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
     if (parsed.value() < 100) return invalid_argument(where + ": '" + key + "' must be at least 100ms");
     (std::string(key) == "peer_timeout" ? config.peer_timeout_ms : config.default_interval_ms) = parsed.value();
   }
+  AMIRROR_RETURN_IF_ERROR(parse_operations_keys(*node_table, where, config));
   if (const toml::node* peers = root.get("peers")) {
     const toml::array* list = peers->as_array();
     if (list == nullptr) return invalid_argument(source_name + ": 'peers' must be an array of tables ([[peers]])");

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "base/log.h"
 #include "base/status.h"
 #include "nbd/handshake.h"
 #include "net/tls.h"
@@ -42,6 +43,14 @@ struct NodeConfig {
   net::TlsFiles tls;
   bool insecure = false;
   std::vector<PeerConfig> peers;
+  // Operations (docs/operations.md): the lowest log level written; HOST:PORT serving
+  // Prometheus text at /metrics (empty = off; not loopback only with
+  // metrics_allow_remote, since the series name every volume and peer); mirrors whose
+  // lag exceeds lag_alert_ms are flagged in status and metrics (0 = never).
+  log::Level log_level = log::Level::kInfo;
+  std::string metrics_listen;
+  bool metrics_allow_remote = false;
+  uint64_t lag_alert_ms = 0;
 
   bool has_tls() const { return !tls.certificate_path.empty(); }
 

@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "node/mirror_engine.h"
 
-#include <fmt/core.h>
-
 #include <algorithm>
 #include <cstring>
 #include <functional>
 
+#include "base/log.h"
 #include "base/units.h"
+#include "node/metrics.h"
 #include "node/mirror_bookkeeping.h"
 #include "repl/wire.h"
 
@@ -21,10 +21,6 @@ constexpr uint32_t kMaxPinnedFailures = 6;
 // bytes_sent is saved at least this often during a transfer, so a crash loses little
 // of the count.
 constexpr uint64_t kSaveEveryBytes = 16ull << 20;
-
-std::string now_text() {
-  return fmt::format("{:.3f}", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
-}
 
 std::chrono::milliseconds unit_interval(const std::vector<std::shared_ptr<VolumeEntry>>& volumes,
                                         const std::map<std::string, MirrorState>& states) {
@@ -117,7 +113,8 @@ Status MirrorEngine::save(const std::string& volume) {
   }
   Status status = save_mirror_state(*context_.env.fs, context_.mirrors_dir, volume, snapshot);
   if (!status.ok()) {
-    fmt::print(stderr, "{} mirror: cannot save state of {}: {}\n", now_text(), volume, status.to_string());
+    log::error("mirror", "cannot save mirror state", {{"volume", volume}, {"error", status.to_string()}});
+    if (context_.metrics != nullptr) context_.metrics->count_mirror_error(volume, "", "state_save");
     return status;
   }
   slot.saved_version = version;
@@ -175,13 +172,23 @@ Status MirrorEngine::freeze_all() {
   AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> cycles, Volume::freeze_group(members, clock()));
   MutexLock lock(mutex_);
   for (size_t i = 0; i < volumes_.size(); ++i) latest_points_[volumes_[i]->name] = cycles[i];
+  for (const auto& entry : volumes_) {
+    log::debug("mirror", "frozen", {{"volume", entry->name}, {"cycle", latest_points_[entry->name]},
+                                    {"stall_us", entry->volume->last_freeze_stall_us()}});
+    if (context_.metrics != nullptr) {
+      context_.metrics->observe_freeze_stall(entry->name, entry->volume->last_freeze_stall_us() / 1e6);
+    }
+  }
   return Status();
 }
 
 void MirrorEngine::note_freeze_locked(const Status& status) {
   if (!status.ok()) {
     freeze_error_ = status.to_string();
-    fmt::print(stderr, "{} mirror: freeze failed: {}\n", now_text(), freeze_error_);
+    for (const auto& entry : volumes_) {
+      log::error("mirror", "freeze failed", {{"volume", entry->name}, {"error", freeze_error_}});
+      if (context_.metrics != nullptr) context_.metrics->count_mirror_error(entry->name, "", "freeze");
+    }
     next_freeze_at_ = clock().now() + std::chrono::seconds(1);
   } else {
     freeze_error_.clear();
@@ -316,16 +323,17 @@ class MirrorEngine::TargetHost : public repl::SenderHost {
   Status adopt_common_point(const std::string& volume, uint64_t cycle, int64_t freeze_time_unix_ms,
                             const std::set<uint64_t>& resync_chunks) override {
     return change(volume, [&](TargetState& state) {
-      fmt::print(stderr, "{} mirror {} -> {}: the target holds common point {} and changed {} chunks after it; "
-                 "sending the chunks changed on either side\n", now_text(), volume, target_.name, cycle,
-                 resync_chunks.size());
+      log::warn("mirror", "the target changed chunks after the common point; sending the chunks changed on either side",
+                {{"volume", volume}, {"target", target_.name}, {"common_cycle", cycle},
+                 {"target_changed_chunks", resync_chunks.size()}});
       node::adopt_common_point(state, cycle, freeze_time_unix_ms, resync_chunks);
     });
   }
   Status reset_to_full(const std::string& volume, uint64_t remote_cycle) override {
     return change(volume, [&](TargetState& state) {
-      fmt::print(stderr, "{} mirror {} -> {}: replica is at cycle {}, expected {}; sending a full copy\n", now_text(),
-                 volume, target_.name, remote_cycle, state.applied_cycle);
+      log::warn("mirror", "sending a full copy",
+                {{"volume", volume}, {"target", target_.name}, {"replica_cycle", remote_cycle},
+                 {"expected_cycle", state.applied_cycle}, {"full_copy", true}});
       node::reset_to_full(state);
     });
   }
@@ -372,8 +380,8 @@ void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_
 void MirrorEngine::finish_transfer_locked(TargetRuntime* target, const Status& status) {
   target->socket = nullptr;
   target->busy = false;
-  target->busy_points.clear();
   target->copy_total_bytes = target->copy_done_bytes = 0;
+  note_transfer_end_locked(*target, status);
   if (status.ok()) {
     target->last_error.clear();
     target->backoff_ms = 0;
@@ -387,11 +395,25 @@ void MirrorEngine::finish_transfer_locked(TargetRuntime* target, const Status& s
     uint64_t wait_ms = target->backoff_ms + context_.env.random->uniform(target->backoff_ms / 4 + 1);
     target->retry_at = clock().now() + std::chrono::milliseconds(wait_ms);
     if (!stopping_) {
-      fmt::print(stderr, "{} mirror to {}: {} (retry in {:.1f} s)\n", now_text(), target->name, target->last_error,
-                 wait_ms / 1000.0);
+      log::warn("mirror", "transfer failed; retrying",
+                {{"target", target->name}, {"retry_in_ms", wait_ms}, {"error", target->last_error}});
     }
   }
   changed_.notify_all();
+}
+
+void MirrorEngine::note_transfer_end_locked(TargetRuntime& target, const Status& status) {
+  const double seconds = std::chrono::duration<double>(clock().now() - target.busy_since).count();
+  for (const auto& [volume, point] : target.busy_points) {
+    if (status.ok()) {
+      log::debug("mirror", "cycle applied",
+                 {{"volume", volume}, {"target", target.name}, {"cycle", point}, {"seconds", seconds}});
+      if (context_.metrics != nullptr) context_.metrics->observe_cycle(volume, target.name, seconds);
+    } else if (context_.metrics != nullptr && !stopping_) {
+      context_.metrics->count_mirror_error(volume, target.name, transfer_error_kind(status.code()));
+    }
+  }
+  target.busy_points.clear();
 }
 
 Status MirrorEngine::exchange(repl::PeerSocket& socket, repl::SenderSession& session) {
@@ -524,8 +546,9 @@ void MirrorEngine::merge_what_is_possible() {
       if (pending_added && !save(entry->name).ok()) break;
       Status status = volume.merge_oldest();
       if (!status.ok()) {
-        fmt::print(stderr, "{} mirror: merge of {} layer {} failed: {}\n", now_text(), entry->name, layer_to_merge,
-                   status.to_string());
+        log::error("mirror", "merge failed", {{"volume", entry->name}, {"layer", layer_to_merge},
+                                               {"error", status.to_string()}});
+        if (context_.metrics != nullptr) context_.metrics->count_mirror_error(entry->name, "", "merge");
         break;
       }
     }

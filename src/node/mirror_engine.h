@@ -60,6 +60,8 @@
 
 namespace amirror::node {
 
+class NodeMetrics;
+
 // A volume known to the node, with its persisted mirror state.
 struct VolumeEntry {
   std::string name;
@@ -94,6 +96,7 @@ struct EngineContext {
   std::string mirrors_dir;  // where MirrorState files live
   // Null only with `insecure = true`: then peer connections are plaintext.
   std::shared_ptr<const net::TlsContext> tls;
+  NodeMetrics* metrics = nullptr;  // null = not counted; outlives the engine
 };
 
 class MirrorEngine {
@@ -216,6 +219,8 @@ class MirrorEngine {
   // TLS handshake, then checks the target's certificate names the peer's identity.
   Status authenticate_target(repl::PeerSocket& socket, const PeerConfig& peer) const;
   void finish_transfer_locked(TargetRuntime* target, const Status& status) REQUIRES(mutex_);
+  // Logs and counts the end of a transfer of target.busy_points, and clears them.
+  void note_transfer_end_locked(TargetRuntime& target, const Status& status) REQUIRES(mutex_);
   // Feeds the socket's frames to the session until it is idle again.
   Status exchange(repl::PeerSocket& socket, repl::SenderSession& session) EXCLUDES(mutex_);
   // One volume's delta to the target: the session plans and streams it; this counts

@@ -9,8 +9,10 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "base/log.h"
 #include "base/names.h"
 #include "base/units.h"
+#include "node/metrics.h"
 #include "node/mirror_bookkeeping.h"
 #include "nbd/server.h"
 #include "node/node_catalog.h"
@@ -81,7 +83,7 @@ Status Node::resume_mirrors() {
   }
   for (auto& [unit, members] : units) {
     if (std::string why = unit_blocked_reason(unit); !why.empty()) {
-      fmt::print(stderr, "amirror node {}: mirror {} is not resumed: {}\n", config_.name, unit, why);
+      log::warn("node", "mirror not resumed", {{"unit", unit}, {"reason", why}});
       blocked_units_[unit] = why;
       continue;
     }
@@ -136,7 +138,7 @@ void Node::open_volume_entry(FileSystem& fs, const std::string& name) {
   if (failed.group.empty() && failed.state && failed.state->unit.starts_with(group_unit)) {
     failed.group = failed.state->unit.substr(group_unit.size());
   }
-  fmt::print(stderr, "amirror node {}: volume {} failed to open and is not served: {}\n", config_.name, name, failed.error);
+  log::error("node", "volume failed to open; not served", {{"volume", name}, {"error", failed.error}});
   failed_volumes_[name] = std::move(failed);
 }
 
@@ -150,6 +152,12 @@ std::string Node::unit_blocked_reason(const std::string& unit_key) const {
 }
 
 Status Node::start_listeners() {
+  if (!config_.metrics_listen.empty()) {
+    AMIRROR_ASSIGN_OR_RETURN(metrics_, NodeMetrics::start({config_.metrics_listen, [this] {
+                                                             return handle_control(R"({"command": "status"})");
+                                                           }}));
+    log::info("node", "serving metrics", {{"address", config_.metrics_listen}, {"port", metrics_->port()}});
+  }
   if (!config_.nbd_socket.empty() || !config_.nbd_listen.empty()) {
     nbd::ServerOptions options;
     options.unix_socket_path = config_.nbd_socket;
@@ -157,6 +165,7 @@ Status Node::start_listeners() {
     options.tls = nbd_tls_;
     options.tls_mode = config_.nbd_tls;
     options.quiet = true;
+    if (metrics_) options.observer = metrics_->nbd_observer();
     AMIRROR_ASSIGN_OR_RETURN(nbd_server_, nbd::Server::start(options, catalog_));
   }
   if (!config_.listen.empty()) {
@@ -184,7 +193,7 @@ void Node::peer_accept_loop() {
     auto* socket = new repl::PeerSocket(std::move(accepted).value());
     peer_sockets_.push_back(socket);
     env_.threads->start([this, socket] {
-      serve_peer_connection(*socket, config_, tls_.get(), *replicas_, stopping_);
+      serve_peer_connection(*socket, config_, tls_.get(), *replicas_, stopping_, metrics_.get());
       std::lock_guard done_lock(peers_mutex_);
       std::erase(peer_sockets_, socket);
       delete socket;
@@ -195,6 +204,9 @@ void Node::peer_accept_loop() {
 
 void Node::stop() {
   if (stopping_.exchange(true)) return;
+  // First: a scrape reads the status, which must not race the teardown below. The
+  // hooks stay until the node is destroyed: engines and connections report until stopped.
+  if (metrics_) metrics_->stop_endpoint();
   std::map<std::string, std::shared_ptr<MirrorEngine>> engines;
   {
     MutexLock lock(mutex_);
@@ -217,7 +229,7 @@ void Node::stop() {
   MutexLock lock(mutex_);
   for (auto& [name, entry] : volumes_) {
     Status status = entry->volume->flush();
-    if (!status.ok()) fmt::print(stderr, "flush of volume {} at shutdown failed: {}\n", name, status.to_string());
+    if (!status.ok()) log::error("node", "flush at shutdown failed", {{"volume", name}, {"error", status.to_string()}});
   }
 }
 
@@ -325,7 +337,7 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
     entry->state = states.at(entry->name);
     unit_of_volume_[entry->name] = unit_key;
   }
-  auto engine = std::make_shared<MirrorEngine>(EngineContext{env_, &config_, mirrors_dir_, tls_},
+  auto engine = std::make_shared<MirrorEngine>(EngineContext{env_, &config_, mirrors_dir_, tls_, metrics_.get()},
                                                members, std::move(states));
   engine->start();
   engines_[unit_key] = std::move(engine);
@@ -402,7 +414,7 @@ void Node::list_unavailable_volumes(json& volumes) const {
       for (const auto& [target, state] : failed.state->target_states) {
         mirrors.push_back({{"target", target}, {"state", "stopped"}, {"applied_cycle", state.applied_cycle},
                            {"applied_freeze_time", state.applied_freeze_time_unix_ms > 0 ? json(iso_time(state.applied_freeze_time_unix_ms)) : json(nullptr)},
-                           {"lag_seconds", nullptr}, {"bytes_pending", 0}, {"bytes_sent", state.bytes_sent},
+                           {"lag_seconds", nullptr}, {"lag_alert", false}, {"bytes_pending", 0}, {"bytes_sent", state.bytes_sent},
                            {"last_error", "volume failed: " + failed.error}});
       }
     }
@@ -638,6 +650,9 @@ std::string Node::status_json() {
                    {"applied_cycle", status.applied_cycle},
                    {"applied_freeze_time", status.applied_freeze_time_unix_ms > 0 ? json(iso_time(status.applied_freeze_time_unix_ms)) : json(nullptr)},
                    {"lag_seconds", status.applied_freeze_time_unix_ms > 0 ? json((now_ms - status.applied_freeze_time_unix_ms) / 1000.0) : json(nullptr)},
+                   // Over [node] lag_alert; a target that never applied a point has no lag yet.
+                   {"lag_alert", config_.lag_alert_ms > 0 && status.applied_freeze_time_unix_ms > 0 &&
+                                     now_ms - status.applied_freeze_time_unix_ms > static_cast<int64_t>(config_.lag_alert_ms)},
                    {"bytes_pending", status.bytes_pending},
                    {"bytes_sent", status.bytes_sent},
                    {"last_error", status.last_error.empty() ? json(nullptr) : json(status.last_error)}};
@@ -672,8 +687,9 @@ std::string Node::status_json() {
     transport["certificate"] = tls_->subject();
     transport["certificate_expires_unix_s"] = tls_->not_after_unix_s();
   }
+  json lag_alert_seconds = config_.lag_alert_ms > 0 ? json(config_.lag_alert_ms / 1000.0) : json(nullptr);
   return json{{"ok", true},         {"node", config_.name},     {"peer_transport", transport},
-              {"volumes", volumes}, {"replicas", replicas}}.dump();
+              {"lag_alert_seconds", lag_alert_seconds}, {"volumes", volumes}, {"replicas", replicas}}.dump();
 }
 
 }  // namespace amirror::node

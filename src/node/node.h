@@ -49,6 +49,7 @@ namespace amirror::node {
 
 class ImportSource;
 class NodeCatalog;
+class NodeMetrics;
 
 // How long `mirror sync` (and a switchover's last cycle) waits when not told.
 constexpr uint64_t kDefaultSyncTimeoutMs = 300'000;
@@ -237,6 +238,9 @@ class Node {
   std::condition_variable peers_done_;
   std::vector<repl::PeerSocket*> peer_sockets_;
   std::unique_ptr<ControlServer> control_;
+  // With metrics_listen: the /metrics endpoint and the counters engines, receivers and
+  // NBD report to. Created before any of them, destroyed after.
+  std::unique_ptr<NodeMetrics> metrics_;
 };
 
 }  // namespace amirror::node

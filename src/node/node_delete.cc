@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/log.h"
 #include "base/names.h"
 #include "nbd/server.h"
 #include "node/node.h"
@@ -75,7 +76,7 @@ Status Node::delete_volume(const std::string& name, bool force) {
       }
       if (!force || broke) return refuse_mirrored_locked(name, unit);
     }
-    fmt::print(stderr, "amirror node {}: volume delete {} --force: breaking mirror {}\n", config_.name, name, unit);
+    log::info("node", "volume delete --force: breaking its mirror", {{"volume", name}, {"unit", unit}});
     AMIRROR_RETURN_IF_ERROR(is_group_unit(unit) ? break_mirror("", unit_name(unit)) : break_mirror(name, ""));
     broke = true;
   }
@@ -89,10 +90,10 @@ Status Node::delete_volume(const std::string& name, bool force) {
   }
   lock.unlock();
   if (Status removed = data_dir_->remove_from_trash(trashed.value()); !removed.ok()) {
-    fmt::print(stderr, "amirror node {}: volume {} is deleted, but {} stays until the next start removes it: {}\n",
-               config_.name, name, trashed.value(), removed.message());
+    log::warn("node", "volume deleted; its files stay in the trash until the next start",
+              {{"volume", name}, {"trash", trashed.value()}, {"error", removed.message()}});
   }
-  fmt::print(stderr, "amirror node {}: deleted volume {}\n", config_.name, name);
+  log::info("node", "volume deleted", {{"volume", name}});
   return Status();
 }
 
@@ -165,8 +166,7 @@ void Node::withdraw_export(const std::string& name) {
   std::shared_ptr<WithdrawableExport> withdrawn = catalog_->withdraw(name);
   if (withdrawn == nullptr || nbd_server_ == nullptr) return;
   if (uint32_t closed = nbd_server_->close_connections_serving(*withdrawn); closed > 0) {
-    fmt::print(stderr, "amirror node {}: closed {} NBD connection{} to deleted export {}\n", config_.name, closed,
-               closed == 1 ? "" : "s", name);
+    log::info("node", "closed NBD connections to a deleted export", {{"export", name}, {"connections", closed}});
   }
 }
 
@@ -183,10 +183,10 @@ std::string Node::control_replica_delete(const json& request) {
   });
   if (!status.ok()) return error_response(status).dump();
   if (Status removed = data_dir_->remove_from_trash(trashed); !removed.ok()) {
-    fmt::print(stderr, "amirror node {}: replica {} is deleted, but {} stays until the next start removes it: {}\n",
-               config_.name, key, trashed, removed.message());
+    log::warn("node", "replica deleted; its files stay in the trash until the next start",
+              {{"replica", key}, {"trash", trashed}, {"error", removed.message()}});
   }
-  fmt::print(stderr, "amirror node {}: deleted replica {}\n", config_.name, key);
+  log::info("node", "replica deleted", {{"replica", key}});
   return json{{"ok", true}, {"replica", key}}.dump();
 }
 

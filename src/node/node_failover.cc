@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/log.h"
 #include "base/names.h"
 #include "base/units.h"
 #include "base/uuid.h"
@@ -122,8 +123,7 @@ Result<std::pair<std::string, uint64_t>> Node::promote_replica(const std::string
     return Status(ErrorCode::kIo, "promoted " + replica_name + " to volume '" + name + "', but it failed to open: " +
                                       failed_volumes_[name].error);
   }
-  fmt::print(stderr, "amirror node {}: promoted replica {} at cycle {} to volume {}\n", config_.name, replica_name,
-             cycle, name);
+  log::info("node", "replica promoted", {{"replica", replica_name}, {"cycle", cycle}, {"volume", name}});
   return std::make_pair(name, cycle);
 }
 
@@ -174,7 +174,7 @@ std::string Node::promote_group(const json& request) {
     }
     promoted.push_back({{"volume", volume}, {"cycle", cycle}});
   }
-  fmt::print(stderr, "amirror node {}: promoted group {} from {}: {}\n", config_.name, group, source, promoted.dump());
+  log::info("node", "group promoted", {{"group", group}, {"source", source}, {"volumes", promoted.dump()}});
   return json{{"ok", true}, {"group", group}, {"volumes", promoted}, {"freeze_time_unix_ms", time}}.dump();
 }
 
@@ -230,8 +230,8 @@ std::string Node::control_mirror_switchover(const json& request) {
     return undo(promoted.status(), "asking " + to + " to take over (the mirror is stopped: `amirror mirror start " +
                                        volume_name + " --to " + to + "` resumes it)");
   }
-  fmt::print(stderr, "amirror node {}: switched {} over to {} at cycle {}; this copy follows {} now\n", config_.name,
-             volume_name, to, cycle, to);
+  log::info("node", "switched over; this copy follows the new primary now",
+            {{"volume", volume_name}, {"to", to}, {"cycle", cycle}});
   return json{{"ok", true}, {"volume", volume_name}, {"to", to}, {"cycle", cycle}}.dump();
 }
 
@@ -250,8 +250,8 @@ Result<uint64_t> Node::accept_switchover(const std::string& peer, const repl::Sw
   AMIRROR_RETURN_IF_ERROR(start_mirror(unit_key, members, {peer}, request.interval_ms, request.keep, true)
                               .with_context("promoted " + replica_name + " as '" + promoted.first +
                                             "', but mirroring it back to " + peer + " failed"));
-  fmt::print(stderr, "amirror node {}: took over {} from {} at cycle {}; mirroring it back to {}\n", config_.name,
-             promoted.first, peer, request.cycle, peer);
+  log::info("node", "took over by switchover; mirroring back",
+            {{"volume", promoted.first}, {"from", peer}, {"cycle", request.cycle}});
   return request.cycle;
 }
 
@@ -281,8 +281,7 @@ std::string Node::control_volume_demote(const json& request) {
   if (Status status = entry->volume->set_read_only(true); !status.ok()) {
     return error_response(status.with_context("demote " + name)).dump();
   }
-  fmt::print(stderr, "amirror node {}: demoted volume {} at cycle {}; it takes no writes now\n", config_.name, name,
-             entry->volume->cycle());
+  log::info("node", "volume demoted; it takes no writes now", {{"volume", name}, {"cycle", entry->volume->cycle()}});
   return json{{"ok", true}, {"volume", name}, {"role", "demoted"}, {"cycle", entry->volume->cycle()}}.dump();
 }
 
@@ -332,10 +331,9 @@ Status Node::before_create_replica(const std::string& peer, const repl::OpenRepl
     volumes_[ours->name] = ours;  // still the demoted volume, nothing lost
     return discarded.status().with_context("failback of volume '" + ours->name + "' from " + peer);
   }
-  fmt::print(stderr,
-             "amirror node {}: failback: volume {} becomes replica {}/{} at common cycle {}; {} of writes made here "
-             "after that point are discarded\n",
-             config_.name, ours->name, peer, open.volume, open.origin_point, format_bytes(discarded.value()));
+  log::warn("node", "failback: the volume becomes a replica; writes made here after the common point are discarded",
+            {{"volume", ours->name}, {"replica", peer + "/" + open.volume}, {"common_cycle", open.origin_point},
+             {"discarded_bytes", discarded.value()}});
   return Status();
 }
 

@@ -13,10 +13,10 @@
 //     replicas with the new size (OPEN_REPLICA) and they grow (Replica::follow_source_geometry).
 // NBD clients connected now keep the size they were told at connection (NBD has no
 // resize notification); new connections see the new size.
-#include <fmt/core.h>
 
 #include <nlohmann/json.hpp>
 
+#include "base/log.h"
 #include "base/names.h"
 #include "base/units.h"
 #include "nbd/server.h"
@@ -54,8 +54,8 @@ std::string Node::control_volume_resize(const json& request) {
     }
   }
   if (changed) {
-    fmt::print(stderr, "amirror node {}: volume {} grew from {} to {} bytes\n", config_.name, name, old_size_bytes,
-               entry->volume->size_bytes());
+    log::info("node", "volume grew",
+              {{"volume", name}, {"old_size_bytes", old_size_bytes}, {"size_bytes", entry->volume->size_bytes()}});
   }
   return json{{"ok", true},
               {"name", name},

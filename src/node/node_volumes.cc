@@ -9,10 +9,10 @@
 //  3. success: flushed, renamed to its real name, then published in volumes_ under
 //     mutex_; failure or cancel: the partial volume is removed, so a retry works. A
 //     crash leaves only <name>.creating, which the next start removes.
-#include <fmt/core.h>
 
 #include <nlohmann/json.hpp>
 
+#include "base/log.h"
 #include "base/names.h"
 #include "base/units.h"
 #include "node/node.h"
@@ -78,7 +78,7 @@ std::string Node::import_volume(const std::string& name, const std::string& from
   imports_.erase(name);
   if (!imported.ok()) {
     Status status = imported.status().with_context("import " + from + " into volume " + name);
-    fmt::print(stderr, "amirror node {}: {}\n", config_.name, status.message());
+    log::warn("node", "import failed", {{"volume", name}, {"from", from}, {"error", status.message()}});
     return error_response(status).dump();
   }
   auto entry = std::make_shared<VolumeEntry>();
@@ -101,10 +101,8 @@ Result<std::unique_ptr<Volume>> Node::copy_import(const std::string& name, Impor
   }
   building.reset();
   if (Status removed = data_dir_->abandon_volume(name); !removed.ok()) {
-    fmt::print(
-        stderr,
-        "amirror node {}: the partial volume {} stays until the next start, which removes it: {}\n",
-        config_.name, name, removed.message());
+    log::warn("node", "the partial volume stays until the next start, which removes it",
+              {{"volume", name}, {"error", removed.message()}});
   }
   return status;
 }

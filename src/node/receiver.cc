@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "node/receiver.h"
 
-#include <fmt/core.h>
+#include <chrono>
 
+#include "base/log.h"
 #include "base/names.h"
+#include "node/metrics.h"
 #include "repl/receiver_session.h"
 
 namespace amirror::node {
@@ -18,7 +20,7 @@ Status ReplicaRegistry::load() {
     auto volumes = fs_.list_dir(replicas_dir_ + "/" + source);
     if (!volumes.ok()) {
       // No volume name to show it under: say so loudly instead.
-      fmt::print(stderr, "replicas from {} are not served: {}\n", source, volumes.status().to_string());
+      log::error("receiver", "replicas of a source are not served", {{"source", source}, {"error", volumes.status().to_string()}});
       continue;
     }
     for (const std::string& volume : volumes.value()) {
@@ -38,7 +40,7 @@ void ReplicaRegistry::load_one(const std::string& source, const std::string& vol
   std::string key = source + "/" + volume;
   std::lock_guard lock(mutex_);
   if (!replica.ok()) {
-    fmt::print(stderr, "replica {} failed to open and is not served: {}\n", key, replica.status().to_string());
+    log::error("receiver", "replica failed to open; not served", {{"replica", key}, {"error", replica.status().to_string()}});
     failed_[key] = FailedReplica{source, volume, dir, replica.status().message()};
   } else if (replica.value() != nullptr) {
     replicas_[key] = std::move(replica).value();
@@ -183,6 +185,7 @@ class NodeReplicaAccess : public repl::ReplicaAccess {
     }
     auto replica = registry_.open_or_create(peer_name, open.volume, open.size_bytes, open.chunk_size_bytes);
     if (!replica.ok()) registry_.release(key);
+    if (replica.ok()) volume_ = open.volume;
     return replica;
   }
 
@@ -229,10 +232,15 @@ class NodeReplicaAccess : public repl::ReplicaAccess {
   const repl::PeerSocket& socket_;
   const NodeConfig& config_;
   ReplicaRegistry& registry_;
+  std::string volume_;  // the replica acquired last, for metrics
+
+ public:
+  const std::string& volume() const { return volume_; }
 };
 
 // Feeds the socket's frames to the session until the peer closes or the node stops.
-Status run_session(repl::PeerSocket& socket, repl::ReceiverSession& session, const std::atomic<bool>& stopping) {
+Status run_session(repl::PeerSocket& socket, repl::ReceiverSession& session, const NodeReplicaAccess& access,
+                   const std::atomic<bool>& stopping, NodeMetrics* metrics) {
   while (!stopping.load()) {
     auto frame = socket.receive_frame();
     if (!frame.ok()) {
@@ -242,7 +250,16 @@ Status run_session(repl::PeerSocket& socket, repl::ReceiverSession& session, con
       }
       return frame.status();
     }
+    // END_DELTA makes the delta durable and applies it: that is the apply duration.
+    const bool end_delta = frame.value().type == repl::FrameType::kEndDelta && session.in_delta();
+    const auto started = std::chrono::steady_clock::now();
     AMIRROR_RETURN_IF_ERROR(session.on_frame(frame.value()));
+    if (end_delta) {
+      std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - started;
+      log::debug("receiver", "delta applied",
+                 {{"source", session.peer_name()}, {"volume", access.volume()}, {"seconds", seconds.count()}});
+      if (metrics != nullptr) metrics->observe_apply(session.peer_name(), access.volume(), seconds.count());
+    }
   }
   return Status(ErrorCode::kCancelled, "node stopping");
 }
@@ -250,14 +267,17 @@ Status run_session(repl::PeerSocket& socket, repl::ReceiverSession& session, con
 }  // namespace
 
 void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, const net::TlsContext* tls,
-                           ReplicaRegistry& registry, const std::atomic<bool>& stopping) {
+                           ReplicaRegistry& registry, const std::atomic<bool>& stopping, NodeMetrics* metrics) {
   socket.set_timeout_ms(static_cast<int>(config.peer_timeout_ms));
   if (tls != nullptr) {
     Status handshake = socket.start_tls(*tls, true);
     if (!handshake.ok()) {
       bool plaintext = handshake.code() == ErrorCode::kUnsupported;
-      fmt::print(stderr, "peer {}: refused: {}{}\n", socket.peer(), handshake.message(),
-                 plaintext ? "; configure [tls] on both nodes (or insecure = true on both, trusted networks only)" : "");
+      log::warn("receiver", "peer refused",
+                {{"peer", socket.peer()},
+                 {"error", handshake.message() + (plaintext ? "; configure [tls] on both nodes (or insecure = true on "
+                                                              "both, trusted networks only)"
+                                                            : "")}});
       // A plaintext peer can still read why (it would otherwise just see a closed socket).
       if (plaintext) {
         (void)socket.send_frame(repl::FrameType::kError,
@@ -269,10 +289,12 @@ void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, c
   repl::SocketSink sink(socket);
   NodeReplicaAccess access(socket, config, registry);
   repl::ReceiverSession session(config.name, access, sink);
-  Status status = run_session(socket, session, stopping);
+  Status status = run_session(socket, session, access, stopping, metrics);
   if (!status.ok() && status.code() != ErrorCode::kCancelled) {
-    fmt::print(stderr, "peer {} ({}): {}; closing the connection\n", socket.peer(),
-               session.peer_name().empty() ? "unidentified" : session.peer_name(), status.to_string());
+    log::warn("receiver", "closing the peer connection",
+              {{"peer", socket.peer()},
+               {"source", session.peer_name().empty() ? "unidentified" : session.peer_name()},
+               {"error", status.to_string()}});
     (void)socket.send_frame(repl::FrameType::kError, repl::encode_error(status.message()));
   }
 }

@@ -28,6 +28,8 @@
 
 namespace amirror::node {
 
+class NodeMetrics;
+
 // A replica's name as operators and NBD clients give it, "SOURCE/VOLUME", split and
 // checked (each part a valid name); the error says what is wrong with it.
 Result<std::pair<std::string, std::string>> parse_replica_name(const std::string& name);
@@ -99,7 +101,8 @@ class ReplicaRegistry {
 // Serves one peer connection until it closes or `stopping` becomes true. With `tls`
 // (null only with insecure = true), the TLS handshake comes first and the HELLO's node
 // must be a configured peer whose identity the client certificate names.
+// `metrics` (may be null) times each delta's apply.
 void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, const net::TlsContext* tls,
-                           ReplicaRegistry& registry, const std::atomic<bool>& stopping);
+                           ReplicaRegistry& registry, const std::atomic<bool>& stopping, NodeMetrics* metrics);
 
 }  // namespace amirror::node

@@ -92,10 +92,10 @@ stop_serve() {
   unset "SERVE_PID[$name]"
   ((rc == 0)) || fail "server $name exited with status $rc after SIGTERM: $(tail -n 5 "$WORK/$name.log")"
   [[ ! -e "$WORK/$name.sock" ]] || fail "server $name left its socket file behind"
-  # Store errors (freeze, merge, I/O) are logged as "... failed: ..."; none is expected.
-  # A test that provokes failures on purpose lists their lines in EXPECTED_FAILURES (ERE).
+  # Store errors (freeze, merge, I/O) are logged at level ERROR; none is expected.
+  # A test that provokes errors on purpose lists their lines in EXPECTED_FAILURES (ERE).
   local failures
-  failures=$(grep 'failed' "$WORK/$name.log" | grep -Ev "${EXPECTED_FAILURES:-^\$}" || true)
+  failures=$(grep -E '^[^ ]+Z ERROR ' "$WORK/$name.log" | grep -Ev "${EXPECTED_FAILURES:-^\$}" || true)
   if [[ -n "$failures" ]]; then
     fail "server $name logged failures: $(head -n 3 <<<"$failures")"
   fi
@@ -139,7 +139,7 @@ wait_for_cycle() {
 
 # freeze_cycles NAME: how many freeze+merge cycles the last stopped server ran.
 freeze_cycles() {
-  sed -n 's/.*freezer ran \([0-9]*\) freeze+merge cycles.*/\1/p' "$WORK/$1.log" | tail -n 1
+  sed -n 's/.* INFO serve freeze_cycles=\([0-9]*\) .*msg="freezer stopped"$/\1/p' "$WORK/$1.log" | tail -n 1
 }
 
 # nbd_uri NAME EXPORT -> nbd+unix URI (libnbd, qemu and fio understand it).

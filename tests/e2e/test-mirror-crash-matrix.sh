@@ -315,7 +315,7 @@ all_span=$(chunk_span $fill_issued "$final_issued")
 incremental=$((total_sent - INITIAL_SENT))
 ((incremental <= 2 * all_span + KILLS * MIB)) ||
   fail "$incremental bytes sent after the initial sync for $all_span bytes of chunks written ($KILLS kills): resends beyond the crashes' share"
-if grep -h 'sending a full copy' "$WORK/site-a.log" "$WORK/site-b.log"; then
+if grep -h ' full_copy=true ' "$WORK/site-a.log" "$WORK/site-b.log"; then
   fail "a full resync happened (seed $SEED)"
 fi
 

@@ -75,7 +75,7 @@ make_pki "$WORK/other-ca" site-a
 set_tls site-a "$WORK/other-ca" site-a
 attempt other-ca
 [[ $LAST_ERROR == *"not trusted"* ]] || fail "other CA: site-a's error does not say the target is untrusted: $LAST_ERROR"
-grep -q "peer 127.0.0.1:[0-9]*: refused: TLS handshake with .* failed: .*unknown ca" "$WORK/site-b.log" ||
+grep -q ' WARN receiver peer=127.0.0.1:[0-9]* error="TLS handshake with .* failed: .*unknown ca.*msg="peer refused"$' "$WORK/site-b.log" ||
   fail "other CA: site-b did not log the refusal: $(tail -3 "$WORK/site-b.log")"
 log "refused: $LAST_ERROR"
 
@@ -83,7 +83,7 @@ log "a source presenting another node's valid certificate"
 issue_cert "$WORK/pki" site-c # from the good CA
 set_tls site-a "$WORK/pki" site-c
 attempt wrong-identity
-grep -q "presented certificate CN=site-c, which does not name 'site-a'" "$WORK/site-b.log" ||
+grep -q " WARN receiver peer=.*error=\".*presented certificate CN=site-c, which does not name 'site-a'.*msg=\"" "$WORK/site-b.log" ||
   fail "wrong identity: site-b did not log the mismatch: $(tail -3 "$WORK/site-b.log")"
 [[ $LAST_ERROR == *"site-b refused"*"does not name 'site-a'"* ]] ||
   fail "wrong identity: site-a's status does not show why: $LAST_ERROR"
@@ -105,7 +105,7 @@ start_node site-b
 GOOD_KEEPS_MIRRORING=1 attempt unlisted-volume
 [[ $LAST_ERROR == *"may not send volume 'v-unlisted-volume'"* ]] ||
   fail "unlisted volume: site-a's status does not show the refusal: $LAST_ERROR"
-grep -q "may not send volume 'v-unlisted-volume'" "$WORK/site-b.log" || fail "unlisted volume: site-b did not log it"
+grep -q " WARN receiver .*error=\".*may not send volume 'v-unlisted-volume'.*msg=\"closing the peer connection\"" "$WORK/site-b.log" || fail "unlisted volume: site-b did not log it"
 am site-a mirror sync good --timeout 60s >/dev/null  # the listed volume still goes through
 compare_replica site-a good site-b
 good_cycle=$(replica_field site-b site-a good applied_cycle)
@@ -115,7 +115,7 @@ log "refused: $LAST_ERROR"
 log "a TLS client with no certificate"
 openssl s_client -connect "127.0.0.1:${NODE_PORT[site-b]}" -CAfile "$WORK/pki/ca.crt" -tls1_3 \
   </dev/null >"$WORK/s_client.out" 2>&1 || true
-wait_until 10 "site-b to log the certificate-less client" grep -q "did not return a certificate" "$WORK/site-b.log"
+wait_until 10 "site-b to log the certificate-less client" grep -q ' WARN receiver .*error=".*did not return a certificate.*msg="peer refused"$' "$WORK/site-b.log"
 log "refused and logged: $(grep "did not return a certificate" "$WORK/site-b.log" | tail -1)"
 
 log "a plaintext source (insecure = true) against a TLS target"
@@ -123,7 +123,7 @@ sed -i -e '/^certificate = /d' -e '/^key = /d' -e 's|^ca = .*|insecure = true|' 
 attempt plaintext
 [[ $LAST_ERROR == *"site-b requires TLS on peer connections"* ]] ||
   fail "plaintext: site-a's status does not say the target requires TLS: $LAST_ERROR"
-grep -q "sent plaintext where a TLS handshake was expected" "$WORK/site-b.log" ||
+grep -q ' WARN receiver .*error=".*sent plaintext where a TLS handshake was expected.*msg="peer refused"$' "$WORK/site-b.log" ||
   fail "plaintext: site-b did not log the plaintext peer"
 am site-a status >"$WORK/status.txt"
 grep -q "peers: INSECURE: plaintext" "$WORK/status.txt" || fail "status does not warn about insecure = true"

@@ -57,8 +57,8 @@ jq -e '.volumes[] | select(.name == "b3") | .error | test("mirror state")' <<<"$
 [[ -n $(replica_field site-b site-a a2 error) ]] || fail "replica site-a/a2 has no error: $status"
 [[ $(volume_field site-b b1 state) == ok ]] || fail "b1 is not ok: $status"
 [[ $(replica_field site-b site-a a1 state) == idle ]] || fail "replica site-a/a1 is not idle: $status"
-grep -q "volume b2 failed to open" "$WORK/site-b.log" || fail "site-b did not log b2's failure on stderr"
-grep -q "replica site-a/a2 failed to open" "$WORK/site-b.log" || fail "site-b did not log a2's failure on stderr"
+grep -q ' ERROR node volume=b2 error=.*msg="volume failed to open; not served"$' "$WORK/site-b.log" || fail "site-b did not log b2's failure on stderr"
+grep -q ' ERROR receiver replica=site-a/a2 error=.*msg="replica failed to open; not served"$' "$WORK/site-b.log" || fail "site-b did not log a2's failure on stderr"
 am site-b status | grep -q "volume b2  FAILED" || fail "human status does not show b2 FAILED: $(cat "$WORK/last.out")"
 
 log "healthy objects are served over NBD, failed ones are not"

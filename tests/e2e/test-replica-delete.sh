@@ -32,7 +32,7 @@ expect_refusal 1 "receiving from a" b replica delete a/v
 [[ -f $rdir/base.img ]] || fail "a refused delete removed the replica's image"
 mirror_sync a v
 compare_replica a v b
-before=$(grep -c "sending a full copy" "$WORK/a.log" || true)
+before=$(grep -c " full_copy=true " "$WORK/a.log" || true)
 
 log "delete: directory and export gone"
 [[ $(am b replica delete a/v) == "deleted replica a/v" ]] || fail "replica delete printed: $(cat "$WORK/last.out")"
@@ -49,7 +49,7 @@ log "the next sync sends a full copy into a fresh replica"
 write_pattern a v $((3 * 1024 * 1024)) 64k 5
 mirror_sync a v
 compare_replica a v b
-after=$(grep -c "sending a full copy" "$WORK/a.log" || true)
+after=$(grep -c " full_copy=true " "$WORK/a.log" || true)
 ((after > before)) || fail "a did not log a full copy after the replica was deleted"
 mirror_no_error a v b
 

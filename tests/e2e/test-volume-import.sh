@@ -127,7 +127,7 @@ held_import cut
 stop_node site-a # within STOP_TIMEOUT_S, exit status 0
 end_held_import cut
 [[ ! -e $VOLUMES_DIR/cut && ! -e $VOLUMES_DIR/cut.creating ]] || fail "SIGTERM left a partial volume: $(ls -la "$VOLUMES_DIR")"
-grep -q "import of .*cut.* cancelled" "$WORK/site-a.log" || fail "the node did not log the cancelled import"
+grep -q ' WARN node volume=cut .*error=".*cancelled.*msg="import failed"$' "$WORK/site-a.log" || fail "the node did not log the cancelled import"
 start_node site-a
 no_half_volume cut
 am site-a volume import cut --from "$WORK/source.bin" >/dev/null
