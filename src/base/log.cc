@@ -9,8 +9,11 @@
 #include <spdlog/sinks/systemd_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
+
 #include <array>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 
@@ -84,6 +87,18 @@ bool is_plain(std::string_view value) {
   return true;
 }
 
+// systemd sets JOURNAL_STREAM=DEVICE:INODE when it connects stderr to the journal.
+// Compared with stderr itself (as sd_journal_stream_fd(3) advises), so a child whose
+// stderr was redirected to a file (the demo's nodes) keeps writing there.
+bool stderr_is_journal() {
+  const char* value = std::getenv("JOURNAL_STREAM");
+  unsigned long long device = 0, inode = 0;
+  if (value == nullptr || std::sscanf(value, "%llu:%llu", &device, &inode) != 2) return false;
+  struct stat stderr_stat {};
+  if (::fstat(2, &stderr_stat) != 0) return false;
+  return stderr_stat.st_dev == device && stderr_stat.st_ino == inode;
+}
+
 }  // namespace
 
 Field::Field(std::string_view field_key, double field_value) : key(field_key), value(fmt::format("{}", field_value)) {}
@@ -134,10 +149,7 @@ std::string format_body(std::string_view component, std::string_view message, Fi
 
 void configure(Level min_level, Output output) {
   ensure_default();
-  if (output == Output::kAuto) {
-    const char* journal_stream = std::getenv("JOURNAL_STREAM");
-    output = journal_stream != nullptr && *journal_stream != '\0' ? Output::kJournal : Output::kStderr;
-  }
+  if (output == Output::kAuto) output = stderr_is_journal() ? Output::kJournal : Output::kStderr;
   if (output == Output::kJournal) {
     // MESSAGE is the body only: the journal keeps its own time and the level as PRIORITY.
     install(std::make_shared<spdlog::sinks::systemd_sink_mt>("amirror", false), min_level, "journal");

@@ -11,8 +11,8 @@
 // with `"` and `\` escaped and control characters as \n, \t or \xHH (so one event is
 // always one line). Format reference: docs/operations.md, "Logs".
 //
-// Where lines go: stderr, or the systemd journal when the process runs under systemd
-// (JOURNAL_STREAM is set): there each event is one journal entry with PRIORITY from
+// Where lines go: stderr, or the systemd journal when systemd connected stderr to it
+// (JOURNAL_STREAM names stderr's device and inode): there each event is one journal entry with PRIORITY from
 // the level, SYSLOG_IDENTIFIER=amirror, and MESSAGE = the line without time and level
 // (the journal records both itself).
 //
@@ -54,7 +54,7 @@ struct Field {
 using Fields = std::initializer_list<Field>;
 
 enum class Output {
-  kAuto,     // the journal when JOURNAL_STREAM is set (started by systemd), else stderr
+  kAuto,     // the journal when JOURNAL_STREAM names stderr (systemd), else stderr
   kStderr,
   kJournal,
 };

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <sys/stat.h>
+
 #include <regex>
 #include <sstream>
 
@@ -86,10 +88,24 @@ TEST_F(LogTest, ParsesLevelWordsAndRefusesOthersListingThem) {
   }
 }
 
-TEST_F(LogTest, AutoOutputIsTheJournalOnlyUnderSystemd) {
+TEST_F(LogTest, AutoOutputIsTheJournalOnlyWhenJournalStreamNamesStderr) {
   ::unsetenv("JOURNAL_STREAM");
   configure(Level::kInfo, Output::kAuto);
   EXPECT_STREQ(output_name(), "stderr");
+  struct stat stderr_stat {};
+  ASSERT_EQ(::fstat(2, &stderr_stat), 0);
+  // Inherited from a parent whose stderr was the journal, but ours is elsewhere.
+  std::string other = std::to_string(stderr_stat.st_dev) + ":" + std::to_string(stderr_stat.st_ino + 1);
+  ::setenv("JOURNAL_STREAM", other.c_str(), 1);
+  configure(Level::kInfo, Output::kAuto);
+  EXPECT_STREQ(output_name(), "stderr");
+  // What systemd sets when it connects stderr to the journal. Nothing is logged here:
+  // this machine may have no journal to take it.
+  std::string ours = std::to_string(stderr_stat.st_dev) + ":" + std::to_string(stderr_stat.st_ino);
+  ::setenv("JOURNAL_STREAM", ours.c_str(), 1);
+  configure(Level::kInfo, Output::kAuto);
+  EXPECT_STREQ(output_name(), "journal");
+  ::unsetenv("JOURNAL_STREAM");
 }
 
 }  // namespace
