@@ -483,6 +483,23 @@ Status Volume::set_group(const std::string& group) {
   return status;
 }
 
+void Volume::hold_writes() {
+  {
+    std::lock_guard hold(hold_mutex_);
+    writes_held_.store(true);
+  }
+  // Writes admitted before the flag was set finish before this returns.
+  std::unique_lock io(io_lock_);
+}
+
+void Volume::release_writes() {
+  {
+    std::lock_guard hold(hold_mutex_);
+    writes_held_.store(false);
+  }
+  writes_released_.notify_all();
+}
+
 Status Volume::set_read_only(bool read_only) {
   // Exclusive: a write that passed the check finishes before the flag is durable.
   std::unique_lock io(io_lock_);
@@ -647,8 +664,15 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
 
 Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua,
                       bool staged) {
-  {
+  while (true) {
+    if (!staged && writes_held_.load()) {
+      // Waits outside io_lock_, so the freeze the holder waits for is not blocked.
+      std::unique_lock hold(hold_mutex_);
+      writes_released_.wait(hold, [&] { return !writes_held_.load(); });
+    }
     std::shared_lock io(io_lock_);  // before the range check: the size is stable under it
+    // hold_writes() sets the flag before it waits for io_lock_: seen here if it returned.
+    if (!staged && writes_held_.load()) continue;
     const ChunkGeometry geometry = this->geometry();
     if (!geometry.in_range(offset_bytes, length_bytes)) {
       return out_of_range("write of " + std::to_string(length_bytes) + " bytes at offset " +
@@ -664,6 +688,7 @@ Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_
       status = write_piece(piece, data != nullptr ? data + piece.offset_in_request_bytes : nullptr);
     });
     AMIRROR_RETURN_IF_ERROR(status);
+    break;
   }
   return fua ? flush() : Status();
 }
