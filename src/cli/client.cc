@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -23,6 +24,7 @@ namespace {
 
 using nlohmann::json;
 constexpr uint64_t kDefaultRequestTimeoutMs = 120'000;
+constexpr uint64_t kWatchRequestTimeoutMs = 5'000;
 
 // Sends the request. Returns kExitOk with the parsed answer in `answer`, else the
 // command's exit code with the reason in `error`: kExitNodeUnreachable when nothing
@@ -474,7 +476,9 @@ int watch_status(const ClientArgs& client, const StatusArgs& args) {
   for (uint64_t frame = 0;; ++frame) {
     json answer;
     std::string error;
-    int code = exchange(client, {{"command", "status"}}, answer, error);
+    // Signals wait while a request runs: a short bound keeps Ctrl-C prompt if the node hangs.
+    int code = exchange(client, {{"command", "status"}}, answer, error,
+                        std::max<uint64_t>(args.watch_interval_ms, kWatchRequestTimeoutMs));
     if (code != kExitOk && frame == 0) {
       fmt::print(stderr, "amirror: {}\n", error);
       return code;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The amirror command line. Only this file includes CLI11 (a large header-only library).
 #include <CLI/CLI.hpp>
+#include <fmt/core.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -188,14 +189,16 @@ int main(int argc, char** argv) {
 
   // The one list of exit codes a user sees (amirror(8) is made from this help too).
   // Set after the subcommands: one created later inherits the footer into its own help.
-  app.footer(
+  namespace cli = amirror::cli;
+  app.footer(fmt::format(
       "Exit codes:\n"
-      "  0  success (mirror verify: every replica equal)\n"
-      "  1  the node refused the request or the operation failed (node: it could not start)\n"
-      "  2  bad usage: unknown option, bad value, missing --node (node: bad config); nothing was sent\n"
-      "  3  mirror verify: differences found (with --repair: some still differ)\n"
-      "  4  the node is unreachable: nothing answers on its control socket\n"
-      "More: amirror(8), README.md and docs/ (installed in /usr/share/doc/amirror)");
+      "  {}  success (mirror verify: every replica equal)\n"
+      "  {}  the node refused the request or the operation failed (node: it could not start)\n"
+      "  {}  bad usage: unknown option, bad value, missing --node (node: bad config); nothing was sent\n"
+      "  {}  mirror verify: differences found (with --repair: some still differ)\n"
+      "  {}  the node is unreachable: nothing answers on its control socket\n"
+      "More: amirror(8), README.md and docs/ (installed in /usr/share/doc/amirror)",
+      cli::kExitOk, cli::kExitFailed, cli::kExitUsage, cli::kExitDiffers, cli::kExitNodeUnreachable));
 
   try {
     app.parse(argc, argv);
