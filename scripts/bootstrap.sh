@@ -10,7 +10,9 @@ packages=(
   cmake ninja-build g++ pkg-config ccache clang libclang-rt-14-dev
   # libraries
   libfmt-dev libxxhash-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libssl-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libnbd-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libnbd-dev libsystemd-dev
+  # packaging: the .deb (cpack, dpkg-shlibdeps), unit check, man page rendering
+  dpkg-dev file systemd man-db groff-base
   # real NBD clients and peers used by tests and benchmarks
   qemu-utils libnbd-bin nbdkit nbdfuse fio rsync
   # test plumbing

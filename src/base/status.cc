@@ -30,6 +30,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kTimeout: return "timeout";
     case ErrorCode::kCancelled: return "cancelled";
     case ErrorCode::kReadOnly: return "read-only";
+    case ErrorCode::kUnavailable: return "unavailable";
   }
   return "unknown";
 }

@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include "cli/commands.h"
+#include "cli/service_manager.h"
 #include "cli/stop_signals.h"
 #include "node/node.h"
 
@@ -25,7 +26,9 @@ int run_node(const std::string& config_path) {
   fmt::print(stderr, "amirror node {} running (control {}{}{})\n", config->name, config->control_socket,
              config->nbd_socket.empty() ? "" : ", nbd " + config->nbd_socket,
              config->listen.empty() ? "" : ", peers " + config->listen);
+  notify_ready(*running.value());
   int signal_number = wait_for_stop_signal(stop_signals);
+  notify_stopping();
   fmt::print(stderr, "amirror node {}: stopping ({})\n", config->name, signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
   running.value()->stop();
   fmt::print(stderr, "amirror node {}: stopped\n", config->name);
