@@ -10,9 +10,11 @@ packages=(
   cmake ninja-build g++ pkg-config ccache clang libclang-rt-14-dev
   # libraries
   libfmt-dev libxxhash-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libssl-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libnbd-dev
-  # logs (spdlog, journald) and metrics (prometheus-cpp; the prometheus server and promtool for tests)
-  libspdlog-dev libsystemd-dev prometheus-cpp-dev prometheus
+  libgtest-dev libgmock-dev libbenchmark-dev libnbd-dev libsystemd-dev
+  # packaging: the .deb (cpack, dpkg-shlibdeps), unit check, man page rendering
+  dpkg-dev file systemd man-db groff-base
+  # logs (spdlog; journald via libsystemd) and metrics (prometheus-cpp; prometheus and promtool for tests)
+  libspdlog-dev prometheus-cpp-dev prometheus
   # real NBD clients and peers used by tests and benchmarks
   qemu-utils libnbd-bin nbdkit nbdfuse fio rsync
   # test plumbing

@@ -30,6 +30,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kTimeout: return "timeout";
     case ErrorCode::kCancelled: return "cancelled";
     case ErrorCode::kReadOnly: return "read-only";
+    case ErrorCode::kUnavailable: return "unavailable";
   }
   return "unknown";
 }
@@ -44,6 +45,7 @@ Status Status::from_errno(int error_number, const std::string& context) {
     case EINVAL: code = ErrorCode::kInvalidArgument; break;
     case EWOULDBLOCK: code = ErrorCode::kBusy; break;
     case EOPNOTSUPP: code = ErrorCode::kUnsupported; break;
+    case EFBIG: code = ErrorCode::kOutOfRange; break;  // larger than the file system allows
     default: break;
   }
   return Status(code, context + " (" + std::strerror(error_number) + ")");

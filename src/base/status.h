@@ -31,6 +31,7 @@ enum class ErrorCode : uint8_t {
   kTimeout,
   kCancelled,
   kReadOnly,     // a write to something that takes none now (a replica, a demoted volume)
+  kUnavailable,  // the other end cannot be reached at all (nothing listens); nothing was sent
 };
 
 const char* error_code_name(ErrorCode code);

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The amirror subcommands. main.cc parses arguments (CLI11) and calls these; each
-// returns the process exit code (0 ok, 1 operation failed, 2 bad usage; `mirror
-// verify` adds 3, differences found).
+// returns the process exit code, one of the kExit* below.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +8,14 @@
 #include <vector>
 
 namespace amirror::cli {
+
+// Exit codes of every command. Documented in README.md ("Exit codes") and in
+// `amirror --help` (so in amirror(8)); scripts depend on them: keep them.
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;            // the node refused, or the operation failed
+constexpr int kExitUsage = 2;             // bad command line; nothing was sent
+constexpr int kExitDiffers = 3;           // `mirror verify`: replicas differ
+constexpr int kExitNodeUnreachable = 4;   // nothing answers on the control socket
 
 struct DemoArgs {
   std::string work_dir;  // empty = a fresh temporary directory, removed afterwards
@@ -93,10 +100,14 @@ int run_mirror_sync(const ClientArgs& client, const MirrorArgs& args);
 // time, refused); differences found (and, with --repair, some still differ). When a
 // target could not be verified, that wins over differences found on another: the
 // answer is incomplete.
-constexpr int kExitVerifyEqual = 0;
-constexpr int kExitVerifyFailed = 1;
-constexpr int kExitVerifyDiffers = 3;
+constexpr int kExitVerifyEqual = kExitOk;
+constexpr int kExitVerifyFailed = kExitFailed;
+constexpr int kExitVerifyDiffers = kExitDiffers;
 int run_mirror_verify(const ClientArgs& client, const MirrorArgs& args);
-int run_status(const ClientArgs& client);
+struct StatusArgs {
+  bool watch = false;  // redraw every interval until Ctrl-C (client.cc: watch_status)
+  uint64_t watch_interval_ms = 2000;
+};
+int run_status(const ClientArgs& client, const StatusArgs& args);
 
 }  // namespace amirror::cli

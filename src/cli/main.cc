@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // The amirror command line. Only this file includes CLI11 (a large header-only library).
 #include <CLI/CLI.hpp>
+#include <fmt/core.h>
 
 #include <cstdio>
 #include <cstdlib>
 
 #include "base/units.h"
 #include "cli/commands.h"
+#include "cli/version.h"
 
 namespace {
 
@@ -30,8 +32,10 @@ uint64_t parse_duration_or_throw(const std::string& text, const char* option) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"amirror: asynchronous block-volume mirroring by freeze-and-copy cycles"};
+  // Named, so help and errors say "amirror" whatever path it was run by.
+  CLI::App app{"amirror: asynchronous block-volume mirroring by freeze-and-copy cycles", "amirror"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("amirror ") + amirror::cli::kVersion, "Print the version and exit");
 
   amirror::cli::DemoArgs demo_args;
   CLI::App* demo = app.add_subcommand("demo", "Run two nodes on a temporary directory, write through NBD while mirroring, verify the replica");
@@ -178,9 +182,30 @@ int main(int argc, char** argv) {
                             "Wait this long for the targets to copy the point to compare, e.g. 60s (default 5m)");
   mirror_verify->add_flag("--json", client.json, "Print the machine-readable result");
 
+  amirror::cli::StatusArgs status_args;
+  std::string watch_interval_text;
   CLI::App* status = app.add_subcommand("status", "Show volumes, mirrors, lag and replicas");
-  status->add_flag("--json", client.json, "Print the machine-readable status");
+  CLI::Option* status_json = status->add_flag("--json", client.json, "Print the machine-readable status");
+  CLI::Option* status_watch = status->add_flag(
+      "--watch", status_args.watch,
+      "Redraw every --interval until Ctrl-C (not on a terminal: print frame after frame)");
+  status_watch->excludes(status_json);
+  status->add_option("--interval", watch_interval_text, "With --watch: time between frames, e.g. 5s or 500ms (default 2s)")
+      ->needs(status_watch);
   add_client_options(status);
+
+  // The one list of exit codes a user sees (amirror(8) is made from this help too).
+  // Set after the subcommands: one created later inherits the footer into its own help.
+  namespace cli = amirror::cli;
+  app.footer(fmt::format(
+      "Exit codes:\n"
+      "  {}  success (mirror verify: every replica equal)\n"
+      "  {}  the node refused the request or the operation failed (node: it could not start)\n"
+      "  {}  bad usage: unknown option, bad value, missing --node (node: bad config); nothing was sent\n"
+      "  {}  mirror verify: differences found (with --repair: some still differ)\n"
+      "  {}  the node is unreachable: nothing answers on its control socket\n"
+      "More: amirror(8), README.md and docs/ (installed in /usr/share/doc/amirror)",
+      cli::kExitOk, cli::kExitFailed, cli::kExitUsage, cli::kExitDiffers, cli::kExitNodeUnreachable));
 
   try {
     app.parse(argc, argv);
@@ -197,6 +222,9 @@ int main(int argc, char** argv) {
     if (!size_text.empty()) volume_args.size_bytes = parse_size_or_throw(size_text, "--size");
     if (!chunk_text.empty()) volume_args.chunk_size_bytes = parse_size_or_throw(chunk_text, "--chunk-size");
     if (!interval_text.empty()) mirror_args.interval_ms = parse_duration_or_throw(interval_text, "--interval");
+    if (!watch_interval_text.empty()) {
+      status_args.watch_interval_ms = parse_duration_or_throw(watch_interval_text, "--interval");
+    }
     if (!timeout_text.empty()) mirror_args.timeout_ms = parse_duration_or_throw(timeout_text, "--timeout");
     for (size_t start = 0; !targets_text.empty() && start <= targets_text.size();) {
       size_t comma = targets_text.find(',', start);
@@ -225,7 +253,7 @@ int main(int argc, char** argv) {
     }
   } catch (const CLI::ParseError& error) {
     // --help prints and exits 0; every usage error exits 2, whatever CLI11's own code.
-    return app.exit(error) == 0 ? 0 : 2;
+    return app.exit(error) == 0 ? amirror::cli::kExitOk : amirror::cli::kExitUsage;
   }
 
   if (demo->parsed()) return amirror::cli::run_demo(demo_args);
@@ -246,6 +274,6 @@ int main(int argc, char** argv) {
   if (mirror_sync->parsed()) return amirror::cli::run_mirror_sync(client, mirror_args);
   if (mirror_verify->parsed()) return amirror::cli::run_mirror_verify(client, mirror_args);
   if (mirror_switchover->parsed()) return amirror::cli::run_mirror_switchover(client, mirror_args);
-  if (status->parsed()) return amirror::cli::run_status(client);
+  if (status->parsed()) return amirror::cli::run_status(client, status_args);
   return 2;
 }

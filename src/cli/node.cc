@@ -5,6 +5,7 @@
 
 #include "base/log.h"
 #include "cli/commands.h"
+#include "cli/service_manager.h"
 #include "cli/stop_signals.h"
 #include "node/node.h"
 
@@ -35,7 +36,9 @@ int run_node(const std::string& config_path, const std::string& log_level) {
              {"metrics", config->metrics_listen},
              {"log_level", log::level_name(level)},
              {"log_output", log::output_name()}});
+  notify_ready(*running.value());
   int signal_number = wait_for_stop_signal(stop_signals);
+  notify_stopping();
   log::info("node", "stopping", {{"node", config->name}, {"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
   running.value()->stop();
   log::info("node", "stopped", {{"node", config->name}});

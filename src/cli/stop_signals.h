@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// SIGTERM/SIGINT handling for the long-running commands (node, serve): block the stop
-// signals before any thread starts, so every thread inherits the mask and only the
-// main thread, waiting in wait_for_stop_signal(), receives them.
+// SIGTERM/SIGINT handling for the long-running commands (node, serve, status --watch):
+// block the stop signals before any thread starts, so every thread inherits the mask
+// and only the main thread, waiting for them (wait_for_stop_signal, sigtimedwait),
+// receives them.
 #pragma once
 
 #include <signal.h>

@@ -129,7 +129,11 @@ Result<std::string> control_call(const std::string& socket_path, const std::stri
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
     int saved = errno;
     ::close(fd);
-    return Status::from_errno(saved, "cannot reach the node at " + socket_path + " (is `amirror node` running?)");
+    // kUnavailable whatever the errno (no socket, nobody listening, not permitted):
+    // the CLI gives "node unreachable" its own exit code.
+    return Status(ErrorCode::kUnavailable,
+                  Status::from_errno(saved, "cannot reach the node at " + socket_path + " (is `amirror node` running?)")
+                      .message());
   }
   timeval timeout{static_cast<time_t>(timeout_ms / 1000), static_cast<suseconds_t>((timeout_ms % 1000) * 1000)};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
