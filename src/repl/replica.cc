@@ -55,7 +55,7 @@ std::string Replica::encode_meta(const Meta& meta) {
   append_u64(out, header.target_cycle);
   append_u64(out, static_cast<uint64_t>(header.freeze_time_unix_ms));
   append_u64(out, header.record_count);
-  append_u64(out, header.full ? 1 : 0);
+  append_u64(out, (header.full ? 1 : 0) | (meta.staging.into_base ? 2 : 0));
   append_u64(out, meta.staging.durable_records);
   append_u64(out, meta.staging.last_chunk_index);
   append_u32(out, static_cast<uint32_t>(meta.source_node.size()));
@@ -93,7 +93,9 @@ Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const st
   header.target_cycle = get_u64(bytes + position + 8);
   header.freeze_time_unix_ms = static_cast<int64_t>(get_u64(bytes + position + 16));
   header.record_count = get_u64(bytes + position + 24);
-  header.full = get_u64(bytes + position + 32) == 1;
+  const uint64_t full = get_u64(bytes + position + 32);  // bit 0: full; bit 1: into base.img
+  header.full = (full & 1) != 0;
+  meta.staging.into_base = (full & 2) != 0;
   meta.staging.durable_records = get_u64(bytes + position + 40);
   meta.staging.last_chunk_index = get_u64(bytes + position + 48);
   position = kFixedBytes;
@@ -110,7 +112,7 @@ Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const st
       (!meta.group.empty() && !validate_name(meta.group, "group name").ok()) ||
       !validate_name(meta.source_node, "node name").ok() || !validate_name(meta.volume_name, "volume name").ok() ||
       !valid_geometry(meta.size_bytes, meta.chunk_size_bytes) || meta.keep == 0 || meta.keep > kMaxKeep ||
-      meta.staging.durable_records > meta.staging.header.record_count) {
+      meta.staging.durable_records > meta.staging.header.record_count || full > 3) {
     return corruption(where + ": malformed replica metadata");
   }
   return meta;
@@ -345,7 +347,7 @@ Status Replica::clear_staging() {
 std::optional<uint64_t> Replica::image_cycle() const {
   {
     std::shared_lock lock(state_mutex_);
-    if (applying_) return std::nullopt;
+    if (applying_ || filling_base_locked()) return std::nullopt;
   }
   std::shared_ptr<Volume> volume = current();
   if (volume->merge_pending()) return std::nullopt;
@@ -488,18 +490,42 @@ Status Replica::begin_delta(const BeginDelta& begin) {
   } else if (!current()->active_changes().empty()) {
     AMIRROR_RETURN_IF_ERROR(current()->discard_after(current()->cycle()));
   }
-  std::unique_lock lock(state_mutex_);
-  Staging old = meta_.staging;
-  meta_.staging = Staging{begin, 0, 0};
-  Status status = write_meta_locked();
-  if (!status.ok()) {
-    meta_.staging = old;
-    return status.with_context("record the delta being received");
+  const bool into_base = can_fill_base(begin);
+  if (!into_base && filling_base()) {
+    // Cannot happen (a filling replica holds nothing, so any fresh delta fills), but a
+    // delta on top of a half-filled base would make that part of a point: never.
+    return invalid_argument("refusing delta to cycle " + std::to_string(begin.target_cycle) + " for replica " +
+                            source_node_ + "/" + volume_name_ + ": its base is being filled");
   }
-  staged_records_ = 0;
-  last_staged_chunk_ = 0;
-  bytes_since_progress_ = 0;
-  return Status();
+  {
+    std::unique_lock lock(state_mutex_);
+    Staging old = meta_.staging;
+    meta_.staging = Staging{begin, 0, 0, into_base};
+    Status status = write_meta_locked();
+    if (!status.ok()) {
+      meta_.staging = old;
+      return status.with_context("record the delta being received");
+    }
+    staged_records_ = 0;
+    last_staged_chunk_ = 0;
+    bytes_since_progress_ = 0;
+  }
+  // After replica.meta says "filling, 0 records durable": a crash from here on resumes
+  // from the start, and this empties the base again first.
+  return into_base ? current()->begin_base_fill() : Status();
+}
+
+bool Replica::can_fill_base(const BeginDelta& begin) const {
+  std::shared_ptr<Volume> volume = current();
+  // A delta from point 0 (full, or incremental from the empty image) onto a replica
+  // holding nothing: written into an empty base, its records give the same image.
+  return (begin.full || begin.base_cycle == 0) && begin.first_record == 0 && !resyncing() && volume->cycle() == 0 &&
+         volume->points().size() == 1 && !volume->merge_pending() && volume->active_changes().empty();
+}
+
+bool Replica::filling_base() const {
+  std::shared_lock lock(state_mutex_);
+  return filling_base_locked();
 }
 
 void Replica::close_without_saving() {
@@ -518,7 +544,7 @@ Replica::~Replica() {
 }
 
 Status Replica::record_progress() {
-  AMIRROR_RETURN_IF_ERROR(current()->flush());
+  AMIRROR_RETURN_IF_ERROR(filling_base() ? current()->sync_base() : current()->flush());
   std::unique_lock lock(state_mutex_);
   Staging old = meta_.staging;
   meta_.staging.durable_records = staged_records_;
@@ -553,8 +579,14 @@ Status Replica::stage(const ChunkRecord& record) {
     return invalid_argument("CHUNK data for chunk " + std::to_string(record.chunk_index) + " is " +
                             std::to_string(record.data.size()) + " bytes, expected " + std::to_string(length));
   }
-  Status written = record.kind == RecordKind::kData ? current()->write_staged(offset, record.data)
-                                                    : current()->write_zeroes_staged(offset, length);
+  Status written;
+  if (filling_base()) {
+    written = record.kind == RecordKind::kData ? current()->write_base_fill(offset, record.data)
+                                               : current()->zero_base_fill(offset, length);
+  } else {
+    written = record.kind == RecordKind::kData ? current()->write_staged(offset, record.data)
+                                               : current()->write_zeroes_staged(offset, length);
+  }
   AMIRROR_RETURN_IF_ERROR(written);
   bool progress_due;
   {
@@ -579,7 +611,11 @@ Status Replica::end_delta(uint64_t record_count) {
                               std::to_string(staged_records_) + " were staged");
     }
   }
-  if (header.full) {
+  const bool into_base = filling_base();
+  if (into_base) {
+    // Written straight into base.img, which began empty: labelling it is the commit.
+    AMIRROR_RETURN_IF_ERROR(current()->commit_base_fill(header.target_cycle, header.freeze_time_unix_ms));
+  } else if (header.full) {
     // A full delta replaces the whole image: what it did not send reads as zero.
     std::set<uint64_t> sent;
     for (const DeltaChunk& change : current()->active_changes()) sent.insert(change.chunk_index);
@@ -592,7 +628,7 @@ Status Replica::end_delta(uint64_t record_count) {
     }
   }
   // The commit point: one volume.meta rename makes the whole delta point s.
-  AMIRROR_RETURN_IF_ERROR(current()->freeze_as(header.target_cycle, header.freeze_time_unix_ms));
+  if (!into_base) AMIRROR_RETURN_IF_ERROR(current()->freeze_as(header.target_cycle, header.freeze_time_unix_ms));
   // Committed. What follows is bookkeeping that open() redoes from the volume's cycle
   // if it fails here (say the disk is full), so it does not make the commit fail:
   // the replica is at the new point either way, in memory as on disk.
@@ -671,6 +707,11 @@ Status Replica::repair_chunks(uint64_t cycle, std::span<const RepairChunk> chunk
   return Status();
 }
 
+Status Replica::initial_copy_busy() const {
+  return Status(ErrorCode::kBusy, "replica " + source_node_ + "/" + volume_name_ +
+                                      " is receiving its first full copy; it is readable once that is applied");
+}
+
 Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
   std::shared_ptr<Volume> volume;
   bool in_resync;
@@ -678,6 +719,7 @@ Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
     std::shared_lock lock(state_mutex_);  // once per request: this is the NBD read path
     volume = volume_;
     in_resync = resync_.has_value();
+    if (filling_base_locked()) return initial_copy_busy();
   }
   if (in_resync) {
     return Status(ErrorCode::kBusy, "replica " + source_node_ + "/" + volume_name_ +
@@ -697,6 +739,7 @@ Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
 }
 
 Result<std::vector<Extent>> Replica::allocated_extents(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (filling_base()) return initial_copy_busy();
   for (;;) {
     std::shared_ptr<Volume> volume = current();
     uint64_t cycle = volume->cycle();
@@ -714,11 +757,13 @@ Status Replica::read_point(uint64_t cycle, uint64_t offset_bytes, std::span<uint
                                         " is resyncing after a failback; its points are readable once " +
                                         source_node_ + "'s next cycle is applied");
   }
+  if (filling_base()) return initial_copy_busy();
   return current()->read_frozen(cycle, offset_bytes, out);
 }
 
 Result<std::vector<Extent>> Replica::allocated_extents_at(uint64_t cycle, uint64_t offset_bytes,
                                                           uint64_t length_bytes) {
+  if (filling_base()) return initial_copy_busy();
   return current()->allocated_extents_at(cycle, offset_bytes, length_bytes);
 }
 
