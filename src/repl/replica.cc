@@ -30,6 +30,9 @@ constexpr char kResyncMagic[8] = {'A', 'M', 'R', 'E', 'S', 'Y', 'N', 'C'};
 // How much staged data may be lost to a crash and resent: the layer is synced and the
 // resume point recorded this often.
 constexpr uint64_t kProgressEveryBytes = 16 * kMiB;
+// replica.meta's staged_full flags (docs/formats/replica.md).
+constexpr uint64_t kStagedFull = 1;
+constexpr uint64_t kStagedIntoBase = 4;  // written straight into base.img (a base fill)
 
 
 bool valid_geometry(uint64_t size_bytes, uint64_t chunk_size_bytes) {
@@ -55,7 +58,7 @@ std::string Replica::encode_meta(const Meta& meta) {
   append_u64(out, header.target_cycle);
   append_u64(out, static_cast<uint64_t>(header.freeze_time_unix_ms));
   append_u64(out, header.record_count);
-  append_u64(out, (header.full ? 1 : 0) | (meta.staging.into_base ? 2 : 0));
+  append_u64(out, (header.full ? kStagedFull : 0) | (meta.staging.into_base ? kStagedIntoBase : 0));
   append_u64(out, meta.staging.durable_records);
   append_u64(out, meta.staging.last_chunk_index);
   append_u32(out, static_cast<uint32_t>(meta.source_node.size()));
@@ -93,9 +96,9 @@ Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const st
   header.target_cycle = get_u64(bytes + position + 8);
   header.freeze_time_unix_ms = static_cast<int64_t>(get_u64(bytes + position + 16));
   header.record_count = get_u64(bytes + position + 24);
-  const uint64_t full = get_u64(bytes + position + 32);  // bit 0: full; bit 1: into base.img
-  header.full = (full & 1) != 0;
-  meta.staging.into_base = (full & 2) != 0;
+  const uint64_t flags = get_u64(bytes + position + 32);
+  header.full = (flags & kStagedFull) != 0;
+  meta.staging.into_base = (flags & kStagedIntoBase) != 0;
   meta.staging.durable_records = get_u64(bytes + position + 40);
   meta.staging.last_chunk_index = get_u64(bytes + position + 48);
   position = kFixedBytes;
@@ -112,7 +115,8 @@ Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const st
       (!meta.group.empty() && !validate_name(meta.group, "group name").ok()) ||
       !validate_name(meta.source_node, "node name").ok() || !validate_name(meta.volume_name, "volume name").ok() ||
       !valid_geometry(meta.size_bytes, meta.chunk_size_bytes) || meta.keep == 0 || meta.keep > kMaxKeep ||
-      meta.staging.durable_records > meta.staging.header.record_count || full > 3) {
+      meta.staging.durable_records > meta.staging.header.record_count ||
+      (flags & ~(kStagedFull | kStagedIntoBase)) != 0) {
     return corruption(where + ": malformed replica metadata");
   }
   return meta;
