@@ -980,7 +980,6 @@ Status Volume::merge_oldest() {
     std::span<uint8_t> content = chunk.subspan(0, chunk_length);
     AMIRROR_RETURN_IF_ERROR(oldest->read_slot(entry.slot, 0, content));
     AMIRROR_RETURN_IF_ERROR(base_->write_at(chunk_offset, content));
-    base_->start_writeback(chunk_offset, chunk_length);  // so the sync below finds little left
   }
   AMIRROR_RETURN_IF_ERROR(base_->sync());
   {
