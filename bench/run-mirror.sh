@@ -13,36 +13,38 @@
 #   bench/run-mirror.sh [AMIRROR_BINARY]
 #     env: REPS (3)        repetitions of cases 1 and 2 (medians are reported)
 #          RSYNC_REPS (REPS) repetitions of the rsync peer
-#          LAG_SECONDS (60) LAG_RATE (20m, fio's --rate) LAG_VOLUME (4G) LAG_CHUNK (64K)
+#          LAG_SECONDS (60) LAG_RATE (20m, fio's --rate) LAG_VOLUME (2G) LAG_CHUNK (64K)
+#          LAG_REPS (REPS)  runs of case 3, each on a fresh volume (median of the p99s)
 #          INIT_SIZE_GIB (4) size of the case-1 volumes (half of it is written)
 #          INC_SIZE_GIB (8) size of the case-2 volume and files (scale down if /tmp is short)
 #          WORKDIR (/tmp)   where nodes, volumes and peer files live
 #          TRANSPORT (tls)  tls: peers on TLS 1.3 (as deployed); insecure: plaintext
+#          CASES ("1 2 3")  which cases to run
+#          PERF_DIR         if set: `perf record -g` both nodes during each amirror
+#                           initial sync (case 1) into PERF_DIR/{src,dst}-REP.data
+#          PERF_MODE (record) offcpu: record where threads block instead (.offcpu)
+#          RESULTS_OUT      if set: copy the raw result lines there (bench/run-all.sh)
 #
 # Without an argument it uses build-mbench/amirror, building it (Release) if absent.
 # See bench/README.md ("## Mirroring").
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 AMIRROR=${1:-${AMIRROR:-}}
-if [[ -z $AMIRROR ]]; then
-  build="$repo/build-mbench"
-  [[ -f "$build/build.ninja" ]] || cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-  if ! log="$(cmake --build "$build" --target amirror 2>&1)"; then
-    printf '%s\n' "$log" >&2
-    exit 1
-  fi
-  AMIRROR=$build/amirror
-fi
+[[ -n $AMIRROR ]] || AMIRROR=$("$repo/bench/build-amirror.sh")
 REPS=${REPS:-3}
 RSYNC_REPS=${RSYNC_REPS:-$REPS}
 LAG_SECONDS=${LAG_SECONDS:-60}
 LAG_RATE=${LAG_RATE:-20m}
-LAG_VOLUME=${LAG_VOLUME:-4G}
+LAG_VOLUME=${LAG_VOLUME:-2G}
+LAG_REPS=${LAG_REPS:-$REPS}
 LAG_CHUNK=${LAG_CHUNK:-64K}  # the lag volume's chunk size: 4 KiB writes dirty one chunk each
 INC_SIZE_GIB=${INC_SIZE_GIB:-8}
 INIT_SIZE_GIB=${INIT_SIZE_GIB:-4}
 WORKDIR=${WORKDIR:-/tmp}
 TRANSPORT=${TRANSPORT:-tls}
+CASES=${CASES:-1 2 3}
+PERF_DIR=${PERF_DIR:-}
+has_case() { [[ " $CASES " == *" $1 "* ]]; }
 [[ $TRANSPORT == tls || $TRANSPORT == insecure ]] || { echo "bench: TRANSPORT must be tls or insecure" >&2; exit 1; }
 for cmd in nbdcopy fio rsync python3 openssl; do
   command -v $cmd >/dev/null || { echo "bench: $cmd is not installed" >&2; exit 1; }
@@ -83,6 +85,11 @@ trap 'exit 130' INT TERM
 cp "$AMIRROR" "$WORK/amirror"  # a rebuild during the run must not change the binary
 AM=$WORK/amirror
 log() { echo "bench: $(date +%T) $*" >&2; }
+loadavg() { cut -d' ' -f1 /proc/loadavg; }
+# CPU seconds (user + system) a process used so far.
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
+}
 
 # ---------------------------------------------------------------- helper (python)
 cat >"$WORK/helper.py" <<'EOF'
@@ -271,7 +278,8 @@ am() { "$AM" "$@" --node "$SRC" >/dev/null; }
 uri() { echo "nbd+unix:///$1?socket=$WORK/src-nbd.sock"; }
 now() { date +%s.%N; }
 RESULTS=$WORK/results.txt
-: >"$RESULTS"
+echo "load-before $(loadavg)" >"$RESULTS"
+log "load average before: $(cat /proc/loadavg)"
 # fill VOLUME FILE: write the file's data extents into the volume (holes skipped).
 fill() {
   nbdcopy --destination-is-zero "$2" "$(uri "$1")"
@@ -280,6 +288,26 @@ fill() {
 
 # ---------------------------------------------------------------- 1. initial sync
 GIB=$((1 << 30))
+# perf_start REP / perf_stop: sample both nodes (call graphs) while amirror copies.
+PERF_PIDS=()
+perf_start() {
+  [[ -n $PERF_DIR ]] || return 0
+  mkdir -p "$PERF_DIR"
+  for name in src dst; do
+    if [[ ${PERF_MODE:-record} == offcpu ]]; then  # where threads leave the CPU (block)
+      perf record -e sched:sched_switch -g -p "${NODE_PID[$name]}" -o "$PERF_DIR/$name-$1.offcpu" >/dev/null 2>&1 &
+    else
+      perf record -F 499 -g -p "${NODE_PID[$name]}" -o "$PERF_DIR/$name-$1.data" >/dev/null 2>&1 &
+    fi
+    PERF_PIDS+=($!)
+  done
+  sleep 0.5  # perf attaches asynchronously
+}
+perf_stop() {
+  for pid in "${PERF_PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  PERF_PIDS=()
+}
+if has_case 1; then
 log "case 1: generating a ${INIT_SIZE_GIB} GiB image, half of it random data"
 extents=$(H gen "$WORK/src4g.raw" $((INIT_SIZE_GIB * GIB)) $((INIT_SIZE_GIB * GIB / 2)) 1)
 echo "extents1 $extents" >>"$RESULTS"
@@ -290,8 +318,16 @@ for ((rep = 1; rep <= REPS; rep++)); do
   data=$(H field "$SRC" $vol layers | python3 -c 'import json,sys; print(sum(l["data_bytes"] for l in json.load(sys.stdin)))')
   run_amirror() {
     sync
+    local cpu_src cpu_dst
+    cpu_src=$(cpu_seconds "${NODE_PID[src]}")
+    cpu_dst=$(cpu_seconds "${NODE_PID[dst]}")
+    perf_start $rep
     read -r secs sent < <(H initial-sync "$AM" "$SRC" $vol dst 3600s)
-    echo "init-amirror $rep $secs $sent $data" >>"$RESULTS"
+    perf_stop
+    cpu_src=$(python3 -c "print(f'{$(cpu_seconds "${NODE_PID[src]}") - $cpu_src:.2f}')")
+    cpu_dst=$(python3 -c "print(f'{$(cpu_seconds "${NODE_PID[dst]}") - $cpu_dst:.2f}')")
+    echo "init-amirror $rep $secs $sent $data $cpu_src $cpu_dst" >>"$RESULTS"
+    log "  rep $rep amirror CPU: source $cpu_src s, target $cpu_dst s"
     log "  rep $rep amirror: $secs s, $sent bytes sent ($data bytes of data in the volume)"
   }
   run_nbdcopy() {
@@ -308,8 +344,10 @@ for ((rep = 1; rep <= REPS; rep++)); do
   rm -f "$WORK/copy.raw"
 done
 rm -f "$WORK/src4g.raw"
+fi
 
 # ---------------------------------------------------------------- 2. incremental
+if has_case 2; then
 SIZE2=$((INC_SIZE_GIB * GIB))
 CHANGE=$((SIZE2 / 100 / 65536 * 65536))  # 1%, in whole 64 KiB writes (82 MiB of 8 GiB)
 log "case 2: ${INC_SIZE_GIB} GiB volume, half random data; initial sync"
@@ -351,24 +389,36 @@ for ((rep = 1; rep <= REPS; rep++)); do
   fi
 done
 rm -f "$WORK/before.raw"
+fi
 
 # ---------------------------------------------------------------- 3. lag under load
-log "case 3: lag under ${LAG_RATE}/s of 4 KiB random writes for ${LAG_SECONDS} s, interval 1 s"
-am volume create lag --size $LAG_VOLUME --chunk-size $LAG_CHUNK
-am mirror start lag --to dst --interval 1s
-H wait-applied "$SRC" lag dst 1 120
-sleep 3
-fio --name=lag --ioengine=nbd --uri="$(uri lag)" --rw=randwrite --bs=4k --iodepth=4 --size=$LAG_VOLUME \
-  --rate="$LAG_RATE" --runtime=$((LAG_SECONDS + 4)) --time_based --output-format=json \
-  --output="$WORK/fio-lag.json" >/dev/null &
-FIO_PID=$!
-sleep 2  # let the writer reach its rate
-H sample-lag "$SRC" lag dst "$LAG_SECONDS" "$WORK/lag.txt"
-wait "$FIO_PID"
-FIO_PID=""
-wbw=$(python3 -c "import json; j=json.load(open('$WORK/fio-lag.json'))['jobs'][0]['write']; print(j['bw_bytes'])")
-echo "lag $(H lag-stats "$WORK/lag.txt") $wbw" >>"$RESULTS"
+if has_case 3; then
+log "case 3: lag under ${LAG_RATE}/s of 4 KiB random writes for ${LAG_SECONDS} s, interval 1 s, $LAG_REPS runs"
+for ((rep = 1; rep <= LAG_REPS; rep++)); do
+  vol=lag$rep
+  am volume create $vol --size $LAG_VOLUME --chunk-size $LAG_CHUNK
+  am mirror start $vol --to dst --interval 1s
+  H wait-applied "$SRC" $vol dst 1 120
+  sleep 3
+  fio --name=lag --ioengine=nbd --uri="$(uri $vol)" --rw=randwrite --bs=4k --iodepth=4 --size=$LAG_VOLUME \
+    --rate="$LAG_RATE" --runtime=$((LAG_SECONDS + 4)) --time_based --output-format=json \
+    --output="$WORK/fio-lag.json" >/dev/null &
+  FIO_PID=$!
+  sleep 2  # let the writer reach its rate
+  H sample-lag "$SRC" $vol dst "$LAG_SECONDS" "$WORK/lag.txt"
+  wait "$FIO_PID"
+  FIO_PID=""
+  wbw=$(python3 -c "import json; j=json.load(open('$WORK/fio-lag.json'))['jobs'][0]['write']; print(j['bw_bytes'])")
+  echo "lag $(H lag-stats "$WORK/lag.txt") $wbw" >>"$RESULTS"
+  log "  rep $rep: $(tail -1 "$RESULTS")"
+  am mirror break $vol
+  am volume delete $vol --force
+done
 cp "$WORK/lag.txt" "${LAG_TRACE:-/dev/null}" 2>/dev/null || true
+fi
+echo "load-after $(loadavg)" >>"$RESULTS"
+log "load average after: $(cat /proc/loadavg)"
+[[ -z ${RESULTS_OUT:-} ]] || cp "$RESULTS" "$RESULTS_OUT"
 
 # ---------------------------------------------------------------- table
 python3 - "$RESULTS" "$REPS" "$INIT_SIZE_GIB" <<'EOF'
@@ -380,39 +430,51 @@ med = statistics.median
 MB = 1e6
 print()
 print(f"amirror mirroring benchmark (loopback, source and target node on one host, /tmp); medians of {sys.argv[2]}")
+load = {r[0]: r[1] for r in rows if r[0].startswith("load-")}
+print(f"load average (1 min) before {load.get('load-before')}, after {load.get('load-after')}"
+      f"{'   LOADED: rerun on a quiet machine' if float(load.get('load-before', 0)) > 0.5 else ''}")
 print()
 # 1
-data = col("init-amirror", 4)[0]
-a_s, n_s = med(col("init-amirror", 2)), med(col("init-nbdcopy", 2))
-a_sent = med(col("init-amirror", 3))
-a_rate, n_rate = data / a_s / MB, data / n_s / MB
-ext = [r for r in rows if r[0] == "extents1"][0][1]
-print(f"1. initial sync, {sys.argv[3]} GiB volume, {data / 2**30:.1f} GiB random data in {ext} extents")
-print(f"   {'':<34}{'seconds':>10}{'MB/s':>10}   runs (s)")
-print(f"   {'amirror mirror start->applied':<34}{a_s:>10.2f}{a_rate:>10.0f}   {' '.join(f'{v:.2f}' for v in col('init-amirror', 2))}   bytes sent {a_sent:.0f}")
-print(f"   {'nbdcopy --flush to a file':<34}{n_s:>10.2f}{n_rate:>10.0f}   {' '.join(f'{v:.2f}' for v in col('init-nbdcopy', 2))}")
-r1 = a_rate / n_rate
-print(f"   ratio amirror/nbdcopy rate: {r1:.2f}   target >= 0.80   {'MET' if r1 >= 0.8 else 'MISSED'}")
-print()
+if col("init-amirror", 4):
+    data = col("init-amirror", 4)[0]
+    a_s, n_s = med(col("init-amirror", 2)), med(col("init-nbdcopy", 2))
+    a_sent = med(col("init-amirror", 3))
+    a_rate, n_rate = data / a_s / MB, data / n_s / MB
+    ext = [r for r in rows if r[0] == "extents1"][0][1]
+    print(f"1. initial sync, {sys.argv[3]} GiB volume, {data / 2**30:.1f} GiB random data in {ext} extents")
+    print(f"   {'':<34}{'seconds':>10}{'MB/s':>10}   runs (s)")
+    print(f"   {'amirror mirror start->applied':<34}{a_s:>10.2f}{a_rate:>10.0f}   {' '.join(f'{v:.2f}' for v in col('init-amirror', 2))}   bytes sent {a_sent:.0f}")
+    print(f"   {'nbdcopy --flush to a file':<34}{n_s:>10.2f}{n_rate:>10.0f}   {' '.join(f'{v:.2f}' for v in col('init-nbdcopy', 2))}")
+    r1 = a_rate / n_rate
+    print(f"   ratio amirror/nbdcopy rate: {r1:.2f}   target >= 0.90   {'MET' if r1 >= 0.9 else 'MISSED'}")
+    cpu = [(float(r[5]) + float(r[6])) / (float(r[3]) / MB) * 1e3 for r in rows if r[0] == "init-amirror"]
+    print(f"   CPU per MB sent (source + target): {med(cpu):.2f} ms/MB   "
+          f"source {med(col('init-amirror', 5)):.2f} s, target {med(col('init-amirror', 6)):.2f} s")
+    print()
 # 2
-changed = col("inc-amirror", 4)[0]
-i_s, i_sent = med(col("inc-amirror", 2)), med(col("inc-amirror", 3))
-r_s, r_sent = med(col("inc-rsync", 2)), med(col("inc-rsync", 3))
-r_lit = med(col("inc-rsync", 4))
-print(f"2. incremental, {changed / 2**20:.0f} MiB changed (1%, 64 KiB writes at random 64 KiB offsets)")
-print(f"   {'':<34}{'seconds':>10}{'bytes sent':>14}   runs (s)")
-print(f"   {'amirror one cycle (sync)':<34}{i_s:>10.2f}{i_sent:>14.0f}   {' '.join(f'{v:.2f}' for v in col('inc-amirror', 2))}")
-print(f"   {'rsync --inplace --no-whole-file':<34}{r_s:>10.2f}{r_sent:>14.0f}   {' '.join(f'{v:.2f}' for v in col('inc-rsync', 2))}   literal {r_lit:.0f}")
-b = i_sent / changed
-sp = r_s / i_s
-print(f"   amirror bytes sent / changed bytes: {b:.3f}   target <= 1.05   {'MET' if b <= 1.05 else 'MISSED'}")
-print(f"   rsync time / amirror cycle time:    {sp:.1f}x   target >= 10x   {'MET' if sp >= 10 else 'MISSED'}")
-print()
+if col("inc-amirror", 4):
+    changed = col("inc-amirror", 4)[0]
+    i_s, i_sent = med(col("inc-amirror", 2)), med(col("inc-amirror", 3))
+    r_s, r_sent = med(col("inc-rsync", 2)), med(col("inc-rsync", 3))
+    r_lit = med(col("inc-rsync", 4))
+    print(f"2. incremental, {changed / 2**20:.0f} MiB changed (1%, 64 KiB writes at random 64 KiB offsets)")
+    print(f"   {'':<34}{'seconds':>10}{'bytes sent':>14}   runs (s)")
+    print(f"   {'amirror one cycle (sync)':<34}{i_s:>10.2f}{i_sent:>14.0f}   {' '.join(f'{v:.2f}' for v in col('inc-amirror', 2))}")
+    print(f"   {'rsync --inplace --no-whole-file':<34}{r_s:>10.2f}{r_sent:>14.0f}   {' '.join(f'{v:.2f}' for v in col('inc-rsync', 2))}   literal {r_lit:.0f}")
+    b = i_sent / changed
+    sp = r_s / i_s
+    print(f"   amirror bytes sent / changed bytes: {b:.3f}   target <= 1.05   {'MET' if b <= 1.05 else 'MISSED'}")
+    print(f"   rsync time / amirror cycle time:    {sp:.1f}x   target >= 10x   {'MET' if sp >= 10 else 'MISSED'}")
+    print()
 # 3
-lag = [r for r in rows if r[0] == "lag"][0]
-p50, p99, mx, n, cycles, sent, span, wbw = lag[1:]
-print(f"3. lag under load: fio 4 KiB random writes at {float(wbw) / MB:.1f} MB/s, interval 1 s, {n} samples over {span} s")
-print(f"   p50 {float(p50):.2f} s   p99 {float(p99):.2f} s   max {float(mx):.2f} s   "
-      f"{cycles} cycles applied, {float(sent) / MB / float(span):.0f} MB/s sent")
-print(f"   p99 target <= 3 s   {'MET' if float(p99) <= 3 else 'MISSED'}")
+if any(r[0] == "lag" for r in rows):
+    lags = [r for r in rows if r[0] == "lag"]
+    # the run with the median p99 (odd counts: exactly the median)
+    lag = sorted(lags, key=lambda r: float(r[2]))[len(lags) // 2]
+    p50, p99, mx, n, cycles, sent, span, wbw = lag[1:]
+    print(f"3. p99 of each run: {' '.join(r[2] for r in lags)} s (the median run below)")
+    print(f"3. lag under load: fio 4 KiB random writes at {float(wbw) / MB:.1f} MB/s, interval 1 s, {n} samples over {span} s")
+    print(f"   p50 {float(p50):.2f} s   p99 {float(p99):.2f} s   max {float(mx):.2f} s   "
+          f"{cycles} cycles applied, {float(sent) / MB / float(span):.0f} MB/s sent")
+    print(f"   p99 target <= 2 s   {'MET' if float(p99) <= 2 else 'MISSED'}")
 EOF

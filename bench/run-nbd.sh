@@ -8,6 +8,7 @@
 # the idle freezing server's cycles cost next to nothing while others are measured.
 #
 #   bench/run-nbd.sh [AMIRROR_BINARY]      env: RUNTIME_S (5), REPS (3), SIZE_MIB (512)
+#                                                RESULTS_OUT: copy the raw results there
 #
 # Prints one table per amirror mode: IOPS (4K jobs) or MiB/s (1M jobs), and amirror's
 # ratio to each peer. Needs fio (with the nbd engine), nbdkit, qemu-nbd, nbdcopy.
@@ -99,6 +100,8 @@ EOF
 
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
+LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
+echo "bench: load average before: $(cat /proc/loadavg)" >&2
 KINDS=(amirror amirror-freeze nbdkit qemu-nbd)
 for kind in "${KINDS[@]}"; do
   echo "bench: starting and filling $kind" >&2
@@ -120,7 +123,11 @@ done
 stop_servers
 [[ -s "$WORK/amirror-freeze.log" ]] && grep -h " freeze_cycles=" "$WORK/amirror-freeze.log" >&2 || true
 
-python3 - "$RESULTS" "$RUNTIME_S" "$REPS" "$SIZE_MIB" <<'EOF'
+LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg)
+echo "bench: load average after: $(cat /proc/loadavg)" >&2
+[[ -z ${RESULTS_OUT:-} ]] || { cp "$RESULTS" "$RESULTS_OUT"; echo "load $LOAD_BEFORE $LOAD_AFTER" >>"$RESULTS_OUT"; }
+
+python3 - "$RESULTS" "$RUNTIME_S" "$REPS" "$SIZE_MIB" "$LOAD_BEFORE" "$LOAD_AFTER" <<'EOF'
 import statistics, sys
 rows = {}
 order = []
@@ -130,6 +137,8 @@ for line in open(sys.argv[1]):
     if job not in order: order.append(job)
 rows = {key: statistics.median(values) for key, values in rows.items()}
 print(f"fio nbd engine, {sys.argv[4]} MiB image in /tmp, {sys.argv[2]} s per run, median of {sys.argv[3]}")
+print(f"load average (1 min) before {sys.argv[5]}, after {sys.argv[6]}"
+      f"{'   LOADED: rerun on a quiet machine' if float(sys.argv[5]) > 0.5 else ''}")
 for mode, label in (("amirror", "no freezes"), ("amirror-freeze", "freeze+merge every 1 s")):
     print(f"\namirror ({label}) vs nbdkit file plugin and qemu-nbd")
     print(f"{'job':<20}{'unit':>6}{'amirror':>11}{'nbdkit':>11}{'qemu-nbd':>11}{'vs nbdkit':>11}{'vs qemu':>9}")

@@ -9,7 +9,7 @@
 # See bench/README.md ("## Store") for what each case measures.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$repo/build-bench"
+build="${BENCH_BUILD_DIR:-$repo/build-bench}"  # another build directory: BENCH_BUILD_DIR
 if [[ ! -f "$build/build.ninja" ]]; then
   cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi

@@ -648,7 +648,8 @@ MirrorStatus MirrorEngine::target_status_locked(const VolumeEntry& entry, const 
   } else if (state.applied_cycle >= latest_point) {
     status.state = "idle";
   } else {
-    status.state = target.busy ? "copying" : "lagging";
+    // Busy but not streaming yet (connecting, reconciling): named as when it streams.
+    status.state = !target.busy ? "lagging" : state.applied_cycle == 0 ? "initial-sync" : "copying";
   }
   uint64_t chunks = state.pending_chunks.size();
   for (const LayerInfo& layer : layers) {

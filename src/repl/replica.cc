@@ -33,6 +33,7 @@ constexpr uint64_t kProgressEveryBytes = 16 * kMiB;
 // staged_flags bits (docs/formats/replica.md).
 constexpr uint64_t kStagedFull = 1;
 constexpr uint64_t kStagedSealed = 2;
+constexpr uint64_t kStagedIntoBase = 4;  // written straight into base.img (a base fill)
 
 
 bool valid_geometry(uint64_t size_bytes, uint64_t chunk_size_bytes) {
@@ -58,7 +59,8 @@ std::string Replica::encode_meta(const Meta& meta) {
   append_u64(out, header.target_cycle);
   append_u64(out, static_cast<uint64_t>(header.freeze_time_unix_ms));
   append_u64(out, header.record_count);
-  append_u64(out, (header.full ? kStagedFull : 0) | (meta.staging.sealed ? kStagedSealed : 0));
+  append_u64(out, (header.full ? kStagedFull : 0) | (meta.staging.sealed ? kStagedSealed : 0) |
+                      (meta.staging.into_base ? kStagedIntoBase : 0));
   append_u64(out, meta.staging.durable_records);
   append_u64(out, meta.staging.last_chunk_index);
   append_u32(out, static_cast<uint32_t>(meta.source_node.size()));
@@ -99,6 +101,7 @@ Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const st
   const uint64_t flags = get_u64(bytes + position + 32);
   header.full = (flags & kStagedFull) != 0;
   meta.staging.sealed = (flags & kStagedSealed) != 0;
+  meta.staging.into_base = (flags & kStagedIntoBase) != 0;
   meta.staging.durable_records = get_u64(bytes + position + 40);
   meta.staging.last_chunk_index = get_u64(bytes + position + 48);
   position = kFixedBytes;
@@ -116,7 +119,7 @@ Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const st
       !validate_name(meta.source_node, "node name").ok() || !validate_name(meta.volume_name, "volume name").ok() ||
       !valid_geometry(meta.size_bytes, meta.chunk_size_bytes) || meta.keep == 0 || meta.keep > kMaxKeep ||
       meta.staging.durable_records > meta.staging.header.record_count ||
-      (flags & ~(kStagedFull | kStagedSealed)) != 0 ||
+      (flags & ~(kStagedFull | kStagedSealed | kStagedIntoBase)) != 0 ||
       (meta.staging.sealed && meta.staging.durable_records != meta.staging.header.record_count)) {
     return corruption(where + ": malformed replica metadata");
   }
@@ -352,7 +355,7 @@ Status Replica::clear_staging() {
 std::optional<uint64_t> Replica::image_cycle() const {
   {
     std::shared_lock lock(state_mutex_);
-    if (applying_) return std::nullopt;
+    if (applying_ || filling_base_locked()) return std::nullopt;
   }
   std::shared_ptr<Volume> volume = current();
   if (volume->merge_pending()) return std::nullopt;
@@ -496,18 +499,42 @@ Status Replica::begin_delta(const BeginDelta& begin) {
   } else if (!current()->active_changes().empty()) {
     AMIRROR_RETURN_IF_ERROR(current()->discard_after(current()->cycle()));
   }
-  std::unique_lock lock(state_mutex_);
-  Staging old = meta_.staging;
-  meta_.staging = Staging{begin, 0, 0, false};
-  Status status = write_meta_locked();
-  if (!status.ok()) {
-    meta_.staging = old;
-    return status.with_context("record the delta being received");
+  const bool into_base = can_fill_base(begin);
+  if (!into_base && filling_base()) {
+    // Cannot happen (a filling replica holds nothing, so any fresh delta fills), but a
+    // delta on top of a half-filled base would make that part of a point: never.
+    return invalid_argument("refusing delta to cycle " + std::to_string(begin.target_cycle) + " for replica " +
+                            source_node_ + "/" + volume_name_ + ": its base is being filled");
   }
-  staged_records_ = 0;
-  last_staged_chunk_ = 0;
-  bytes_since_progress_ = 0;
-  return Status();
+  {
+    std::unique_lock lock(state_mutex_);
+    Staging old = meta_.staging;
+    meta_.staging = Staging{begin, 0, 0, false, into_base};
+    Status status = write_meta_locked();
+    if (!status.ok()) {
+      meta_.staging = old;
+      return status.with_context("record the delta being received");
+    }
+    staged_records_ = 0;
+    last_staged_chunk_ = 0;
+    bytes_since_progress_ = 0;
+  }
+  // After replica.meta says "filling, 0 records durable": a crash from here on resumes
+  // from the start, and this empties the base again first.
+  return into_base ? current()->begin_base_fill() : Status();
+}
+
+bool Replica::can_fill_base(const BeginDelta& begin) const {
+  std::shared_ptr<Volume> volume = current();
+  // A delta from point 0 (full, or incremental from the empty image) onto a replica
+  // holding nothing: written into an empty base, its records give the same image.
+  return (begin.full || begin.base_cycle == 0) && begin.first_record == 0 && !resyncing() && volume->cycle() == 0 &&
+         volume->points().size() == 1 && !volume->merge_pending() && volume->active_changes().empty();
+}
+
+bool Replica::filling_base() const {
+  std::shared_lock lock(state_mutex_);
+  return filling_base_locked();
 }
 
 void Replica::close_without_saving() {
@@ -526,7 +553,7 @@ Replica::~Replica() {
 }
 
 Status Replica::record_progress() {
-  AMIRROR_RETURN_IF_ERROR(current()->flush());
+  AMIRROR_RETURN_IF_ERROR(filling_base() ? current()->sync_base() : current()->flush());
   std::unique_lock lock(state_mutex_);
   Staging old = meta_.staging;
   meta_.staging.durable_records = staged_records_;
@@ -562,8 +589,14 @@ Status Replica::stage(const ChunkRecord& record) {
     return invalid_argument("CHUNK data for chunk " + std::to_string(record.chunk_index) + " is " +
                             std::to_string(record.data.size()) + " bytes, expected " + std::to_string(length));
   }
-  Status written = record.kind == RecordKind::kData ? current()->write_staged(offset, record.data)
-                                                    : current()->write_zeroes_staged(offset, length);
+  Status written;
+  if (filling_base()) {
+    written = record.kind == RecordKind::kData ? current()->write_base_fill(offset, record.data)
+                                               : current()->zero_base_fill(offset, length);
+  } else {
+    written = record.kind == RecordKind::kData ? current()->write_staged(offset, record.data)
+                                               : current()->write_zeroes_staged(offset, length);
+  }
   AMIRROR_RETURN_IF_ERROR(written);
   bool progress_due;
   {
@@ -599,8 +632,10 @@ Status Replica::seal(uint64_t record_count) {
     }
     if (meta_.staging.sealed) return Status();  // a resumed connection ends it again
   }
-  if (header.full) {
-    // A full delta replaces the whole image: what it did not send reads as zero.
+  // A full delta replaces the whole image: what it did not send reads as zero (a base
+  // fill began empty, so it does already).
+  const bool into_base = filling_base();
+  if (!into_base && header.full) {
     std::set<uint64_t> sent;
     for (const DeltaChunk& change : current()->active_changes()) sent.insert(change.chunk_index);
     AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> allocated, current()->allocated_chunks(current()->cycle()));
@@ -611,7 +646,7 @@ Status Replica::seal(uint64_t record_count) {
                                                            geometry.chunk_length_bytes(chunk_index)));
     }
   }
-  AMIRROR_RETURN_IF_ERROR(current()->flush());
+  AMIRROR_RETURN_IF_ERROR(into_base ? current()->sync_base() : current()->flush());
   std::unique_lock lock(state_mutex_);
   Staging old = meta_.staging;
   meta_.staging.header.record_count = record_count;
@@ -632,11 +667,12 @@ bool Replica::sealed_at(uint64_t cycle) const {
 Status Replica::commit_sealed(uint64_t cycle) {
   std::lock_guard delta(delta_mutex_);
   BeginDelta header;
-  bool sealed;
+  bool sealed, into_base;
   {
     std::shared_lock lock(state_mutex_);
     header = meta_.staging.header;
     sealed = meta_.staging.sealed;
+    into_base = filling_base_locked();
   }
   if (current()->cycle() >= cycle && (header.target_cycle == 0 || header.target_cycle == cycle)) {
     // Committed before (a group commit rolled forward, or a lost acknowledgement).
@@ -647,8 +683,10 @@ Status Replica::commit_sealed(uint64_t cycle) {
     return invalid_argument("cannot commit cycle " + std::to_string(cycle) + " of replica " + source_node_ + "/" +
                             volume_name_ + ": no whole delta to that cycle is staged");
   }
-  // The commit point: one volume.meta rename makes the whole delta point s.
-  AMIRROR_RETURN_IF_ERROR(current()->freeze_as(header.target_cycle, header.freeze_time_unix_ms));
+  // The commit point: one volume.meta rename makes the whole delta point s (for a base
+  // fill, labels the filled base as s).
+  AMIRROR_RETURN_IF_ERROR(into_base ? current()->commit_base_fill(header.target_cycle, header.freeze_time_unix_ms)
+                                    : current()->freeze_as(header.target_cycle, header.freeze_time_unix_ms));
   // Committed. What follows is bookkeeping that open() redoes from the volume's cycle
   // if it fails here (say the disk is full), so it does not make the commit fail:
   // the replica is at the new point either way, in memory as on disk.
@@ -727,6 +765,11 @@ Status Replica::repair_chunks(uint64_t cycle, std::span<const RepairChunk> chunk
   return Status();
 }
 
+Status Replica::initial_copy_busy() const {
+  return Status(ErrorCode::kBusy, "replica " + source_node_ + "/" + volume_name_ +
+                                      " is receiving its first full copy; it is readable once that is applied");
+}
+
 Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
   std::shared_ptr<Volume> volume;
   bool in_resync;
@@ -734,6 +777,7 @@ Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
     std::shared_lock lock(state_mutex_);  // once per request: this is the NBD read path
     volume = volume_;
     in_resync = resync_.has_value();
+    if (filling_base_locked()) return initial_copy_busy();
   }
   if (in_resync) {
     return Status(ErrorCode::kBusy, "replica " + source_node_ + "/" + volume_name_ +
@@ -753,6 +797,7 @@ Status Replica::read(uint64_t offset_bytes, std::span<uint8_t> out) {
 }
 
 Result<std::vector<Extent>> Replica::allocated_extents(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (filling_base()) return initial_copy_busy();
   for (;;) {
     std::shared_ptr<Volume> volume = current();
     uint64_t cycle = volume->cycle();
@@ -770,11 +815,13 @@ Status Replica::read_point(uint64_t cycle, uint64_t offset_bytes, std::span<uint
                                         " is resyncing after a failback; its points are readable once " +
                                         source_node_ + "'s next cycle is applied");
   }
+  if (filling_base()) return initial_copy_busy();
   return current()->read_frozen(cycle, offset_bytes, out);
 }
 
 Result<std::vector<Extent>> Replica::allocated_extents_at(uint64_t cycle, uint64_t offset_bytes,
                                                           uint64_t length_bytes) {
+  if (filling_base()) return initial_copy_busy();
   return current()->allocated_extents_at(cycle, offset_bytes, length_bytes);
 }
 

@@ -159,6 +159,9 @@ class Replica {
   // Writes resync.meta into `dir` (before the directory becomes a replica).
   static Status write_resync(FileSystem& fs, const std::string& dir, const Resync& resync);
   bool resyncing() const;
+  // A full copy into a replica that held nothing is being written straight into
+  // base.img: reads (NBD, verify) are refused until it commits.
+  bool filling_base() const;
 
   // Promote takes the directory over: from now on this object writes nothing of its
   // own (no progress record on destruction).
@@ -174,7 +177,16 @@ class Replica {
     uint64_t durable_records = 0;    // records known to be on disk
     uint64_t last_chunk_index = 0;   // of the last durable record
     bool sealed = false;             // END_DELTA received, every record durable
+    // A delta into a replica that holds nothing yet, written straight into
+    // base.img (Volume::begin_base_fill): no layer, no merge. Until it commits, the
+    // base is no point at all, so reads are refused (filling_base()).
+    bool into_base = false;
   };
+  // REQUIRES: state_mutex_ held.
+  bool filling_base_locked() const { return meta_.staging.header.target_cycle != 0 && meta_.staging.into_base; }
+  // Whether a fresh delta `begin` may be written into base.img (see Staging::into_base).
+  bool can_fill_base(const BeginDelta& begin) const;
+  Status initial_copy_busy() const;  // the error for a read while filling_base()
   struct Meta {
     std::string source_node;
     std::string volume_name;

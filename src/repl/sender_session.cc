@@ -139,7 +139,7 @@ Status SenderSession::plan_delta(const TargetView& local, const ReplicaState& re
   }
   next_chunk_ = first_chunk_;
   record_index_ = begin_.first_record;
-  buffer_.resize(volume_->chunk_size_bytes());
+  buffer_.resize(kChunkFrameDataOffset + volume_->chunk_size_bytes());
   return Status();
 }
 
@@ -154,7 +154,8 @@ Status SenderSession::send_next() {
       return Status(ErrorCode::kBusy, "volume " + name_ + " grew while its delta to " + target_node_ +
                                           " was sent; the next attempt sends the new size");
     }
-    std::span<uint8_t> content(buffer_.data(), geometry.chunk_length_bytes(chunk.chunk_index));
+    // The chunk is read straight into the frame it is sent in (no copy per chunk).
+    std::span<uint8_t> content(buffer_.data() + kChunkFrameDataOffset, geometry.chunk_length_bytes(chunk.chunk_index));
     RecordKind kind = RecordKind::kZero;
     if (chunk.state == ChunkState::kData) {
       AMIRROR_RETURN_IF_ERROR(volume_->read_frozen(point_, geometry.chunk_offset_bytes(chunk.chunk_index), content));
@@ -162,9 +163,8 @@ Status SenderSession::send_next() {
     }
     // A full copy starts from an empty (all-zero) replica: zero chunks need no record.
     if (begin_.full && kind == RecordKind::kZero) continue;
-    std::vector<uint8_t> frame = encode_chunk_frame(
-        record_index_++, chunk.chunk_index, kind,
-        kind == RecordKind::kData ? std::span<const uint8_t>(content) : std::span<const uint8_t>());
+    std::span<uint8_t> frame(buffer_.data(), kChunkFrameDataOffset + (kind == RecordKind::kData ? content.size() : 0));
+    seal_chunk_frame(frame, record_index_++, chunk.chunk_index, kind);
     return sink_.send_encoded(frame);
   }
   phase_ = Phase::kAwaitingDurable;

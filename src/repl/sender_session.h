@@ -124,7 +124,7 @@ class SenderSession {
   uint64_t next_chunk_ = 0;
   uint64_t first_chunk_ = 0;
   uint64_t record_index_ = 0;
-  std::vector<uint8_t> buffer_;
+  std::vector<uint8_t> buffer_;  // one CHUNK frame: its headers, then the chunk read from the volume
 };
 
 }  // namespace amirror::repl

@@ -317,22 +317,30 @@ std::vector<uint8_t> encode_error(const std::string& message) {
 
 std::vector<uint8_t> encode_chunk_frame(uint64_t record_index, uint64_t chunk_index,
                                         RecordKind kind, std::span<const uint8_t> data, FrameType type) {
-  AMIRROR_ASSERT(kind == RecordKind::kData ? !data.empty() : data.empty());
+  std::vector<uint8_t> frame(kChunkFrameDataOffset + data.size());
+  std::copy(data.begin(), data.end(), frame.begin() + kChunkFrameDataOffset);
+  seal_chunk_frame(frame, record_index, chunk_index, kind, type);
+  return frame;
+}
+
+void seal_chunk_frame(std::span<uint8_t> frame, uint64_t record_index, uint64_t chunk_index, RecordKind kind,
+                      FrameType type) {
+  static_assert(kChunkFrameDataOffset == kFrameHeaderBytes + kChunkHeaderBytes);
+  AMIRROR_ASSERT(frame.size() >= kChunkFrameDataOffset);
+  AMIRROR_ASSERT(kind == RecordKind::kData ? frame.size() > kChunkFrameDataOffset
+                                           : frame.size() == kChunkFrameDataOffset);
   AMIRROR_ASSERT(type == FrameType::kChunk || type == FrameType::kRepairChunk);
-  size_t payload_bytes = kChunkHeaderBytes + data.size();
+  size_t payload_bytes = frame.size() - kFrameHeaderBytes;
   AMIRROR_ASSERT(payload_bytes <= kMaxFramePayloadBytes);
-  std::vector<uint8_t> frame(kFrameHeaderBytes + payload_bytes);
   uint8_t* payload = frame.data() + kFrameHeaderBytes;
   put_u64(payload, record_index);
   put_u64(payload + 8, chunk_index);
   payload[16] = static_cast<uint8_t>(kind);
-  std::copy(data.begin(), data.end(), payload + kChunkHeaderBytes);
   put_u32(frame.data(), kFrameMagic);
   frame[4] = static_cast<uint8_t>(type);
   frame[5] = frame[6] = frame[7] = 0;
   put_u32(frame.data() + 8, static_cast<uint32_t>(payload_bytes));
-  put_u32(frame.data() + 12, frame_checksum(std::span(frame.data(), 12), std::span(payload, payload_bytes)));
-  return frame;
+  put_u32(frame.data() + 12, frame_checksum(frame.first(12), std::span(payload, payload_bytes)));
 }
 
 Result<Hello> decode_hello(std::span<const uint8_t> payload) {

@@ -243,6 +243,13 @@ std::vector<uint8_t> encode_error(const std::string& message);
 std::vector<uint8_t> encode_chunk_frame(uint64_t record_index, uint64_t chunk_index,
                                         RecordKind kind, std::span<const uint8_t> data,
                                         FrameType type = FrameType::kChunk);
+// The same frame with no copy at all: the caller puts the data at
+// kChunkFrameDataOffset of `frame` (read straight there from the volume), whose size is
+// kChunkFrameDataOffset + the data's length (kChunkFrameDataOffset for kZero); this
+// writes both headers and the checksum around it.
+constexpr size_t kChunkFrameDataOffset = kFrameHeaderBytes + 8 + 8 + 1;
+void seal_chunk_frame(std::span<uint8_t> frame, uint64_t record_index, uint64_t chunk_index, RecordKind kind,
+                      FrameType type = FrameType::kChunk);
 
 Result<Hello> decode_hello(std::span<const uint8_t> payload);
 Result<OpenReplica> decode_open_replica(std::span<const uint8_t> payload);

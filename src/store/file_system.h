@@ -34,6 +34,10 @@ class File {
   virtual Status write_at(uint64_t offset_bytes, std::span<const uint8_t> data) = 0;
   // Makes every completed write durable (fdatasync).
   virtual Status sync() = 0;
+  // A hint, no durability: starts writing that range back to the device now, so a later
+  // sync() finds little left to do (a stream of writes overlaps with its writeback
+  // instead of stalling on it at each sync). Default: nothing.
+  virtual void start_writeback(uint64_t /*offset_bytes*/, uint64_t /*length_bytes*/) {}
   virtual Status truncate(uint64_t size_bytes) = 0;
   // Deallocates a range so it reads as zero; the file size is unchanged.
   virtual Status punch_hole(uint64_t offset_bytes, uint64_t length_bytes) = 0;

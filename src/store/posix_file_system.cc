@@ -55,6 +55,12 @@ class PosixFile final : public File {
     return Status();
   }
 
+  void start_writeback(uint64_t offset_bytes, uint64_t length_bytes) override {
+    // Asynchronous: queues the dirty pages for writeback and returns.
+    (void)::sync_file_range(fd_, static_cast<off_t>(offset_bytes), static_cast<off_t>(length_bytes),
+                            SYNC_FILE_RANGE_WRITE);
+  }
+
   Status truncate(uint64_t size_bytes) override {
     if (::ftruncate(fd_, static_cast<off_t>(size_bytes)) != 0) {
       return Status::from_errno(errno, "truncate " + path_);

@@ -1038,6 +1038,70 @@ Status Volume::merge_oldest() {
   return Status();
 }
 
+// ---- Base fill (a replica's full copy, written once) -------------------------
+
+Status Volume::check_base_fill_locked() const {
+  if (!meta_.frozen.empty() || meta_.merging_layer != 0 || meta_.base_cycle != 0 ||
+      layers_.back()->chunk_count() != 0) {
+    return invalid_argument("cannot fill the base of " + dir_ + " directly: it already holds points or changes");
+  }
+  return Status();
+}
+
+Status Volume::begin_base_fill() {
+  std::lock_guard merge_lock(merge_mutex_);
+  std::unique_lock io(io_lock_);
+  {
+    std::lock_guard meta(meta_mutex_);
+    AMIRROR_RETURN_IF_ERROR(check_base_fill_locked());
+  }
+  // What an earlier, abandoned fill wrote goes: the new one sends only non-zero chunks.
+  AMIRROR_RETURN_IF_ERROR(base_->punch_hole(0, size_bytes()));
+  return base_->sync();
+}
+
+Status Volume::write_base_fill(uint64_t offset_bytes, std::span<const uint8_t> data) {
+  std::shared_lock io(io_lock_);
+  if (!geometry().in_range(offset_bytes, data.size())) return out_of_range("base fill beyond the volume's end");
+  {
+    std::lock_guard meta(meta_mutex_);
+    AMIRROR_RETURN_IF_ERROR(check_base_fill_locked());
+  }
+  AMIRROR_RETURN_IF_ERROR(base_->write_at(offset_bytes, data));
+  // The fill is a long stream with a sync every few MiB (the resume point): writing
+  // back as it goes keeps each sync short, so receiving and disk writes overlap.
+  base_->start_writeback(offset_bytes, data.size());
+  return Status();
+}
+
+Status Volume::zero_base_fill(uint64_t offset_bytes, uint64_t length_bytes) {
+  std::shared_lock io(io_lock_);
+  if (!geometry().in_range(offset_bytes, length_bytes)) return out_of_range("base fill beyond the volume's end");
+  {
+    std::lock_guard meta(meta_mutex_);
+    AMIRROR_RETURN_IF_ERROR(check_base_fill_locked());
+  }
+  return base_->punch_hole(offset_bytes, length_bytes);
+}
+
+Status Volume::sync_base() { return base_->sync(); }
+
+Status Volume::commit_base_fill(uint64_t cycle, int64_t freeze_time_unix_ms) {
+  std::lock_guard merge_lock(merge_mutex_);
+  std::unique_lock io(io_lock_);
+  std::lock_guard meta(meta_mutex_);
+  AMIRROR_RETURN_IF_ERROR(check_base_fill_locked());
+  if (cycle == 0) return invalid_argument("cannot commit a base fill as point 0");
+  // The data is durable before volume.meta names it a point.
+  AMIRROR_RETURN_IF_ERROR(base_->sync());
+  VolumeMeta old = meta_;
+  meta_.base_cycle = cycle;
+  meta_.base_freeze_time_unix_ms = freeze_time_unix_ms;
+  Status status = write_meta();
+  if (!status.ok()) meta_ = std::move(old);
+  return status;
+}
+
 // ---- Deltas and extents -----------------------------------------------------
 
 Result<std::vector<DeltaChunk>> Volume::changed_chunks(uint64_t from_cycle, uint64_t to_cycle) {

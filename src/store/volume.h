@@ -190,6 +190,24 @@ class Volume {
   // Chunks the active layer changed since the last freeze (kZero for zeroed ones).
   std::vector<DeltaChunk> active_changes() const;
 
+  // Base fill: a replica's full copy written straight into base.img, instead of into a
+  // layer that a merge then copies into the base (every byte written once, not twice).
+  // Only for a volume that holds nothing yet: point 0 in the base, no frozen layer, no
+  // merge pending, an empty active layer (else kInvalidArgument, nothing changed).
+  // While a fill runs, base.img is NOT point 0: the caller must keep readers away and
+  // record durably, before begin_base_fill(), that a fill is under way (the replica's
+  // replica.meta does), so a crash never shows the partial base as a point.
+  // - begin_base_fill(): base.img becomes all holes (reads zero) and is synced.
+  // - write_base_fill() / zero_base_fill(): write into base.img (no sync).
+  // - sync_base(): fdatasync base.img (a resume point).
+  // - commit_base_fill(): syncs base.img, then one volume.meta replacement labels it as
+  //   point `cycle` with that freeze time: the commit point.
+  Status begin_base_fill();
+  Status write_base_fill(uint64_t offset_bytes, std::span<const uint8_t> data);
+  Status zero_base_fill(uint64_t offset_bytes, uint64_t length_bytes);
+  Status sync_base();
+  Status commit_base_fill(uint64_t cycle, int64_t freeze_time_unix_ms);
+
   // Grows the volume to `size_bytes` while clients read and write (they wait only
   // while it runs, after a running merge; no data is copied) and returns the size
   // before. Like freeze(), a durable point: every write before it survives a crash
@@ -280,6 +298,9 @@ class Volume {
                 bool staged = false);
   // REQUIRES: io_lock_ held exclusive. `cycle` 0 = the next number.
   Status freeze_locked(int64_t now_unix_ms, uint64_t cycle);
+  // The error if base_fill is not allowed now (see begin_base_fill), or ok.
+  // REQUIRES: io_lock_ and meta_mutex_ held.
+  Status check_base_fill_locked() const;
 
   FileSystem& fs_;
   const std::string dir_;

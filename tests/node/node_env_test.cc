@@ -149,13 +149,15 @@ TEST_F(NodeEnvTest, RetriesAnUnreachableTargetWithGrowingBackoff) {
 // (up to the lag grace). The engine must sleep meanwhile: it used to loop without
 // sleeping, one core at 100% for as long as the copy lasted.
 TEST_F(NodeEnvTest, EngineSleepsWhileATargetHoldsTheNextFreezeBack) {
-  // Held in its commit: the freeze of the replica's first layer creates layer 2.
-  gated_fs_ = std::make_unique<testing::GatedFileSystem>(testing::GatedFileSystem::Gate::kOpen, "layer-2.data");
+  // Held while it takes point 1: the first volume.meta b writes is its new replica's,
+  // as it opens it (a first full copy goes straight into the base, so no layer file
+  // marks its commit).
+  gated_fs_ = std::make_unique<testing::GatedFileSystem>(testing::GatedFileSystem::Gate::kRenameOnto, "volume.meta");
   testing::GatedFileSystem& b_fs = *gated_fs_;
   start_nodes(posix_file_system(), b_fs);
   write_v(0, 0x33);
   ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 10'000}})["ok"]);
-  ASSERT_TRUE(b_fs.wait_until_one_waits(kGenerous)) << "b never started committing point 1";
+  ASSERT_TRUE(b_fs.wait_until_one_waits(kGenerous)) << "b never started taking point 1";
 
   clock_.advance(10'001ms);  // the next freeze is due, held back by b (lag grace 20 s)
   ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous)) << "the engine does not sleep while b copies";
@@ -166,7 +168,7 @@ TEST_F(NodeEnvTest, EngineSleepsWhileATargetHoldsTheNextFreezeBack) {
 
   clock_.advance(10'000ms);  // past the lag grace: b no longer holds the freeze back
   ASSERT_TRUE(eventually([&] { return source_cycle() == 2; }));
-  EXPECT_EQ(mirror_of_v()["state"], "initial-sync");
+  EXPECT_EQ(mirror_of_v()["state"], "initial-sync") << mirror_of_v().dump();
   b_fs.open_gate();
   ASSERT_TRUE(eventually([&] { return applied_on_b() == 2; })) << mirror_of_v().dump();
 }

@@ -129,16 +129,79 @@ TEST_F(ReplicaTest, ResumesAPartlyStagedDeltaAfterReopen) {
   EXPECT_FALSE(replica.begin_delta({2, 3, 0, 4, 1, false}).ok());
 }
 
+// The first full copy into an empty replica goes straight into base.img: one write per
+// byte, no layer and no merge; nothing is readable until it commits; an abandoned fill
+// is emptied by the next one and never becomes part of a point.
+TEST_F(ReplicaTest, AFirstFullCopyIsWrittenStraightIntoTheBase) {
+  std::vector<uint8_t> image(kSize, 0);
+  {
+    auto replica = create();
+    std::vector<uint8_t> abandoned(kSize, 0);
+    stage_delta(*replica, {0, 2, 0, 3, 0, true}, {4, 6, 8}, 5, abandoned);
+    EXPECT_TRUE(replica->filling_base());
+    EXPECT_EQ(replica->activity(), "receiving");
+    EXPECT_EQ(replica->image_cycle(), std::nullopt) << "base.img holds no point while it is filled";
+    std::vector<uint8_t> out(kChunk);
+    EXPECT_EQ(replica->read(0, out).code(), ErrorCode::kBusy);
+    EXPECT_EQ(replica->read_point(0, 0, out).code(), ErrorCode::kBusy);
+    EXPECT_FALSE(replica->allocated_extents(0, kSize).ok());
+    // A delta that does not start from point 0 is refused and changes nothing.
+    EXPECT_FALSE(replica->begin_delta({1, 3, 0, 1, 0, false}).ok());
+    EXPECT_TRUE(replica->filling_base());
+    // Given up for a newer point: chunks 4 and 8 of the abandoned fill must not survive.
+    stage_delta(*replica, {0, 3, 3000, 2, 0, true}, {1, 6}, 7, image);
+    for (const auto& layer : replica->store_volume()->layers()) EXPECT_EQ(layer.chunk_count, 0u);
+    ASSERT_TRUE(replica->end_delta(2).ok());
+    EXPECT_FALSE(replica->filling_base());
+    EXPECT_EQ(replica->state().applied_cycle, 3u);
+    EXPECT_EQ(replica->state().applied_freeze_time_unix_ms, 3000);
+    EXPECT_EQ(replica->image_cycle(), std::optional<uint64_t>(3));
+    EXPECT_EQ(read_all(*replica), image);
+  }
+  auto reopened = Replica::open(posix_file_system(), dir_);
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  EXPECT_EQ(reopened.value()->state().applied_cycle, 3u);
+  EXPECT_EQ(read_all(*reopened.value()), image);
+  // The raw image is the point, as status promises for image_path.
+  auto base = posix_file_system().open(reopened.value()->image_path(), OpenMode::kOpenExisting);
+  ASSERT_TRUE(base.ok());
+  std::vector<uint8_t> raw(kSize);
+  ASSERT_TRUE(base.value()->read_at(0, raw).ok());
+  EXPECT_EQ(raw, image);
+  // The next delta is incremental and goes through a layer as before.
+  ASSERT_TRUE(reopened.value()->begin_delta({3, 4, 4000, 1, 0, false}).ok());
+  EXPECT_FALSE(reopened.value()->filling_base());
+}
+
+// A replica that already holds a point takes a full delta the old way (into a layer,
+// then merged), so its point stays readable until the new one commits.
+TEST_F(ReplicaTest, AFullDeltaOverAnExistingPointIsStagedInALayer) {
+  auto replica = create();
+  std::vector<uint8_t> image(kSize, 0);
+  stage_delta(*replica, {0, 1, 1000, 1, 0, true}, {2}, 1, image);
+  ASSERT_TRUE(replica->end_delta(1).ok());
+  std::vector<uint8_t> second(kSize, 0);
+  stage_delta(*replica, {0, 5, 5000, 1, 0, true}, {3}, 2, second);
+  EXPECT_FALSE(replica->filling_base());
+  EXPECT_EQ(read_all(*replica), image) << "point 1 stays readable while the full delta is staged";
+  ASSERT_TRUE(replica->end_delta(1).ok());
+  ASSERT_TRUE(replica->apply([] {}).ok());
+  EXPECT_EQ(read_all(*replica), second);
+}
+
 TEST_F(ReplicaTest, ACommittedDeltaIsServedBeforeMergeAndMergedOnOpen) {
   std::vector<uint8_t> image(kSize, 0);
   {
     auto replica = create();
-    stage_delta(*replica, {0, 6, 0, 3, 0, true}, {2, 3, 40}, 5, image);
+    // The first (full) delta fills base.img directly; the next one goes through a layer.
+    stage_delta(*replica, {0, 2, 0, 1, 0, true}, {1}, 4, image);
+    ASSERT_TRUE(replica->end_delta(1).ok());
+    stage_delta(*replica, {2, 6, 0, 3, 0, false}, {2, 3, 40}, 5, image);
     ASSERT_TRUE(replica->end_delta(3).ok());
     // Committed (frozen as point 6), not merged: readers already see the new point.
     EXPECT_EQ(read_all(*replica), image);
     EXPECT_EQ(replica->state().applied_cycle, 6u);
-    EXPECT_EQ(replica->image_cycle(), 0u) << "base.img still holds the old point";
+    EXPECT_EQ(replica->image_cycle(), 2u) << "base.img still holds the old point";
   }  // crash before the merge
   auto reopened = Replica::open(posix_file_system(), dir_);
   ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
