@@ -10,7 +10,7 @@ packages=(
   cmake ninja-build g++ pkg-config ccache clang libclang-rt-14-dev
   # libraries
   libfmt-dev libxxhash-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libssl-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libnbd-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libnbd-dev libzstd-dev
   # real NBD clients and peers used by tests and benchmarks
   qemu-utils libnbd-bin nbdkit nbdfuse fio rsync
   # test plumbing
