@@ -96,10 +96,10 @@ for dirpath, _, files in os.walk(root):
         total += os.path.getsize(path)
         if total > budget: os.unlink(path)
 PY
-mkfs.ext4 -q -F -d "$WORK/tree" "$WORK/fs.img" "${SIZE_MIB}M"
+mkfs.ext4 -q -F -d "$WORK/tree" "$WORK/fs.img" "${SIZE_MIB}M" >/dev/null
 rm -rf "$WORK/tree"
-openssl enc -aes-256-ctr -pass pass:amirror -nosalt -pbkdf2 -in /dev/zero 2>/dev/null |
-  head -c $((SIZE_MIB * 1024 * 1024)) >"$WORK/random.img"
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/zero |
+  openssl enc -aes-256-ctr -pass pass:amirror -nosalt -pbkdf2 2>/dev/null >"$WORK/random.img"
 
 # CPU seconds (user + system) of a process so far.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
