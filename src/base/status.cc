@@ -44,6 +44,7 @@ Status Status::from_errno(int error_number, const std::string& context) {
     case EINVAL: code = ErrorCode::kInvalidArgument; break;
     case EWOULDBLOCK: code = ErrorCode::kBusy; break;
     case EOPNOTSUPP: code = ErrorCode::kUnsupported; break;
+    case EFBIG: code = ErrorCode::kOutOfRange; break;  // larger than the file system allows
     default: break;
   }
   return Status(code, context + " (" + std::strerror(error_number) + ")");

@@ -263,8 +263,13 @@ int run_mirror_switchover(const ClientArgs& client, const MirrorArgs& args) {
   request["timeout_ms"] = timeout_ms;
   json answer;
   if (!call(client, request, answer, timeout_ms + 60'000)) return 1;
-  fmt::print("switched {} over to {} at cycle {}: {} is the primary and mirrors back here; this copy takes no writes\n",
-             args.volume, args.to, answer.value("cycle", uint64_t{0}), args.to);
+  if (args.group.empty()) {
+    fmt::print("switched {} over to {} at cycle {}: {} is the primary and mirrors back here; this copy takes no "
+               "writes\n", args.volume, args.to, answer.value("cycle", uint64_t{0}), args.to);
+  } else {
+    fmt::print("switched group {} over to {} (cycles {}): {} is the primary and mirrors back here; these copies take "
+               "no writes\n", args.group, args.to, answer.value("cycles", json::object()).dump(), args.to);
+  }
   return 0;
 }
 

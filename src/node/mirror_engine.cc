@@ -161,6 +161,33 @@ uint64_t MirrorEngine::pinned_point_locked(const VolumeEntry& entry, const Targe
   return inflight;
 }
 
+bool MirrorEngine::commits_as_group() const {
+  return volumes_.size() > 1 && !volumes_.front()->volume->group().empty();
+}
+
+std::map<std::string, uint64_t> MirrorEngine::points_to_send_locked(const TargetRuntime& target) const {
+  std::map<std::string, uint64_t> points = latest_points_;
+  std::optional<int64_t> pinned_time;
+  for (const auto& entry : volumes_) {
+    if (uint64_t pinned = pinned_point_locked(*entry, target)) {
+      points[entry->name] = pinned;
+      pinned_time = entry->volume->freeze_time_unix_ms(pinned);
+    }
+  }
+  if (!pinned_time || !commits_as_group()) return points;
+  // A group goes to the target as one freeze: a member resuming an earlier point takes
+  // the others to that same freeze (one freeze time for all), or, if one of them no
+  // longer has it, every member goes to the latest freeze instead.
+  std::map<std::string, uint64_t> same_freeze;
+  for (const auto& entry : volumes_) {
+    for (const PointInfo& point : entry->volume->points()) {
+      if (point.cycle != 0 && point.freeze_time_unix_ms == *pinned_time) same_freeze[entry->name] = point.cycle;
+    }
+    if (!same_freeze.contains(entry->name)) return latest_points_;
+  }
+  return same_freeze;
+}
+
 bool MirrorEngine::freeze_due_locked(Clock::TimePoint now) const {
   if (verify_holds_ > 0) return false;  // a verify compares the newest point: keep it newest
   if (!freeze_requested_locked() && now < next_freeze_at_) return false;
@@ -206,10 +233,7 @@ void MirrorEngine::start_transfers_locked(Clock::TimePoint now) {
     for (const auto& [volume, point] : latest_points_) any_point = any_point || point > 0;
     if (!any_point) continue;
     if (target->thread.joinable()) target->thread.join();  // finished earlier
-    std::map<std::string, uint64_t> points = latest_points_;
-    for (const auto& entry : volumes_) {
-      if (uint64_t pinned = pinned_point_locked(*entry, *target)) points[entry->name] = pinned;
-    }
+    std::map<std::string, uint64_t> points = points_to_send_locked(*target);
     target->busy = true;
     target->busy_points = points;
     target->busy_since = now;
@@ -393,6 +417,11 @@ void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_
       if (point == points.end() || point->second == 0) continue;
       status = transfer_volume(target, *connected.value(), session, *entry, point->second);
     }
+    // A group's members were sent with hold: they become points on the target together.
+    if (status.ok() && session.held_count() > 0) {
+      status = session.commit_group(volumes_.front()->volume->group());
+      if (status.ok()) status = exchange(*connected.value(), session);  // GROUP_APPLIED
+    }
   }
   // Declared after `connected`, so released before the socket is destroyed.
   MutexLock lock(mutex_);
@@ -497,7 +526,7 @@ Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& so
     if (unsaved_bytes > 0) (void)save(entry.name);
   }};
 
-  AMIRROR_RETURN_IF_ERROR(session.begin_volume(entry.name, *entry.volume, point, keep_));
+  AMIRROR_RETURN_IF_ERROR(session.begin_volume(entry.name, *entry.volume, point, keep_, commits_as_group()));
   AMIRROR_RETURN_IF_ERROR(exchange(socket, session));  // REPLICA_STATE: reconcile and plan
   if (session.phase() == repl::SenderSession::Phase::kIdle) return Status();  // it has this point
   AMIRROR_RETURN_IF_ERROR(stream_delta(target, socket, session, entry, point, account));

@@ -274,6 +274,11 @@ class MirrorEngine {
   // The point a target's interrupted transfer aimed at, if it should be resumed rather
   // than restarted at a newer point (0 if none). Such a point is kept from merging.
   uint64_t pinned_point_locked(const VolumeEntry& entry, const TargetRuntime& target) const REQUIRES(mutex_);
+  // The point of each member a transfer to `target` sends: the latest, or the one a
+  // resumable transfer is pinned to; for a group, all of one freeze.
+  std::map<std::string, uint64_t> points_to_send_locked(const TargetRuntime& target) const REQUIRES(mutex_);
+  // A consistency group of several volumes: the target commits their points together.
+  bool commits_as_group() const;
 
   const EngineContext context_;
   const std::vector<std::shared_ptr<VolumeEntry>> volumes_;

@@ -465,6 +465,8 @@ void Node::list_unavailable_volumes(json& volumes) const {
 
 json Node::replicas_json() const {
   json replicas = json::array();
+  // A group commit moves all of a group's members at once: never show it halfway.
+  std::shared_lock gate(replicas_->commit_gate());
   for (const auto& replica : replicas_->all()) {
     repl::ReplicaState state = replica->state();
     const std::string activity = replica->activity();

@@ -178,42 +178,50 @@ std::string Node::promote_group(const json& request) {
   return json{{"ok", true}, {"group", group}, {"volumes", promoted}, {"freeze_time_unix_ms", time}}.dump();
 }
 
-// mirror_switchover {"volume", "to", "timeout_ms"?}: on the primary. Its writes stop
-// (clients get EPERM), a last cycle reaches the peer, the mirror stops, and the peer
-// promotes that cycle and mirrors back here; this volume then becomes its replica
-// with nothing to resend (failback with no changes on either side).
+// mirror_switchover {"volume" | "group", "to", "timeout_ms"?}: on the primary. Client
+// writes are held (they wait), a last cycle reaches the peer, the volume (every member
+// of the group) becomes read-only here and the mirror stops; the peer promotes that
+// cycle and mirrors back here, so this volume becomes its replica with nothing to
+// resend (failback with no changes on either side). The held writes then fail with
+// EPERM; if any step fails, the volume is writable again and they go on.
 std::string Node::control_mirror_switchover(const json& request) {
   std::string volume_name = request.value("volume", "");
+  std::string group = request.value("group", "");
   std::string to = request.value("to", "");
-  if (!request.value("group", "").empty()) {
-    return error_response(Status(ErrorCode::kUnsupported,
-                                 "switchover of a group is not supported yet; switch each volume, or use demote and "
-                                 "promote (docs/operations.md)")).dump();
-  }
+  const std::string what = group.empty() ? "volume '" + volume_name + "'" : "group '" + group + "'";
   std::shared_ptr<MirrorEngine> engine;
-  std::shared_ptr<VolumeEntry> entry;
+  std::vector<std::shared_ptr<VolumeEntry>> members;
   {
     MutexLock lock(mutex_);
     std::string unit_key;
-    auto members = resolve_unit(volume_name, "", unit_key);
-    if (!members.ok()) return error_response(members.status()).dump();
-    auto found = find_engine_locked(members.value(), unit_key);
+    auto resolved = resolve_unit(volume_name, group, unit_key);
+    if (!resolved.ok()) return error_response(resolved.status()).dump();
+    auto found = find_engine_locked(resolved.value(), unit_key);
     if (!found.ok()) return error_response(found.status()).dump();
     engine = std::move(found).value();
-    entry = members.value().front();
-    const auto& targets = entry->state.targets;
+    members = std::move(resolved).value();
+    if (auto unit = unit_of_volume_.find(members.front()->name); unit != unit_of_volume_.end() && unit->second != unit_key) {
+      return error_response(invalid_argument(what + " is mirrored with its group '" + members.front()->volume->group() +
+                                             "'; switch the whole group over: `amirror mirror switchover --group " +
+                                             members.front()->volume->group() + " --to " + to + "`")).dump();
+    }
+    const auto& targets = members.front()->state.targets;
     if (std::find(targets.begin(), targets.end(), to) == targets.end()) {
-      return error_response(invalid_argument("volume '" + volume_name + "' is not mirrored to '" + to +
+      return error_response(invalid_argument(what + " is not mirrored to '" + to +
                                              "'; switch over to one of its targets")).dump();
     }
   }
-  MirrorState state = engine->states().at(volume_name);
-  if (Status status = entry->volume->set_read_only(true); !status.ok()) {
-    return error_response(status.with_context("switchover of " + volume_name)).dump();
-  }
+  std::map<std::string, MirrorState> states = engine->states();
+  for (const auto& member : members) member->volume->hold_writes();
+  std::vector<std::shared_ptr<VolumeEntry>> made_read_only;
   auto undo = [&](const Status& why, const std::string& step) {
-    Status writable = entry->volume->set_read_only(false);
-    return error_response(why.with_context("switchover of " + volume_name + " to " + to + " failed while " + step +
+    Status writable;
+    for (const auto& member : made_read_only) {
+      Status status = member->volume->set_read_only(false);
+      if (writable.ok()) writable = status;
+    }
+    for (const auto& member : members) member->volume->release_writes();
+    return error_response(why.with_context("switchover of " + what + " to " + to + " failed while " + step +
                                            (writable.ok() ? "; it is writable here again"
                                                           : "; and it could not be made writable again: " +
                                                                 writable.message())))
@@ -222,36 +230,70 @@ std::string Node::control_mirror_switchover(const json& request) {
   if (Status synced = engine->sync(request.value("timeout_ms", kDefaultSyncTimeoutMs)); !synced.ok()) {
     return undo(synced, "copying the last cycle (the mirror still runs)");
   }
-  uint64_t cycle = entry->volume->cycle();
-  if (Status broken = break_mirror(volume_name, ""); !broken.ok()) return undo(broken, "stopping the mirror");
-  repl::Switchover handover{volume_name, cycle, state.keep, state.interval_ms};
+  // Read-only on disk before the peer promotes: a crash from here on never leaves
+  // both sides writable.
+  for (const auto& member : members) {
+    if (Status status = member->volume->set_read_only(true); !status.ok()) return undo(status, "demoting it here");
+    made_read_only.push_back(member);
+  }
+  if (Status broken = break_mirror(volume_name, group); !broken.ok()) return undo(broken, "stopping the mirror");
+  const MirrorState& state = states.at(members.front()->name);
+  repl::Switchover handover{members.front()->name, members.front()->volume->cycle(), state.keep, state.interval_ms};
+  json cycles = json::object();
+  for (const auto& member : members) {
+    if (!group.empty()) handover.members.emplace_back(member->name, member->volume->cycle());
+    cycles[member->name] = member->volume->cycle();
+  }
+  handover.group = group;
   auto promoted = engine->hand_over(to, handover);
   if (!promoted.ok()) {
     return undo(promoted.status(), "asking " + to + " to take over (the mirror is stopped: `amirror mirror start " +
-                                       volume_name + " --to " + to + "` resumes it)");
+                                       (group.empty() ? volume_name : "--group " + group) + " --to " + to +
+                                       "` resumes it)");
   }
-  fmt::print(stderr, "amirror node {}: switched {} over to {} at cycle {}; this copy follows {} now\n", config_.name,
-             volume_name, to, cycle, to);
-  return json{{"ok", true}, {"volume", volume_name}, {"to", to}, {"cycle", cycle}}.dump();
+  for (const auto& member : members) member->volume->release_writes();  // they fail: read-only
+  fmt::print(stderr, "amirror node {}: switched {} over to {} at {}; this copy follows {} now\n", config_.name, what,
+             to, cycles.dump(), to);
+  json response{{"ok", true}, {"to", to}, {"cycle", handover.cycle}, {"cycles", cycles}};
+  if (group.empty()) response["volume"] = volume_name;
+  else response["group"] = group;
+  return response.dump();
 }
 
 Result<uint64_t> Node::accept_switchover(const std::string& peer, const repl::Switchover& request) {
-  std::string replica_name = peer + "/" + request.volume;
-  std::shared_ptr<repl::Replica> replica = replicas_->find(peer, request.volume);
-  if (replica == nullptr) return not_found("no replica " + replica_name + " on " + config_.name);
-  if (replica->readable_cycle() != request.cycle) {
-    return invalid_argument("replica " + replica_name + " is at cycle " + std::to_string(replica->readable_cycle()) +
-                            ", not the final cycle " + std::to_string(request.cycle));
+  std::vector<std::pair<std::string, uint64_t>> members = request.members;
+  if (request.group.empty()) members = {{request.volume, request.cycle}};
+  // Every member is checked before any is promoted.
+  for (const auto& [volume, cycle] : members) {
+    std::string replica_name = peer + "/" + volume;
+    std::shared_ptr<repl::Replica> replica = replicas_->find(peer, volume);
+    if (replica == nullptr) return not_found("no replica " + replica_name + " on " + config_.name);
+    if (replica->readable_cycle() != cycle) {
+      return invalid_argument("replica " + replica_name + " is at cycle " + std::to_string(replica->readable_cycle()) +
+                              ", not the final cycle " + std::to_string(cycle));
+    }
+    if (replica->group() != request.group) {
+      return invalid_argument("replica " + replica_name + " is in group '" + replica->group() + "', not '" +
+                              request.group + "'");
+    }
   }
-  AMIRROR_ASSIGN_OR_RETURN(auto promoted, promote_replica(replica_name, request.volume, request.cycle));
+  std::string first_name;
+  for (const auto& [volume, cycle] : members) {
+    AMIRROR_ASSIGN_OR_RETURN(auto promoted, promote_replica(peer + "/" + volume, volume, cycle));
+    if (first_name.empty()) first_name = promoted.first;
+    if (request.group.empty()) continue;
+    std::shared_ptr<VolumeEntry> entry = find_volume(promoted.first);
+    if (entry) AMIRROR_RETURN_IF_ERROR(entry->volume->set_group(request.group));
+  }
   MutexLock lock(mutex_);
   std::string unit_key;
-  AMIRROR_ASSIGN_OR_RETURN(auto members, resolve_unit(promoted.first, "", unit_key));
-  AMIRROR_RETURN_IF_ERROR(start_mirror(unit_key, members, {peer}, request.interval_ms, request.keep, true)
-                              .with_context("promoted " + replica_name + " as '" + promoted.first +
-                                            "', but mirroring it back to " + peer + " failed"));
-  fmt::print(stderr, "amirror node {}: took over {} from {} at cycle {}; mirroring it back to {}\n", config_.name,
-             promoted.first, peer, request.cycle, peer);
+  AMIRROR_ASSIGN_OR_RETURN(auto units, resolve_unit(request.group.empty() ? first_name : "", request.group, unit_key));
+  const std::string what = request.group.empty() ? peer + "/" + request.volume + " as '" + first_name + "'"
+                                                 : "group '" + request.group + "' from " + peer;
+  AMIRROR_RETURN_IF_ERROR(start_mirror(unit_key, units, {peer}, request.interval_ms, request.keep, true)
+                              .with_context("promoted " + what + ", but mirroring it back to " + peer + " failed"));
+  fmt::print(stderr, "amirror node {}: took over {} at cycle {}; mirroring it back to {}\n", config_.name, what,
+             request.cycle, peer);
   return request.cycle;
 }
 

@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 
 #include "base/names.h"
+#include "repl/group_commit.h"
 #include "repl/receiver_session.h"
 
 namespace amirror::node {
@@ -24,8 +25,105 @@ Status ReplicaRegistry::load() {
     for (const std::string& volume : volumes.value()) {
       if (validate_name(volume, "volume").ok()) load_one(source, volume);
     }
+    finish_group_commits_at_load(source);
   }
   return Status();
+}
+
+void ReplicaRegistry::finish_group_commits_at_load(const std::string& source) {
+  const std::string source_dir = replicas_dir_ + "/" + source;
+  auto intents = repl::pending_group_commits(fs_, source_dir);
+  std::vector<std::pair<std::string, std::string>> failures;  // volume, why
+  if (!intents.ok()) {
+    for (const auto& replica : all()) {
+      if (replica->source_node() == source && !replica->group().empty()) {
+        failures.emplace_back(replica->volume(), intents.status().message());
+      }
+    }
+  }
+  for (const repl::GroupCommit& intent : intents.ok() ? intents.value() : std::vector<repl::GroupCommit>{}) {
+    auto replicas = members(source, intent);
+    Status status = replicas.status();
+    if (status.ok()) status = repl::finish_group_commit(fs_, source_dir, intent, replicas.value(), commit_gate_);
+    if (status.ok()) continue;
+    for (const repl::GroupPoint& member : intent.members) {
+      failures.emplace_back(member.volume, "the commit of group '" + intent.group + "' to its next point could not "
+                                           "be finished, so the group's replicas may be at different points: " +
+                                           status.message());
+    }
+  }
+  for (const auto& [volume, why] : failures) {
+    std::string key = source + "/" + volume;
+    fmt::print(stderr, "replica {} is not served: {}\n", key, why);
+    std::lock_guard lock(mutex_);
+    replicas_.erase(key);
+    failed_[key] = FailedReplica{source, volume, dir_of(source, volume), why};
+  }
+}
+
+Result<std::vector<std::shared_ptr<repl::Replica>>> ReplicaRegistry::members(const std::string& source,
+                                                                             const repl::GroupCommit& commit) const {
+  std::vector<std::shared_ptr<repl::Replica>> replicas;
+  for (const repl::GroupPoint& member : commit.members) {
+    std::shared_ptr<repl::Replica> replica = find(source, member.volume);
+    if (replica == nullptr) {
+      return not_found("group '" + commit.group + "' member " + source + "/" + member.volume +
+                       " is not a replica here (or failed to open)");
+    }
+    replicas.push_back(std::move(replica));
+  }
+  return replicas;
+}
+
+Status ReplicaRegistry::finish_group_commit(const std::string& source, const std::string& group,
+                                            const std::set<std::string>& held, uint64_t wait_ms) {
+  const std::string source_dir = replicas_dir_ + "/" + source;
+  AMIRROR_ASSIGN_OR_RETURN(bool pending, repl::group_commit_pending(fs_, source_dir, group));
+  if (!pending) return Status();
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<repl::GroupCommit> intents, repl::pending_group_commits(fs_, source_dir));
+  for (const repl::GroupCommit& intent : intents) {
+    if (intent.group != group) continue;
+    std::vector<std::string> acquired;
+    Status status;
+    for (const repl::GroupPoint& member : intent.members) {
+      if (held.contains(member.volume)) continue;
+      if (!acquire(source + "/" + member.volume, wait_ms)) {
+        status = Status(ErrorCode::kBusy, "replica " + source + "/" + member.volume + " is in use");
+        break;
+      }
+      acquired.push_back(source + "/" + member.volume);
+    }
+    if (status.ok()) {
+      auto replicas = members(source, intent);
+      status = replicas.ok() ? repl::finish_group_commit(fs_, source_dir, intent, replicas.value(), commit_gate_)
+                             : replicas.status();
+    }
+    for (const std::string& key : acquired) release(key);
+    AMIRROR_RETURN_IF_ERROR(status.with_context("finish the cut-short commit of group '" + group + "'"));
+  }
+  return Status();
+}
+
+Result<repl::GroupCommit> ReplicaRegistry::commit_group(const std::string& source, const repl::GroupCommit& request,
+                                                        const std::function<void()>& progress, uint64_t wait_ms) {
+  std::set<std::string> held;
+  for (const repl::GroupPoint& member : request.members) held.insert(member.volume);
+  AMIRROR_RETURN_IF_ERROR(finish_group_commit(source, request.group, held, wait_ms));
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::shared_ptr<repl::Replica>> replicas, members(source, request));
+  for (const auto& replica : replicas) {
+    if (replica->group() != request.group) {
+      return invalid_argument("GROUP_COMMIT of group '" + request.group + "' names replica " + source + "/" +
+                              replica->volume() + " of group '" + replica->group() + "'");
+    }
+  }
+  AMIRROR_RETURN_IF_ERROR(repl::commit_group(fs_, replicas_dir_ + "/" + source, request, replicas, commit_gate_));
+  repl::GroupCommit applied = request;
+  for (size_t i = 0; i < replicas.size(); ++i) {
+    // Old points beyond keep go now; the group's points are all there already.
+    AMIRROR_RETURN_IF_ERROR(replicas[i]->apply(progress));
+    applied.members[i].cycle = replicas[i]->readable_cycle();
+  }
+  return applied;
 }
 
 void ReplicaRegistry::load_one(const std::string& source, const std::string& volume) {
@@ -182,6 +280,11 @@ class NodeReplicaAccess : public repl::ReplicaAccess {
       }
     }
     auto replica = registry_.open_or_create(peer_name, open.volume, open.size_bytes, open.chunk_size_bytes);
+    if (replica.ok() && !open.group.empty()) {
+      // Never touch a member while its group is split by a commit an error cut short.
+      Status finished = registry_.finish_group_commit(peer_name, open.group, {open.volume}, config_.peer_timeout_ms);
+      if (!finished.ok()) replica = finished;
+    }
     if (!replica.ok()) registry_.release(key);
     return replica;
   }
@@ -199,6 +302,25 @@ class NodeReplicaAccess : public repl::ReplicaAccess {
       }
     }
     return not_found("there is no replica " + key + " on " + config_.name);
+  }
+
+  Result<repl::GroupCommit> commit_group(const std::string& peer_name, const repl::GroupCommit& request,
+                                         const std::function<void()>& progress) override {
+    std::vector<std::string> keys;
+    Status refused;
+    for (const repl::GroupPoint& member : request.members) {
+      auto key = claim(peer_name, member.volume, "commit");
+      if (!key.ok()) {
+        refused = key.status();
+        break;
+      }
+      keys.push_back(key.value());
+    }
+    Result<repl::GroupCommit> result =
+        refused.ok() ? registry_.commit_group(peer_name, request, progress, config_.peer_timeout_ms)
+                     : Result<repl::GroupCommit>(refused);
+    for (const std::string& key : keys) registry_.release(key);
+    return result;
   }
 
   Result<uint64_t> switchover(const std::string& peer_name, const repl::Switchover& request) override {

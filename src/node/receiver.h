@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -82,8 +83,27 @@ class ReplicaRegistry {
     return replicas_dir_ + "/" + source + "/" + volume;
   }
 
+  // Group-atomic commit (repl/group_commit.h). Commits `request`'s members together
+  // and merges each down to its keep; first finishes a commit of the same group that
+  // an error cut short. REQUIRES: the caller holds (acquire) every member of `request`.
+  Result<repl::GroupCommit> commit_group(const std::string& source, const repl::GroupCommit& request,
+                                         const std::function<void()>& progress, uint64_t wait_ms);
+  // Finishes a commit of `group` from `source` that an error cut short, if there is
+  // one, so a member is never used while the group is split. `held`: members the
+  // caller holds already; the others are acquired for it (waiting up to `wait_ms`).
+  Status finish_group_commit(const std::string& source, const std::string& group, const std::set<std::string>& held,
+                             uint64_t wait_ms);
+  // Held shared by readers of several replicas' points (status, group promote):
+  // a group commit holds it exclusively while it moves the members.
+  std::shared_mutex& commit_gate() { return commit_gate_; }
+
  private:
   void load_one(const std::string& source, const std::string& volume);
+  // At load: rolls forward the group commits a crash cut short; a member that cannot
+  // be is marked failed (its group may be split).
+  void finish_group_commits_at_load(const std::string& source);
+  Result<std::vector<std::shared_ptr<repl::Replica>>> members(const std::string& source,
+                                                              const repl::GroupCommit& commit) const;
 
   FileSystem& fs_;
   const std::string replicas_dir_;
@@ -94,6 +114,7 @@ class ReplicaRegistry {
   std::map<std::string, FailedReplica> failed_;                     // same key; never in replicas_
   std::set<std::string> in_use_;
   std::condition_variable released_;
+  std::shared_mutex commit_gate_;
 };
 
 // Serves one peer connection until it closes or `stopping` becomes true. With `tls`

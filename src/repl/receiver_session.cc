@@ -11,6 +11,10 @@ Result<uint64_t> ReplicaAccess::switchover(const std::string&, const Switchover&
   return Status(ErrorCode::kUnsupported, "this node does not take switchovers");
 }
 
+Result<GroupCommit> ReplicaAccess::commit_group(const std::string&, const GroupCommit&, const std::function<void()>&) {
+  return Status(ErrorCode::kUnsupported, "this node does not take group commits");
+}
+
 Status ReceiverSession::on_frame(const Frame& frame) {
   if (peer_name_.empty()) {
     if (frame.type != FrameType::kHello) return invalid_argument("expected HELLO first");
@@ -39,6 +43,7 @@ Status ReceiverSession::on_frame(const Frame& frame) {
       AMIRROR_ASSIGN_OR_RETURN(uint64_t cycle, replicas_.switchover(peer_name_, request));
       return sink_.send(FrameType::kSwitchoverDone, encode(Applied{cycle}));
     }
+    case FrameType::kGroupCommit: return on_group_commit(frame);
     case FrameType::kVerifyWindow:
     case FrameType::kRepairChunk:
     case FrameType::kRepairEnd: return on_verify_frame(frame);
@@ -85,6 +90,12 @@ Status ReceiverSession::on_open_replica(const Frame& frame) {
 Status ReceiverSession::on_end_delta(const Frame& frame) {
   if (!in_delta_) return invalid_argument("END_DELTA outside a delta");
   AMIRROR_ASSIGN_OR_RETURN(EndDelta end, decode_end_delta(frame.payload));
+  if (end.hold) {
+    // A group member: committed with the others by GROUP_COMMIT.
+    AMIRROR_RETURN_IF_ERROR(replica_->seal(end.record_count));
+    in_delta_ = false;
+    return sink_.send(FrameType::kDeltaDurable, {});
+  }
   AMIRROR_RETURN_IF_ERROR(replica_->end_delta(end.record_count));
   in_delta_ = false;
   AMIRROR_RETURN_IF_ERROR(sink_.send(FrameType::kDeltaDurable, {}));
@@ -94,6 +105,17 @@ Status ReceiverSession::on_end_delta(const Frame& frame) {
     if (keepalive_status.ok()) keepalive_status = sink_.send(FrameType::kKeepAlive, {});
   }));
   return sink_.send(FrameType::kApplied, encode(Applied{replica_->state().applied_cycle}));
+}
+
+Status ReceiverSession::on_group_commit(const Frame& frame) {
+  if (in_delta_ || verify_ != nullptr) return invalid_argument("GROUP_COMMIT in the middle of a transfer");
+  AMIRROR_ASSIGN_OR_RETURN(GroupCommit request, decode_group_commit(frame.payload));
+  release();  // the commit takes every member, this one too
+  Status keepalive_status;
+  AMIRROR_ASSIGN_OR_RETURN(GroupCommit applied, replicas_.commit_group(peer_name_, request, [&] {
+    if (keepalive_status.ok()) keepalive_status = sink_.send(FrameType::kKeepAlive, {});
+  }));
+  return sink_.send(FrameType::kGroupApplied, encode(applied));
 }
 
 Status ReceiverSession::on_verify_begin(const Frame& frame) {

@@ -18,6 +18,7 @@
 // Thread-safety: one thread at a time.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -46,6 +47,12 @@ class ReplicaAccess {
   // A planned switchover from `peer`: promote its replica at the cycle and mirror the
   // new volume back to `peer`. Returns the cycle promoted. By default refused.
   virtual Result<uint64_t> switchover(const std::string& peer, const Switchover& request);
+  // GROUP_COMMIT from `peer` (repl/group_commit.h): commits every listed member's
+  // sealed delta together, then merges each down to its `keep`. Returns the members
+  // with the cycle each now holds. `progress` is called now and then (keep-alives).
+  // By default refused.
+  virtual Result<GroupCommit> commit_group(const std::string& peer, const GroupCommit& request,
+                                           const std::function<void()>& progress);
 };
 
 class ReceiverSession {
@@ -67,6 +74,7 @@ class ReceiverSession {
   Status on_hello(const Frame& frame);
   Status on_open_replica(const Frame& frame);
   Status on_end_delta(const Frame& frame);
+  Status on_group_commit(const Frame& frame);
   Status on_verify_begin(const Frame& frame);
   // VERIFY_WINDOW, REPAIR_CHUNK, REPAIR_END: only within a verify.
   Status on_verify_frame(const Frame& frame);

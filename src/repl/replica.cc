@@ -30,6 +30,9 @@ constexpr char kResyncMagic[8] = {'A', 'M', 'R', 'E', 'S', 'Y', 'N', 'C'};
 // How much staged data may be lost to a crash and resent: the layer is synced and the
 // resume point recorded this often.
 constexpr uint64_t kProgressEveryBytes = 16 * kMiB;
+// staged_flags bits (docs/formats/replica.md).
+constexpr uint64_t kStagedFull = 1;
+constexpr uint64_t kStagedSealed = 2;
 
 
 bool valid_geometry(uint64_t size_bytes, uint64_t chunk_size_bytes) {
@@ -55,7 +58,7 @@ std::string Replica::encode_meta(const Meta& meta) {
   append_u64(out, header.target_cycle);
   append_u64(out, static_cast<uint64_t>(header.freeze_time_unix_ms));
   append_u64(out, header.record_count);
-  append_u64(out, header.full ? 1 : 0);
+  append_u64(out, (header.full ? kStagedFull : 0) | (meta.staging.sealed ? kStagedSealed : 0));
   append_u64(out, meta.staging.durable_records);
   append_u64(out, meta.staging.last_chunk_index);
   append_u32(out, static_cast<uint32_t>(meta.source_node.size()));
@@ -93,7 +96,9 @@ Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const st
   header.target_cycle = get_u64(bytes + position + 8);
   header.freeze_time_unix_ms = static_cast<int64_t>(get_u64(bytes + position + 16));
   header.record_count = get_u64(bytes + position + 24);
-  header.full = get_u64(bytes + position + 32) == 1;
+  const uint64_t flags = get_u64(bytes + position + 32);
+  header.full = (flags & kStagedFull) != 0;
+  meta.staging.sealed = (flags & kStagedSealed) != 0;
   meta.staging.durable_records = get_u64(bytes + position + 40);
   meta.staging.last_chunk_index = get_u64(bytes + position + 48);
   position = kFixedBytes;
@@ -110,7 +115,9 @@ Result<Replica::Meta> Replica::decode_meta(const std::string& contents, const st
       (!meta.group.empty() && !validate_name(meta.group, "group name").ok()) ||
       !validate_name(meta.source_node, "node name").ok() || !validate_name(meta.volume_name, "volume name").ok() ||
       !valid_geometry(meta.size_bytes, meta.chunk_size_bytes) || meta.keep == 0 || meta.keep > kMaxKeep ||
-      meta.staging.durable_records > meta.staging.header.record_count) {
+      meta.staging.durable_records > meta.staging.header.record_count ||
+      (flags & ~(kStagedFull | kStagedSealed)) != 0 ||
+      (meta.staging.sealed && meta.staging.durable_records != meta.staging.header.record_count)) {
     return corruption(where + ": malformed replica metadata");
   }
   return meta;
@@ -466,7 +473,8 @@ Status Replica::begin_delta(const BeginDelta& begin) {
     std::unique_lock lock(state_mutex_);
     const BeginDelta& staged = meta_.staging.header;
     if (staged.target_cycle != begin.target_cycle || staged.base_cycle != begin.base_cycle ||
-        staged.full != begin.full || staged_records_ != begin.first_record) {
+        staged.full != begin.full || staged_records_ != begin.first_record ||
+        (meta_.staging.sealed && begin.record_count != staged.record_count)) {
       return invalid_argument("cannot resume delta to cycle " + std::to_string(begin.target_cycle) +
                               " at record " + std::to_string(begin.first_record) +
                               ": the staged delta does not match; the source must restart it");
@@ -490,7 +498,7 @@ Status Replica::begin_delta(const BeginDelta& begin) {
   }
   std::unique_lock lock(state_mutex_);
   Staging old = meta_.staging;
-  meta_.staging = Staging{begin, 0, 0};
+  meta_.staging = Staging{begin, 0, 0, false};
   Status status = write_meta_locked();
   if (!status.ok()) {
     meta_.staging = old;
@@ -538,6 +546,7 @@ Status Replica::stage(const ChunkRecord& record) {
   {
     std::shared_lock lock(state_mutex_);
     if (meta_.staging.header.target_cycle == 0) return invalid_argument("CHUNK outside a delta");
+    if (meta_.staging.sealed) return invalid_argument("CHUNK after the delta's END_DELTA");
     if (record.record_index != staged_records_) {
       return invalid_argument("CHUNK record " + std::to_string(record.record_index) + " out of sequence (expected " +
                               std::to_string(staged_records_) + ")");
@@ -568,6 +577,16 @@ Status Replica::stage(const ChunkRecord& record) {
 }
 
 Status Replica::end_delta(uint64_t record_count) {
+  AMIRROR_RETURN_IF_ERROR(seal(record_count));
+  uint64_t target_cycle;
+  {
+    std::shared_lock lock(state_mutex_);
+    target_cycle = meta_.staging.header.target_cycle;
+  }
+  return commit_sealed(target_cycle);
+}
+
+Status Replica::seal(uint64_t record_count) {
   std::lock_guard delta(delta_mutex_);
   BeginDelta header;
   {
@@ -578,6 +597,7 @@ Status Replica::end_delta(uint64_t record_count) {
       return invalid_argument("END_DELTA says " + std::to_string(record_count) + " records, but " +
                               std::to_string(staged_records_) + " were staged");
     }
+    if (meta_.staging.sealed) return Status();  // a resumed connection ends it again
   }
   if (header.full) {
     // A full delta replaces the whole image: what it did not send reads as zero.
@@ -590,6 +610,42 @@ Status Replica::end_delta(uint64_t record_count) {
       AMIRROR_RETURN_IF_ERROR(current()->write_zeroes_staged(geometry.chunk_offset_bytes(chunk_index),
                                                            geometry.chunk_length_bytes(chunk_index)));
     }
+  }
+  AMIRROR_RETURN_IF_ERROR(current()->flush());
+  std::unique_lock lock(state_mutex_);
+  Staging old = meta_.staging;
+  meta_.staging.header.record_count = record_count;
+  meta_.staging.durable_records = staged_records_;
+  meta_.staging.last_chunk_index = last_staged_chunk_;
+  meta_.staging.sealed = true;
+  Status status = write_meta_locked();
+  if (!status.ok()) meta_.staging = old;
+  bytes_since_progress_ = 0;
+  return status.with_context("record the delta to cycle " + std::to_string(header.target_cycle) + " as received");
+}
+
+bool Replica::sealed_at(uint64_t cycle) const {
+  std::shared_lock lock(state_mutex_);
+  return meta_.staging.sealed && meta_.staging.header.target_cycle == cycle;
+}
+
+Status Replica::commit_sealed(uint64_t cycle) {
+  std::lock_guard delta(delta_mutex_);
+  BeginDelta header;
+  bool sealed;
+  {
+    std::shared_lock lock(state_mutex_);
+    header = meta_.staging.header;
+    sealed = meta_.staging.sealed;
+  }
+  if (current()->cycle() >= cycle && (header.target_cycle == 0 || header.target_cycle == cycle)) {
+    // Committed before (a group commit rolled forward, or a lost acknowledgement).
+    if (header.target_cycle != 0) (void)clear_staging();
+    return Status();
+  }
+  if (!sealed || header.target_cycle != cycle) {
+    return invalid_argument("cannot commit cycle " + std::to_string(cycle) + " of replica " + source_node_ + "/" +
+                            volume_name_ + ": no whole delta to that cycle is staged");
   }
   // The commit point: one volume.meta rename makes the whole delta point s.
   AMIRROR_RETURN_IF_ERROR(current()->freeze_as(header.target_cycle, header.freeze_time_unix_ms));

@@ -102,9 +102,19 @@ class Replica {
   // order), unless it is a full delta.
   Status begin_delta(const BeginDelta& begin);
   Status stage(const ChunkRecord& record);
-  // Commits the staged delta as the source's point (durable and atomic).
-  // REQUIRES: record_count records staged.
+  // Commits the staged delta as the source's point (durable and atomic): seal(), then
+  // commit_sealed(). REQUIRES: record_count records staged.
   Status end_delta(uint64_t record_count);
+  // A group member's END_DELTA (repl/group_commit.h): makes the whole delta durable
+  // and records it as complete, but does not commit it. A sealed delta survives
+  // restarts and is committed by commit_sealed() once every member is sealed.
+  // Idempotent for a delta already sealed.
+  Status seal(uint64_t record_count);
+  bool sealed_at(uint64_t cycle) const;
+  // Makes the sealed delta to `cycle` the newest point (one volume.meta rename).
+  // OK without doing anything when the replica already holds `cycle` (a commit rolled
+  // forward earlier); refused when no whole delta to `cycle` is staged.
+  Status commit_sealed(uint64_t cycle);
   // Merges points older than the newest `keep` into the base. `progress` is called
   // now and then (keep-alives).
   Status apply(const std::function<void()>& progress);
@@ -163,6 +173,7 @@ class Replica {
     BeginDelta header;               // target_cycle 0 = nothing staged
     uint64_t durable_records = 0;    // records known to be on disk
     uint64_t last_chunk_index = 0;   // of the last durable record
+    bool sealed = false;             // END_DELTA received, every record durable
   };
   struct Meta {
     std::string source_node;

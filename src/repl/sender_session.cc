@@ -13,12 +13,14 @@ Status SenderSession::start() {
   return sink_.send(FrameType::kHello, encode(Hello{kHelloVersion, source_node_}));
 }
 
-Status SenderSession::begin_volume(const std::string& name, Volume& volume, uint64_t point, uint32_t keep) {
+Status SenderSession::begin_volume(const std::string& name, Volume& volume, uint64_t point, uint32_t keep,
+                                   bool hold) {
   AMIRROR_ASSERT(phase_ == Phase::kIdle);
   AMIRROR_ASSERT(point > 0);
   name_ = name;
   volume_ = &volume;
   point_ = point;
+  hold_ = hold;
   phase_ = Phase::kAwaitingState;
   VolumeLineage lineage = volume.lineage();
   opened_size_bytes_ = volume.size_bytes();
@@ -47,11 +49,19 @@ Status SenderSession::on_frame(const Frame& frame) {
       return corruption(std::string(frame_type_name(frame.type)) + " from " + target_node_ + " before END_DELTA");
     case Phase::kAwaitingDurable:
       if (frame.type != FrameType::kDeltaDurable) return unexpected("DELTA_DURABLE");
+      if (hold_) {
+        held_.push_back(GroupPoint{name_, point_, begin_.freeze_time_unix_ms});
+        phase_ = Phase::kIdle;
+        return Status();
+      }
       phase_ = Phase::kAwaitingApplied;
       return Status();
     case Phase::kAwaitingApplied:
       if (frame.type != FrameType::kApplied) return unexpected("APPLIED");
       return on_applied(frame);
+    case Phase::kAwaitingGroupApplied:
+      if (frame.type != FrameType::kGroupApplied) return unexpected("GROUP_APPLIED");
+      return on_group_applied(frame);
     case Phase::kIdle: break;
   }
   return corruption(std::string("unexpected ") + frame_type_name(frame.type) + " from " + target_node_);
@@ -158,7 +168,7 @@ Status SenderSession::send_next() {
     return sink_.send_encoded(frame);
   }
   phase_ = Phase::kAwaitingDurable;
-  return sink_.send(FrameType::kEndDelta, encode(EndDelta{record_index_}));
+  return sink_.send(FrameType::kEndDelta, encode(EndDelta{record_index_, hold_}));
 }
 
 Status SenderSession::on_applied(const Frame& frame) {
@@ -169,6 +179,35 @@ Status SenderSession::on_applied(const Frame& frame) {
   }
   phase_ = Phase::kIdle;
   return host_.applied(name_, point_, begin_.freeze_time_unix_ms);
+}
+
+Status SenderSession::commit_group(const std::string& group) {
+  AMIRROR_ASSERT(phase_ == Phase::kIdle);
+  if (held_.empty()) return Status();
+  phase_ = Phase::kAwaitingGroupApplied;
+  return sink_.send(FrameType::kGroupCommit, encode(GroupCommit{group, held_}));
+}
+
+Status SenderSession::on_group_applied(const Frame& frame) {
+  AMIRROR_ASSIGN_OR_RETURN(GroupCommit applied, decode_group_commit(frame.payload, "GROUP_APPLIED"));
+  if (applied.members.size() != held_.size()) {
+    return corruption(target_node_ + " acknowledged " + std::to_string(applied.members.size()) + " of " +
+                      std::to_string(held_.size()) + " group members");
+  }
+  for (size_t i = 0; i < held_.size(); ++i) {
+    if (applied.members[i].volume != held_[i].volume || applied.members[i].cycle != held_[i].cycle) {
+      return corruption(target_node_ + " acknowledged " + applied.members[i].volume + " at cycle " +
+                        std::to_string(applied.members[i].cycle) + ", expected " + held_[i].volume + " at " +
+                        std::to_string(held_[i].cycle));
+    }
+  }
+  std::vector<GroupPoint> held = std::move(held_);
+  held_.clear();
+  phase_ = Phase::kIdle;
+  for (const GroupPoint& member : held) {
+    AMIRROR_RETURN_IF_ERROR(host_.applied(member.volume, member.cycle, member.freeze_time_unix_ms));
+  }
+  return Status();
 }
 
 }  // namespace amirror::repl

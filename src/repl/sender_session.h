@@ -66,15 +66,23 @@ class SenderHost {
 
 class SenderSession {
  public:
-  enum class Phase { kHello, kIdle, kAwaitingState, kStreaming, kAwaitingDurable, kAwaitingApplied };
+  enum class Phase { kHello, kIdle, kAwaitingState, kStreaming, kAwaitingDurable, kAwaitingApplied, kAwaitingGroupApplied };
 
   SenderSession(std::string source_node, std::string target_node, SenderHost& host, FrameSink& sink)
       : source_node_(std::move(source_node)), target_node_(std::move(target_node)), host_(host), sink_(sink) {}
 
   Status start();  // sends HELLO
   // Sends OPEN_REPLICA for `volume`, aiming at freeze point `point`. REQUIRES: idle.
-  // `keep`: how many points the target keeps of it.
-  Status begin_volume(const std::string& name, Volume& volume, uint64_t point, uint32_t keep = 1);
+  // `keep`: how many points the target keeps of it. `hold`: a consistency group's
+  // member: its delta is made durable but committed only by commit_group().
+  Status begin_volume(const std::string& name, Volume& volume, uint64_t point, uint32_t keep = 1,
+                      bool hold = false);
+  // After every member of `group` was sent with hold: commits their points together on
+  // the target (GROUP_COMMIT), then each is applied (host's applied()). Nothing to do
+  // when no member needed a delta. REQUIRES: idle.
+  Status commit_group(const std::string& group);
+  // Members sent with hold and not yet committed.
+  size_t held_count() const { return held_.size(); }
   // Feeds one checked frame from the target. An error ends the connection.
   Status on_frame(const Frame& frame);
   // While streaming: sends the next CHUNK (or END_DELTA after the last one).
@@ -94,6 +102,7 @@ class SenderSession {
   Status on_replica_state(const Frame& frame);
   Status plan_delta(const TargetView& local, const ReplicaState& remote);
   Status on_applied(const Frame& frame);
+  Status on_group_applied(const Frame& frame);
 
   const std::string source_node_;
   const std::string target_node_;
@@ -105,6 +114,8 @@ class SenderSession {
   std::string name_;
   Volume* volume_ = nullptr;
   uint64_t point_ = 0;
+  bool hold_ = false;
+  std::vector<GroupPoint> held_;  // sealed on the target, awaiting GROUP_COMMIT
   // The size OPEN_REPLICA told the target: chunks are cut to it even if the volume
   // grows (volume resize) while this delta streams.
   uint64_t opened_size_bytes_ = 0;

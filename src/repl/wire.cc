@@ -2,6 +2,7 @@
 #include "repl/wire.h"
 
 #include <algorithm>
+#include <set>
 
 #include "base/checksum.h"
 #include "base/coding.h"
@@ -158,6 +159,8 @@ const char* frame_type_name(FrameType type) {
     case FrameType::kRepairDone: return "REPAIR_DONE";
     case FrameType::kSwitchover: return "SWITCHOVER";
     case FrameType::kSwitchoverDone: return "SWITCHOVER_DONE";
+    case FrameType::kGroupCommit: return "GROUP_COMMIT";
+    case FrameType::kGroupApplied: return "GROUP_APPLIED";
   }
   return "UNKNOWN";
 }
@@ -167,8 +170,8 @@ bool is_known_frame_type(uint16_t raw_type) {
           raw_type <= static_cast<uint16_t>(FrameType::kKeepAlive)) ||
          (raw_type >= static_cast<uint16_t>(FrameType::kVerifyBegin) &&
           raw_type <= static_cast<uint16_t>(FrameType::kRepairDone)) ||
-         raw_type == static_cast<uint16_t>(FrameType::kSwitchover) ||
-         raw_type == static_cast<uint16_t>(FrameType::kSwitchoverDone);
+         (raw_type >= static_cast<uint16_t>(FrameType::kSwitchover) &&
+          raw_type <= static_cast<uint16_t>(FrameType::kGroupApplied));
 }
 
 std::vector<uint8_t> encode_frame(FrameType type, std::span<const uint8_t> payload) {
@@ -273,7 +276,11 @@ std::vector<uint8_t> encode(const BeginDelta& message) {
   return out;
 }
 
-std::vector<uint8_t> encode(const EndDelta& message) { return encode_one_u64(message.record_count); }
+std::vector<uint8_t> encode(const EndDelta& message) {
+  std::vector<uint8_t> out = encode_one_u64(message.record_count);
+  out.push_back(message.hold ? 1 : 0);
+  return out;
+}
 
 std::vector<uint8_t> encode(const Applied& message) { return encode_one_u64(message.applied_cycle); }
 
@@ -440,8 +447,13 @@ Result<ChunkRecord> decode_chunk(std::span<const uint8_t> payload) {
 }
 
 Result<EndDelta> decode_end_delta(std::span<const uint8_t> payload) {
-  AMIRROR_ASSIGN_OR_RETURN(uint64_t record_count, decode_one_u64(payload, "END_DELTA"));
-  return EndDelta{record_count};
+  Reader reader(payload, "END_DELTA");
+  EndDelta message;
+  uint8_t hold = 0;
+  if (!reader.u64(message.record_count) || !reader.u8(hold) || hold > 1) return reader.bad();
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  message.hold = hold == 1;
+  return message;
 }
 
 Result<Applied> decode_applied(std::span<const uint8_t> payload) {
@@ -540,18 +552,69 @@ std::vector<uint8_t> encode(const Switchover& message) {
   put64(out, message.cycle);
   put32(out, message.keep);
   put64(out, message.interval_ms);
+  put_name(out, message.group);
+  put32(out, static_cast<uint32_t>(message.members.size()));
+  for (const auto& [volume, cycle] : message.members) {
+    put_name(out, volume);
+    put64(out, cycle);
+  }
   return out;
 }
 
 Result<Switchover> decode_switchover(std::span<const uint8_t> payload) {
   Reader reader(payload, "SWITCHOVER");
   Switchover message;
+  uint32_t count = 0;
   if (!reader.name(message.volume) || !reader.u64(message.cycle) || !reader.u32(message.keep) ||
-      !reader.u64(message.interval_ms) || message.cycle == 0 || message.keep == 0 || message.keep > 1024) {
+      !reader.u64(message.interval_ms) || message.cycle == 0 || message.keep == 0 || message.keep > 1024 ||
+      !reader.name(message.group) || !reader.count(count, kMaxGroupMembers, 12) ||
+      message.group.empty() != (count == 0)) {
     return reader.bad();
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    std::pair<std::string, uint64_t> member;
+    if (!reader.name(member.first) || !reader.u64(member.second) || member.second == 0) return reader.bad();
+    AMIRROR_RETURN_IF_ERROR(validate_name(member.first, "volume name"));
+    message.members.push_back(std::move(member));
   }
   AMIRROR_RETURN_IF_ERROR(reader.finish());
   AMIRROR_RETURN_IF_ERROR(validate_name(message.volume, "volume name"));
+  if (!message.group.empty()) AMIRROR_RETURN_IF_ERROR(validate_name(message.group, "group name"));
+  return message;
+}
+
+std::vector<uint8_t> encode(const GroupCommit& message) {
+  std::vector<uint8_t> out;
+  put_name(out, message.group);
+  put32(out, static_cast<uint32_t>(message.members.size()));
+  for (const GroupPoint& member : message.members) {
+    put_name(out, member.volume);
+    put64(out, member.cycle);
+    put64(out, static_cast<uint64_t>(member.freeze_time_unix_ms));
+  }
+  return out;
+}
+
+Result<GroupCommit> decode_group_commit(std::span<const uint8_t> payload, const char* what) {
+  Reader reader(payload, what);
+  GroupCommit message;
+  uint32_t count = 0;
+  // Each member takes at least 4 + 1 + 16 bytes.
+  if (!reader.name(message.group) || !reader.count(count, kMaxGroupMembers, 21) || count == 0) return reader.bad();
+  std::set<std::string> seen;
+  for (uint32_t i = 0; i < count; ++i) {
+    GroupPoint member;
+    uint64_t freeze_time = 0;
+    if (!reader.name(member.volume) || !reader.u64(member.cycle) || !reader.u64(freeze_time) || member.cycle == 0 ||
+        !seen.insert(member.volume).second) {
+      return reader.bad();
+    }
+    AMIRROR_RETURN_IF_ERROR(validate_name(member.volume, "volume name"));
+    member.freeze_time_unix_ms = static_cast<int64_t>(freeze_time);
+    message.members.push_back(std::move(member));
+  }
+  AMIRROR_RETURN_IF_ERROR(reader.finish());
+  AMIRROR_RETURN_IF_ERROR(validate_name(message.group, "group name"));
   return message;
 }
 

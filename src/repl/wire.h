@@ -19,15 +19,16 @@
 namespace amirror::repl {
 
 // Versions (docs/formats/wire.md, "Versions"): 2: OPEN_REPLICA carries keep and
-// lineage; 3: the target accepts zstd-compressed CHUNK and REPAIR_CHUNK payloads.
-// HELLO carries kHelloVersion, which every target since version 2 accepts; HELLO_ACK
+// lineage. 3: group commits (END_DELTA hold, GROUP_COMMIT). 4: the target accepts
+// zstd-compressed CHUNK and REPAIR_CHUNK payloads.
+// HELLO carries kHelloVersion, which every target since version 3 accepts; HELLO_ACK
 // carries the target's kProtocolVersion, and the source uses a later version's
 // features only when the HELLO_ACK names that version or a later one. So a new source
-// and an old target (or the reverse) talk version 2: uncompressed frames.
-constexpr uint32_t kProtocolVersion = 3;
-constexpr uint32_t kOldestProtocolVersion = 2;
-constexpr uint32_t kHelloVersion = 2;
-constexpr uint32_t kFirstCompressingVersion = 3;
+// and a version-3 target (or the reverse) talk version 3: uncompressed frames.
+constexpr uint32_t kProtocolVersion = 4;
+constexpr uint32_t kOldestProtocolVersion = 3;
+constexpr uint32_t kHelloVersion = 3;
+constexpr uint32_t kFirstCompressingVersion = 4;
 constexpr uint32_t kFrameMagic = 0x31464d41;  // "AMF1"
 constexpr size_t kFrameHeaderBytes = 16;
 // The largest chunk (4 MiB) plus its record fields, with room to spare.
@@ -55,6 +56,8 @@ enum class FrameType : uint16_t {
   kRepairDone = 26,       // target -> source: every repaired chunk is written and durable
   kSwitchover = 30,       // source -> target: promote my volume's replica at a cycle, mirror it back to me
   kSwitchoverDone = 31,   // target -> source: done; the cycle it promoted
+  kGroupCommit = 32,      // source -> target: commit these held members' points together
+  kGroupApplied = 33,     // target -> source: every member is at its point (and applied)
 };
 const char* frame_type_name(FrameType type);
 // Whether a frame header's type field names a frame of this protocol version.
@@ -148,6 +151,9 @@ struct ChunkRecord {
 
 struct EndDelta {
   uint64_t record_count = 0;
+  // A consistency group's member: make the delta durable (DELTA_DURABLE) but do not
+  // commit it; GROUP_COMMIT commits every held member at once (repl/group_commit.h).
+  bool hold = false;
 };
 
 struct Applied {
@@ -213,14 +219,36 @@ struct RepairDone {
 };
 
 // A planned switchover: the source applied `cycle` on this target and takes no writes.
+// For a consistency group, `group` names it and `members` lists every member with its
+// final cycle (`volume` and `cycle` are then the first member's).
 struct Switchover {
   std::string volume;
   uint64_t cycle = 0;
   uint32_t keep = 1;
   uint64_t interval_ms = 0;
+  std::string group;
+  std::vector<std::pair<std::string, uint64_t>> members;  // volume, cycle
 };
 std::vector<uint8_t> encode(const Switchover& message);
 Result<Switchover> decode_switchover(std::span<const uint8_t> payload);
+
+// GROUP_COMMIT: the points of a group's members, each sealed on the target by an
+// END_DELTA with hold, to be committed together. GROUP_APPLIED echoes the list.
+// Volume names unique; 1..kMaxGroupMembers members.
+constexpr uint32_t kMaxGroupMembers = 4096;
+struct GroupPoint {
+  std::string volume;
+  uint64_t cycle = 0;
+  int64_t freeze_time_unix_ms = 0;
+  bool operator==(const GroupPoint&) const = default;
+};
+struct GroupCommit {
+  std::string group;
+  std::vector<GroupPoint> members;
+  bool operator==(const GroupCommit&) const = default;
+};
+std::vector<uint8_t> encode(const GroupCommit& message);
+Result<GroupCommit> decode_group_commit(std::span<const uint8_t> payload, const char* what = "GROUP_COMMIT");
 
 std::vector<uint8_t> encode(const Hello& message);
 std::vector<uint8_t> encode(const OpenReplica& message);

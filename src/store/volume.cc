@@ -83,6 +83,16 @@ Status validate_volume_options(const VolumeOptions& options) {
   return Status();
 }
 
+// A volume's base is one file, so its size is bounded by the file system's largest
+// file (ext4 with 4 KiB blocks: 16 TiB - 4 KiB; XFS, btrfs: 8 EiB). Say so, and the way
+// out, instead of the kernel's "File too large".
+static Status too_large_for_file_system(const Status& truncated, uint64_t size_bytes, const std::string& dir) {
+  if (truncated.code() != ErrorCode::kOutOfRange) return truncated;
+  return invalid_argument("volume size " + format_bytes(size_bytes) + " is larger than the largest file the file "
+                          "system under " + dir + " allows (ext4 with 4 KiB blocks: 16 TiB - 4 KiB); use a "
+                          "smaller size, or put the data directory on XFS or btrfs (files up to 8 EiB)");
+}
+
 Volume::Volume(FileSystem& fs, std::string dir, const VolumeOptions& options)
     : fs_(fs),
       dir_(std::move(dir)),
@@ -102,7 +112,7 @@ Result<std::unique_ptr<Volume>> Volume::create(FileSystem& fs, const std::string
   std::unique_ptr<Volume> volume(new Volume(fs, dir, options));
   AMIRROR_ASSIGN_OR_RETURN(volume->base_, fs.open(dir + "/" + kBaseFileName, OpenMode::kCreateNew));
   // Sparse: truncate allocates nothing, so a 1 TiB volume costs no space until written.
-  AMIRROR_RETURN_IF_ERROR(volume->base_->truncate(options.size_bytes));
+  AMIRROR_RETURN_IF_ERROR(too_large_for_file_system(volume->base_->truncate(options.size_bytes), options.size_bytes, dir));
   AMIRROR_RETURN_IF_ERROR(volume->base_->sync());
   AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> active,
                            Layer::create(fs, dir, 1, options.chunk_size_bytes));
@@ -483,6 +493,23 @@ Status Volume::set_group(const std::string& group) {
   return status;
 }
 
+void Volume::hold_writes() {
+  {
+    std::lock_guard hold(hold_mutex_);
+    writes_held_.store(true);
+  }
+  // Writes admitted before the flag was set finish before this returns.
+  std::unique_lock io(io_lock_);
+}
+
+void Volume::release_writes() {
+  {
+    std::lock_guard hold(hold_mutex_);
+    writes_held_.store(false);
+  }
+  writes_released_.notify_all();
+}
+
 Status Volume::set_read_only(bool read_only) {
   // Exclusive: a write that passed the check finishes before the flag is durable.
   std::unique_lock io(io_lock_);
@@ -647,8 +674,15 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
 
 Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua,
                       bool staged) {
-  {
+  while (true) {
+    if (!staged && writes_held_.load()) {
+      // Waits outside io_lock_, so the freeze the holder waits for is not blocked.
+      std::unique_lock hold(hold_mutex_);
+      writes_released_.wait(hold, [&] { return !writes_held_.load(); });
+    }
     std::shared_lock io(io_lock_);  // before the range check: the size is stable under it
+    // hold_writes() sets the flag before it waits for io_lock_: seen here if it returned.
+    if (!staged && writes_held_.load()) continue;
     const ChunkGeometry geometry = this->geometry();
     if (!geometry.in_range(offset_bytes, length_bytes)) {
       return out_of_range("write of " + std::to_string(length_bytes) + " bytes at offset " +
@@ -664,6 +698,7 @@ Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_
       status = write_piece(piece, data != nullptr ? data + piece.offset_in_request_bytes : nullptr);
     });
     AMIRROR_RETURN_IF_ERROR(status);
+    break;
   }
   return fua ? flush() : Status();
 }
@@ -843,7 +878,7 @@ Result<uint64_t> Volume::resize(uint64_t size_bytes) {
   AMIRROR_RETURN_IF_ERROR(layers_.back()->sync().with_context("resize " + dir_));
   // A hole: no data is written, and a crash from here on leaves a longer base.img
   // that open() trims back to the size volume.meta records.
-  AMIRROR_RETURN_IF_ERROR(base_->truncate(size_bytes).with_context("resize " + dir_));
+  AMIRROR_RETURN_IF_ERROR(too_large_for_file_system(base_->truncate(size_bytes), size_bytes, dir_).with_context("resize " + dir_));
   AMIRROR_RETURN_IF_ERROR(base_->sync().with_context("resize " + dir_));
   {
     std::lock_guard meta(meta_mutex_);

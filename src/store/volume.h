@@ -39,6 +39,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -140,6 +141,12 @@ class Volume {
   // replica's volume). Freeze, merge and the replica's own staging still work.
   bool read_only() const { return read_only_.load(); }
   Status set_read_only(bool read_only);
+  // A planned switchover holds client writes (in memory, not durable): from when
+  // hold_writes() returns (every write already admitted has finished) until
+  // release_writes(), a client write waits; then it goes on, or fails with kReadOnly
+  // if the volume was made read-only meanwhile. Staged writes are never held.
+  void hold_writes();
+  void release_writes();
 
   // Client I/O. Out-of-range requests return kOutOfRange and change nothing.
   Status read(uint64_t offset_bytes, std::span<uint8_t> out);
@@ -300,6 +307,9 @@ class Volume {
   // the layer being merged and its cycle equals base_cycle.
   VolumeMeta meta_;
   std::atomic<bool> read_only_{false};
+  std::atomic<bool> writes_held_{false};
+  std::mutex hold_mutex_;
+  std::condition_variable writes_released_;
 
   std::atomic<uint64_t> last_freeze_stall_us_{0};
   std::mutex merge_mutex_;                 // one merge (or resize) at a time

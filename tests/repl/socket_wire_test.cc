@@ -69,7 +69,7 @@ TEST(SocketWire, AnOldPeerGetsPlainFrames) {
   const std::vector<uint8_t> frame = text_chunk_frame();
   Pair pair = connected_pair();
   pair.source->set_compression(Compression::kZstd);
-  ack(pair, 2);  // a version-2 target
+  ack(pair, kOldestProtocolVersion);  // a version-3 target (before compression)
   EXPECT_EQ(send_chunk(pair, frame), frame.size());
 }
 

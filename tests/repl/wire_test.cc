@@ -247,7 +247,50 @@ TEST(Wire, RandomBytesNeverCrashTheDecoders) {
     (void)decode_verify_hashes(bytes);
     (void)decode_repair_end(bytes);
     (void)decode_repair_done(bytes);
+    (void)decode_group_commit(bytes);
+    (void)decode_switchover(bytes);
   }
+}
+
+TEST(Wire, GroupCommitFramesRoundTripAndRefuseGarbage) {
+  auto end = decode_end_delta(encode(EndDelta{17, true}));
+  ASSERT_TRUE(end.ok());
+  EXPECT_EQ(end->record_count, 17u);
+  EXPECT_TRUE(end->hold);
+  EXPECT_FALSE(decode_end_delta(encode(EndDelta{17, false}))->hold);
+  std::vector<uint8_t> bad_hold = encode(EndDelta{17, true});
+  bad_hold.back() = 2;
+  EXPECT_FALSE(decode_end_delta(bad_hold).ok());
+
+  GroupCommit commit{"g", {GroupPoint{"a", 5, 1000}, GroupPoint{"b", 7, 1000}}};
+  auto decoded = decode_group_commit(encode(commit));
+  ASSERT_TRUE(decoded.ok()) << decoded.status().to_string();
+  EXPECT_EQ(decoded.value(), commit);
+  EXPECT_FALSE(decode_group_commit(encode(GroupCommit{"g", {}})).ok()) << "no members";
+  EXPECT_FALSE(decode_group_commit(encode(GroupCommit{"g", {GroupPoint{"a", 5, 0}, GroupPoint{"a", 6, 0}}})).ok())
+      << "a member twice";
+  EXPECT_FALSE(decode_group_commit(encode(GroupCommit{"g", {GroupPoint{"a", 0, 0}}})).ok()) << "cycle 0";
+  EXPECT_FALSE(decode_group_commit(encode(GroupCommit{"g", {GroupPoint{"../x", 1, 0}}})).ok()) << "bad name";
+  std::vector<uint8_t> truncated = encode(commit);
+  truncated.pop_back();
+  EXPECT_FALSE(decode_group_commit(truncated).ok());
+  for (uint16_t raw : {32, 33}) {
+    std::vector<uint8_t> frame = encode_frame(static_cast<FrameType>(raw), {});
+    FrameType type;
+    ASSERT_TRUE(decode_frame_header(header_of(frame), type).ok()) << raw;
+    EXPECT_STRNE(frame_type_name(type), "UNKNOWN");
+  }
+
+  Switchover one{"db", 4, 2, 1000, "", {}};
+  auto single = decode_switchover(encode(one));
+  ASSERT_TRUE(single.ok());
+  EXPECT_TRUE(single->group.empty());
+  Switchover group{"a", 4, 1, 1000, "g", {{"a", 4}, {"b", 9}}};
+  auto both = decode_switchover(encode(group));
+  ASSERT_TRUE(both.ok()) << both.status().to_string();
+  EXPECT_EQ(both->group, "g");
+  EXPECT_EQ(both->members, group.members);
+  EXPECT_FALSE(decode_switchover(encode(Switchover{"a", 4, 1, 1000, "g", {}})).ok()) << "a group without members";
 }
 
 }  // namespace

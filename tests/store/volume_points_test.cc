@@ -3,7 +3,9 @@
 // going back to an older point, read-only volumes, lineage, and opening format 1.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <fstream>
+#include <thread>
 #include <sstream>
 
 #include "base/checksum.h"
@@ -145,6 +147,42 @@ TEST(VolumePointsTest, ReadOnlyRefusesClientWritesAndPersists) {
   ASSERT_TRUE(volume->set_read_only(false).ok());
   volume = reopen(dir.path());
   EXPECT_TRUE(volume->write(0, data).ok());
+}
+
+// A switchover holds client writes while its last cycle is copied: a write that comes
+// in meanwhile lands in no point, and fails once the volume turned read-only; if the
+// switchover is given up instead, it goes on and lands.
+TEST(VolumePointsTest, HeldWritesWaitThenFailOrGoOn) {
+  ScratchDir dir("held");
+  auto volume = make_volume(dir.path());
+  for (bool switched : {true, false}) {
+    SCOPED_TRACE(switched ? "switched over" : "given up");
+    volume->hold_writes();
+    std::atomic<bool> started{false};
+    Status result;
+    std::thread writer([&] {
+      std::vector<uint8_t> data(kChunk, switched ? 0x5a : 0x6b);
+      started = true;
+      result = volume->write(3 * kChunk, data);
+    });
+    while (!started.load()) std::this_thread::yield();
+    auto cycle = volume->freeze();  // the last cycle, while the writer waits or is refused
+    ASSERT_TRUE(cycle.ok());
+    if (switched) ASSERT_TRUE(volume->set_read_only(true).ok());
+    volume->release_writes();
+    writer.join();
+    EXPECT_EQ(chunk_at(*volume, cycle.value(), 3), 0) << "a held write reached the last cycle";
+    if (switched) {
+      EXPECT_EQ(result.code(), ErrorCode::kReadOnly);
+      EXPECT_TRUE(volume->active_changes().empty()) << "a held write landed after the switchover";
+      ASSERT_TRUE(volume->set_read_only(false).ok());
+    } else {
+      EXPECT_TRUE(result.ok()) << result.to_string();
+      std::vector<uint8_t> now(kChunk);
+      ASSERT_TRUE(volume->read(3 * kChunk, now).ok());
+      EXPECT_EQ(now[0], 0x6b);
+    }
+  }
 }
 
 TEST(VolumePointsTest, LineageIsKeptAcrossReopen) {
