@@ -10,7 +10,7 @@ packages=(
   cmake ninja-build g++ pkg-config ccache clang libclang-rt-14-dev
   # libraries
   libfmt-dev libxxhash-dev libcli11-dev libtomlplusplus-dev nlohmann-json3-dev libssl-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libnbd-dev libsystemd-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libnbd-dev libsystemd-dev libzstd-dev
   # packaging: the .deb (cpack, dpkg-shlibdeps), unit check, man page rendering
   dpkg-dev file systemd man-db groff-base
   # logs (spdlog; journald via libsystemd) and metrics (prometheus-cpp; prometheus and promtool for tests)

@@ -63,6 +63,31 @@ Result<uint64_t> parse_duration_ms(std::string_view text) {
                       {{"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60'000}, {"h", 3'600'000}});
 }
 
+Result<uint64_t> parse_rate_bytes_per_second(std::string_view text) {
+  constexpr uint64_t kKB = 1000, kMB = 1000 * kKB, kGB = 1000 * kMB;
+  // Bits per second are whole bytes only in multiples of 8 bits: every bit unit here is.
+  auto rate = apply_suffix(text, "rate",
+                           {{"B/s", 1},          {"kB/s", kKB},          {"KB/s", kKB},
+                            {"MB/s", kMB},       {"GB/s", kGB},          {"KiB/s", kKiB},
+                            {"MiB/s", kMiB},     {"GiB/s", kGiB},        {"kbit/s", kKB / 8},
+                            {"Kbit/s", kKB / 8}, {"Mbit/s", kMB / 8},    {"Gbit/s", kGB / 8}});
+  if (!rate.ok() || rate.value() == 0) {
+    return invalid_argument("'" + std::string(text) + "' is not a rate; use e.g. 50MB/s, 1GB/s, 800Mbit/s");
+  }
+  return rate;
+}
+
+std::string format_rate(uint64_t bytes_per_second) {
+  static constexpr Suffix kUnits[] = {{"GB/s", 1'000'000'000}, {"GiB/s", kGiB}, {"MB/s", 1'000'000},
+                                      {"MiB/s", kMiB},         {"kB/s", 1000},  {"KiB/s", kKiB}};
+  for (const Suffix& unit : kUnits) {
+    if (bytes_per_second != 0 && bytes_per_second % unit.multiplier == 0) {
+      return std::to_string(bytes_per_second / unit.multiplier) + std::string(unit.text);
+    }
+  }
+  return std::to_string(bytes_per_second) + "B/s";
+}
+
 std::string format_bytes(uint64_t bytes) {
   static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
   double value = static_cast<double>(bytes);

@@ -18,6 +18,13 @@ constexpr uint64_t kTiB = 1024 * kGiB;
 // "4096", "64K", "64KiB", "1.5G" is refused (integers only), "1T". Suffixes are
 // binary (K = 1024). Overflow and empty input are errors naming the input.
 Result<uint64_t> parse_size_bytes(std::string_view text);
+// A rate as operators type it: "50MB/s", "1GB/s", "800Mbit/s", "512KiB/s", "1000B/s".
+// Decimal units for bytes (MB = 10^6, as link speeds are sold) and bits (Mbit =
+// 10^6 bits), binary ones as KiB/s, MiB/s, GiB/s; a whole number before the unit. The
+// error names the input and shows examples; 0 is refused (say "off" where allowed).
+Result<uint64_t> parse_rate_bytes_per_second(std::string_view text);
+// 50'000'000 -> "50MB/s", 1'048'576 -> "1MiB/s", else bytes: "1234B/s" (parses back).
+std::string format_rate(uint64_t bytes_per_second);
 // "10s", "500ms", "2m", "1h", plain number = seconds.
 Result<uint64_t> parse_duration_ms(std::string_view text);
 // 1536 -> "1.5 KiB"

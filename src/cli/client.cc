@@ -257,11 +257,20 @@ int run_mirror_start(const ClientArgs& client, const MirrorArgs& args) {
   request["targets"] = args.targets;
   if (args.interval_ms != 0) request["interval_ms"] = args.interval_ms;
   if (args.keep != 0) request["keep"] = args.keep;
+  if (!args.bandwidth.empty()) request["bandwidth"] = args.bandwidth;
+  if (!args.compress.empty()) request["compress"] = args.compress;
   json answer;
   if (int failed = call(client, request, answer)) return failed;
   std::string targets;
   for (const std::string& target : args.targets) targets += (targets.empty() ? "" : ",") + target;
-  fmt::print("mirroring {} to {}\n", args.volume.empty() ? "group " + args.group : args.volume, targets);
+  std::string unit = args.volume.empty() ? "group " + args.group : args.volume;
+  if (answer.value("updated", false)) {
+    fmt::print("mirror of {} to {} updated:{}{}\n", unit, targets,
+               args.bandwidth.empty() ? "" : " bandwidth " + args.bandwidth,
+               args.compress.empty() ? "" : " compress " + args.compress);
+    return 0;
+  }
+  fmt::print("mirroring {} to {}\n", unit, targets);
   return 0;
 }
 
@@ -423,15 +432,20 @@ std::string status_text(const json& answer) {
         format_bytes(volume["size_bytes"].get<uint64_t>()), volume["cycle"].get<uint64_t>(),
         volume["group"].is_string() ? "  group " + volume["group"].get<std::string>() : "");
     for (const json& mirror : volume["mirrors"]) {
-      std::string lag = mirror["lag_seconds"].is_number()
-                            ? fmt::format("{:.1f}s", mirror["lag_seconds"].get<double>())
-                            : "-";
-      fmt::format_to(to,
-                     "  -> {:<16} {:<13} replica cycle {:<6} lag {:<8} pending {:<10} sent {}\n",
-                     mirror["target"].get<std::string>(), mirror["state"].get<std::string>(),
-                     mirror["applied_cycle"].get<uint64_t>(), lag,
-                     format_bytes(mirror["bytes_pending"].get<uint64_t>()),
-                     format_bytes(mirror["bytes_sent"].get<uint64_t>()));
+      std::string lag = mirror["lag_seconds"].is_number() ? fmt::format("{:.1f}s", mirror["lag_seconds"].get<double>()) : "-";
+      // On the wire, when compression made it less; the bandwidth cap, when there is one.
+      std::string wire;
+      if (uint64_t wire_bytes = mirror.value("wire_bytes_sent", uint64_t{0});
+          wire_bytes > 0 && wire_bytes < mirror["bytes_sent"].get<uint64_t>()) {
+        wire = " (wire " + format_bytes(wire_bytes) + ")";
+      }
+      if (mirror.value("bandwidth_limit_bytes_per_second", json()).is_number()) {
+        wire += " cap " + format_rate(mirror["bandwidth_limit_bytes_per_second"].get<uint64_t>());
+      }
+      fmt::format_to(to, "  -> {:<16} {:<13} replica cycle {:<6} lag {:<8} pending {:<10} sent {}{}\n",
+                 mirror["target"].get<std::string>(), mirror["state"].get<std::string>(),
+                 mirror["applied_cycle"].get<uint64_t>(), lag, format_bytes(mirror["bytes_pending"].get<uint64_t>()),
+                 format_bytes(mirror["bytes_sent"].get<uint64_t>()), wire);
       if (mirror.contains("copy")) {
         const json& copy = mirror["copy"];
         double done = copy["done_bytes"].get<double>(),

@@ -71,6 +71,8 @@ struct MirrorArgs {
   uint64_t timeout_ms = 0;   // sync and verify; 0 = default
   std::string to;            // verify only: one target (empty: all of the mirror's)
   bool repair = false;       // verify only: resend the differing chunks
+  std::string bandwidth;     // start only: "50MB/s", "off"; empty = unchanged (no cap for a new mirror)
+  std::string compress;      // start only: "zstd", "off"; empty = unchanged (zstd for a new mirror)
 };
 int run_volume_create(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_import(const ClientArgs& client, const VolumeArgs& args);

@@ -163,6 +163,12 @@ int main(int argc, char** argv) {
   mirror_start->add_option("--keep", mirror_args.keep,
                            "Points each target keeps, 1-1024, each readable as SOURCE/VOLUME@CYCLE (default 1, or as before)")
       ->check(CLI::Range(1, 1024));
+  mirror_start->add_option("--bandwidth", mirror_args.bandwidth,
+                           "Cap on this mirror's sending, e.g. 50MB/s, 800Mbit/s, or off (default: none, or as before; "
+                           "the peer's bandwidth_limit applies too). On a running mirror it changes at once");
+  mirror_start->add_option("--compress", mirror_args.compress,
+                           "zstd or off: compress data on the wire (default zstd, or as before)")
+      ->check(CLI::IsMember({"zstd", "off"}));
   CLI::App* mirror_break = mirror->add_subcommand("break", "Stop mirroring; a later start resumes incrementally");
   add_unit_options(mirror_break);
   CLI::App* mirror_sync = mirror->add_subcommand("sync", "Freeze now and wait until every target applied that cycle");

@@ -10,6 +10,7 @@
 
 #include "base/names.h"
 #include "base/units.h"
+#include "repl/throttle.h"
 
 namespace amirror::node {
 namespace {
@@ -124,6 +125,20 @@ Status parse_operations_keys(const toml::table& table, const std::string& where,
   return Status();
 }
 
+Status parse_bandwidth_limit(const toml::table& table, const std::string& where, PeerConfig& peer) {
+  std::string text;
+  AMIRROR_RETURN_IF_ERROR(get_string(table, where, "bandwidth_limit", false, text));
+  if (text.empty()) return Status();
+  auto rate = parse_rate_bytes_per_second(text);
+  if (!rate.ok()) return invalid_argument(where + ": bandwidth_limit: " + rate.status().message());
+  if (rate.value() < repl::TokenBucket::kMinRateBytesPerSecond) {
+    return invalid_argument(where + ": bandwidth_limit: " + text + " is below the lowest limit, " +
+                            format_rate(repl::TokenBucket::kMinRateBytesPerSecond));
+  }
+  peer.bandwidth_bytes_per_second = rate.value();
+  return Status();
+}
+
 }  // namespace
 
 bool PeerConfig::may_send(const std::string& volume) const {
@@ -188,7 +203,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
       const toml::table* peer_table = (*list)[i].as_table();
       std::string peer_where = source_name + " [[peers]] #" + std::to_string(i + 1);
       if (peer_table == nullptr) return invalid_argument(peer_where + ": must be a table");
-      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address", "identity", "volumes"}));
+      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address", "identity", "volumes", "bandwidth_limit"}));
       PeerConfig peer;
       AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "name", true, peer.name));
       AMIRROR_RETURN_IF_ERROR(validate_name(peer.name, "peer name").with_context(peer_where));
@@ -209,6 +224,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
           return invalid_argument(peer_where + ": 'volumes' is empty; remove it to accept any volume from this peer");
         }
       }
+      AMIRROR_RETURN_IF_ERROR(parse_bandwidth_limit(*peer_table, peer_where, peer));
       if (peer.name == config.name) return invalid_argument(peer_where + ": a node cannot be its own peer");
       if (config.find_peer(peer.name) != nullptr) {
         return invalid_argument(peer_where + ": peer '" + peer.name + "' is listed twice");

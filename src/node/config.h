@@ -22,6 +22,8 @@ struct PeerConfig {
   // Volumes this peer may send here as a source; empty = any. Bounds what a peer
   // (or whoever holds its key) can create or overwrite on this node.
   std::vector<std::string> volumes;
+  // `bandwidth_limit`: bytes per second all connections to this peer share; 0 = none.
+  uint64_t bandwidth_bytes_per_second = 0;
 
   bool may_send(const std::string& volume) const;
 };

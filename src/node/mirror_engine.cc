@@ -31,10 +31,16 @@ std::chrono::milliseconds unit_interval(const std::vector<std::shared_ptr<Volume
 
 }  // namespace
 
+void WireOptions::apply_to(MirrorState& state) const {
+  if (bandwidth_bytes_per_second) state.bandwidth_bytes_per_second = *bandwidth_bytes_per_second;
+  if (compression) state.compression = *compression;
+}
+
 MirrorEngine::MirrorEngine(EngineContext context, std::vector<std::shared_ptr<VolumeEntry>> volumes,
                            std::map<std::string, MirrorState> states)
     : context_(std::move(context)), volumes_(std::move(volumes)), interval_(unit_interval(volumes_, states)),
-      keep_(states.at(volumes_.front()->name).keep) {
+      keep_(states.at(volumes_.front()->name).keep),
+      bucket_(std::make_shared<repl::TokenBucket>(states.at(volumes_.front()->name).bandwidth_bytes_per_second)) {
   // No other thread exists yet: no lock needed (the analysis does not check constructors).
   for (const std::string& name : states.at(volumes_.front()->name).targets) {
     auto target = std::make_unique<TargetRuntime>();
@@ -306,7 +312,31 @@ Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_peer(const std::
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket,
                            repl::PeerSocket::connect(*context_.env.network, peer->address, static_cast<int>(context_.config->peer_timeout_ms)));
   if (context_.tls != nullptr) AMIRROR_RETURN_IF_ERROR(authenticate_target(*socket, *peer));
+  attach_wire_options(*socket, name);
   return socket;
+}
+
+void MirrorEngine::attach_wire_options(repl::PeerSocket& socket, const std::string& peer) const {
+  std::vector<std::shared_ptr<repl::TokenBucket>> buckets{bucket_};
+  if (context_.peer_buckets != nullptr) {
+    if (auto found = context_.peer_buckets->find(peer); found != context_.peer_buckets->end()) {
+      buckets.push_back(found->second);
+    }
+  }
+  socket.set_throttle(std::make_shared<repl::SendThrottle>(clock(), std::move(buckets)));
+  MutexLock lock(mutex_);
+  socket.set_compression(state_locked(volumes_.front()->name).compression);
+}
+
+Status MirrorEngine::set_wire_options(const WireOptions& options) {
+  {
+    MutexLock lock(mutex_);
+    if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
+    for (const auto& entry : volumes_) options.apply_to(mutable_state_locked(entry->name));
+  }
+  if (options.bandwidth_bytes_per_second) bucket_->set_rate(*options.bandwidth_bytes_per_second, clock().now());
+  for (const auto& entry : volumes_) AMIRROR_RETURN_IF_ERROR(save(entry->name));
+  return Status();
 }
 
 Result<std::unique_ptr<repl::PeerSocket>> MirrorEngine::connect_target(TargetRuntime* target) {
@@ -487,17 +517,23 @@ Status MirrorEngine::stream_delta(TargetRuntime* target, repl::PeerSocket& socke
 
 Status MirrorEngine::transfer_volume(TargetRuntime* target, repl::PeerSocket& socket, repl::SenderSession& session,
                                      VolumeEntry& entry, uint64_t point) {
-  uint64_t sent_before = socket.bytes_sent();
+  uint64_t sent_before = socket.frame_bytes_sent();
+  uint64_t wire_sent_before = socket.bytes_sent();
   uint64_t unsaved_bytes = 0;
-  // Every byte on the wire for this volume counts, payload and framing.
+  // Every byte of every frame for this volume counts, payload and framing; as encoded
+  // (bytes_sent) and as it went on the wire, compressed (wire_bytes_sent).
   auto account = [&] {
     bool save_due = false;
     {
       MutexLock lock(mutex_);
-      uint64_t sent = socket.bytes_sent() - sent_before;
-      sent_before = socket.bytes_sent();
+      uint64_t sent = socket.frame_bytes_sent() - sent_before;
+      sent_before = socket.frame_bytes_sent();
+      uint64_t wire_sent = socket.bytes_sent() - wire_sent_before;
+      wire_sent_before = socket.bytes_sent();
       if (sent == 0) return;
-      mutable_state_locked(entry.name).target_states[target->name].bytes_sent += sent;
+      TargetState& counted = mutable_state_locked(entry.name).target_states[target->name];
+      counted.bytes_sent += sent;
+      counted.wire_bytes_sent += wire_sent;
       unsaved_bytes += sent;
       save_due = unsaved_bytes >= kSaveEveryBytes;
     }
@@ -624,6 +660,9 @@ MirrorStatus MirrorEngine::target_status_locked(const VolumeEntry& entry, const 
   status.applied_cycle = state.applied_cycle;
   status.applied_freeze_time_unix_ms = state.applied_freeze_time_unix_ms;
   status.bytes_sent = state.bytes_sent;
+  status.wire_bytes_sent = state.wire_bytes_sent;
+  status.compression = state_locked(entry.name).compression;
+  status.bandwidth_limit_bytes_per_second = bandwidth_limit_of(target.name);
   status.last_error = target.last_error;
   auto latest = latest_points_.find(entry.name);
   uint64_t latest_point = latest == latest_points_.end() ? 0 : latest->second;
@@ -658,6 +697,17 @@ MirrorStatus MirrorEngine::target_status_locked(const VolumeEntry& entry, const 
   status.bytes_pending =
       state.applied_cycle == 0 ? entry.volume->size_bytes() : chunks * entry.volume->chunk_size_bytes();
   return status;
+}
+
+uint64_t MirrorEngine::bandwidth_limit_of(const std::string& target) const {
+  uint64_t limit = bucket_->rate();
+  if (context_.peer_buckets != nullptr) {
+    if (auto found = context_.peer_buckets->find(target); found != context_.peer_buckets->end()) {
+      uint64_t peer = found->second->rate();
+      limit = limit == 0 ? peer : peer == 0 ? limit : std::min(limit, peer);
+    }
+  }
+  return limit;
 }
 
 std::vector<MirrorStatus> MirrorEngine::status() {
@@ -772,7 +822,7 @@ void MirrorEngine::end_verify_hold(const std::vector<std::string>& targets) {
 Result<uint64_t> MirrorEngine::hand_over(const std::string& target, const repl::Switchover& request) const {
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::PeerSocket> socket, connect_peer(target));
   AMIRROR_RETURN_IF_ERROR(
-      socket->send_frame(repl::FrameType::kHello, repl::encode(repl::Hello{repl::kProtocolVersion, context_.config->name})));
+      socket->send_frame(repl::FrameType::kHello, repl::encode(repl::Hello{repl::kHelloVersion, context_.config->name})));
   AMIRROR_ASSIGN_OR_RETURN(repl::Frame ack, socket->receive_frame());
   if (ack.type == repl::FrameType::kError) return Status(ErrorCode::kIo, target + " refused: " + repl::decode_error(ack.payload));
   AMIRROR_RETURN_IF_ERROR(repl::check_hello_ack(ack, target));
@@ -815,7 +865,7 @@ bool MirrorEngine::still_at(const std::string& volume, uint64_t cycle) const {
 }
 
 Status MirrorEngine::note_verified(const std::string& target, const std::string& volume, uint64_t cycle,
-                                   uint64_t differing_chunks, uint64_t bytes_sent) {
+                                   uint64_t differing_chunks, uint64_t bytes_sent, uint64_t wire_bytes_sent) {
   {
     MutexLock lock(mutex_);
     if (stopping_) {
@@ -824,6 +874,7 @@ Status MirrorEngine::note_verified(const std::string& target, const std::string&
     TargetState& state = mutable_state_locked(volume).target_states[target];
     node::note_verified(state, cycle, differing_chunks);
     state.bytes_sent += bytes_sent;
+    state.wire_bytes_sent += wire_bytes_sent;
   }
   return save(volume);
 }

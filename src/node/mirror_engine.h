@@ -55,6 +55,7 @@
 #include "node/mirror_state.h"
 #include "repl/sender_session.h"
 #include "repl/socket.h"
+#include "repl/throttle.h"
 #include "repl/wire.h"
 #include "store/volume.h"
 
@@ -82,12 +83,30 @@ struct MirrorStatus {
   int64_t applied_freeze_time_unix_ms = 0;
   uint64_t bytes_pending = 0;
   uint64_t bytes_sent = 0;
+  uint64_t wire_bytes_sent = 0;  // bytes_sent as it went on the wire (after compression)
+  repl::Compression compression = repl::Compression::kZstd;
+  // What limits this mirror's sending to the target: the lower of its --bandwidth and
+  // the peer's bandwidth_limit; 0 = none.
+  uint64_t bandwidth_limit_bytes_per_second = 0;
   std::string last_error;
   // While copying: progress of the current delta.
   uint64_t copy_cycle = 0;
   uint64_t copy_done_bytes = 0;
   uint64_t copy_total_bytes = 0;
   double copy_rate_bytes_per_second = 0;
+};
+
+// One token bucket per peer with a `bandwidth_limit`, shared by every connection to it
+// (all mirrors, verifies, switchovers). Built once from the config.
+using PeerBuckets = std::map<std::string, std::shared_ptr<repl::TokenBucket>>;
+
+// `mirror start ... --bandwidth RATE --compress zstd|off`; unset = as before (no cap
+// and zstd for a new mirror).
+struct WireOptions {
+  std::optional<uint64_t> bandwidth_bytes_per_second;  // 0 = no cap
+  std::optional<repl::Compression> compression;
+  bool empty() const { return !bandwidth_bytes_per_second && !compression; }
+  void apply_to(MirrorState& state) const;
 };
 
 struct EngineContext {
@@ -97,6 +116,7 @@ struct EngineContext {
   // Null only with `insecure = true`: then peer connections are plaintext.
   std::shared_ptr<const net::TlsContext> tls;
   NodeMetrics* metrics = nullptr;  // null = not counted; outlives the engine
+  std::shared_ptr<const PeerBuckets> peer_buckets;  // null = no peer limits
 };
 
 class MirrorEngine {
@@ -148,8 +168,13 @@ class MirrorEngine {
   // target for the volume), and saves it. Refused once the engine stops (its final
   // state is the break's to write).
   Status note_verified(const std::string& target, const std::string& volume, uint64_t cycle,
-                       uint64_t differing_chunks, uint64_t bytes_sent) EXCLUDES(mutex_);
+                       uint64_t differing_chunks, uint64_t bytes_sent, uint64_t wire_bytes_sent) EXCLUDES(mutex_);
   std::vector<std::string> target_names() const;
+  std::chrono::milliseconds interval() const { return interval_; }
+  uint32_t keep() const { return keep_; }
+  // `mirror start` again with only --bandwidth / --compress: saved, and the bandwidth
+  // applies at once to running transfers, the compression from the next connection.
+  Status set_wire_options(const WireOptions& options) EXCLUDES(mutex_);
   // The members' mirror states as they are now; after stop(), final.
   std::map<std::string, MirrorState> states() EXCLUDES(mutex_);
 
@@ -216,6 +241,9 @@ class MirrorEngine {
   // Why `target` does not hold `points` (for a verify that cannot go on with it).
   std::string not_ready_reason_locked(const TargetRuntime& target, const std::map<std::string, uint64_t>& points) const
       REQUIRES(mutex_);
+  // The buckets (this mirror's, the peer's) and compression a new connection uses.
+  void attach_wire_options(repl::PeerSocket& socket, const std::string& peer) const EXCLUDES(mutex_);
+  uint64_t bandwidth_limit_of(const std::string& target) const;
   // TLS handshake, then checks the target's certificate names the peer's identity.
   Status authenticate_target(repl::PeerSocket& socket, const PeerConfig& peer) const;
   void finish_transfer_locked(TargetRuntime* target, const Status& status) REQUIRES(mutex_);
@@ -261,6 +289,9 @@ class MirrorEngine {
   const std::vector<std::shared_ptr<VolumeEntry>> volumes_;
   const std::chrono::milliseconds interval_;
   const uint32_t keep_;  // points each target keeps (the same for every member)
+  // This mirror's --bandwidth cap; every connection of it draws from it (and from the
+  // peer's bucket). Its rate changes in place (set_wire_options).
+  const std::shared_ptr<repl::TokenBucket> bucket_;
   // Keys fixed at construction (one per member volume); each slot locks itself.
   std::map<std::string, std::unique_ptr<SaveSlot>> save_slots_;
 

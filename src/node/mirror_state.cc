@@ -43,6 +43,11 @@ Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
     state.keep = document.value("keep", 1u);  // absent before --keep existed
     if (state.keep == 0 || state.keep > 1024) return corruption(path + ": keep must be 1 to 1024");
     state.running = document.at("running").get<bool>();
+    // Added without a format change: absent before --bandwidth and --compress existed.
+    state.bandwidth_bytes_per_second = document.value("bandwidth_bytes_per_second", uint64_t{0});
+    auto compression = repl::parse_compression(document.value("compress", std::string("zstd")));
+    if (!compression.ok()) return compression.status().with_context(path);
+    state.compression = compression.value();
     for (const auto& [name, entry] : document.at("target_states").items()) {
       AMIRROR_RETURN_IF_ERROR(validate_name(name, "target name").with_context(path));
       TargetState target;
@@ -50,6 +55,7 @@ Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
       target.applied_freeze_time_unix_ms = entry.at("applied_freeze_time_unix_ms").get<int64_t>();
       target.inflight_cycle = entry.at("inflight_cycle").get<uint64_t>();
       target.bytes_sent = entry.at("bytes_sent").get<uint64_t>();
+      target.wire_bytes_sent = entry.value("wire_bytes_sent", target.bytes_sent);  // before compression: equal
       for (uint64_t chunk : entry.at("pending_chunks")) target.pending_chunks.insert(chunk);
       // Added without a format change: absent in files written before `mirror verify`.
       target.verify_cycle = entry.value("verify_cycle", uint64_t{0});
@@ -72,12 +78,15 @@ Status save_mirror_state(FileSystem& fs, const std::string& dir, const std::stri
   document["interval_ms"] = state.interval_ms;
   document["keep"] = state.keep;
   document["running"] = state.running;
+  document["bandwidth_bytes_per_second"] = state.bandwidth_bytes_per_second;
+  document["compress"] = repl::compression_name(state.compression);
   json targets = json::object();
   for (const auto& [name, target] : state.target_states) {
     targets[name] = {{"applied_cycle", target.applied_cycle},
                      {"applied_freeze_time_unix_ms", target.applied_freeze_time_unix_ms},
                      {"inflight_cycle", target.inflight_cycle},
                      {"bytes_sent", target.bytes_sent},
+                     {"wire_bytes_sent", target.wire_bytes_sent},
                      {"pending_chunks", target.pending_chunks},
                      {"verify_cycle", target.verify_cycle},
                      {"verify_differing_chunks", target.verify_differing_chunks}};

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "repl/compression.h"
 #include "store/file_system.h"
 
 namespace amirror::node {
@@ -31,6 +32,8 @@ struct TargetState {
   int64_t applied_freeze_time_unix_ms = 0;
   uint64_t inflight_cycle = 0;          // a transfer to this cycle may have been applied
   uint64_t bytes_sent = 0;              // every byte ever sent to this target for this volume
+  // The same bytes as they went on the wire, after compression (<= bytes_sent).
+  uint64_t wire_bytes_sent = 0;
   std::set<uint64_t> pending_chunks;    // chunks changed in layers merged before it applied them
   // The last `mirror verify` of this target: at which cycle, and how many chunks of its
   // replica differed from the source then (still, after a --repair). While nonzero,
@@ -45,6 +48,8 @@ struct MirrorState {
   std::vector<std::string> targets;
   uint64_t interval_ms = 10'000;
   uint32_t keep = 1;                    // points each target keeps
+  uint64_t bandwidth_bytes_per_second = 0;  // `--bandwidth`: this mirror's cap; 0 = none
+  repl::Compression compression = repl::Compression::kZstd;  // `--compress`
   bool running = false;
   std::map<std::string, TargetState> target_states;
 };

@@ -115,6 +115,7 @@ Status verify_volume(MirrorEngine& engine, TargetConnection& connection, const s
   AMIRROR_ASSIGN_OR_RETURN(repl::VerifySession * session, connection.session());
   repl::PeerSocket& socket = connection.socket();
   const uint64_t sent_before = socket.bytes_sent();
+  const uint64_t frame_bytes_before = socket.frame_bytes_sent();
   const uint64_t received_before = socket.bytes_received();
   repl::VolumePointReader reader(*result.entry->volume, result.cycle);
   Status status = session->begin_volume(result.entry->name, reader, result.cycle);
@@ -124,6 +125,7 @@ Status verify_volume(MirrorEngine& engine, TargetConnection& connection, const s
     if (status.ok()) status = drive(socket, *session);
   }
   result.wire_bytes_sent = socket.bytes_sent() - sent_before;
+  const uint64_t frame_bytes_sent = socket.frame_bytes_sent() - frame_bytes_before;
   result.wire_bytes_received = socket.bytes_received() - received_before;
   if (!status.ok()) {
     connection.close();
@@ -134,7 +136,7 @@ Status verify_volume(MirrorEngine& engine, TargetConnection& connection, const s
   }
   result.outcome = session->outcome();
   return engine.note_verified(target, result.entry->name, result.cycle, result.outcome.differing_chunks,
-                              result.wire_bytes_sent);
+                              frame_bytes_sent, result.wire_bytes_sent);
 }
 
 void verify_target(MirrorEngine& engine, const std::string& source_node, TargetVerify& result, bool repair) {

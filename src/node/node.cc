@@ -46,12 +46,52 @@ json points_json(const std::vector<PointInfo>& kept) {
   return points;
 }
 
+
+
+// One bucket per peer with a bandwidth_limit; peers without one are not in the map.
+std::shared_ptr<const PeerBuckets> make_peer_buckets(const NodeConfig& config) {
+  auto buckets = std::make_shared<PeerBuckets>();
+  for (const PeerConfig& peer : config.peers) {
+    if (peer.bandwidth_bytes_per_second != 0) {
+      (*buckets)[peer.name] = std::make_shared<repl::TokenBucket>(peer.bandwidth_bytes_per_second);
+    }
+  }
+  return buckets;
+}
+
+// "bandwidth" ("50MB/s", or "off" for no cap) and "compress" ("zstd", "off") of a
+// mirror_start request; absent = unchanged.
+Result<WireOptions> parse_wire_options(const json& request) {
+  WireOptions options;
+  if (auto bandwidth = request.find("bandwidth"); bandwidth != request.end()) {
+    std::string text = bandwidth->is_string() ? bandwidth->get<std::string>() : bandwidth->dump();
+    if (text == "off") {
+      options.bandwidth_bytes_per_second = 0;
+    } else {
+      auto rate = parse_rate_bytes_per_second(text);
+      if (!rate.ok()) return invalid_argument("--bandwidth: " + rate.status().message() + ", or off for no cap");
+      if (rate.value() < repl::TokenBucket::kMinRateBytesPerSecond) {
+        return invalid_argument("--bandwidth: " + text + " is below the lowest limit, " +
+                                format_rate(repl::TokenBucket::kMinRateBytesPerSecond));
+      }
+      options.bandwidth_bytes_per_second = rate.value();
+    }
+  }
+  if (auto compress = request.find("compress"); compress != request.end()) {
+    auto compression = repl::parse_compression(compress->is_string() ? compress->get<std::string>() : compress->dump());
+    if (!compression.ok()) return invalid_argument("--compress: " + compression.status().message());
+    options.compression = compression.value();
+  }
+  return options;
+}
+
 }  // namespace
 
-json Node::error_response(const Status& status) { return {{"ok", false}, {"error", status.message()}}; }
-
 Node::Node(NodeConfig config, Env env)
-    : config_(std::move(config)), env_(env), catalog_(std::make_shared<NodeCatalog>(this)) {}
+    : config_(std::move(config)), env_(env), peer_buckets_(make_peer_buckets(config_)),
+      catalog_(std::make_shared<NodeCatalog>(this)) {}
+
+json Node::error_response(const Status& status) { return {{"ok", false}, {"error", status.message()}}; }
 
 Node::~Node() { stop(); }
 
@@ -313,7 +353,8 @@ Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::
 }
 
 Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
-                          std::vector<std::string> targets, uint64_t interval_ms, uint32_t keep, bool persist) {
+                          std::vector<std::string> targets, uint64_t interval_ms, uint32_t keep, bool persist,
+                          const WireOptions& wire) {
   std::map<std::string, MirrorState> states;
   for (const auto& entry : members) {
     MirrorState state = entry->state;
@@ -321,6 +362,7 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
     set_targets(state, targets);
     state.interval_ms = interval_ms;
     if (keep != 0) state.keep = keep;
+    wire.apply_to(state);
     state.running = true;
     Status saved = persist ? save_mirror_state(*env_.fs, mirrors_dir_, entry->name, state) : Status();
     if (!saved.ok()) {
@@ -337,7 +379,7 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
     entry->state = states.at(entry->name);
     unit_of_volume_[entry->name] = unit_key;
   }
-  auto engine = std::make_shared<MirrorEngine>(EngineContext{env_, &config_, mirrors_dir_, tls_, metrics_.get()},
+  auto engine = std::make_shared<MirrorEngine>(EngineContext{env_, &config_, mirrors_dir_, tls_, metrics_.get(), peer_buckets_},
                                                members, std::move(states));
   engine->start();
   engines_[unit_key] = std::move(engine);
@@ -530,6 +572,8 @@ std::string Node::control_mirror_start(const json& request) {
     }
     keep = asked->get<uint32_t>();
   }
+  auto wire = parse_wire_options(request);
+  if (!wire.ok()) return error_response(wire.status()).dump();
   wait_until_settled_locked(lock, members.value());  // a break of these volumes finishes first
   if (refusing_starts_) {
     return error_response(Status(ErrorCode::kCancelled, "node " + config_.name +
@@ -539,13 +583,34 @@ std::string Node::control_mirror_start(const json& request) {
   for (const auto& entry : members.value()) {
     auto running = unit_of_volume_.find(entry->name);
     if (running != unit_of_volume_.end() && engines_.contains(running->second)) {
+      if (running->second == unit_key && !wire.value().empty()) return restart_running_mirror(request, unit_key, wire.value());
       return error_response(Status(ErrorCode::kAlreadyExists, "volume '" + entry->name + "' is already mirrored (" +
                                                                   running->second + "); `mirror break` it first")).dump();
     }
   }
-  Status status = start_mirror(unit_key, members.value(), targets, interval_ms, keep, true);
+  Status status = start_mirror(unit_key, members.value(), targets, interval_ms, keep, true, wire.value());
   if (!status.ok()) return error_response(status).dump();
   return json{{"ok", true}, {"unit", unit_key}}.dump();
+}
+
+std::string Node::restart_running_mirror(const json& request, const std::string& unit_key, const WireOptions& wire) {
+  MirrorEngine& engine = *engines_.at(unit_key);
+  std::vector<std::string> targets = request.value("targets", std::vector<std::string>{});
+  std::vector<std::string> running_targets = engine.target_names();
+  std::sort(targets.begin(), targets.end());
+  std::sort(running_targets.begin(), running_targets.end());
+  bool same_interval = !request.contains("interval_ms") ||
+                       request["interval_ms"] == static_cast<uint64_t>(engine.interval().count());
+  bool same_keep = !request.contains("keep") || request["keep"] == engine.keep();
+  if (targets != running_targets || !same_interval || !same_keep) {
+    return error_response(Status(ErrorCode::kAlreadyExists,
+                                 unit_key + " is already mirrored: on a running mirror only --bandwidth and "
+                                            "--compress change (with the same --to); `mirror break` it first to change "
+                                            "targets, interval or keep")).dump();
+  }
+  Status status = engine.set_wire_options(wire);
+  if (!status.ok()) return error_response(status).dump();
+  return json{{"ok", true}, {"unit", unit_key}, {"updated", true}}.dump();
 }
 
 std::string Node::control_mirror_sync(const json& request) {
@@ -637,6 +702,8 @@ std::string Node::status_json() {
         status.applied_cycle = state.applied_cycle;
         status.applied_freeze_time_unix_ms = state.applied_freeze_time_unix_ms;
         status.bytes_sent = state.bytes_sent;
+        status.wire_bytes_sent = state.wire_bytes_sent;
+        status.compression = entry->state.compression;
         if (auto blocked = blocked_units_.find(entry->state.unit); entry->state.running && blocked != blocked_units_.end()) {
           status.last_error = "not resumed at start: " + blocked->second;
         } else if (state.verify_differing_chunks > 0) {
@@ -657,6 +724,10 @@ std::string Node::status_json() {
                                      now_ms - status.applied_freeze_time_unix_ms > static_cast<int64_t>(config_.lag_alert_ms)},
                    {"bytes_pending", status.bytes_pending},
                    {"bytes_sent", status.bytes_sent},
+                   {"wire_bytes_sent", status.wire_bytes_sent},
+                   {"compress", repl::compression_name(status.compression)},
+                   {"bandwidth_limit_bytes_per_second",
+                    status.bandwidth_limit_bytes_per_second > 0 ? json(status.bandwidth_limit_bytes_per_second) : json(nullptr)},
                    {"last_error", status.last_error.empty() ? json(nullptr) : json(status.last_error)}};
       if (status.copy_total_bytes > 0) {
         item["copy"] = {{"cycle", status.copy_cycle},

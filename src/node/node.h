@@ -178,11 +178,16 @@ class Node {
   void wait_until_settled_locked(MutexLock& lock, const std::vector<std::shared_ptr<VolumeEntry>>& members)
       REQUIRES(mutex_);
   Status start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
-                      std::vector<std::string> targets, uint64_t interval_ms, uint32_t keep, bool persist)
-      REQUIRES(mutex_);
+                      std::vector<std::string> targets, uint64_t interval_ms, uint32_t keep, bool persist,
+                      const WireOptions& wire = {}) REQUIRES(mutex_);
+  // `mirror start` of a unit that is mirrored already: only --bandwidth / --compress may
+  // change (live); anything else must be broken first. Returns the response.
+  std::string restart_running_mirror(const nlohmann::json& request, const std::string& unit_key,
+                                     const WireOptions& wire) REQUIRES(mutex_);
 
   const NodeConfig config_;
   const Env env_;
+  const std::shared_ptr<const PeerBuckets> peer_buckets_;  // from config_: [[peers]] bandwidth_limit
   std::unique_ptr<DataDir> data_dir_;
   std::string mirrors_dir_;
   std::unique_ptr<ReplicaRegistry> replicas_;

@@ -53,9 +53,12 @@ Status ReceiverSession::on_frame(const Frame& frame) {
 
 Status ReceiverSession::on_hello(const Frame& frame) {
   AMIRROR_ASSIGN_OR_RETURN(Hello hello, decode_hello(frame.payload));
-  if (hello.protocol_version != kProtocolVersion) {
+  // Sources send kHelloVersion; a later one may announce more. The answer names the
+  // newest version this node decodes, which tells the source what it may send.
+  if (hello.protocol_version < kOldestProtocolVersion) {
     return invalid_argument("peer speaks protocol version " + std::to_string(hello.protocol_version) +
-                            ", this node speaks " + std::to_string(kProtocolVersion));
+                            ", this node speaks " + std::to_string(kOldestProtocolVersion) + " to " +
+                            std::to_string(kProtocolVersion));
   }
   AMIRROR_RETURN_IF_ERROR(replicas_.admit_peer(hello.node_name));
   peer_name_ = hello.node_name;

@@ -10,7 +10,7 @@ namespace amirror::repl {
 
 Status SenderSession::start() {
   AMIRROR_ASSERT(phase_ == Phase::kHello);
-  return sink_.send(FrameType::kHello, encode(Hello{kProtocolVersion, source_node_}));
+  return sink_.send(FrameType::kHello, encode(Hello{kHelloVersion, source_node_}));
 }
 
 Status SenderSession::begin_volume(const std::string& name, Volume& volume, uint64_t point, uint32_t keep,

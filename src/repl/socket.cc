@@ -9,6 +9,8 @@
 #include <array>
 #include <cstring>
 
+#include "base/assert.h"
+
 namespace amirror::repl {
 
 PeerSocket::PeerSocket(Connection connection) : fd_(connection.fd), peer_(std::move(connection.peer)) {}
@@ -40,7 +42,33 @@ void PeerSocket::set_timeout_ms(int timeout_ms) {
   ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
 }
 
+void PeerSocket::set_throttle(std::shared_ptr<SendThrottle> throttle) { throttle_ = std::move(throttle); }
+
 Status PeerSocket::send_encoded(std::span<const uint8_t> frame) {
+  AMIRROR_ASSERT(frame.size() >= kFrameHeaderBytes);
+  const auto type = static_cast<FrameType>(frame[4] | (frame[5] << 8));
+  std::span<const uint8_t> wire = frame;
+  if (compression_ == Compression::kZstd && peer_version_ >= kFirstCompressingVersion &&
+      compressor_.compress(frame, compressed_)) {
+    wire = compressed_;
+  }
+  frame_bytes_sent_.fetch_add(frame.size());
+  if (throttle_ == nullptr) return write_all(wire);
+  if (!is_compressible_frame_type(type)) {
+    throttle_->charge(wire.size());
+    return write_all(wire);
+  }
+  // In pieces, each let through by the buckets, so the rate holds within a frame too.
+  const uint64_t piece_bytes = throttle_->piece_bytes();
+  for (size_t offset = 0; offset < wire.size(); offset += piece_bytes) {
+    std::span<const uint8_t> piece = wire.subspan(offset, std::min<size_t>(piece_bytes, wire.size() - offset));
+    throttle_->acquire(piece.size());
+    AMIRROR_RETURN_IF_ERROR(write_all(piece));
+  }
+  return Status();
+}
+
+Status PeerSocket::write_all(std::span<const uint8_t> frame) {
   if (tls_ != nullptr) {
     AMIRROR_RETURN_IF_ERROR(tls_->write_all(frame));
     bytes_sent_.fetch_add(frame.size());
@@ -97,15 +125,25 @@ Status PeerSocket::read_exact(std::span<uint8_t> out) {
 Result<Frame> PeerSocket::receive_frame() {
   std::array<uint8_t, kFrameHeaderBytes> header;
   AMIRROR_RETURN_IF_ERROR(read_exact(header));
-  Frame frame;
-  AMIRROR_ASSIGN_OR_RETURN(uint32_t length, decode_frame_header(header, frame.type));
-  frame.payload.resize(length);
-  AMIRROR_RETURN_IF_ERROR(read_exact(frame.payload));
-  AMIRROR_RETURN_IF_ERROR(verify_frame(header, frame.payload));
+  AMIRROR_ASSIGN_OR_RETURN(FrameHeader parsed, parse_frame_header(header));
+  std::vector<uint8_t> payload(parsed.payload_bytes);
+  AMIRROR_RETURN_IF_ERROR(read_exact(payload));
+  AMIRROR_ASSIGN_OR_RETURN(Frame frame, decompressor_.finish(header, std::move(payload)));
+  if (frame.type == FrameType::kHelloAck) note_hello_ack(frame);
   return frame;
 }
 
-void PeerSocket::shutdown() { ::shutdown(fd_, SHUT_RDWR); }
+void PeerSocket::note_hello_ack(const Frame& frame) {
+  // A malformed one is the session's to refuse (check_hello_ack); here it just means
+  // nothing beyond the oldest version.
+  auto ack = decode_hello(frame.payload);
+  if (ack.ok()) peer_version_ = std::min(ack.value().protocol_version, kProtocolVersion);
+}
+
+void PeerSocket::shutdown() {
+  if (throttle_ != nullptr) throttle_->cancel();
+  ::shutdown(fd_, SHUT_RDWR);
+}
 
 bool PeerSocket::readable_now() const {
   if (tls_ != nullptr && tls_->has_buffered_input()) return true;

@@ -19,7 +19,7 @@ constexpr size_t kMaxRepairBatchChunks = 65536;
 
 Status VerifySession::start() {
   AMIRROR_ASSERT(phase_ == Phase::kHello);
-  return sink_.send(FrameType::kHello, encode(Hello{kProtocolVersion, source_node_}));
+  return sink_.send(FrameType::kHello, encode(Hello{kHelloVersion, source_node_}));
 }
 
 Status VerifySession::corrupt(const std::string& what) const {

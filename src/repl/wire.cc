@@ -187,21 +187,38 @@ std::vector<uint8_t> encode_frame(FrameType type, std::span<const uint8_t> paylo
   return frame;
 }
 
-Result<uint32_t> decode_frame_header(std::span<const uint8_t, kFrameHeaderBytes> header,
-                                     FrameType& type) {
+bool is_compressible_frame_type(FrameType type) {
+  return type == FrameType::kChunk || type == FrameType::kRepairChunk;
+}
+
+Result<FrameHeader> parse_frame_header(std::span<const uint8_t, kFrameHeaderBytes> header) {
   if (get_u32(header.data()) != kFrameMagic) return corruption("peer sent a frame with bad magic");
   uint16_t raw_type = static_cast<uint16_t>(header[4] | (header[5] << 8));
   if (!is_known_frame_type(raw_type)) {
     return corruption("peer sent an unknown frame type " + std::to_string(raw_type));
   }
-  if (header[6] != 0 || header[7] != 0) return corruption("peer sent a frame with reserved bits set");
-  uint32_t length = get_u32(header.data() + 8);
-  if (length > kMaxFramePayloadBytes) {
-    return corruption("peer sent a " + std::to_string(length) + "-byte frame; the limit is " +
+  FrameHeader parsed;
+  parsed.type = static_cast<FrameType>(raw_type);
+  parsed.flags = static_cast<uint16_t>(header[6] | (header[7] << 8));
+  if ((parsed.flags & ~kFrameFlagZstd) != 0) return corruption("peer sent a frame with reserved bits set");
+  if (parsed.compressed() && !is_compressible_frame_type(parsed.type)) {
+    return corruption(std::string("peer sent a compressed ") + frame_type_name(parsed.type) +
+                      " frame; only CHUNK and REPAIR_CHUNK may be compressed");
+  }
+  parsed.payload_bytes = get_u32(header.data() + 8);
+  if (parsed.payload_bytes > kMaxFramePayloadBytes) {
+    return corruption("peer sent a " + std::to_string(parsed.payload_bytes) + "-byte frame; the limit is " +
                       std::to_string(kMaxFramePayloadBytes));
   }
-  type = static_cast<FrameType>(raw_type);
-  return length;
+  return parsed;
+}
+
+Result<uint32_t> decode_frame_header(std::span<const uint8_t, kFrameHeaderBytes> header,
+                                     FrameType& type) {
+  AMIRROR_ASSIGN_OR_RETURN(FrameHeader parsed, parse_frame_header(header));
+  if (parsed.flags != 0) return corruption("peer sent a frame with reserved bits set");
+  type = parsed.type;
+  return parsed.payload_bytes;
 }
 
 Status verify_frame(std::span<const uint8_t, kFrameHeaderBytes> header, std::span<const uint8_t> payload) {

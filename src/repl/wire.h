@@ -18,8 +18,17 @@
 
 namespace amirror::repl {
 
-// 2: OPEN_REPLICA carries keep and lineage. 3: group commits (END_DELTA hold, GROUP_COMMIT).
-constexpr uint32_t kProtocolVersion = 3;
+// Versions (docs/formats/wire.md, "Versions"): 2: OPEN_REPLICA carries keep and
+// lineage. 3: group commits (END_DELTA hold, GROUP_COMMIT). 4: the target accepts
+// zstd-compressed CHUNK and REPAIR_CHUNK payloads.
+// HELLO carries kHelloVersion, which every target since version 3 accepts; HELLO_ACK
+// carries the target's kProtocolVersion, and the source uses a later version's
+// features only when the HELLO_ACK names that version or a later one. So a new source
+// and a version-3 target (or the reverse) talk version 3: uncompressed frames.
+constexpr uint32_t kProtocolVersion = 4;
+constexpr uint32_t kOldestProtocolVersion = 3;
+constexpr uint32_t kHelloVersion = 3;
+constexpr uint32_t kFirstCompressingVersion = 4;
 constexpr uint32_t kFrameMagic = 0x31464d41;  // "AMF1"
 constexpr size_t kFrameHeaderBytes = 16;
 // The largest chunk (4 MiB) plus its record fields, with room to spare.
@@ -59,10 +68,26 @@ struct Frame {
   std::vector<uint8_t> payload;
 };
 
-// header := magic:u32 type:u16 reserved:u16 payload_length:u32 checksum:u32
-// checksum = low 32 bits of checksum64(header[0..12) ++ payload).
+// header := magic:u32 type:u16 flags:u16 payload_length:u32 checksum:u32
+// checksum = low 32 bits of checksum64(header[0..12) ++ payload), always taken over
+// the frame as sent uncompressed (flags 0, the original length and payload), so the
+// receiver checks the bytes it will use, after decompression (repl/compression.h).
 std::vector<uint8_t> encode_frame(FrameType type, std::span<const uint8_t> payload);
-// Validates a header; on success returns the payload length to read next.
+
+// flags: bit 0 = the payload is one zstd frame holding the original payload (version
+// 3 and later; only CHUNK and REPAIR_CHUNK). Other bits are 0.
+constexpr uint16_t kFrameFlagZstd = 0x0001;
+// The frame types whose payload may be compressed: data, the bulk of the bytes.
+bool is_compressible_frame_type(FrameType type);
+struct FrameHeader {
+  FrameType type = FrameType::kError;
+  uint16_t flags = 0;
+  uint32_t payload_bytes = 0;  // on the wire (compressed, if flagged)
+  bool compressed() const { return (flags & kFrameFlagZstd) != 0; }
+};
+// Validates a header, the zstd flag included (allowed only on compressible types).
+Result<FrameHeader> parse_frame_header(std::span<const uint8_t, kFrameHeaderBytes> header);
+// Validates a header of an uncompressed frame; returns the payload length to read next.
 Result<uint32_t> decode_frame_header(std::span<const uint8_t, kFrameHeaderBytes> header,
                                      FrameType& type);
 // Checks the checksum of a complete frame (header + payload).

@@ -32,6 +32,28 @@ TEST(Units, ParsesDurations) {
   EXPECT_FALSE(parse_duration_ms("soon").ok());
 }
 
+TEST(Units, ParsesRates) {
+  EXPECT_EQ(parse_rate_bytes_per_second("50MB/s").value(), 50'000'000u);
+  EXPECT_EQ(parse_rate_bytes_per_second("1GB/s").value(), 1'000'000'000u);
+  EXPECT_EQ(parse_rate_bytes_per_second("800Mbit/s").value(), 100'000'000u);
+  EXPECT_EQ(parse_rate_bytes_per_second("512KiB/s").value(), 512u * 1024);
+  EXPECT_EQ(parse_rate_bytes_per_second("20MiB/s").value(), 20 * kMiB);
+  EXPECT_EQ(parse_rate_bytes_per_second("1000B/s").value(), 1000u);
+  for (uint64_t rate : std::vector<uint64_t>{50'000'000, 1'000'000'000, 20 * kMiB, 16'000, 1234, 1000 * kGiB}) {
+    EXPECT_EQ(parse_rate_bytes_per_second(format_rate(rate)).value(), rate) << format_rate(rate);
+  }
+  EXPECT_EQ(format_rate(50'000'000), "50MB/s");
+}
+
+TEST(Units, RefusesBadRatesWithExamples) {
+  for (const char* bad : {"50XB/s", "", "50", "50MB", "1.5GB/s", "0MB/s", "-1MB/s", "99999999999999GB/s"}) {
+    auto result = parse_rate_bytes_per_second(bad);
+    ASSERT_FALSE(result.ok()) << bad;
+    EXPECT_EQ(result.status().message(),
+              "'" + std::string(bad) + "' is not a rate; use e.g. 50MB/s, 1GB/s, 800Mbit/s");
+  }
+}
+
 TEST(Names, AcceptsOnlySafePathComponents) {
   EXPECT_TRUE(validate_name("db-01.prod_a", "volume name").ok());
   for (const char* bad : {"", ".", "..", "a/b", "a b", "x\n", "caf\xc3\xa9"}) {

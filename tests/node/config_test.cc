@@ -41,6 +41,25 @@ TEST(NodeConfig, PeerVolumesBoundWhatAPeerMaySend) {
   expect_refused(kNode + kTls + kPeer + "volumes = \"db\"\n", "must be a list");
 }
 
+TEST(NodeConfig, PeerBandwidthLimit) {
+  auto config = parse_node_config(kNode + kTls + kPeer + "bandwidth_limit = \"50MB/s\"\n", "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->peers[0].bandwidth_bytes_per_second, 50'000'000u);
+  config = parse_node_config(kNode + kTls + kPeer, "node.toml");
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->peers[0].bandwidth_bytes_per_second, 0u);  // none
+  config = parse_node_config(kNode + kTls + kPeer + "bandwidth_limit = \"50XB/s\"\n", "node.toml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find(
+                "bandwidth_limit: '50XB/s' is not a rate; use e.g. 50MB/s, 1GB/s, 800Mbit/s"),
+            std::string::npos)
+      << config.status().message();
+  config = parse_node_config(kNode + kTls + kPeer + "bandwidth_limit = \"1kB/s\"\n", "node.toml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(config.status().message().find("below the lowest limit, 16kB/s"), std::string::npos)
+      << config.status().message();
+}
+
 TEST(NodeConfig, IdentityDefaultsToThePeerName) {
   auto config = parse_node_config(kNode + kTls + kPeer, "node.toml");
   ASSERT_TRUE(config.ok()) << config.status().to_string();
