@@ -49,7 +49,14 @@ for library in $needed; do
   [[ -n $path ]] || fail "ldd does not resolve $library"
   package=$(owner "$path") || fail "no installed package ships $path ($library)"
   [[ -n $package ]] || fail "no installed package ships $path ($library)"
-  tr ',|' '\n\n' <<<"$depends" | awk '{print $1}' | grep -qxF "$package" || fail "Depends lacks $package (for $library): $depends"
+  # The package itself, or a name it Provides (libspdlog1.10 provides libspdlog1.10-fmt9,
+  # the name its shlibs file gives dpkg-shlibdeps).
+  names=$(printf '%s\n' "$package"; dpkg-query -W -f='${Provides}' "$package" 2>/dev/null | tr ',' '\n' | awk 'NF {print $1}')
+  found=0
+  for name in $names; do
+    tr ',|' '\n\n' <<<"$depends" | awk '{print $1}' | grep -qxF "$name" && found=1
+  done
+  ((found)) || fail "Depends lacks $package (for $library): $depends"
 done
 
 log "unpacked into a fresh root"
