@@ -610,16 +610,20 @@ Status Replica::stage(const ChunkRecord& record) {
 }
 
 Status Replica::end_delta(uint64_t record_count) {
-  AMIRROR_RETURN_IF_ERROR(seal(record_count));
+  // Committed at once: the freeze (or the base's label) makes the delta durable, so the
+  // seal need not be written down first (a crash before the commit resumes the delta).
+  AMIRROR_RETURN_IF_ERROR(seal_delta(record_count, /*durable=*/false));
   uint64_t target_cycle;
   {
     std::shared_lock lock(state_mutex_);
     target_cycle = meta_.staging.header.target_cycle;
   }
-  return commit_sealed(target_cycle);
+  return commit_staged(target_cycle, /*require_seal=*/false);
 }
 
-Status Replica::seal(uint64_t record_count) {
+Status Replica::seal(uint64_t record_count) { return seal_delta(record_count, /*durable=*/true); }
+
+Status Replica::seal_delta(uint64_t record_count, bool durable) {
   std::lock_guard delta(delta_mutex_);
   BeginDelta header;
   {
@@ -646,6 +650,7 @@ Status Replica::seal(uint64_t record_count) {
                                                            geometry.chunk_length_bytes(chunk_index)));
     }
   }
+  if (!durable) return Status();
   AMIRROR_RETURN_IF_ERROR(into_base ? current()->sync_base() : current()->flush());
   std::unique_lock lock(state_mutex_);
   Staging old = meta_.staging;
@@ -664,14 +669,16 @@ bool Replica::sealed_at(uint64_t cycle) const {
   return meta_.staging.sealed && meta_.staging.header.target_cycle == cycle;
 }
 
-Status Replica::commit_sealed(uint64_t cycle) {
+Status Replica::commit_sealed(uint64_t cycle) { return commit_staged(cycle, /*require_seal=*/true); }
+
+Status Replica::commit_staged(uint64_t cycle, bool require_seal) {
   std::lock_guard delta(delta_mutex_);
   BeginDelta header;
   bool sealed, into_base;
   {
     std::shared_lock lock(state_mutex_);
     header = meta_.staging.header;
-    sealed = meta_.staging.sealed;
+    sealed = meta_.staging.sealed || !require_seal;
     into_base = filling_base_locked();
   }
   if (current()->cycle() >= cycle && (header.target_cycle == 0 || header.target_cycle == cycle)) {

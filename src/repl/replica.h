@@ -102,8 +102,8 @@ class Replica {
   // order), unless it is a full delta.
   Status begin_delta(const BeginDelta& begin);
   Status stage(const ChunkRecord& record);
-  // Commits the staged delta as the source's point (durable and atomic): seal(), then
-  // commit_sealed(). REQUIRES: record_count records staged.
+  // Commits the staged delta as the source's point (durable and atomic): the checks of
+  // seal(), then the commit; no seal record is written first. REQUIRES: record_count staged.
   Status end_delta(uint64_t record_count);
   // A group member's END_DELTA (repl/group_commit.h): makes the whole delta durable
   // and records it as complete, but does not commit it. A sealed delta survives
@@ -205,6 +205,11 @@ class Replica {
   Status set_meta_field(Field Meta::*field, const Value& value);
   // replica.meta records the volume's size (the last step of a grow).
   Status record_size(uint64_t size_bytes);
+  // seal(), or with durable false only its checks and the zeroing of a full delta:
+  // end_delta() commits right after, and the commit makes the delta durable.
+  Status seal_delta(uint64_t record_count, bool durable);
+  // commit_sealed(), or for end_delta() (require_seal false) the delta just ended.
+  Status commit_staged(uint64_t cycle, bool require_seal);
   Status convert_format_1(const std::string& contents);
   Status clear_staging();
   Status record_progress();  // syncs the layer, then records the durable count
