@@ -102,10 +102,12 @@ int run_volume_create(const ClientArgs& client, const VolumeArgs& args) {
   json request = {{"command", "volume_create"}, {"name", args.name}, {"size_bytes", args.size_bytes}};
   if (args.chunk_size_bytes != 0) request["chunk_size_bytes"] = args.chunk_size_bytes;
   if (!args.group.empty()) request["group"] = args.group;
+  if (!args.storage.empty()) request["storage"] = args.storage;
   json answer;
   if (int failed = call(client, request, answer)) return failed;
-  fmt::print("created volume {} ({}, {} chunks)\n", args.name, format_bytes(answer["size_bytes"].get<uint64_t>()),
-             format_bytes(answer["chunk_size_bytes"].get<uint64_t>()));
+  fmt::print("created volume {} ({}, {} chunks) in storage {}\n", args.name,
+             format_bytes(answer["size_bytes"].get<uint64_t>()), format_bytes(answer["chunk_size_bytes"].get<uint64_t>()),
+             answer.value("storage", "default"));
   return 0;
 }
 
@@ -114,6 +116,7 @@ int run_volume_import(const ClientArgs& client, const VolumeArgs& args) {
   if (args.size_bytes != 0) request["size_bytes"] = args.size_bytes;
   if (args.chunk_size_bytes != 0) request["chunk_size_bytes"] = args.chunk_size_bytes;
   if (!args.group.empty()) request["group"] = args.group;
+  if (!args.storage.empty()) request["storage"] = args.storage;
   json answer;
   if (int failed = call(client, request, answer, 24 * 3600 * 1000ull)) return failed;
   fmt::print("imported {} into volume {} ({})\n", args.from, args.name, format_bytes(answer["size_bytes"].get<uint64_t>()));
@@ -425,12 +428,26 @@ std::string status_text(const json& answer) {
   } else if (mode == "insecure") {
     fmt::format_to(to, "peers: INSECURE: plaintext, unauthenticated (insecure = true in [tls])\n");
   }
+  // Pools only where there is more than the data directory: one line each.
+  const json storage = answer.value("storage", json::array());
+  for (const json& pool : storage.size() > 1 ? storage : json::array()) {
+    if (pool.value("state", "") == "failed") {
+      fmt::format_to(to, "storage {}  {}  FAILED: {}\n", pool["name"].get<std::string>(),
+                     pool["path"].get<std::string>(), pool.value("error", "?"));
+    } else if (pool["free_bytes"].is_number()) {
+      fmt::format_to(to, "storage {}  {}  {} free of {}\n", pool["name"].get<std::string>(),
+                     pool["path"].get<std::string>(), format_bytes(pool["free_bytes"].get<uint64_t>()),
+                     format_bytes(pool["total_bytes"].get<uint64_t>()));
+    }
+  }
   for (const json& volume : answer["volumes"]) {
     if (unavailable_volume_line(volume, out)) continue;
+    const std::string pool = volume.value("storage", "default");
     fmt::format_to(
-        to, "volume {}  {}  cycle {}{}\n", volume["name"].get<std::string>(),
+        to, "volume {}  {}  cycle {}{}{}\n", volume["name"].get<std::string>(),
         format_bytes(volume["size_bytes"].get<uint64_t>()), volume["cycle"].get<uint64_t>(),
-        volume["group"].is_string() ? "  group " + volume["group"].get<std::string>() : "");
+        volume["group"].is_string() ? "  group " + volume["group"].get<std::string>() : "",
+        pool == "default" ? "" : "  storage " + pool);
     for (const json& mirror : volume["mirrors"]) {
       std::string lag = mirror["lag_seconds"].is_number() ? fmt::format("{:.1f}s", mirror["lag_seconds"].get<double>()) : "-";
       // On the wire, when compression made it less; the bandwidth cap, when there is one.

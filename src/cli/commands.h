@@ -61,6 +61,7 @@ struct VolumeArgs {
   std::string group;
   std::string from;  // import only
   bool force = false;  // delete only
+  std::string storage;  // create/import: the pool; "" = the node's default
 };
 struct MirrorArgs {
   std::string volume;

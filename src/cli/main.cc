@@ -95,6 +95,7 @@ int main(int argc, char** argv) {
   volume_create->add_option("--size", size_text, "Size, e.g. 10G (a multiple of 512 bytes)")->required();
   volume_create->add_option("--chunk-size", chunk_text, "Chunk size, a power of two from 4K to 4M (default 64K)");
   volume_create->add_option("--group", volume_args.group, "Consistency group: its volumes freeze together");
+  volume_create->add_option("--storage", volume_args.storage, "Storage pool ([[storage]] name; default: the data_dir)");
   add_client_options(volume_create);
   CLI::App* volume_import = volume->add_subcommand("import", "Create a volume holding a copy of a file");
   volume_import->add_option("name", volume_args.name, "Volume name")->required();
@@ -103,6 +104,7 @@ int main(int argc, char** argv) {
                             "Bytes a FIFO or pipe delivers (required for them); for a file, a larger volume size");
   volume_import->add_option("--chunk-size", chunk_text, "Chunk size, a power of two from 4K to 4M (default 64K)");
   volume_import->add_option("--group", volume_args.group, "Consistency group");
+  volume_import->add_option("--storage", volume_args.storage, "Storage pool ([[storage]] name; default: the data_dir)");
   add_client_options(volume_import);
   CLI::App* volume_list = volume->add_subcommand("list", "List the node's volumes");
   volume_list->add_flag("--json", client.json, "Print JSON");

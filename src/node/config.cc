@@ -139,7 +139,69 @@ Status parse_bandwidth_limit(const toml::table& table, const std::string& where,
   return Status();
 }
 
+// "/a/b/" and "/a/b" are one directory; so are "a//b" and "a/b". Only spelling, no
+// symlinks: two spellings of one directory through a link are the operator's to avoid.
+std::string normalized_path(std::string path) {
+  std::string out;
+  for (char c : path) {
+    if (c == '/' && !out.empty() && out.back() == '/') continue;
+    out += c;
+  }
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
+}
+
+// [[storage]] tables: each a named directory beside data_dir (the pool "default").
+Status parse_storage_tables(const toml::table& root, const std::string& source_name, NodeConfig& config) {
+  const toml::node* node = root.get("storage");
+  if (node == nullptr) return Status();
+  const toml::array* list = node->as_array();
+  if (list == nullptr) return invalid_argument(source_name + ": 'storage' must be an array of tables ([[storage]])");
+  for (size_t i = 0; i < list->size(); ++i) {
+    const toml::table* table = (*list)[i].as_table();
+    std::string where = source_name + " [[storage]] #" + std::to_string(i + 1);
+    if (table == nullptr) return invalid_argument(where + ": must be a table");
+    AMIRROR_RETURN_IF_ERROR(check_keys(*table, where, {"name", "path"}));
+    StorageConfig pool;
+    AMIRROR_RETURN_IF_ERROR(get_string(*table, where, "name", true, pool.name));
+    AMIRROR_RETURN_IF_ERROR(validate_name(pool.name, "storage name").with_context(where));
+    if (pool.name == kDefaultStorageName) {
+      return invalid_argument(where + ": the name 'default' is the data directory's pool; pick another name");
+    }
+    AMIRROR_RETURN_IF_ERROR(get_string(*table, where, "path", true, pool.path));
+    if (!config.storage_path(pool.name).empty()) {
+      return invalid_argument(where + ": storage '" + pool.name + "' is listed twice");
+    }
+    const std::string path = normalized_path(pool.path);
+    if (path == normalized_path(config.data_dir)) {
+      return invalid_argument(where + ": path " + pool.path + " is the data_dir, which is the pool 'default' already");
+    }
+    for (const StorageConfig& other : config.storage) {
+      if (normalized_path(other.path) == path) {
+        return invalid_argument(where + ": path " + pool.path + " is the path of storage '" + other.name +
+                                "' too; each pool needs its own directory");
+      }
+    }
+    config.storage.push_back(std::move(pool));
+  }
+  return Status();
+}
+
+std::string known_storage_names(const NodeConfig& config) {
+  std::string names = kDefaultStorageName;
+  for (const StorageConfig& pool : config.storage) names += ", " + pool.name;
+  return names;
+}
+
 }  // namespace
+
+std::string NodeConfig::storage_path(const std::string& pool_name) const {
+  if (pool_name == kDefaultStorageName) return data_dir;
+  for (const StorageConfig& pool : storage) {
+    if (pool.name == pool_name) return pool.path;
+  }
+  return "";
+}
 
 bool PeerConfig::may_send(const std::string& volume) const {
   return volumes.empty() || std::find(volumes.begin(), volumes.end(), volume) != volumes.end();
@@ -162,7 +224,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
             << error.description();
     return invalid_argument(message.str());
   }
-  AMIRROR_RETURN_IF_ERROR(check_keys(root, source_name, {"node", "peers", "tls"}));
+  AMIRROR_RETURN_IF_ERROR(check_keys(root, source_name, {"node", "peers", "tls", "storage"}));
   const toml::table* node_table = root["node"].as_table();
   if (node_table == nullptr) return invalid_argument(source_name + ": missing [node] table");
   std::string where = source_name + " [node]";
@@ -196,6 +258,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
     (std::string(key) == "peer_timeout" ? config.peer_timeout_ms : config.default_interval_ms) = parsed.value();
   }
   AMIRROR_RETURN_IF_ERROR(parse_operations_keys(*node_table, where, config));
+  AMIRROR_RETURN_IF_ERROR(parse_storage_tables(root, source_name, config));
   if (const toml::node* peers = root.get("peers")) {
     const toml::array* list = peers->as_array();
     if (list == nullptr) return invalid_argument(source_name + ": 'peers' must be an array of tables ([[peers]])");
@@ -203,7 +266,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
       const toml::table* peer_table = (*list)[i].as_table();
       std::string peer_where = source_name + " [[peers]] #" + std::to_string(i + 1);
       if (peer_table == nullptr) return invalid_argument(peer_where + ": must be a table");
-      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address", "identity", "volumes", "bandwidth_limit"}));
+      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address", "identity", "volumes", "bandwidth_limit", "storage"}));
       PeerConfig peer;
       AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "name", true, peer.name));
       AMIRROR_RETURN_IF_ERROR(validate_name(peer.name, "peer name").with_context(peer_where));
@@ -225,6 +288,11 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
         }
       }
       AMIRROR_RETURN_IF_ERROR(parse_bandwidth_limit(*peer_table, peer_where, peer));
+      AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "storage", false, peer.storage));
+      if (config.storage_path(peer.storage).empty()) {
+        return invalid_argument(peer_where + ": storage '" + peer.storage + "' is not a pool of this node (known: " +
+                                known_storage_names(config) + ")");
+      }
       if (peer.name == config.name) return invalid_argument(peer_where + ": a node cannot be its own peer");
       if (config.find_peer(peer.name) != nullptr) {
         return invalid_argument(peer_where + ": peer '" + peer.name + "' is listed twice");

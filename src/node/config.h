@@ -24,10 +24,22 @@ struct PeerConfig {
   std::vector<std::string> volumes;
   // `bandwidth_limit`: bytes per second all connections to this peer share; 0 = none.
   uint64_t bandwidth_bytes_per_second = 0;
+  // `storage`: the pool ([[storage]] name) this peer's replicas go to on this node;
+  // "default" = the data directory.
+  std::string storage = "default";
 
   bool may_send(const std::string& volume) const;
 };
 
+// A `[[storage]]` table: a storage pool, a directory (on any file system) that holds
+// volumes beside the data directory (the pool named "default"). Docs: README.md.
+struct StorageConfig {
+  std::string name;  // [A-Za-z0-9._-]{1,64}, not "default"
+  std::string path;
+};
+
+// The name of the pool at data_dir; reserved, so no [[storage]] table takes it.
+inline constexpr const char* kDefaultStorageName = "default";
 
 struct NodeConfig {
   std::string name;            // [A-Za-z0-9._-]{1,64}
@@ -45,6 +57,7 @@ struct NodeConfig {
   net::TlsFiles tls;
   bool insecure = false;
   std::vector<PeerConfig> peers;
+  std::vector<StorageConfig> storage;  // [[storage]]: pools beside the default one
   // Operations (docs/operations.md): the lowest log level written; HOST:PORT serving
   // Prometheus text at /metrics (empty = off; not loopback only with
   // metrics_allow_remote, since the series name every volume and peer); mirrors whose
@@ -57,6 +70,8 @@ struct NodeConfig {
   bool has_tls() const { return !tls.certificate_path.empty(); }
 
   const PeerConfig* find_peer(const std::string& peer_name) const;
+  // The path of pool `name` ("default": data_dir); "" when there is no such pool.
+  std::string storage_path(const std::string& name) const;
 };
 
 // Parses and validates. `source_name` is used in error messages (the file's path).

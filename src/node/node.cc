@@ -9,6 +9,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "base/assert.h"
 #include "base/log.h"
 #include "base/names.h"
 #include "base/units.h"
@@ -47,6 +48,20 @@ json points_json(const std::vector<PointInfo>& kept) {
 }
 
 
+
+// [[peers]] storage: replicas of a peer with a pool other than the default go to
+// <pool>/replicas (node/storage_pools.h).
+std::map<std::string, ReplicaPlacement> replica_placement(const NodeConfig& config, const StoragePools& pools) {
+  std::map<std::string, ReplicaPlacement> placements;
+  for (const PeerConfig& peer : config.peers) {
+    if (peer.storage == kDefaultStorageName) continue;
+    const StoragePool* pool = pools.find(peer.storage);
+    AMIRROR_ASSERT(pool != nullptr);  // the config names only known pools
+    placements[peer.name] = {pool->path + "/replicas",
+                             pool->dir ? "" : "storage '" + pool->name + "' (" + pool->path + "): " + pool->error};
+  }
+  return placements;
+}
 
 // One bucket per peer with a bandwidth_limit; peers without one are not in the map.
 std::shared_ptr<const PeerBuckets> make_peer_buckets(const NodeConfig& config) {
@@ -135,13 +150,14 @@ Status Node::resume_mirrors() {
 
 Status Node::open_everything() {
   FileSystem& fs = *env_.fs;
-  AMIRROR_ASSIGN_OR_RETURN(data_dir_, DataDir::open(fs, config_.data_dir));
+  AMIRROR_ASSIGN_OR_RETURN(pools_, StoragePools::open(fs, config_));
+  data_dir_ = &pools_->default_dir();
   mirrors_dir_ = config_.data_dir + "/mirrors";
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(mirrors_dir_));
-  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, data_dir_->list_volumes());
+  AMIRROR_ASSIGN_OR_RETURN(auto located, pools_->load_volumes());
   MutexLock lock(mutex_);
-  for (const std::string& name : names) open_volume_entry(fs, name);
-  replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas");
+  for (const auto& [name, pool] : located) open_volume_entry(fs, name);
+  replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas", replica_placement(config_, *pools_));
   replicas_->set_before_create([this](const std::string& peer, const repl::OpenReplica& open, const std::string& dir) {
     return before_create_replica(peer, open, dir);
   });
@@ -151,7 +167,9 @@ Status Node::open_everything() {
 }
 
 void Node::open_volume_entry(FileSystem& fs, const std::string& name) {
-  auto volume = data_dir_->open_volume(name);
+  std::string pool_failed;
+  DataDir* pool = pools_->dir_of(name, &pool_failed);
+  auto volume = pool != nullptr ? pool->open_volume(name) : Result<std::unique_ptr<Volume>>(Status(ErrorCode::kIo, pool_failed));
   std::string state_path = mirrors_dir_ + "/" + name + ".json";
   Result<std::optional<MirrorState>> state = [&]() -> Result<std::optional<MirrorState>> {
     AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
@@ -460,13 +478,14 @@ void Node::list_unavailable_volumes(json& volumes) const {
                            {"last_error", "volume failed: " + failed.error}});
       }
     }
-    volumes.push_back({{"name", name}, {"state", "failed"}, {"error", failed.error}, {"size_bytes", nullptr},
+    volumes.push_back({{"name", name}, {"state", "failed"}, {"error", failed.error}, {"storage", pools_->pool_of(name)},
+                       {"size_bytes", nullptr},
                        {"chunk_size_bytes", nullptr}, {"group", failed.group.empty() ? json(nullptr) : json(failed.group)},
                        {"cycle", nullptr}, {"mirrors", mirrors}});
   }
   for (const auto& [name, progress] : imports_) {
     const VolumeOptions& options = progress->options;
-    volumes.push_back({{"name", name}, {"state", "importing"}, {"size_bytes", options.size_bytes},
+    volumes.push_back({{"name", name}, {"state", "importing"}, {"storage", progress->storage}, {"size_bytes", options.size_bytes},
                        {"chunk_size_bytes", options.chunk_size_bytes},
                        {"group", options.group.empty() ? json(nullptr) : json(options.group)}, {"cycle", 0},
                        {"mirrors", json::array()},
@@ -537,6 +556,7 @@ std::string Node::control_volume_list(const json&) {
                        {"size_bytes", entry->volume->size_bytes()},
                        {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
                        {"role", volume_role(*entry->volume)},
+                       {"storage", pools_->pool_of(name)},
                        {"group", entry->volume->group()},
                        {"cycle", entry->volume->cycle()}});
   }
@@ -745,6 +765,7 @@ std::string Node::status_json() {
                        {"size_bytes", entry->volume->size_bytes()},
                        {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
                        {"role", volume_role(*entry->volume)},
+                       {"storage", pools_->pool_of(name)},
                        {"group", entry->volume->group().empty() ? json(nullptr) : json(entry->volume->group())},
                        {"cycle", entry->volume->cycle()},
                        {"base_cycle", entry->volume->base_cycle()},
@@ -762,7 +783,8 @@ std::string Node::status_json() {
   }
   json lag_alert_seconds = config_.lag_alert_ms > 0 ? json(config_.lag_alert_ms / 1000.0) : json(nullptr);
   return json{{"ok", true},         {"node", config_.name},     {"peer_transport", transport},
-              {"lag_alert_seconds", lag_alert_seconds}, {"volumes", volumes}, {"replicas", replicas}}.dump();
+              {"lag_alert_seconds", lag_alert_seconds}, {"volumes", volumes}, {"replicas", replicas},
+              {"storage", storage_json()}}.dump();
 }
 
 }  // namespace amirror::node

@@ -39,6 +39,7 @@
 #include "node/env.h"
 #include "node/mirror_engine.h"
 #include "node/receiver.h"
+#include "node/storage_pools.h"
 #include "store/data_dir.h"
 
 namespace amirror::nbd {
@@ -160,10 +161,17 @@ class Node {
 
   // volume_create / volume_import (node_volumes.cc).
   std::string create_or_import_volume(const nlohmann::json& request) EXCLUDES(mutex_);
-  std::string import_volume(const std::string& name, const std::string& from, uint64_t declared_size_bytes,
+  std::string import_volume(const StoragePool& pool, const std::string& name, const std::string& from, uint64_t declared_size_bytes,
                             VolumeOptions options);
-  Result<std::unique_ptr<Volume>> copy_import(const std::string& name, ImportSource& source,
+  Result<std::unique_ptr<Volume>> copy_import(DataDir& pool, const std::string& name, ImportSource& source,
                                               const VolumeOptions& options, std::atomic<uint64_t>& done_bytes);
+  // The open pool a new volume goes to (request's "storage"; absent = "default"), or
+  // why none: an unknown pool (the error lists the known ones) or a failed one.
+  Result<const StoragePool*> storage_for_new_volume(const nlohmann::json& request) const;
+  // status's "storage": each pool's name, path, state, error, free and total bytes.
+  nlohmann::json storage_json() const;
+  // Records a new volume's pool in the catalog (logs, but does not fail, if it cannot).
+  void record_pool(const std::string& name, const std::string& pool_name);
   // Why `name` cannot be created now (exists, failed, being imported), or ok.
   Status check_name_free(const std::string& name) const REQUIRES(mutex_);
   // Why a volume or group cannot be mirrored now (it or a member failed or is being
@@ -188,7 +196,10 @@ class Node {
   const NodeConfig config_;
   const Env env_;
   const std::shared_ptr<const PeerBuckets> peer_buckets_;  // from config_: [[peers]] bandwidth_limit
-  std::unique_ptr<DataDir> data_dir_;
+  // The storage pools (node/storage_pools.h); data_dir_ is the default one, which
+  // also holds mirror state, the catalog and the replicas of peers without `storage`.
+  std::unique_ptr<StoragePools> pools_;
+  DataDir* data_dir_ = nullptr;
   std::string mirrors_dir_;
   std::unique_ptr<ReplicaRegistry> replicas_;
 
@@ -217,6 +228,7 @@ class Node {
   std::map<std::string, std::string> blocked_units_ GUARDED_BY(mutex_);
   struct ImportProgress {
     std::string source;
+    std::string storage;  // the pool it goes to
     VolumeOptions options;
     std::atomic<uint64_t> done_bytes{0};
     uint64_t total_bytes = 0;

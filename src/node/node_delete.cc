@@ -89,7 +89,8 @@ Status Node::delete_volume(const std::string& name, bool force) {
     return trashed.status().with_context("delete volume " + name + " (it is still there)");
   }
   lock.unlock();
-  if (Status removed = data_dir_->remove_from_trash(trashed.value()); !removed.ok()) {
+  DataDir* pool = trashed.value().empty() ? nullptr : pools_->dir_holding(trashed.value());
+  if (Status removed = pool ? pool->remove_from_trash(trashed.value()) : Status(); !removed.ok()) {
     log::warn("node", "volume deleted; its files stay in the trash until the next start",
               {{"volume", name}, {"trash", trashed.value()}, {"error", removed.message()}});
   }
@@ -151,6 +152,14 @@ Node::ClaimedVolume Node::claim_for_delete_locked(const std::string& name) {
 // volume's files are not used by anything once its export is withdrawn: client I/O
 // goes through the export, and no engine runs for it.
 Result<std::string> Node::retire_volume_files(const std::string& name) {
+  std::string pool_failed;
+  DataDir* pool = pools_->dir_of(name, &pool_failed);
+  // A configured pool that failed may come back (remounted): its files must not
+  // reappear as a volume nobody deleted, so the delete waits for it. A pool no longer
+  // in the config is gone for good: forgetting the name is all there is to do.
+  if (pool == nullptr && pools_->find(pools_->pool_of(name)) != nullptr) {
+    return Status(ErrorCode::kIo, pool_failed + "; fix it and restart the node, then delete the volume");
+  }
   withdraw_export(name);
   FileSystem& fs = *env_.fs;
   std::string state_path = mirrors_dir_ + "/" + name + ".json";
@@ -159,7 +168,21 @@ Result<std::string> Node::retire_volume_files(const std::string& name) {
     AMIRROR_RETURN_IF_ERROR(fs.remove(state_path));
     AMIRROR_RETURN_IF_ERROR(fs.sync_dir(mirrors_dir_));
   }
-  return data_dir_->move_to_trash(data_dir_->volume_dir(name));
+  std::string trashed;
+  if (pool != nullptr) {
+    // Missing only when its pool lost it (a failed volume): nothing to move.
+    AMIRROR_ASSIGN_OR_RETURN(bool exists, fs.exists(pool->volume_dir(name)));
+    if (exists) {
+      AMIRROR_ASSIGN_OR_RETURN(trashed, pool->move_to_trash(pool->volume_dir(name)));
+    }
+  }
+  // After the move, and never undoing it: a catalog left behind (a crash, or this
+  // failing) shows the name failed ("no volume named ... in PATH") until deleted again.
+  if (Status forgotten = pools_->forget(name); !forgotten.ok()) {
+    log::warn("node", "volume deleted, but the storage catalog still names it; `volume delete` it again",
+              {{"volume", name}, {"error", forgotten.message()}});
+  }
+  return trashed;
 }
 
 void Node::withdraw_export(const std::string& name) {
@@ -178,11 +201,13 @@ std::string Node::control_replica_delete(const json& request) {
   std::string trashed;
   Status status = replicas_->remove(source, volume, [&](const std::string& dir) -> Status {
     withdraw_export(key);
-    AMIRROR_ASSIGN_OR_RETURN(trashed, data_dir_->move_to_trash(dir));
+    DataDir* pool = pools_->dir_holding(dir);
+    if (pool == nullptr) return Status(ErrorCode::kIo, "no open storage pool holds " + dir);
+    AMIRROR_ASSIGN_OR_RETURN(trashed, pool->move_to_trash(dir));
     return Status();
   });
   if (!status.ok()) return error_response(status).dump();
-  if (Status removed = data_dir_->remove_from_trash(trashed); !removed.ok()) {
+  if (Status removed = pools_->dir_holding(trashed)->remove_from_trash(trashed); !removed.ok()) {
     log::warn("node", "replica deleted; its files stay in the trash until the next start",
               {{"replica", key}, {"trash", trashed}, {"error", removed.message()}});
   }

@@ -100,7 +100,9 @@ Result<std::pair<std::string, uint64_t>> Node::promote_replica(const std::string
         check_name_free(name).with_context("promote " + replica_name + " as '" + name + "' (choose another name with --as)"));
     deleting_.insert(name);  // reserved until the volume is in volumes_
   }
-  std::string volume_dir = data_dir_->volume_dir(name);
+  // A rename, not a copy: the volume stays in the pool that holds the replica.
+  const std::string storage = pools_->pool_holding(replicas_->dir_of(source, source_volume));
+  std::string volume_dir = DataDir::volume_dir_at(config_.storage_path(storage), name);
   Status status = replicas_->remove(source, source_volume, [&](const std::string& dir) -> Status {
     withdraw_export(replica_name);
     replica->close_without_saving();
@@ -113,7 +115,9 @@ Result<std::pair<std::string, uint64_t>> Node::promote_replica(const std::string
     AMIRROR_RETURN_IF_ERROR(fs.sync_dir(dir.substr(0, dir.rfind('/'))));
     AMIRROR_RETURN_IF_ERROR(fs.sync_dir(volume_dir.substr(0, volume_dir.rfind('/'))));
     for (const char* leftover : {"/replica.meta", "/resync.meta"}) (void)fs.remove(volume_dir + leftover);
-    return fs.sync_dir(volume_dir);
+    AMIRROR_RETURN_IF_ERROR(fs.sync_dir(volume_dir));
+    record_pool(name, storage);
+    return Status();
   });
   MutexLock lock(mutex_);
   deleting_.erase(name);
@@ -385,9 +389,15 @@ Result<uint64_t> Node::take_over_as_replica(const VolumeEntry& ours, const std::
   Volume& volume = *ours.volume;
   const uint64_t common = open.origin_point;
   FileSystem& fs = *env_.fs;
-  std::string volume_dir = data_dir_->volume_dir(ours.name);
+  std::string volume_dir = pools_->volume_dir(ours.name);
   if (open.size_bytes != volume.size_bytes() || open.chunk_size_bytes != volume.chunk_size_bytes()) {
     return invalid_argument("the promoted volume's size or chunk size differs from this one's");
+  }
+  // The volume becomes the replica by a rename, which cannot cross file systems.
+  if (const std::string storage = pools_->pool_of(ours.name); pools_->pool_holding(dir) != storage) {
+    return invalid_argument(fmt::format("volume '{}' is in storage '{}', but {}'s replicas go to storage '{}' here; "
+                                        "`amirror volume delete {}` here and {} sends a full copy",
+                                        ours.name, storage, peer, pools_->pool_holding(dir), ours.name, peer));
   }
   // The chunks written here after the common point: changed in layers above it, in
   // the active layer, and (if layers past it were merged) those recorded as pending
@@ -433,6 +443,10 @@ Result<uint64_t> Node::take_over_as_replica(const VolumeEntry& ours, const std::
   AMIRROR_RETURN_IF_ERROR(fs.rename(volume_dir, dir));
   AMIRROR_RETURN_IF_ERROR(fs.sync_dir(volume_dir.substr(0, volume_dir.rfind('/'))));
   AMIRROR_RETURN_IF_ERROR(fs.sync_dir(dir.substr(0, dir.rfind('/'))));
+  if (Status forgotten = pools_->forget(ours.name); !forgotten.ok()) {
+    log::warn("node", "the storage catalog still names the volume that became a replica",
+              {{"volume", ours.name}, {"error", forgotten.message()}});
+  }
   // The volume's mirror state (its targets, what they lack) is meaningless now.
   std::string state_path = mirrors_dir_ + "/" + ours.name + ".json";
   AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));

@@ -72,7 +72,7 @@ Result<std::shared_ptr<VolumeEntry>> Node::claim_for_resize_locked(const std::st
   if (auto failed = failed_volumes_.find(name); failed != failed_volumes_.end()) {
     return Status(ErrorCode::kCorruption, "volume '" + name + "' failed to open when the node started (" +
                                               failed->second.error + "); it cannot be resized: repair " +
-                                              data_dir_->volume_dir(name) + " and restart the node, or `amirror volume delete " +
+                                              pools_->volume_dir(name) + " and restart the node, or `amirror volume delete " +
                                               name + "`");
   }
   if (imports_.contains(name)) {

@@ -24,9 +24,10 @@ using nlohmann::json;
 
 namespace {
 
-std::string created_text(const std::string& name, const Volume& volume) {
+std::string created_text(const std::string& name, const Volume& volume, const std::string& storage) {
   return json{{"ok", true},
               {"name", name},
+              {"storage", storage},
               {"size_bytes", volume.size_bytes()},
               {"chunk_size_bytes", volume.chunk_size_bytes()}}
       .dump();
@@ -40,24 +41,67 @@ std::string Node::create_or_import_volume(const json& request) {
   VolumeOptions options;
   options.chunk_size_bytes = request.value("chunk_size_bytes", kDefaultChunkSizeBytes);
   options.group = request.value("group", "");
+  auto pool = storage_for_new_volume(request);
+  if (!pool.ok()) return error_response(pool.status()).dump();
   if (request.value("command", "") == "volume_import") {
-    return import_volume(name, request.value("from", ""), request.value("size_bytes", uint64_t{0}),
+    return import_volume(*pool.value(), name, request.value("from", ""), request.value("size_bytes", uint64_t{0}),
                          options);
   }
   options.size_bytes = request.value("size_bytes", uint64_t{0});
   // Creating an empty volume is quick (no data is written): it stays under the lock.
   MutexLock lock(mutex_);
   if (Status free = check_name_free(name); !free.ok()) return error_response(free).dump();
-  auto created = data_dir_->create_volume(name, options);
+  auto created = pool.value()->dir->create_volume(name, options);
   if (!created.ok()) return error_response(created.status()).dump();
+  record_pool(name, pool.value()->name);
   auto entry = std::make_shared<VolumeEntry>();
   entry->name = name;
   entry->volume = std::move(created).value();
   volumes_[name] = entry;
-  return created_text(name, *entry->volume);
+  return created_text(name, *entry->volume, pool.value()->name);
 }
 
-std::string Node::import_volume(const std::string& name, const std::string& from,
+Result<const StoragePool*> Node::storage_for_new_volume(const json& request) const {
+  const std::string name = request.value("storage", kDefaultStorageName);
+  const StoragePool* pool = pools_->find(name);
+  if (pool == nullptr) {
+    return not_found("unknown storage '" + name + "'; this node has: " + pools_->known_names() +
+                     " (add a [[storage]] table to its config for another)");
+  }
+  if (pool->dir == nullptr) {
+    return Status(ErrorCode::kIo, "storage '" + name + "' (" + pool->path + ") failed when the node started: " +
+                                      pool->error + "; fix it and restart the node, or use another --storage");
+  }
+  return pool;
+}
+
+json Node::storage_json() const {
+  json pools = json::array();
+  for (const StoragePool& pool : pools_->pools()) {
+    json item = {{"name", pool.name}, {"path", pool.path}, {"state", pool.dir ? "ok" : "failed"},
+                 {"free_bytes", nullptr}, {"total_bytes", nullptr}};
+    if (!pool.dir) {
+      // Its path may still answer (a file in its place), but that space is of no use.
+      item["error"] = pool.error;
+    } else if (auto space = StoragePools::space(pool.path); space.ok()) {
+      item["free_bytes"] = space->free_bytes;
+      item["total_bytes"] = space->total_bytes;
+    }
+    pools.push_back(std::move(item));
+  }
+  return pools;
+}
+
+// The volume is complete in its pool already; if the catalog write fails, the next
+// start finds it there and records it (node/storage_pools.h), so it is not lost.
+void Node::record_pool(const std::string& name, const std::string& pool_name) {
+  if (Status recorded = pools_->record(name, pool_name); !recorded.ok()) {
+    log::warn("node", "volume created, but the storage catalog was not updated; the next start records it",
+              {{"volume", name}, {"storage", pool_name}, {"error", recorded.message()}});
+  }
+}
+
+std::string Node::import_volume(const StoragePool& pool, const std::string& name, const std::string& from,
                                 uint64_t declared_size_bytes, VolumeOptions options) {
   if (from.empty()) return error_response(invalid_argument("name the file to import with --from FILE")).dump();
   auto source = ImportSource::open(from, declared_size_bytes);
@@ -66,6 +110,7 @@ std::string Node::import_volume(const std::string& name, const std::string& from
   if (Status valid = validate_volume_options(options); !valid.ok()) return error_response(valid).dump();
   auto progress = std::make_shared<ImportProgress>();
   progress->source = from;
+  progress->storage = pool.name;
   progress->options = options;
   progress->total_bytes = source->data_bytes();
   {
@@ -73,7 +118,7 @@ std::string Node::import_volume(const std::string& name, const std::string& from
     if (Status free = check_name_free(name); !free.ok()) return error_response(free).dump();
     imports_[name] = progress;
   }
-  auto imported = copy_import(name, source.value(), options, progress->done_bytes);
+  auto imported = copy_import(*pool.dir, name, source.value(), options, progress->done_bytes);
   MutexLock lock(mutex_);
   imports_.erase(name);
   if (!imported.ok()) {
@@ -81,26 +126,27 @@ std::string Node::import_volume(const std::string& name, const std::string& from
     log::warn("node", "import failed", {{"volume", name}, {"from", from}, {"error", status.message()}});
     return error_response(status).dump();
   }
+  record_pool(name, pool.name);
   auto entry = std::make_shared<VolumeEntry>();
   entry->name = name;
   entry->volume = std::move(imported).value();
   volumes_[name] = entry;
-  return created_text(name, *entry->volume);
+  return created_text(name, *entry->volume, pool.name);
 }
 
-Result<std::unique_ptr<Volume>> Node::copy_import(const std::string& name, ImportSource& source,
+Result<std::unique_ptr<Volume>> Node::copy_import(DataDir& pool, const std::string& name, ImportSource& source,
                                                   const VolumeOptions& options,
                                                   std::atomic<uint64_t>& done_bytes) {
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Volume> building,
-                           data_dir_->begin_volume(name, options));
+                           pool.begin_volume(name, options));
   Status status = source.copy_into(*building, done_bytes, stopping_);
   if (status.ok()) {
-    auto completed = data_dir_->complete_volume(name, std::move(building));
+    auto completed = pool.complete_volume(name, std::move(building));
     if (completed.ok()) return completed;
     status = completed.status();
   }
   building.reset();
-  if (Status removed = data_dir_->abandon_volume(name); !removed.ok()) {
+  if (Status removed = pool.abandon_volume(name); !removed.ok()) {
     log::warn("node", "the partial volume stays until the next start, which removes it",
               {{"volume", name}, {"error", removed.message()}});
   }
@@ -113,7 +159,7 @@ Status Node::check_name_free(const std::string& name) const {
   if (auto failed = failed_volumes_.find(name); failed != failed_volumes_.end()) {
     return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' exists but failed to open (" +
                                                  failed->second.error + "); repair " +
-                                                 data_dir_->volume_dir(name) +
+                                                 pools_->volume_dir(name) +
                                                  " and restart the node, or `amirror volume delete " + name + "`");
   }
   if (deleting_.contains(name)) {
@@ -133,7 +179,7 @@ Status Node::check_unit_available(const std::string& volume, const std::string& 
     if (name == volume) {
       return Status(ErrorCode::kCorruption,
                     "volume '" + name + "' failed to open when the node started: " + failed.error +
-                        "; repair " + data_dir_->volume_dir(name) +
+                        "; repair " + pools_->volume_dir(name) +
                         " and restart the node, or `amirror volume delete " + name + "`");
     }
     if (!group.empty() && failed.group == group) {

@@ -12,16 +12,52 @@
 namespace amirror::node {
 
 Status ReplicaRegistry::load() {
-  AMIRROR_RETURN_IF_ERROR(fs_.make_dir(replicas_dir_));
+  AMIRROR_RETURN_IF_ERROR(load_root(replicas_dir_));
+  std::set<std::string> roots;
+  for (const auto& [peer, placement] : placements_) {
+    if (placement.error.empty() && placement.dir != replicas_dir_) roots.insert(placement.dir);
+  }
+  for (const std::string& root : roots) {
+    // A pool's replicas directory is made with its first replica; a bad one costs only
+    // the replicas in it.
+    AMIRROR_ASSIGN_OR_RETURN(bool exists, fs_.exists(root));
+    if (!exists) continue;
+    if (Status loaded = load_root(root); !loaded.ok()) {
+      log::error("receiver", "replicas in a storage pool are not served", {{"dir", root}, {"error", loaded.to_string()}});
+    }
+  }
+  return Status();
+}
+
+const std::string& ReplicaRegistry::root_of(const std::string& source) const {
+  auto placement = placements_.find(source);
+  return placement == placements_.end() ? replicas_dir_ : placement->second.dir;
+}
+
+Status ReplicaRegistry::load_root(const std::string& root) {
+  AMIRROR_RETURN_IF_ERROR(fs_.make_dir(root));
   // Its entry in the data directory must be durable before any replica in it is.
-  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(replicas_dir_.substr(0, replicas_dir_.rfind('/'))));
-  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> sources, fs_.list_dir(replicas_dir_));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(root.substr(0, root.rfind('/'))));
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> sources, fs_.list_dir(root));
   for (const std::string& source : sources) {
     if (!validate_name(source, "source node").ok()) continue;
-    auto volumes = fs_.list_dir(replicas_dir_ + "/" + source);
+    auto volumes = fs_.list_dir(root + "/" + source);
     if (!volumes.ok()) {
       // No volume name to show it under: say so loudly instead.
       log::error("receiver", "replicas of a source are not served", {{"source", source}, {"error", volumes.status().to_string()}});
+      continue;
+    }
+    if (root_of(source) != root) {
+      for (const std::string& volume : volumes.value()) {
+        if (!validate_name(volume, "volume").ok()) continue;
+        std::string dir = root + "/" + source + "/" + volume;
+        std::string why = "it is in " + dir + ", but " + source + "'s replicas go to " + root_of(source) +
+                          " ([[peers]] storage); move it there, or `amirror replica delete " + source + "/" + volume +
+                          "` for a fresh copy";
+        log::error("receiver", "replica not served", {{"replica", source + "/" + volume}, {"error", why}});
+        std::lock_guard lock(mutex_);
+        failed_[source + "/" + volume] = FailedReplica{source, volume, dir, why};
+      }
       continue;
     }
     for (const std::string& volume : volumes.value()) {
@@ -33,7 +69,7 @@ Status ReplicaRegistry::load() {
 }
 
 void ReplicaRegistry::finish_group_commits_at_load(const std::string& source) {
-  const std::string source_dir = replicas_dir_ + "/" + source;
+  const std::string source_dir = this->source_dir(source);
   auto intents = repl::pending_group_commits(fs_, source_dir);
   std::vector<std::pair<std::string, std::string>> failures;  // volume, why
   if (!intents.ok()) {
@@ -79,7 +115,7 @@ Result<std::vector<std::shared_ptr<repl::Replica>>> ReplicaRegistry::members(con
 
 Status ReplicaRegistry::finish_group_commit(const std::string& source, const std::string& group,
                                             const std::set<std::string>& held, uint64_t wait_ms) {
-  const std::string source_dir = replicas_dir_ + "/" + source;
+  const std::string source_dir = this->source_dir(source);
   AMIRROR_ASSIGN_OR_RETURN(bool pending, repl::group_commit_pending(fs_, source_dir, group));
   if (!pending) return Status();
   AMIRROR_ASSIGN_OR_RETURN(std::vector<repl::GroupCommit> intents, repl::pending_group_commits(fs_, source_dir));
@@ -118,7 +154,7 @@ Result<repl::GroupCommit> ReplicaRegistry::commit_group(const std::string& sourc
                               replica->volume() + " of group '" + replica->group() + "'");
     }
   }
-  AMIRROR_RETURN_IF_ERROR(repl::commit_group(fs_, replicas_dir_ + "/" + source, request, replicas, commit_gate_));
+  AMIRROR_RETURN_IF_ERROR(repl::commit_group(fs_, source_dir(source), request, replicas, commit_gate_));
   repl::GroupCommit applied = request;
   for (size_t i = 0; i < replicas.size(); ++i) {
     // Old points beyond keep go now; the group's points are all there already.
@@ -129,7 +165,7 @@ Result<repl::GroupCommit> ReplicaRegistry::commit_group(const std::string& sourc
 }
 
 void ReplicaRegistry::load_one(const std::string& source, const std::string& volume) {
-  std::string dir = replicas_dir_ + "/" + source + "/" + volume;
+  std::string dir = dir_of(source, volume);
   Result<std::unique_ptr<repl::Replica>> replica = [&]() -> Result<std::unique_ptr<repl::Replica>> {
     AMIRROR_ASSIGN_OR_RETURN(bool has_meta, fs_.exists(dir + "/replica.meta"));
     if (!has_meta) return std::unique_ptr<repl::Replica>();  // created but never initialized
@@ -186,15 +222,22 @@ Result<std::shared_ptr<repl::Replica>> ReplicaRegistry::open_or_create(const std
     AMIRROR_RETURN_IF_ERROR(it->second->follow_source_geometry(size_bytes, chunk_size_bytes));
     return it->second;
   }
+  if (auto placement = placements_.find(source); placement != placements_.end() && !placement->second.error.empty()) {
+    return Status(ErrorCode::kIo, "replicas from " + source + " go to a storage pool that failed when the target "
+                                  "started: " + placement->second.error + "; fix it and restart the target");
+  }
   // Every directory entry on the way is durable before the replica is used: a replica
   // the source was told is applied must not vanish in a power loss.
-  AMIRROR_RETURN_IF_ERROR(fs_.make_dir(replicas_dir_ + "/" + source));
-  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(replicas_dir_));
-  std::string dir = replicas_dir_ + "/" + source + "/" + volume;
+  const std::string& root = root_of(source);
+  AMIRROR_RETURN_IF_ERROR(fs_.make_dir(root));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(root.substr(0, root.rfind('/'))));
+  AMIRROR_RETURN_IF_ERROR(fs_.make_dir(source_dir(source)));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(root));
+  std::string dir = dir_of(source, volume);
   AMIRROR_RETURN_IF_ERROR(fs_.make_dir(dir));
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::Replica> replica,
                            repl::Replica::open_or_create(fs_, dir, source, volume, size_bytes, chunk_size_bytes));
-  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(replicas_dir_ + "/" + source));
+  AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(source_dir(source)));
   std::shared_ptr<repl::Replica> shared = std::move(replica);
   replicas_[source + "/" + volume] = shared;
   return shared;
@@ -232,6 +275,7 @@ Result<std::pair<std::string, std::string>> parse_replica_name(const std::string
 Status ReplicaRegistry::remove(const std::string& source, const std::string& volume,
                                const std::function<Status(const std::string& dir)>& remove_dir) {
   std::string key = source + "/" + volume;
+  std::string dir = dir_of(source, volume);
   {
     std::lock_guard lock(mutex_);
     if (!replicas_.contains(key) && !failed_.contains(key)) {
@@ -244,9 +288,12 @@ Status ReplicaRegistry::remove(const std::string& source, const std::string& vol
     }
     in_use_.insert(key);  // a connection from the source waits until we are done
     replicas_.erase(key);
-    failed_.erase(key);
+    if (auto failed = failed_.find(key); failed != failed_.end()) {
+      dir = failed->second.dir;  // perhaps not where its peer's replicas go (load())
+      failed_.erase(failed);
+    }
   }
-  Status status = remove_dir(replicas_dir_ + "/" + key);
+  Status status = remove_dir(dir);
   if (!status.ok()) load_one(source, volume);
   release(key);
   return status;

@@ -43,13 +43,25 @@ struct FailedReplica {
   std::string error;
 };
 
+// Where one peer's replicas go on this node ([[peers]] storage): `dir` is the replicas
+// directory of its pool, <pool>/replicas. A peer whose pool failed to open has an
+// `error`: none of its replicas is opened or created (a sender is told why).
+struct ReplicaPlacement {
+  std::string dir;
+  std::string error;
+};
+
 class ReplicaRegistry {
  public:
-  ReplicaRegistry(FileSystem& fs, std::string replicas_dir) : fs_(fs), replicas_dir_(std::move(replicas_dir)) {}
-  // Opens every replica under the directory (finishing interrupted applies). One that
-  // cannot be opened is recorded as failed (and logged), never fatal: one damaged
-  // replica must not keep the node from serving the others. Errors only when the
-  // replicas directory itself cannot be read.
+  // `replicas_dir`: the data directory's, for every peer not in `placements`.
+  ReplicaRegistry(FileSystem& fs, std::string replicas_dir, std::map<std::string, ReplicaPlacement> placements = {})
+      : fs_(fs), replicas_dir_(std::move(replicas_dir)), placements_(std::move(placements)) {}
+  // Opens every replica under the replicas directories (finishing interrupted
+  // applies). One that cannot be opened is recorded as failed (and logged), never
+  // fatal: one damaged replica must not keep the node from serving the others. So is
+  // one found in another pool than its peer's `storage` names (moved config): it is
+  // not overwritten by a fresh copy behind the operator's back. Errors only when the
+  // data directory's replicas directory itself cannot be read.
   Status load();
   std::vector<FailedReplica> failed() const;
   // "SOURCE/VOLUME" -> replica; nullptr when unknown.
@@ -82,7 +94,7 @@ class ReplicaRegistry {
   const Switchover& switchover_hook() const { return switchover_; }
   const BeforeCreate& before_create() const { return before_create_; }
   std::string dir_of(const std::string& source, const std::string& volume) const {
-    return replicas_dir_ + "/" + source + "/" + volume;
+    return source_dir(source) + "/" + volume;
   }
 
   // Group-atomic commit (repl/group_commit.h). Commits `request`'s members together
@@ -100,6 +112,11 @@ class ReplicaRegistry {
   std::shared_mutex& commit_gate() { return commit_gate_; }
 
  private:
+  // The replicas directory `source`'s replicas go to, and its directory there.
+  const std::string& root_of(const std::string& source) const;
+  std::string source_dir(const std::string& source) const { return root_of(source) + "/" + source; }
+  // Loads the replicas under `root` (one replicas directory).
+  Status load_root(const std::string& root);
   void load_one(const std::string& source, const std::string& volume);
   // At load: rolls forward the group commits a crash cut short; a member that cannot
   // be is marked failed (its group may be split).
@@ -109,6 +126,7 @@ class ReplicaRegistry {
 
   FileSystem& fs_;
   const std::string replicas_dir_;
+  const std::map<std::string, ReplicaPlacement> placements_;  // by peer
   BeforeCreate before_create_;
   Switchover switchover_;
   mutable std::mutex mutex_;

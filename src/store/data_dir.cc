@@ -30,7 +30,12 @@ bool ends_with(const std::string& text, const std::string& suffix) {
 DataDir::DataDir(FileSystem& fs, std::string path, std::unique_ptr<DirectoryLock> lock)
     : fs_(fs), path_(std::move(path)), lock_(std::move(lock)) {}
 
-Result<std::unique_ptr<DataDir>> DataDir::open(FileSystem& fs, const std::string& path) {
+Result<std::unique_ptr<DataDir>> DataDir::open(FileSystem& fs, const std::string& path,
+                                               const DataDirOptions& options) {
+  if (!options.create_missing) {
+    AMIRROR_ASSIGN_OR_RETURN(bool exists, fs.exists(path));
+    if (!exists) return not_found("directory " + path + " does not exist (is its file system mounted?)");
+  }
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(path));
   AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, fs.list_dir(path));
   std::string marker_path = path + "/" + kMarkerName;
@@ -44,6 +49,8 @@ Result<std::unique_ptr<DataDir>> DataDir::open(FileSystem& fs, const std::string
   } else if (!names.empty()) {
     return invalid_argument(path + " is not empty and is not an amirror data directory (no " +
                             kMarkerName + " file); refusing to touch it. Use an empty directory.");
+  } else if (!options.initialize_empty) {
+    return not_found(path + " is empty, but volumes were kept there (is the right file system mounted?)");
   }
   auto lock = fs.lock_file(path + "/" + kLockName);
   if (!lock.ok()) {
@@ -123,8 +130,10 @@ Status DataDir::remove_from_trash(const std::string& trashed_dir) {
   return fs_.sync_dir(trash_dir());
 }
 
-std::string DataDir::volume_dir(const std::string& name) const {
-  return path_ + "/" + kVolumesDirName + "/" + name;
+std::string DataDir::volume_dir(const std::string& name) const { return volume_dir_at(path_, name); }
+
+std::string DataDir::volume_dir_at(const std::string& path, const std::string& name) {
+  return path + "/" + kVolumesDirName + "/" + name;
 }
 
 Result<std::vector<std::string>> DataDir::list_volumes() {

@@ -32,10 +32,25 @@
 
 namespace amirror {
 
+// How open() treats a directory that is not (yet) amirror's. The defaults suit a
+// node's data directory; a storage pool is opened stricter (node/storage_pools.h).
+struct DataDirOptions {
+  // Make the directory when it does not exist. Off for a pool: a missing pool
+  // directory is often an unmounted file system, and making it would put the pool's
+  // volumes on the wrong one.
+  bool create_missing = true;
+  // Set up an empty directory as a new one. Off when volumes are known to live there:
+  // an empty directory is then a wrong (or freshly formatted) mount, not a new one.
+  bool initialize_empty = true;
+};
+
 class DataDir {
  public:
-  // Opens (creating if absent or empty) and locks the data directory.
-  static Result<std::unique_ptr<DataDir>> open(FileSystem& fs, const std::string& path);
+  // Opens (creating if absent or empty, as `options` allow) and locks the directory.
+  static Result<std::unique_ptr<DataDir>> open(FileSystem& fs, const std::string& path,
+                                               const DataDirOptions& options = {});
+  // Where volume `name` lives in the directory at `path` (open or not).
+  static std::string volume_dir_at(const std::string& path, const std::string& name);
 
   const std::string& path() const { return path_; }
   FileSystem& fs() { return fs_; }

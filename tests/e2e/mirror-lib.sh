@@ -23,6 +23,7 @@
 #   proxy_link SRC TGT LABEL ARGS..., unproxy LABEL   faults between two nodes
 #   compare_replica SRC VOL TGT    byte-compare SRC's volume with its replica on TGT
 #   hold_open NODE VOL             a qemu-io keeping an NBD connection open (fd 7, $WORK/holder.out)
+#   mount_tmpfs DIR SIZE           (root) a size-limited tmpfs on DIR, unmounted on exit
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/pki.sh"
 require_cmd qemu-io qemu-img nbdcopy jq python3 cmp
@@ -332,4 +333,22 @@ hold_open() {
   exec 7>"$WORK/holder.fifo"
   echo "read 0 4k" >&7
   wait_until 30 "qemu-io holding $1:$2 open read from it" grep -q "read 4096/4096" "$WORK/holder.out"
+}
+
+# mount_tmpfs DIR SIZE: a size-limited tmpfs on DIR (root only). The exit trap kills
+# the nodes (their files keep a mount busy) and unmounts every one before cleanup.
+TMPFS_MOUNTS=()
+unmount_tmpfs_then_cleanup() {
+  local rc=$?
+  for name in "${!SERVE_PID[@]}"; do kill -KILL "${SERVE_PID[$name]}" 2>/dev/null || true; done
+  for name in "${!SERVE_PID[@]}"; do wait "${SERVE_PID[$name]}" 2>/dev/null || true; done
+  for m in "${TMPFS_MOUNTS[@]}"; do umount -l "$m" 2>/dev/null || true; done
+  (exit $rc)
+  cleanup
+}
+mount_tmpfs() {
+  mkdir -p "$1"
+  mount -t tmpfs -o size="$2" tmpfs "$1" || fail "cannot mount a $2 tmpfs on $1"
+  TMPFS_MOUNTS+=("$1")
+  trap unmount_tmpfs_then_cleanup EXIT
 }

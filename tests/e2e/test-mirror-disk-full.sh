@@ -10,22 +10,6 @@
 source "$(dirname "$0")/mirror-lib.sh"
 [[ $(id -u) == 0 ]] || skip "needs root to mount tmpfs"
 
-MOUNTS=()
-unmount_all() {
-  local rc=$?
-  for name in "${!SERVE_PID[@]}"; do kill -KILL "${SERVE_PID[$name]}" 2>/dev/null || true; done
-  sleep 0.2
-  for m in "${MOUNTS[@]}"; do umount -l "$m" 2>/dev/null || true; done
-  (exit $rc)
-  cleanup
-}
-trap unmount_all EXIT
-mount_tmpfs() {  # mount_tmpfs DIR SIZE
-  mkdir -p "$1"
-  mount -t tmpfs -o size="$2" tmpfs "$1" || fail "cannot mount a $2 tmpfs on $1"
-  MOUNTS+=("$1")
-}
-
 setup_nodes site-a site-b
 mount_tmpfs "$WORK/site-b.d" 64M  # the target needs room for the image plus one staged delta
 start_node site-a

@@ -103,5 +103,40 @@ TEST(NodeConfig, NbdTlsRules) {
   EXPECT_EQ(config->nbd_tls, nbd::TlsMode::kOff);
 }
 
+TEST(NodeConfig, StoragePools) {
+  const std::string pools = "\n[[storage]]\nname = \"fast\"\npath = \"/mnt/ssd/amirror\"\n"
+                            "\n[[storage]]\nname = \"bulk\"\npath = \"/mnt/hdd/amirror/\"\n";
+  auto config = parse_node_config(kNode + kTls + kPeer + "storage = \"bulk\"\n" + pools, "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  ASSERT_EQ(config->storage.size(), 2u);
+  EXPECT_EQ(config->storage[0].name, "fast");
+  EXPECT_EQ(config->storage_path("default"), "/tmp/a");
+  EXPECT_EQ(config->storage_path("bulk"), "/mnt/hdd/amirror/");
+  EXPECT_EQ(config->storage_path("nope"), "");
+  EXPECT_EQ(config->peers.at(0).storage, "bulk");
+  config = parse_node_config(kNode + kTls + kPeer, "node.toml");
+  ASSERT_TRUE(config.ok());
+  EXPECT_TRUE(config->storage.empty());
+  EXPECT_EQ(config->peers.at(0).storage, "default");  // replicas in the data directory
+}
+
+TEST(NodeConfig, BadStoragePoolsAreRefused) {
+  auto pool = [](const std::string& name, const std::string& path) {
+    return "\n[[storage]]\nname = \"" + name + "\"\npath = \"" + path + "\"\n";
+  };
+  expect_refused(kNode + pool("a", "/x") + pool("a", "/y"), "[[storage]] #2: storage 'a' is listed twice");
+  expect_refused(kNode + pool("default", "/x"), "the name 'default' is the data directory's pool");
+  expect_refused(kNode + pool("../up", "/x"), "storage name");
+  expect_refused(kNode + "\n[[storage]]\nname = \"a\"\n", "[[storage]] #1: missing required key 'path'");
+  expect_refused(kNode + pool("a", ""), "'path' must not be empty");
+  expect_refused(kNode + pool("a", "/tmp/a/"), "path /tmp/a/ is the data_dir");
+  expect_refused(kNode + pool("a", "/x/y") + pool("b", "/x//y/"), "is the path of storage 'a' too");
+  expect_refused(kNode + pool("a", "/x") + "size = \"1G\"\n", "[[storage]] #1: unknown key 'size'");
+  expect_refused(kNode + "storage = \"a\"\n", "[node]: unknown key 'storage'");
+  expect_refused("storage = 1\n" + kNode, "must be an array of tables");
+  expect_refused(kNode + kTls + kPeer + "storage = \"nope\"\n" + pool("a", "/x"),
+                 "[[peers]] #1: storage 'nope' is not a pool of this node (known: default, a)");
+}
+
 }  // namespace
 }  // namespace amirror::node
