@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/assert.h"
 #include "base/log.h"
 #include "base/names.h"
 #include "base/units.h"
@@ -102,6 +103,7 @@ Result<std::pair<std::string, uint64_t>> Node::promote_replica(const std::string
   }
   // A rename, not a copy: the volume stays in the pool that holds the replica.
   const std::string storage = pools_->pool_holding(replicas_->dir_of(source, source_volume));
+  AMIRROR_ASSERT(!storage.empty());  // every replicas directory is in a pool
   std::string volume_dir = DataDir::volume_dir_at(config_.storage_path(storage), name);
   Status status = replicas_->remove(source, source_volume, [&](const std::string& dir) -> Status {
     withdraw_export(replica_name);

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "base/log.h"
 
@@ -28,13 +29,16 @@ Result<std::unique_ptr<StoragePools>> StoragePools::open(FileSystem& fs, const N
   AMIRROR_ASSIGN_OR_RETURN(default_pool.dir, DataDir::open(fs, config.data_dir));
   pools->pools_.push_back(std::move(default_pool));
   AMIRROR_RETURN_IF_ERROR(pools->load_catalog());
+  std::set<std::string> holding_volumes;  // pools the catalog places volumes in
+  {
+    MutexLock lock(pools->mutex_);
+    for (const auto& [volume, pool_name] : pools->catalog_) holding_volumes.insert(pool_name);
+  }
   for (const StorageConfig& configured : config.storage) {
     StoragePool pool{configured.name, configured.path, nullptr, ""};
     DataDirOptions options;
     options.create_missing = false;
-    for (const auto& [volume, pool_name] : pools->catalog_) {
-      if (pool_name == configured.name) options.initialize_empty = false;
-    }
+    options.initialize_empty = !holding_volumes.contains(configured.name);
     auto opened = DataDir::open(fs, configured.path, options);
     if (opened.ok()) {
       pool.dir = std::move(opened).value();
@@ -53,7 +57,7 @@ Status StoragePools::load_catalog() {
   AMIRROR_ASSIGN_OR_RETURN(bool exists, fs_.exists(path));
   if (!exists) return Status();
   AMIRROR_ASSIGN_OR_RETURN(std::string text, read_small_file(fs_, path, kMaxCatalogBytes));
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   try {
     json parsed = json::parse(text);
     if (parsed.value("version", 0) != 1) return corruption(path + ": unknown version; written by a newer amirror?");
@@ -85,7 +89,7 @@ std::string StoragePools::known_names() const {
 
 Result<std::map<std::string, std::string>> StoragePools::load_volumes() {
   std::map<std::string, std::string> found;
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   bool catalog_changed = false;
   for (const StoragePool& pool : pools_) {
     if (pool.dir == nullptr) continue;
@@ -116,7 +120,7 @@ Result<std::map<std::string, std::string>> StoragePools::load_volumes() {
 }
 
 std::string StoragePools::pool_of(const std::string& name) const {
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   auto recorded = catalog_.find(name);
   return recorded == catalog_.end() ? kDefaultStorageName : recorded->second;
 }
@@ -155,7 +159,7 @@ std::string StoragePools::pool_holding(const std::string& path) const {
 }
 
 Status StoragePools::record(const std::string& name, const std::string& pool_name) {
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   auto recorded = catalog_.find(name);
   if (pool_name == kDefaultStorageName) {
     if (recorded == catalog_.end()) return Status();

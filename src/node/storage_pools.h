@@ -20,11 +20,11 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "base/mutex.h"
 #include "node/config.h"
 #include "store/data_dir.h"
 
@@ -79,14 +79,14 @@ class StoragePools {
 
  private:
   StoragePools(FileSystem& fs, std::string catalog_dir) : fs_(fs), catalog_dir_(std::move(catalog_dir)) {}
-  Status load_catalog();
-  Status save_catalog_locked();  // REQUIRES: mutex_ held
+  Status load_catalog() EXCLUDES(mutex_);
+  Status save_catalog_locked() REQUIRES(mutex_);
 
   FileSystem& fs_;
   const std::string catalog_dir_;  // the data directory
   std::vector<StoragePool> pools_;
-  mutable std::mutex mutex_;
-  std::map<std::string, std::string> catalog_;  // volume -> pool, never "default". GUARDED_BY(mutex_)
+  mutable Mutex mutex_;
+  std::map<std::string, std::string> catalog_ GUARDED_BY(mutex_);  // volume -> pool, never "default"
 };
 
 }  // namespace amirror::node

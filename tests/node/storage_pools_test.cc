@@ -30,6 +30,14 @@ NodeConfig config_with_pool(const testing::ScratchDir& scratch) {
   return config;
 }
 
+// Volume "v" in pool "p", recorded in the catalog; the pools closed again.
+void create_recorded_volume(const NodeConfig& config) {
+  auto pools = StoragePools::open(posix_file_system(), config);
+  ASSERT_TRUE(pools.ok()) << pools.status().to_string();
+  ASSERT_TRUE(pools.value()->find("p")->dir->create_volume("v", small_volume()).ok());
+  ASSERT_TRUE(pools.value()->record("v", "p").ok());
+}
+
 TEST(StoragePools, VolumesAreFoundInTheirPoolsAfterARestart) {
   testing::ScratchDir scratch("storage-pools");
   std::filesystem::create_directory(scratch.sub("pool"));
@@ -56,12 +64,7 @@ TEST(StoragePools, AMissingPoolFailsAloneAndIsNotCreated) {
   testing::ScratchDir scratch("storage-pools");
   std::filesystem::create_directory(scratch.sub("pool"));
   NodeConfig config = config_with_pool(scratch);
-  {
-    auto pools = StoragePools::open(posix_file_system(), config);
-    ASSERT_TRUE(pools.ok());
-    ASSERT_TRUE(pools.value()->find("p")->dir->create_volume("v", small_volume()).ok());
-    ASSERT_TRUE(pools.value()->record("v", "p").ok());
-  }
+  create_recorded_volume(config);
   std::filesystem::remove_all(scratch.sub("pool"));
   auto pools = StoragePools::open(posix_file_system(), config);
   ASSERT_TRUE(pools.ok()) << pools.status().to_string();
@@ -81,12 +84,7 @@ TEST(StoragePools, AnEmptyDirectoryWhereVolumesWereIsNotSetUpAgain) {
   testing::ScratchDir scratch("storage-pools");
   std::filesystem::create_directory(scratch.sub("pool"));
   NodeConfig config = config_with_pool(scratch);
-  {
-    auto pools = StoragePools::open(posix_file_system(), config);
-    ASSERT_TRUE(pools.ok());
-    ASSERT_TRUE(pools.value()->find("p")->dir->create_volume("v", small_volume()).ok());
-    ASSERT_TRUE(pools.value()->record("v", "p").ok());
-  }
+  create_recorded_volume(config);
   // Like a file system that did not mount: its mount point is empty.
   std::filesystem::remove_all(scratch.sub("pool"));
   std::filesystem::create_directory(scratch.sub("pool"));
