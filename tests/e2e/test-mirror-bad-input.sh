@@ -16,11 +16,11 @@ am site-a mirror start db --to site-b --interval 1h >/dev/null
 mirror_sync site-a db
 compare_replica site-a db site-b
 
-# what must not change (lag_seconds moves with the clock)
+# what must not change (lag_seconds moves with the clock, free_bytes with the disk)
 snapshot() {
   {
     am site-a volume list --json
-    status_json site-a | jq -S 'del(.volumes[].mirrors[]?.lag_seconds)'
+    status_json site-a | jq -S 'del(.volumes[].mirrors[]?.lag_seconds, .storage[].free_bytes)'
     status_json site-b | jq -S '.replicas'
   } >"$1"
 }

@@ -133,7 +133,7 @@ log "bad input: a clear error, exit 1, nothing changed"
 am site-a mirror break far >/dev/null # its retries toward site-c would change status meanwhile
 am site-a volume create lone --size 1M >/dev/null
 snapshot() {
-  status_json site-a | jq -S 'del(.volumes[].mirrors[]?.lag_seconds, .volumes[].mirrors[]?.last_error)' >"$1"
+  status_json site-a | jq -S 'del(.volumes[].mirrors[]?.lag_seconds, .volumes[].mirrors[]?.last_error, .storage[].free_bytes)' >"$1"
 }
 snapshot "$WORK/before.json"
 expect_refusal 1 "nosuch" site-a mirror verify nosuch

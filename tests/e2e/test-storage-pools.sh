@@ -34,6 +34,15 @@ am site-a volume create g1 --size 64M --group g --storage p1 | grep -q "in stora
 am site-a volume create g2 --size 32M --group g --storage p2 >/dev/null
 am site-a volume create solo --size 8M --storage p2 >/dev/null
 am site-a volume create plain --size 8M >/dev/null
+head -c $((2 * MiB)) /dev/urandom >"$WORK/image.raw"
+am site-a volume import imported --from "$WORK/image.raw" --storage p2 >/dev/null
+[[ -d $WORK/p2/volumes/imported ]] || fail "volume import --storage p2 did not put the volume in p2"
+nbdcopy "$(vol_uri site-a imported)" "$WORK/imported.raw" && cmp "$WORK/image.raw" "$WORK/imported.raw" ||
+  fail "the imported volume differs from its file"
+am site-a volume delete imported >/dev/null
+[[ ! -e $WORK/p2/volumes/imported ]] || fail "volume delete left the volume in p2"
+[[ $(jq -r '.volumes.imported // "gone"' "$WORK/site-a.d/storage.json") == gone ]] ||
+  fail "the storage catalog still names the deleted volume: $(cat "$WORK/site-a.d/storage.json")"
 expect_refusal 1 "volume 'g1' already exists" site-a volume create g1 --size 1M --storage p2
 for pair in g1:p1 g2:p2 solo:p2 plain:default; do
   [[ $(volume_field site-a "${pair%%:*}" storage) == "${pair#*:}" ]] || fail "volume ${pair%%:*} is not shown in storage ${pair#*:}"

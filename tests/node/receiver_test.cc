@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 
 #include "testing/test_support.h"
 
@@ -54,6 +55,46 @@ TEST(ReplicaRegistry, ADamagedReplicaFailsAloneAndIsNotOverwritten) {
       << refused.status().message();
   EXPECT_EQ(read_file(bad_meta), damaged);
   EXPECT_TRUE(registry.open_or_create("a", "good", kSize, kChunk).ok());
+}
+
+// [[peers]] storage: a peer's replicas go to its pool's replicas directory; one found
+// elsewhere (the setting changed) is failed, not overwritten by a fresh copy; a peer
+// whose pool failed gets no replica at all, with the reason.
+TEST(ReplicaRegistry, PlacementByPeerStorage) {
+  testing::ScratchDir scratch("registry");
+  const std::string data = scratch.sub("replicas"), pool = scratch.sub("pool-replicas");
+  {
+    ReplicaRegistry registry(posix_file_system(), data);
+    ASSERT_TRUE(registry.load().ok());
+    ASSERT_TRUE(registry.open_or_create("moved", "v", kSize, kChunk).ok());
+  }
+  std::map<std::string, ReplicaPlacement> placements = {
+      {"a", {pool, ""}}, {"moved", {pool, ""}}, {"down", {scratch.sub("gone/replicas"), "storage 'gone': broken"}}};
+  ReplicaRegistry registry(posix_file_system(), data, placements);
+  ASSERT_TRUE(registry.load().ok());
+  ASSERT_TRUE(registry.open_or_create("a", "v", kSize, kChunk).ok());
+  EXPECT_TRUE(std::filesystem::exists(pool + "/a/v/replica.meta"));
+  EXPECT_EQ(registry.dir_of("a", "v"), pool + "/a/v");
+  EXPECT_EQ(registry.dir_of("b", "v"), data + "/b/v");
+
+  ASSERT_EQ(registry.failed().size(), 1u);
+  EXPECT_EQ(registry.failed().front().dir, data + "/moved/v");
+  EXPECT_NE(registry.failed().front().error.find("replicas go to " + pool), std::string::npos)
+      << registry.failed().front().error;
+  EXPECT_FALSE(registry.open_or_create("moved", "v", kSize, kChunk).ok());
+
+  auto refused = registry.open_or_create("down", "v", kSize, kChunk);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("storage 'gone': broken"), std::string::npos) << refused.status().message();
+  EXPECT_FALSE(std::filesystem::exists(scratch.sub("gone")));
+
+  // A misplaced replica is deleted where it is.
+  ASSERT_TRUE(registry.remove("moved", "v", [&](const std::string& dir) {
+    EXPECT_EQ(dir, data + "/moved/v");
+    std::filesystem::remove_all(dir);
+    return Status();
+  }).ok());
+  EXPECT_TRUE(registry.failed().empty());
 }
 
 }  // namespace
