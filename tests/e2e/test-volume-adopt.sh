@@ -29,7 +29,7 @@ adopt_cleanup() {
   for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount "${MOUNTS[$i]}" 2>/dev/null || true; done
   for ((i = ${#LOOPS[@]} - 1; i >= 0; i--)); do losetup -d "${LOOPS[$i]}" 2>/dev/null || true; done
   if [[ -n $NBDFUSE_PID ]]; then
-    fusermount3 -u "$WORK/fuse" 2>/dev/null || umount "$WORK/fuse" 2>/dev/null || true
+    umount "$WORK/fuse" 2>/dev/null || true
     kill "$NBDFUSE_PID" 2>/dev/null || true
     wait "$NBDFUSE_PID" 2>/dev/null || true
   fi
@@ -37,11 +37,9 @@ adopt_cleanup() {
 }
 trap 'adopt_cleanup; cleanup' EXIT
 
-attach() { # attach FILE [losetup options]: prints the loop device
-  local device
-  device=$(losetup -f --show "$@") || fail "losetup $* failed"
-  LOOPS+=("$device")
-  echo "$device"
+attach() { # attach [losetup options] FILE: the loop device in $LOOP (not a subshell: the trap must see it)
+  LOOP=$(losetup -f --show "$@") || fail "losetup $* failed"
+  LOOPS+=("$LOOP")
 }
 detach() {
   losetup -d "$1" || fail "losetup -d $1 failed"
@@ -71,7 +69,8 @@ start_node b
 
 # --- 1. an ext4 loop device with files; adopt it -----------------------------------
 truncate -s 64M "$WORK/disk.img"
-DISK=$(attach "$WORK/disk.img")
+attach "$WORK/disk.img"
+DISK=$LOOP
 mkfs.ext4 -q -F "$DISK" || fail "mkfs.ext4 $DISK failed"
 mount_at "$WORK/mnt" "$DISK"
 mkdir "$WORK/mnt/before"
@@ -105,7 +104,8 @@ mkdir -p "$WORK/fuse"
 nbdfuse "$WORK/fuse/nbd" "$(vol_uri a disk)" >"$WORK/nbdfuse.log" 2>&1 &
 NBDFUSE_PID=$!
 wait_until 30 "nbdfuse exposes the volume" test -f "$WORK/fuse/nbd"
-THROUGH=$(attach "$WORK/fuse/nbd")
+attach "$WORK/fuse/nbd"
+THROUGH=$LOOP
 mount_at "$WORK/mnt" "$THROUGH"
 manifest "$WORK/mnt" >"$WORK/manifest-before"
 [[ $(wc -l <"$WORK/manifest-before") == 4 ]] || fail "the adopted file system does not show the files: $(cat "$WORK/manifest-before")"
@@ -116,7 +116,7 @@ rm "$WORK/mnt/before/file1"
 manifest "$WORK/mnt" >"$WORK/manifest-after"
 unmount "$WORK/mnt"  # writes everything back and flushes
 detach "$THROUGH"
-fusermount3 -u "$WORK/fuse" || umount "$WORK/fuse" || fail "could not unmount nbdfuse"
+umount "$WORK/fuse" || fail "could not unmount nbdfuse"
 wait "$NBDFUSE_PID" || true
 NBDFUSE_PID=""
 
@@ -124,7 +124,8 @@ mirror_sync a disk
 compare_replica a disk b
 IMAGE=$(replica_field b a disk image_path)
 fsck.ext4 -fn "$IMAGE" >"$WORK/fsck-replica.out" 2>&1 || fail "fsck.ext4 -fn of the replica failed: $(tail "$WORK/fsck-replica.out")"
-REPLICA_LOOP=$(attach -r "$IMAGE")
+attach -r "$IMAGE"
+REPLICA_LOOP=$LOOP
 mount_at "$WORK/replica-mnt" -o ro,noload "$REPLICA_LOOP"
 manifest "$WORK/replica-mnt" >"$WORK/manifest-replica"
 unmount "$WORK/replica-mnt"
@@ -147,7 +148,7 @@ am a volume release disk-again >/dev/null
 log "adopt, mirror, write through nbdfuse, release: ok"
 
 # --- 4. kill -9 after an adopt and during a release --------------------------------
-head -c $((8 * 1024 * 1024)) /dev/urandom >"$WORK/plain.img"
+head -c $((64 * 1024 * 1024)) /dev/urandom >"$WORK/plain.img"
 cp "$WORK/plain.img" "$WORK/expected.img"
 am a volume adopt plain --path "$WORK/plain.img" --chunk-size 4K >/dev/null
 kill_node a
@@ -156,12 +157,14 @@ start_node a
 nbdcopy "$(vol_uri a plain)" "$WORK/read.img" && cmp "$WORK/read.img" "$WORK/expected.img" ||
   fail "after kill -9 the adopted volume does not read as the file did"
 # Layers to merge: the mirror's cycles merged some into the file already; the last
-# write stays in the active layer. Every write is flushed (acknowledged as durable).
+# write (48 MiB, so the release has a while to merge) stays in the active layer.
+# Every write is flushed (acknowledged as durable).
 am a mirror start plain --to b --interval 1h >/dev/null
 for round in 1 2 3 4; do
-  head -c $((2 * 1024 * 1024)) /dev/urandom >"$WORK/chunk.bin"
+  length=$((round < 4 ? 2 * 1024 * 1024 : 48 * 1024 * 1024))
+  head -c $length /dev/urandom >"$WORK/chunk.bin"
   offset=$((round * 1500000 + 4096 * round + 7))
-  qemu-io -f raw -c "write -q -s $WORK/chunk.bin $offset $((2 * 1024 * 1024))" -c flush "$(vol_uri a plain)" >/dev/null ||
+  qemu-io -f raw -c "write -q -s $WORK/chunk.bin $offset $length" -c flush "$(vol_uri a plain)" >/dev/null ||
     fail "qemu-io write failed"
   python3 -c "import sys; f=open(sys.argv[1],'r+b'); f.seek(int(sys.argv[2])); f.write(open(sys.argv[3],'rb').read())" \
     "$WORK/expected.img" "$offset" "$WORK/chunk.bin"
@@ -172,15 +175,19 @@ cmp -s "$WORK/plain.img" "$WORK/expected.img" && fail "the last write reached th
 lines_before=$(grep -c "merging every layer" "$WORK/a.log" || true)
 "$AMIRROR" volume release plain --node "$WORK/a.sock" >"$WORK/release.out" 2>&1 &
 RELEASE_PID=$!
-wait_until 60 "the release began merging" test "$(grep -c "merging every layer" "$WORK/a.log")" -gt "$lines_before"
+release_began() { (($(grep -c "merging every layer" "$WORK/a.log") > lines_before)); }
+wait_until 60 "the release began merging" release_began
 kill_node a
 wait "$RELEASE_PID" 2>/dev/null || true
 start_node a
 if [[ -n $(volume_field a plain name) ]]; then
+  log "kill -9 came before the release forgot the volume: rolled back"
   # Rolled back: still adopted, nothing lost; release again.
   nbdcopy "$(vol_uri a plain)" "$WORK/read.img" && cmp "$WORK/read.img" "$WORK/expected.img" ||
     fail "after kill -9 mid-release the volume lost writes"
   am a volume release plain >/dev/null
+else
+  log "kill -9 came after the release forgot the volume"
 fi
 cmp "$WORK/plain.img" "$WORK/expected.img" || fail "after the release the file does not hold the last writes"
 log "kill -9 after adopt and mid-release: ok"
