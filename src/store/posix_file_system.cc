@@ -5,15 +5,52 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 
 #include "store/file_system.h"
 
 namespace amirror {
 namespace {
+
+// Who holds the flock on the file `info` describes, from /proc/locks: " (held by
+// process PID: COMMAND LINE)", or "" when that cannot be told. For an operator facing a
+// second adopt of one path by another amirror process.
+std::string flock_holder(const struct stat& info) {
+  char wanted[64];
+  std::snprintf(wanted, sizeof wanted, "%02x:%02x:%llu", major(info.st_dev), minor(info.st_dev),
+                static_cast<unsigned long long>(info.st_ino));
+  std::ifstream locks("/proc/locks");
+  std::string line;
+  while (std::getline(locks, line)) {
+    std::istringstream fields(line);
+    std::string number, kind, advisory, mode, pid, id;
+    if (!(fields >> number >> kind >> advisory >> mode >> pid >> id) || kind != "FLOCK" || id != wanted) continue;
+    std::ifstream cmdline("/proc/" + pid + "/cmdline");
+    std::string command((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+    std::replace(command.begin(), command.end(), '\0', ' ');
+    while (!command.empty() && command.back() == ' ') command.pop_back();
+    return " (held by process " + pid + (command.empty() ? "" : ": " + command) + ")";
+  }
+  return "";
+}
+
+// Whether another open file description holds the flock on `path` (a block device
+// claimed O_EXCL by an amirror that adopted it, rather than mounted).
+bool flock_held(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  return held;
+}
 
 class PosixFile final : public File {
  public:
@@ -226,20 +263,25 @@ class PosixFileSystem final : public FileSystem {
     // is mounted, part of a RAID/LVM/dm stack, or claimed by another O_EXCL opener.
     int flags = O_RDWR | O_CLOEXEC | (S_ISBLK(info.st_mode) ? O_EXCL : 0);
     int fd = ::open(path.c_str(), flags);
+    // Read only on failure: the holder, for the operator.
+    auto adopted = [&] { return Status(ErrorCode::kBusy, path + " is already adopted by another amirror volume" + flock_holder(info)); };
     if (fd < 0) {
+      if (errno == EBUSY && flock_held(path)) return adopted();
       if (errno == EBUSY) {
         return Status(ErrorCode::kBusy, path + " is in use (mounted, or claimed by another program); unmount or "
                                                "release it first");
       }
       return Status::from_errno(errno, "open " + path);
     }
-    AMIRROR_RETURN_IF_ERROR(lock_or_close(fd, path, " is already adopted by another amirror volume (its lock is held)"));
+    if (Status locked = lock_or_close(fd, path, " is already adopted"); !locked.ok()) {
+      return locked.code() == ErrorCode::kBusy ? adopted() : locked;
+    }
     return std::unique_ptr<File>(new PosixFile(fd, path));
   }
 
   // flock(LOCK_EX|LOCK_NB) on `fd`; on failure `fd` is closed and kBusy says `path` +
   // `held_by` when someone else holds the lock.
-  static Status lock_or_close(int fd, const std::string& path, const char* held_by) {
+  static Status lock_or_close(int fd, const std::string& path, const std::string& held_by) {
     if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return Status();
     int saved = errno;
     ::close(fd);

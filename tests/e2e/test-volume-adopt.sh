@@ -4,7 +4,8 @@
 # mounts, FUSE):
 #  1. a loop device carrying ext4 with files is adopted in place; adopting it again,
 #     adopting it while mounted, a directory, a missing path and a path inside the data
-#     directory are refused, as are resize, delete and release while mirrored;
+#     directory are refused (a second adopt by another node names the process holding
+#     it), as are resize, delete and release while mirrored;
 #  2. it is mirrored to a second node and mounted through nbdfuse + a loop device on
 #     the FUSE file, written, unmounted; after `mirror sync` the replica's image passes
 #     `fsck.ext4 -fn` and holds the same files (checksums); the replica equals the
@@ -92,6 +93,8 @@ grep -q "nothing else may write it" "$WORK/last.out" || fail "adopt did not warn
 [[ $(volume_field a disk size_bytes) == $((64 * 1024 * 1024)) ]] || fail "the volume is not the device's size"
 [[ ! -e $WORK/a.d/volumes/disk/base.img ]] || fail "adopt copied the device into base.img"
 expect_refusal 1 "already adopted by volume 'disk'" a volume adopt disk2 --path "$DISK"
+# Another node process: the device's lock names the process holding it.
+expect_refusal 1 "already adopted by another amirror volume (held by process ${SERVE_PID[a]}" b volume adopt disk --path "$DISK"
 expect_refusal 1 "never resizes" a volume resize disk --size 128M
 expect_refusal 1 "volume release disk" a volume delete disk
 
@@ -151,6 +154,7 @@ log "adopt, mirror, write through nbdfuse, release: ok"
 head -c $((64 * 1024 * 1024)) /dev/urandom >"$WORK/plain.img"
 cp "$WORK/plain.img" "$WORK/expected.img"
 am a volume adopt plain --path "$WORK/plain.img" --chunk-size 4K >/dev/null
+expect_refusal 1 "already adopted by another amirror volume (held by process ${SERVE_PID[a]}" b volume adopt plain --path "$WORK/plain.img"
 kill_node a
 start_node a
 [[ $(volume_field a plain adopted_path) == "$WORK/plain.img" ]] || fail "the adopt did not survive kill -9: $(status_json a)"
