@@ -153,7 +153,9 @@ log "adopt, mirror, write through nbdfuse, release: ok"
 # --- 4. kill -9 after an adopt and during a release --------------------------------
 head -c $((64 * 1024 * 1024)) /dev/urandom >"$WORK/plain.img"
 cp "$WORK/plain.img" "$WORK/expected.img"
-am a volume adopt plain --path "$WORK/plain.img" --chunk-size 4K >/dev/null
+am a volume adopt plain --path "$WORK/plain.img" --chunk-size 4K --group adopted >/dev/null
+[[ $(volume_field a plain group) == adopted && $(volume_field a plain chunk_size_bytes) == 4096 ]] ||
+  fail "adopt --group/--chunk-size not taken: $(status_json a)"
 expect_refusal 1 "already adopted by another amirror volume (held by process ${SERVE_PID[a]}" b volume adopt plain --path "$WORK/plain.img"
 kill_node a
 start_node a
@@ -163,7 +165,7 @@ nbdcopy "$(vol_uri a plain)" "$WORK/read.img" && cmp "$WORK/read.img" "$WORK/exp
 # Layers to merge: the mirror's cycles merged some into the file already; the last
 # write (48 MiB, so the release has a while to merge) stays in the active layer.
 # Every write is flushed (acknowledged as durable).
-am a mirror start plain --to b --interval 1h >/dev/null
+am a mirror start --group adopted --to b --interval 1h >/dev/null
 for round in 1 2 3 4; do
   length=$((round < 4 ? 2 * 1024 * 1024 : 48 * 1024 * 1024))
   head -c $length /dev/urandom >"$WORK/chunk.bin"
@@ -172,9 +174,9 @@ for round in 1 2 3 4; do
     fail "qemu-io write failed"
   python3 -c "import sys; f=open(sys.argv[1],'r+b'); f.seek(int(sys.argv[2])); f.write(open(sys.argv[3],'rb').read())" \
     "$WORK/expected.img" "$offset" "$WORK/chunk.bin"
-  ((round < 4)) && mirror_sync a plain
+  ((round < 4)) && mirror_sync a --group adopted
 done
-am a mirror break plain >/dev/null
+am a mirror break --group adopted >/dev/null
 cmp -s "$WORK/plain.img" "$WORK/expected.img" && fail "the last write reached the adopted file before a merge"
 lines_before=$(grep -c "merging every layer" "$WORK/a.log" || true)
 "$AMIRROR" volume release plain --node "$WORK/a.sock" >"$WORK/release.out" 2>&1 &
