@@ -154,6 +154,29 @@ int run_volume_delete(const ClientArgs& client, const VolumeArgs& args) {
   return 0;
 }
 
+int run_volume_adopt(const ClientArgs& client, const VolumeArgs& args) {
+  json request = {{"command", "volume_adopt"}, {"name", args.name}, {"path", args.path}};
+  if (args.chunk_size_bytes != 0) request["chunk_size_bytes"] = args.chunk_size_bytes;
+  if (!args.group.empty()) request["group"] = args.group;
+  if (!args.storage.empty()) request["storage"] = args.storage;
+  json answer;
+  if (int failed = call(client, request, answer)) return failed;
+  fmt::print("adopted {} as volume {} ({}, {} chunks); nothing else may write it until `amirror volume release {}`\n",
+             answer["path"].get<std::string>(), args.name, format_bytes(answer["size_bytes"].get<uint64_t>()),
+             format_bytes(answer["chunk_size_bytes"].get<uint64_t>()), args.name);
+  return 0;
+}
+
+int run_volume_release(const ClientArgs& client, const VolumeArgs& args) {
+  json answer;
+  // Merging every layer into the file may take long: as long as an import.
+  if (int failed = call(client, {{"command", "volume_release"}, {"name", args.name}}, answer, 24 * 3600 * 1000ull)) {
+    return failed;
+  }
+  fmt::print("released volume {}: {} holds its data\n", args.name, answer["path"].get<std::string>());
+  return 0;
+}
+
 int run_replica_delete(const ClientArgs& client, const std::string& replica) {
   json answer;
   if (int failed = call(client, {{"command", "replica_delete"}, {"replica", replica}}, answer)) return failed;

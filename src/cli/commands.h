@@ -61,7 +61,8 @@ struct VolumeArgs {
   std::string group;
   std::string from;  // import only
   bool force = false;  // delete only
-  std::string storage;  // create/import: the pool; "" = the node's default
+  std::string path;     // adopt only: the file or block device
+  std::string storage;  // create/import/adopt: the pool; "" = the node's default
 };
 struct MirrorArgs {
   std::string volume;
@@ -81,6 +82,8 @@ int run_volume_list(const ClientArgs& client);
 // Grow only: args.size_bytes is the new size.
 int run_volume_resize(const ClientArgs& client, const VolumeArgs& args);
 int run_volume_delete(const ClientArgs& client, const VolumeArgs& args);
+int run_volume_adopt(const ClientArgs& client, const VolumeArgs& args);
+int run_volume_release(const ClientArgs& client, const VolumeArgs& args);
 int run_replica_list(const ClientArgs& client);
 int run_replica_points(const ClientArgs& client, const std::string& replica);
 // `replica`: "SOURCE/VOLUME".

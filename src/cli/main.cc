@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
   };
   std::string size_text, chunk_text, interval_text, timeout_text;
   amirror::cli::VolumeArgs volume_args;
-  CLI::App* volume = app.add_subcommand("volume", "Create, import, list, resize and delete volumes");
+  CLI::App* volume = app.add_subcommand("volume", "Create, import, adopt, list, resize, release and delete volumes");
   volume->require_subcommand(1);
   CLI::App* volume_create = volume->add_subcommand("create", "Create an empty (sparse) volume");
   volume_create->add_option("name", volume_args.name, "Volume name: letters, digits, '.', '_', '-'")->required();
@@ -118,6 +118,19 @@ int main(int argc, char** argv) {
   volume_delete->add_flag("--force", volume_args.force,
                           "Even if mirrored (the mirror is broken first) or open by NBD clients (they are cut off)");
   add_client_options(volume_delete);
+  CLI::App* volume_adopt = volume->add_subcommand(
+      "adopt", "Make an existing file or block device a volume's base in place (no copy); it is locked until released");
+  volume_adopt->add_option("name", volume_args.name, "Volume name")->required();
+  volume_adopt->add_option("--path", volume_args.path, "Regular file or block device (unmounted; whole sectors)")
+      ->required();
+  volume_adopt->add_option("--storage", volume_args.storage, "Storage pool for the volume's layers (default: default)");
+  volume_adopt->add_option("--group", volume_args.group, "Consistency group: its volumes freeze together");
+  volume_adopt->add_option("--chunk-size", chunk_text, "Chunk size, a power of two from 4K to 4M (default 64K)");
+  add_client_options(volume_adopt);
+  CLI::App* volume_release = volume->add_subcommand(
+      "release", "Merge every write into an adopted file or device, sync it, and forget the volume");
+  volume_release->add_option("name", volume_args.name, "Volume name")->required();
+  add_client_options(volume_release);
   std::string demote_name;
   CLI::App* volume_demote = volume->add_subcommand(
       "demote", "Stop taking writes here; the volume becomes the replica of the peer promoted from it (failback)");
@@ -272,6 +285,8 @@ int main(int argc, char** argv) {
   if (volume_list->parsed()) return amirror::cli::run_volume_list(client);
   if (volume_resize->parsed()) return amirror::cli::run_volume_resize(client, volume_args);
   if (volume_delete->parsed()) return amirror::cli::run_volume_delete(client, volume_args);
+  if (volume_adopt->parsed()) return amirror::cli::run_volume_adopt(client, volume_args);
+  if (volume_release->parsed()) return amirror::cli::run_volume_release(client, volume_args);
   if (replica_list->parsed()) return amirror::cli::run_replica_list(client);
   if (replica_points->parsed()) return amirror::cli::run_replica_points(client, replica_name);
   if (replica_delete->parsed()) return amirror::cli::run_replica_delete(client, replica_name);

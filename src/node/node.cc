@@ -438,6 +438,8 @@ const std::map<std::string, Node::ControlHandler>& Node::control_handlers() {
       {"mirror_sync", &Node::control_mirror_sync},
       {"mirror_verify", &Node::control_mirror_verify},
       {"volume_delete", &Node::control_volume_delete},
+      {"volume_adopt", &Node::control_volume_adopt},
+      {"volume_release", &Node::control_volume_release},
       {"replica_delete", &Node::control_replica_delete},
       {"replica_promote", &Node::control_replica_promote},
       {"volume_demote", &Node::control_volume_demote},
@@ -772,6 +774,8 @@ std::string Node::status_json() {
                        {"last_freeze_stall_us", entry->volume->last_freeze_stall_us()},
                        {"layers", layers},
                        {"mirrors", mirror_list}});
+    // `volume adopt`: the file or device that is the base in place.
+    if (!entry->volume->adopted_path().empty()) volumes.back()["adopted_path"] = entry->volume->adopted_path();
   }
   list_unavailable_volumes(volumes);
   json replicas = replicas_json();

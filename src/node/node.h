@@ -109,6 +109,14 @@ class Node {
   std::string control_mirror_verify(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_volume_delete(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string control_replica_delete(const nlohmann::json& request) EXCLUDES(mutex_);
+  // volume_adopt / volume_release (node_adopt.cc).
+  std::string control_volume_adopt(const nlohmann::json& request) EXCLUDES(mutex_);
+  std::string control_volume_release(const nlohmann::json& request) EXCLUDES(mutex_);
+  // The options adopting `path` takes (canonical path, its size), or why it cannot be.
+  Result<VolumeOptions> adopt_options(const std::string& path, const nlohmann::json& request) const;
+  // REQUIRES: `name` adopted, in service. Merges it into its file or device, then
+  // forgets it; returns the path given back.
+  Result<std::string> release_volume(const std::string& name) EXCLUDES(mutex_);
 
   // replica_promote, volume_demote, and what a peer sending a volume this node has no
   // replica of may find here: failback or split brain (node_failover.cc).

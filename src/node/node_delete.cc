@@ -70,6 +70,12 @@ Status Node::delete_volume(const std::string& name, bool force) {
       // A `mirror break` or `volume resize` of it finishes first.
       while (volumes_settling_.contains(name) || resizing_.contains(name)) settled_.wait(lock);
       AMIRROR_ASSIGN_OR_RETURN(unit, deletable_locked(name));
+      if (auto entry = volumes_.find(name); !force && entry != volumes_.end() && !entry->second->volume->adopted_path().empty()) {
+        // Its file holds only what was merged so far; release gives it every write.
+        return Status(ErrorCode::kBusy, "volume '" + name + "' is adopted from " + entry->second->volume->adopted_path() +
+                                            "; `amirror volume release " + name + "` merges every write into it and "
+                                            "lets it go (delete --force leaves only what was merged so far)");
+      }
       if (unit.empty()) {
         claimed = claim_for_delete_locked(name);
         break;

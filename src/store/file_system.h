@@ -52,6 +52,12 @@ enum class OpenMode : uint8_t {
   kOpenExisting,  // fail with kNotFound if absent
   kCreateNew,     // fail with kAlreadyExists if present
   kOpenOrCreate,
+  // An existing regular file or block device that a volume adopts as its base (`volume
+  // adopt`): kNotFound if absent, kInvalidArgument if it is anything else, kBusy if it
+  // is in use — another open File of this mode holds it (flock LOCK_EX, held until the
+  // File is destroyed), or a block device is mounted or claimed (O_EXCL). Its size is
+  // the file's size or the device's (BLKGETSIZE64).
+  kAdopt,
 };
 
 // Held while a data directory is in use; released on destruction (or process death).

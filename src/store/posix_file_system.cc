@@ -1,17 +1,56 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 
 #include "store/file_system.h"
 
 namespace amirror {
 namespace {
+
+// Who holds the flock on the file `info` describes, from /proc/locks: " (held by
+// process PID: COMMAND LINE)", or "" when that cannot be told. For an operator facing a
+// second adopt of one path by another amirror process.
+std::string flock_holder(const struct stat& info) {
+  char wanted[64];
+  std::snprintf(wanted, sizeof wanted, "%02x:%02x:%llu", major(info.st_dev), minor(info.st_dev),
+                static_cast<unsigned long long>(info.st_ino));
+  std::ifstream locks("/proc/locks");
+  std::string line;
+  while (std::getline(locks, line)) {
+    std::istringstream fields(line);
+    std::string number, kind, advisory, mode, pid, id;
+    if (!(fields >> number >> kind >> advisory >> mode >> pid >> id) || kind != "FLOCK" || id != wanted) continue;
+    std::ifstream cmdline("/proc/" + pid + "/cmdline");
+    std::string command((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+    std::replace(command.begin(), command.end(), '\0', ' ');
+    while (!command.empty() && command.back() == ' ') command.pop_back();
+    return " (held by process " + pid + (command.empty() ? "" : ": " + command) + ")";
+  }
+  return "";
+}
+
+// Whether another open file description holds the flock on `path` (a block device
+// claimed O_EXCL by an amirror that adopted it, rather than mounted).
+bool flock_held(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  return held;
+}
 
 class PosixFile final : public File {
  public:
@@ -88,6 +127,11 @@ class PosixFile final : public File {
   Result<uint64_t> size_bytes() override {
     struct stat info;
     if (::fstat(fd_, &info) != 0) return Status::from_errno(errno, "stat " + path_);
+    if (S_ISBLK(info.st_mode)) {  // st_size is 0 for a block device
+      uint64_t device_bytes = 0;
+      if (::ioctl(fd_, BLKGETSIZE64, &device_bytes) != 0) return Status::from_errno(errno, "size of " + path_);
+      return device_bytes;
+    }
     return static_cast<uint64_t>(info.st_size);
   }
 
@@ -133,6 +177,7 @@ class PosixDirectoryLock final : public DirectoryLock {
 class PosixFileSystem final : public FileSystem {
  public:
   Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override {
+    if (mode == OpenMode::kAdopt) return open_adopted(path);
     int flags = O_RDWR | O_CLOEXEC;
     if (mode == OpenMode::kCreateNew) flags |= O_CREAT | O_EXCL;
     if (mode == OpenMode::kOpenOrCreate) flags |= O_CREAT;
@@ -198,15 +243,50 @@ class PosixFileSystem final : public FileSystem {
   Result<std::unique_ptr<DirectoryLock>> lock_file(const std::string& path) override {
     int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) return Status::from_errno(errno, "open lock file " + path);
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      int saved = errno;
-      ::close(fd);
-      if (saved == EWOULDBLOCK) {
-        return Status(ErrorCode::kBusy, path + " is locked by another amirror process");
-      }
-      return Status::from_errno(saved, "lock " + path);
-    }
+    AMIRROR_RETURN_IF_ERROR(lock_or_close(fd, path, " is locked by another amirror process"));
     return std::unique_ptr<DirectoryLock>(new PosixDirectoryLock(fd));
+  }
+
+ private:
+  // OpenMode::kAdopt. The flock lives on the File's own descriptor, so it lasts exactly
+  // as long as the File (and dies with the process).
+  static Result<std::unique_ptr<File>> open_adopted(const std::string& path) {
+    struct stat info;
+    if (::stat(path.c_str(), &info) != 0) {
+      if (errno == ENOENT) return not_found(path + " does not exist");
+      return Status::from_errno(errno, "stat " + path);
+    }
+    if (!S_ISREG(info.st_mode) && !S_ISBLK(info.st_mode)) {
+      return invalid_argument(path + " is not a regular file or a block device");
+    }
+    // O_EXCL on a block device claims it: the kernel refuses it (EBUSY) while the device
+    // is mounted, part of a RAID/LVM/dm stack, or claimed by another O_EXCL opener.
+    int flags = O_RDWR | O_CLOEXEC | (S_ISBLK(info.st_mode) ? O_EXCL : 0);
+    int fd = ::open(path.c_str(), flags);
+    // Read only on failure: the holder, for the operator.
+    auto adopted = [&] { return Status(ErrorCode::kBusy, path + " is already adopted by another amirror volume" + flock_holder(info)); };
+    if (fd < 0) {
+      if (errno == EBUSY && flock_held(path)) return adopted();
+      if (errno == EBUSY) {
+        return Status(ErrorCode::kBusy, path + " is in use (mounted, or claimed by another program); unmount or "
+                                               "release it first");
+      }
+      return Status::from_errno(errno, "open " + path);
+    }
+    if (Status locked = lock_or_close(fd, path, " is already adopted"); !locked.ok()) {
+      return locked.code() == ErrorCode::kBusy ? adopted() : locked;
+    }
+    return std::unique_ptr<File>(new PosixFile(fd, path));
+  }
+
+  // flock(LOCK_EX|LOCK_NB) on `fd`; on failure `fd` is closed and kBusy says `path` +
+  // `held_by` when someone else holds the lock.
+  static Status lock_or_close(int fd, const std::string& path, const std::string& held_by) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return Status();
+    int saved = errno;
+    ::close(fd);
+    if (saved == EWOULDBLOCK) return Status(ErrorCode::kBusy, path + held_by);
+    return Status::from_errno(saved, "lock " + path);
   }
 };
 

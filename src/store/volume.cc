@@ -19,7 +19,12 @@ namespace amirror {
 namespace {
 
 constexpr char kMetaMagic[8] = {'A', 'M', 'V', 'O', 'L', 'U', 'M', 'E'};
+// Format 2 for a volume whose base is base.img (readable by older amirror); format 3
+// adds the path of an adopted base, which older amirror refuses instead of opening the
+// volume with a base.img that does not exist.
 constexpr uint32_t kMetaFormatVersion = 2;
+constexpr uint32_t kMetaFormatVersionAdopted = 3;
+constexpr uint32_t kMaxBasePathBytes = 4096;
 constexpr uint32_t kMetaFlagReadOnly = 1;
 constexpr const char* kMetaFileName = "volume.meta";
 constexpr const char* kBaseFileName = "base.img";
@@ -80,6 +85,9 @@ Status validate_volume_options(const VolumeOptions& options) {
                             " must be a power of two from 4 KiB to 4 MiB");
   }
   if (!options.group.empty()) AMIRROR_RETURN_IF_ERROR(validate_name(options.group, "group name"));
+  if (!options.base_path.empty() && (options.base_path[0] != '/' || options.base_path.size() > kMaxBasePathBytes)) {
+    return invalid_argument("adopted path '" + options.base_path + "' must be absolute and at most 4096 bytes");
+  }
   return Status();
 }
 
@@ -98,11 +106,21 @@ Volume::Volume(FileSystem& fs, std::string dir, const VolumeOptions& options)
       dir_(std::move(dir)),
       chunk_size_bytes_(options.chunk_size_bytes),
       size_bytes_(options.size_bytes),
-      group_(options.group) {
+      group_(options.group),
+      base_path_(options.base_path) {
   AMIRROR_ASSERT(is_power_of_two(chunk_size_bytes_));
 }
 
 Volume::~Volume() = default;
+
+std::string Volume::base_file_path() const { return base_path_.empty() ? dir_ + "/" + kBaseFileName : base_path_; }
+
+Result<std::unique_ptr<File>> Volume::open_base(OpenMode owned_mode) const {
+  if (base_path_.empty()) return fs_.open(base_file_path(), owned_mode);
+  auto file = fs_.open(base_path_, OpenMode::kAdopt);
+  if (!file.ok()) return file.status().with_context("open the adopted base of " + dir_);
+  return file;
+}
 
 Result<std::unique_ptr<Volume>> Volume::create(FileSystem& fs, const std::string& dir,
                                                const VolumeOptions& options) {
@@ -110,9 +128,18 @@ Result<std::unique_ptr<Volume>> Volume::create(FileSystem& fs, const std::string
   AMIRROR_ASSIGN_OR_RETURN(bool meta_exists, fs.exists(dir + "/" + kMetaFileName));
   if (meta_exists) return Status(ErrorCode::kAlreadyExists, "a volume already exists in " + dir);
   std::unique_ptr<Volume> volume(new Volume(fs, dir, options));
-  AMIRROR_ASSIGN_OR_RETURN(volume->base_, fs.open(dir + "/" + kBaseFileName, OpenMode::kCreateNew));
-  // Sparse: truncate allocates nothing, so a 1 TiB volume costs no space until written.
-  AMIRROR_RETURN_IF_ERROR(too_large_for_file_system(volume->base_->truncate(options.size_bytes), options.size_bytes, dir));
+  AMIRROR_ASSIGN_OR_RETURN(volume->base_, volume->open_base(OpenMode::kCreateNew));
+  if (options.base_path.empty()) {
+    // Sparse: truncate allocates nothing, so a 1 TiB volume costs no space until written.
+    AMIRROR_RETURN_IF_ERROR(too_large_for_file_system(volume->base_->truncate(options.size_bytes), options.size_bytes, dir));
+  } else {
+    // Adopted in place: used as it is, never truncated or extended.
+    AMIRROR_ASSIGN_OR_RETURN(uint64_t adopted_bytes, volume->base_->size_bytes());
+    if (adopted_bytes != options.size_bytes) {
+      return invalid_argument(options.base_path + " is " + std::to_string(adopted_bytes) + " bytes, not " +
+                              std::to_string(options.size_bytes) + " (did it change during the adopt?)");
+    }
+  }
   AMIRROR_RETURN_IF_ERROR(volume->base_->sync());
   AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> active,
                            Layer::create(fs, dir, 1, options.chunk_size_bytes));
@@ -129,6 +156,7 @@ Result<std::unique_ptr<Volume>> Volume::create(FileSystem& fs, const std::string
 Result<std::unique_ptr<Volume>> Volume::create_over_base(FileSystem& fs, const std::string& dir,
                                                          const VolumeOptions& options, uint64_t base_cycle,
                                                          int64_t base_freeze_time_unix_ms) {
+  AMIRROR_ASSERT(options.base_path.empty());  // an adopted base is never built by a copy
   AMIRROR_RETURN_IF_ERROR(validate_volume_options(options));
   AMIRROR_ASSIGN_OR_RETURN(bool meta_exists, fs.exists(dir + "/" + kMetaFileName));
   if (meta_exists) return Status(ErrorCode::kAlreadyExists, "a volume already exists in " + dir);
@@ -169,8 +197,15 @@ Result<std::unique_ptr<Volume>> Volume::open(FileSystem& fs, const std::string& 
   volume->read_only_.store(meta.read_only);
   volume->meta_ = std::move(meta);
 
-  AMIRROR_ASSIGN_OR_RETURN(volume->base_, fs.open(dir + "/" + kBaseFileName, OpenMode::kOpenExisting));
+  AMIRROR_ASSIGN_OR_RETURN(volume->base_, volume->open_base(OpenMode::kOpenExisting));
   AMIRROR_ASSIGN_OR_RETURN(uint64_t base_size, volume->base_->size_bytes());
+  if (!volume->base_path_.empty() && base_size != volume->size_bytes()) {
+    // amirror never changes an adopted base's size, so someone else did: its content
+    // cannot be trusted either.
+    return corruption("the adopted " + volume->base_path_ + " is " + std::to_string(base_size) +
+                      " bytes but the volume is " + std::to_string(volume->size_bytes()) +
+                      "; it was changed outside amirror while adopted");
+  }
   if (base_size < volume->size_bytes()) {
     return corruption(dir + "/" + kBaseFileName + " is " + std::to_string(base_size) +
                       " bytes but the volume is " + std::to_string(volume->size_bytes()));
@@ -236,7 +271,7 @@ Status Volume::remove_orphan_files() {
 
 std::string Volume::encode_meta() const {
   std::string out(kMetaMagic, sizeof kMetaMagic);
-  append_u32(out, kMetaFormatVersion);
+  append_u32(out, base_path_.empty() ? kMetaFormatVersion : kMetaFormatVersionAdopted);
   append_u32(out, meta_.read_only ? kMetaFlagReadOnly : 0);
   // meta_'s size, not size_bytes(): resize() writes the new size before it uses it.
   append_u64(out, meta_.options.size_bytes);
@@ -255,6 +290,10 @@ std::string Volume::encode_meta() const {
     append_u64(out, frozen.layer_id);
     append_u64(out, frozen.cycle);
     append_u64(out, static_cast<uint64_t>(frozen.freeze_time_unix_ms));
+  }
+  if (!base_path_.empty()) {
+    append_u32(out, static_cast<uint32_t>(base_path_.size()));
+    out += base_path_;
   }
   append_u64(out, checksum64(out.data(), out.size()));
   return out;
@@ -298,9 +337,9 @@ Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents, cons
   }
   uint32_t version = get_u32(bytes + 8);
   if (version == 1) return decode_meta_version_1(contents, where);
-  if (version != kMetaFormatVersion) {
-    return corruption(where + " has format version " + std::to_string(version) +
-                      "; this amirror reads versions 1 and " + std::to_string(kMetaFormatVersion));
+  if (version != kMetaFormatVersion && version != kMetaFormatVersionAdopted) {
+    return corruption(where + " has format version " + std::to_string(version) + "; this amirror reads versions 1 to " +
+                      std::to_string(kMetaFormatVersionAdopted));
   }
   VolumeMeta meta;
   MetaReader reader(contents, 12);
@@ -320,6 +359,13 @@ Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents, cons
     ok = reader.u64(frozen.layer_id) && reader.u64(frozen.cycle) && reader.u64(time);
     frozen.freeze_time_unix_ms = static_cast<int64_t>(time);
     meta.frozen.push_back(frozen);
+  }
+  uint32_t base_path_bytes = 0;
+  const uint8_t* base_path = nullptr;
+  if (ok && version == kMetaFormatVersionAdopted) {
+    ok = reader.u32(base_path_bytes) && base_path_bytes > 0 && base_path_bytes <= kMaxBasePathBytes &&
+         reader.raw(base_path_bytes, base_path);
+    if (ok) meta.options.base_path.assign(reinterpret_cast<const char*>(base_path), base_path_bytes);
   }
   if (!ok || !reader.at_end()) return corruption(where + ": fields do not fit the file's length");
   meta.read_only = (flags & kMetaFlagReadOnly) != 0;
@@ -905,6 +951,12 @@ Status Volume::check_resize_locked(uint64_t size_bytes) const {
                             std::to_string(old_size_bytes) + " bytes) and " + format_bytes(size_bytes) + " (" +
                             std::to_string(size_bytes) + " bytes) is smaller; a volume only grows");
   }
+  if (!base_path_.empty() && size_bytes != old_size_bytes) {
+    // Growing would truncate a file or device amirror only borrows.
+    return invalid_argument("the volume's base is the adopted " + base_path_ +
+                            ", which amirror never resizes; `amirror volume release` it, grow the file or device, "
+                            "and adopt it again");
+  }
   return Status();
 }
 
@@ -976,6 +1028,26 @@ Result<std::vector<uint64_t>> Volume::freeze_group(std::span<Volume* const> volu
 // chunks are written into the base and synced, then merging_layer is cleared and the
 // layer removed. A merge cut short anywhere (crash, ENOSPC, EIO) is redone, never
 // leaving a freeze point that reads a half-updated base.
+Status Volume::merge_everything(Clock& clock) {
+  AMIRROR_RETURN_IF_ERROR(freeze(clock).status());
+  // Bounded: each merge removes one frozen layer and nothing freezes meanwhile.
+  for (;;) {
+    Status merged = merge_oldest();
+    if (merged.code() == ErrorCode::kNotFound) break;
+    AMIRROR_RETURN_IF_ERROR(merged);
+  }
+  AMIRROR_RETURN_IF_ERROR(base_->sync());
+  std::vector<LayerInfo> stack = layers();
+  if (stack.size() != 1 || stack.back().chunk_count != 0) {
+    return Status(ErrorCode::kBusy, dir_ + " was written while everything was merged into its base");
+  }
+  std::lock_guard meta_lock(meta_mutex_);
+  if (!meta_.frozen.empty() || meta_.merging_layer != 0) {
+    return Status(ErrorCode::kBusy, dir_ + " froze again while everything was merged into its base");
+  }
+  return Status();
+}
+
 Status Volume::merge_oldest() {
   std::lock_guard merge_lock(merge_mutex_);
   std::shared_ptr<Layer> oldest;

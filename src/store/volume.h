@@ -61,6 +61,11 @@ struct VolumeOptions {
   uint64_t size_bytes = 0;  // multiple of 512, up to kMaxVolumeSizeBytes
   uint64_t chunk_size_bytes = kDefaultChunkSizeBytes;
   std::string group;  // consistency group; empty = none
+  // Empty: the base is <dir>/base.img, owned by the volume. Otherwise the absolute path
+  // of an adopted regular file or block device (`volume adopt`) that is the base in
+  // place: opened with OpenMode::kAdopt (locked while the volume is open), exactly
+  // size_bytes long, never truncated or extended; it changes only by merges.
+  std::string base_path;
 };
 
 // Checks size and chunk size; the error names the bad value and the allowed range.
@@ -122,6 +127,9 @@ class Volume {
   const std::string& group() const { return group_; }
   Status set_group(const std::string& group);
   const std::string& dir() const { return dir_; }
+  // The adopted file or device that is the base, or empty for <dir>/base.img. Fixed at
+  // creation.
+  const std::string& adopted_path() const { return base_path_; }
   // Number of the latest freeze; 0 before the first.
   uint64_t cycle() const;
   // The freeze point the base image represents.
@@ -225,6 +233,12 @@ class Volume {
   // Folds the oldest frozen layer into the base and deletes it. kNotFound if no layer
   // is frozen. Runs concurrently with client I/O; one merge at a time.
   Status merge_oldest();
+  // For `volume release`: freezes, then merges every frozen layer, so the base (synced)
+  // alone holds the current image and every layer is empty. REQUIRES: no client writes
+  // any more (the caller withdrew the export); a write racing it would stay in the new
+  // active layer, which the final check reports as kBusy. Each step is a freeze or a
+  // merge with their own crash safety, so a crash anywhere leaves a whole volume.
+  Status merge_everything(Clock& clock = real_clock());
 
   // Reads freeze point `cycle` (base_cycle() <= cycle <= cycle()).
   Status read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint8_t> out);
@@ -271,6 +285,9 @@ class Volume {
   static Result<VolumeMeta> decode_meta(const std::string& contents, const std::string& where);
   static Result<VolumeMeta> decode_meta_version_1(const std::string& contents, const std::string& where);
   Status remove_orphan_files();
+  // Opens the base: base.img, or the adopted path with its lock.
+  Result<std::unique_ptr<File>> open_base(OpenMode owned_mode) const;
+  std::string base_file_path() const;
   // allocated_extents over layers_[0, top) and the base. REQUIRES: io_lock_ held.
   Result<std::vector<Extent>> allocated_extents_locked(size_t top, uint64_t offset_bytes, uint64_t length_bytes);
   // The highest layer id that is part of point `cycle`, or nullopt if the point is not
@@ -309,6 +326,7 @@ class Volume {
   // or exclusive) sees one stable size; others get a size that only grows.
   std::atomic<uint64_t> size_bytes_;
   std::string group_;
+  const std::string base_path_;  // empty, or the adopted file or device (VolumeOptions)
   std::unique_ptr<File> base_;
 
   // Shared by reads and writes, exclusive for freeze and for removing a merged layer.

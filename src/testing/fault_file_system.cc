@@ -73,8 +73,10 @@ struct FaultFileSystem::Inode {
 // A handle on one Inode. Dead (every call fails with kIo) after a simulated crash.
 class FaultFile final : public File {
  public:
-  FaultFile(FaultFileSystem* fs, std::shared_ptr<FaultFileSystem::Inode> inode, std::string path)
-      : fs_(fs), inode_(std::move(inode)), path_(std::move(path)), epoch_(fs->epoch()) {}
+  FaultFile(FaultFileSystem* fs, std::shared_ptr<FaultFileSystem::Inode> inode, std::string path,
+            std::unique_ptr<File> adopt_lock = nullptr)
+      : fs_(fs), inode_(std::move(inode)), path_(std::move(path)), epoch_(fs->epoch()),
+        adopt_lock_(std::move(adopt_lock)) {}
 
   Status read_at(uint64_t offset_bytes, std::span<uint8_t> out) override {
     AMIRROR_RETURN_IF_ERROR(alive());
@@ -149,6 +151,8 @@ class FaultFile final : public File {
   std::shared_ptr<FaultFileSystem::Inode> inode_;
   std::string path_;
   uint64_t epoch_;
+  // OpenMode::kAdopt: the real file opened in that mode, held only for its lock.
+  std::unique_ptr<File> adopt_lock_;
 };
 
 FaultFileSystem::FaultFileSystem(FileSystem& base, bool real_sync)
@@ -238,12 +242,19 @@ Result<std::unique_ptr<File>> FaultFileSystem::open(const std::string& raw_path,
                                                     OpenMode mode) {
   std::string path = normalize(raw_path);
   std::lock_guard lock(mutex_);
+  // The real file system decides whether it may be adopted and holds the lock; the
+  // inode (shared with other opens of the path) is opened as an existing file.
+  std::unique_ptr<File> adopt_lock;
+  if (mode == OpenMode::kAdopt) {
+    AMIRROR_ASSIGN_OR_RETURN(adopt_lock, base_.open(path, OpenMode::kAdopt));
+    mode = OpenMode::kOpenExisting;
+  }
   std::shared_ptr<Inode> inode = inode_for(path);
   if (inode) {
     if (mode == OpenMode::kCreateNew) {
       return Status(ErrorCode::kAlreadyExists, "open " + path + " (File exists)");
     }
-    return std::unique_ptr<File>(new FaultFile(this, inode, path));
+    return std::unique_ptr<File>(new FaultFile(this, inode, path, std::move(adopt_lock)));
   }
   AMIRROR_ASSIGN_OR_RETURN(bool existed, base_.exists(path));
   bool creates = !existed && mode != OpenMode::kOpenExisting;
@@ -258,7 +269,7 @@ Result<std::unique_ptr<File>> FaultFileSystem::open(const std::string& raw_path,
     dir_ops_.push_back(DirOp{DirOpKind::kCreateFile, parent_of(path), path, "", ""});
   }
   inodes_[path] = inode;
-  return std::unique_ptr<File>(new FaultFile(this, inode, path));
+  return std::unique_ptr<File>(new FaultFile(this, inode, path, std::move(adopt_lock)));
 }
 
 Status FaultFileSystem::rename(const std::string& raw_from, const std::string& raw_to) {
