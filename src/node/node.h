@@ -188,6 +188,7 @@ class Node {
   const NodeConfig config_;
   const Env env_;
   const std::shared_ptr<const PeerBuckets> peer_buckets_;  // from config_: [[peers]] bandwidth_limit
+  TransferSlots transfer_slots_{config_.max_transfers};  // every engine's transfers share it
   std::unique_ptr<DataDir> data_dir_;
   std::string mirrors_dir_;
   std::unique_ptr<ReplicaRegistry> replicas_;
