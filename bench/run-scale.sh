@@ -16,7 +16,8 @@
 #   bench/run-scale.sh [--quick] [--volumes N] [--mirrored M] [--changed SIZE] [AMIRROR]
 #     --quick        N=1000, M=100, CHANGED=1G
 #     defaults       N=10000, M=1000, CHANGED=4G (100G as in the issue is hours here)
-#     env: WORKDIR (/tmp) where nodes live; MAX_TRANSFERS (16) src's [node] max_transfers
+#     env: WORKDIR (/tmp) where nodes live; MAX_TRANSFERS (16) src's [node] max_transfers;
+#          KEEP=1 keeps the work directory (node logs, data directories)
 #
 # Without AMIRROR it uses build-mbench/amirror (bench/build-amirror.sh). See bench/README.md.
 set -euo pipefail
@@ -59,7 +60,7 @@ cleanup() {
     kill -KILL "${NODE_PID[$name]}" 2>/dev/null || true
     wait "${NODE_PID[$name]}" 2>/dev/null || true
   done
-  rm -rf "$WORK"
+  if [[ -n ${KEEP:-} ]]; then echo "bench: kept $WORK (node logs: src.log, dst.log)" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
