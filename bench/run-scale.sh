@@ -51,6 +51,16 @@ changed_bytes=$(numfmt --from=iec "$CHANGED")
 WRITES=$((changed_bytes / CHUNK))
 ((WRITES >= 1)) || { echo "bench: --changed must be at least 64K" >&2; exit 2; }
 
+# A node keeps about 3 files open per volume (base, layer data and index).
+need_files=$((3 * VOLUMES + 3 * MIRRORED + 256))
+if (($(ulimit -n) < need_files)); then
+  ulimit -n "$need_files" 2>/dev/null || {
+    echo "bench: $VOLUMES volumes need about $need_files open files, the limit is $(ulimit -n) (hard $(ulimit -Hn));" \
+      "raise it (ulimit -n) or lower --volumes" >&2
+    exit 1
+  }
+fi
+
 WORK=$(mktemp -d "$WORKDIR/scale-bench.XXXXXX")
 declare -A NODE_PID=()
 cleanup() {
@@ -131,13 +141,15 @@ elif cmd == "status-latency":  # median of 5 full status calls, ms
     print(f"{statistics.median(times):.1f}")
 elif cmd == "wait-listed":  # wait-listed N: until status answers and lists N volumes; seconds since START
     n, start = int(sys.argv[3]), float(sys.argv[4])
-    while True:
+    while time.time() - start < 1200:
         try:
             if len(call(sock, {"command": "status"})["volumes"]) >= n:
                 break
         except (OSError, ValueError, SystemExit):
             pass
         time.sleep(0.05)
+    else:
+        raise SystemExit(f"the node did not list {n} volumes within 1200 s")
     print(f"{time.time() - start:.2f}")
 elif cmd == "applied":  # applied VOLUME: its mirror's applied cycle and bytes_sent
     m = mirrors(sock)[sys.argv[3]]
@@ -198,18 +210,22 @@ SRC=$WORK/src.sock
 
 # ---------------------------------------------------------------- 1. many volumes
 log "creating $VOLUMES volumes of 1 MiB"
-say "volumes created ($VOLUMES x 1 MiB)" "$(helper create "$SRC" "$VOLUMES" v 1048576) s"
+seconds=$(helper create "$SRC" "$VOLUMES" v 1048576)
+say "volumes created ($VOLUMES x 1 MiB)" "$seconds s"
 log "mirroring $MIRRORED of them to dst"
-say "mirrors started + initial sync ($MIRRORED)" "$(helper mirror "$SRC" "$MIRRORED" v dst) s"
+seconds=$(helper mirror "$SRC" "$MIRRORED" v dst)
+say "mirrors started + initial sync ($MIRRORED)" "$seconds s"
 say "src node RSS" "$(proc_field "${NODE_PID[src]}" VmRSS)"
 say "src node threads" "$(proc_field "${NODE_PID[src]}" Threads)"
 say "dst node RSS ($MIRRORED replicas)" "$(proc_field "${NODE_PID[dst]}" VmRSS)"
 say "dst node threads" "$(proc_field "${NODE_PID[dst]}" Threads)"
-say "status --json latency (median of 5)" "$(helper status-latency "$SRC") ms"
+latency_ms=$(helper status-latency "$SRC")
+say "status --json latency (median of 5)" "$latency_ms ms"
 log "restarting src"
 stop_node src
 START_EPOCH=$(date +%s.%N); start_node src
-say "src restart until all $VOLUMES volumes listed" "$(wait_up src "$VOLUMES") s"
+seconds=$(wait_up src "$VOLUMES")
+say "src restart until all $VOLUMES volumes listed" "$seconds s"
 say "src node threads after restart" "$(proc_field "${NODE_PID[src]}" Threads)"
 
 # ---------------------------------------------------------------- 2. target away
