@@ -231,7 +231,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
   AMIRROR_RETURN_IF_ERROR(check_keys(*node_table, where,
                                      {"name", "data_dir", "control_socket", "nbd_socket", "nbd_listen", "listen",
                                       "nbd_tls", "peer_timeout", "default_interval", "log_level", "metrics_listen",
-                                      "metrics_allow_remote", "lag_alert"}));
+                                      "metrics_allow_remote", "lag_alert", "max_transfers"}));
   NodeConfig config;
   AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "name", true, config.name));
   AMIRROR_RETURN_IF_ERROR(validate_name(config.name, "node name").with_context(where));
@@ -258,6 +258,13 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
     (std::string(key) == "peer_timeout" ? config.peer_timeout_ms : config.default_interval_ms) = parsed.value();
   }
   AMIRROR_RETURN_IF_ERROR(parse_operations_keys(*node_table, where, config));
+  if (const toml::node* max_transfers = node_table->get("max_transfers")) {
+    std::optional<int64_t> value = max_transfers->value<int64_t>();
+    if (!max_transfers->is_integer() || !value || *value < 1 || *value > 4096) {
+      return invalid_argument(where + ": 'max_transfers' must be a whole number from 1 to 4096");
+    }
+    config.max_transfers = static_cast<uint32_t>(*value);
+  }
   AMIRROR_RETURN_IF_ERROR(parse_storage_tables(root, source_name, config));
   if (const toml::node* peers = root.get("peers")) {
     const toml::array* list = peers->as_array();

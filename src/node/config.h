@@ -50,6 +50,9 @@ struct NodeConfig {
   std::string listen;          // HOST:PORT where peers connect to send replicas; empty = none
   uint64_t peer_timeout_ms = 30'000;   // a silent peer is given up after this long
   uint64_t default_interval_ms = 10'000;
+  // At most this many transfers (each with its thread) run at once on this node, over
+  // all mirrors; the others wait their turn (status: queued). node/transfer_slots.h.
+  uint32_t max_transfers = 16;
   nbd::TlsMode nbd_tls = nbd::TlsMode::kOff;  // STARTTLS policy of the NBD TCP listener
   // [tls]: this node's certificate, key and CA. Peer connections use TLS 1.3 with
   // mutual authentication whenever a node has peers or listens for them, unless

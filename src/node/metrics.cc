@@ -40,8 +40,9 @@ const std::vector<double> kFastBuckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025
 const std::vector<double> kCycleBuckets = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600};
 
 // The states a mirror can show (status `volumes[].mirrors[].state`), for the state set.
-constexpr std::array<const char*, 8> kMirrorStates = {"initial-sync", "copying", "idle",      "lagging",
-                                                       "error",        "stopped", "verifying", "differs"};
+constexpr std::array<const char*, 9> kMirrorStates = {"initial-sync", "copying", "idle",      "lagging",
+                                                       "error",        "stopped", "verifying", "differs",
+                                                       "queued"};
 // NBD commands by number (nbd/protocol.h); the label of the request histogram.
 constexpr std::array<const char*, 8> kCommandLabels = {"read",  "write", "disc",         "flush",
                                                         "trim",  "cache", "write_zeroes", "block_status"};

@@ -19,7 +19,7 @@ bool note_merged_layer(MirrorState& state, uint64_t layer, std::span<const Delta
   bool changed = false;
   for (auto& [name, target] : state.target_states) {
     if (!lacks_layer(target, layer)) continue;
-    for (const DeltaChunk& chunk : chunks) target.pending_chunks.insert(chunk.chunk_index);
+    for (const DeltaChunk& chunk : chunks) target.pending_chunks.set(chunk.chunk_index);
     changed = true;
   }
   return changed;
@@ -40,7 +40,8 @@ void adopt_common_point(TargetState& target, uint64_t cycle, int64_t freeze_time
   target.applied_cycle = cycle;
   target.applied_freeze_time_unix_ms = freeze_time_unix_ms;
   target.inflight_cycle = 0;
-  target.pending_chunks = resync_chunks;
+  target.pending_chunks.clear();
+  for (uint64_t chunk_index : resync_chunks) target.pending_chunks.set(chunk_index);
 }
 
 void reset_to_full(TargetState& target) {

@@ -83,6 +83,8 @@ void MirrorEngine::stop() {
   for (auto& target : targets_) {
     if (target->thread.joinable()) target->thread.join();
   }
+  // Its queued targets leave the queue; slots granted to them pass on.
+  if (context_.transfer_slots != nullptr) context_.transfer_slots->cancel(this);
   // With no transfer running, every frozen layer can be merged (targets that lack it
   // get its chunks in their pending set), so a broken mirror holds no layers back.
   merge_what_is_possible();
@@ -117,7 +119,7 @@ Status MirrorEngine::save(const std::string& volume) {
     snapshot = current.state;
     version = current.version;
   }
-  Status status = save_mirror_state(*context_.env.fs, context_.mirrors_dir, volume, snapshot);
+  Status status = save_mirror_state(*context_.env.fs, context_.mirrors_dir, volume, snapshot, &slot.durable_pending);
   if (!status.ok()) {
     log::error("mirror", "cannot save mirror state", {{"volume", volume}, {"error", status.to_string()}});
     if (context_.metrics != nullptr) context_.metrics->count_mirror_error(volume, "", "state_save");
@@ -239,6 +241,13 @@ void MirrorEngine::start_transfers_locked(Clock::TimePoint now) {
     bool any_point = false;
     for (const auto& [volume, point] : latest_points_) any_point = any_point || point > 0;
     if (!any_point) continue;
+    // Bounded node-wide: without a slot the target waits its turn; the slot's grant
+    // notifies changed_.
+    if (context_.transfer_slots != nullptr && !context_.transfer_slots->try_acquire({this, target->name}, &changed_)) {
+      target->queued = true;
+      continue;
+    }
+    target->queued = false;
     if (target->thread.joinable()) target->thread.join();  // finished earlier
     std::map<std::string, uint64_t> points = points_to_send_locked(*target);
     target->busy = true;
@@ -439,6 +448,7 @@ void MirrorEngine::transfer(TargetRuntime* target, std::map<std::string, uint64_
 void MirrorEngine::finish_transfer_locked(TargetRuntime* target, const Status& status) {
   target->socket = nullptr;
   target->busy = false;
+  if (context_.transfer_slots != nullptr) context_.transfer_slots->release();
   target->copy_total_bytes = target->copy_done_bytes = 0;
   note_transfer_end_locked(*target, status);
   if (status.ok()) {
@@ -677,7 +687,9 @@ MirrorStatus MirrorEngine::target_status_locked(const VolumeEntry& entry, const 
     status.bytes_pending = status.copy_total_bytes - std::min(status.copy_total_bytes, status.copy_done_bytes);
     return status;
   }
-  if (!target.last_error.empty()) {
+  if (target.queued && !target.busy) {
+    status.state = "queued";  // waits for one of the node's transfer slots
+  } else if (!target.last_error.empty()) {
     status.state = "error";
   } else if (target.verify_holds > 0) {
     status.state = "verifying";  // held at its point: not keeping up with writes meanwhile
@@ -690,7 +702,8 @@ MirrorStatus MirrorEngine::target_status_locked(const VolumeEntry& entry, const 
     // Busy but not streaming yet (connecting, reconciling): named as when it streams.
     status.state = !target.busy ? "lagging" : state.applied_cycle == 0 ? "initial-sync" : "copying";
   }
-  uint64_t chunks = state.pending_chunks.size();
+  // A damaged pending page reads as all ones, also past the end: count only real chunks.
+  uint64_t chunks = std::min(state.pending_chunks.count(), entry.volume->geometry().chunk_count());
   for (const LayerInfo& layer : layers) {
     if (layer.id > state.applied_cycle) chunks += layer.chunk_count;
   }

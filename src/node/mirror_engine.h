@@ -35,7 +35,8 @@
 //    in the order their snapshots were taken and an older one never replaces a newer
 //    one. Lock order: save_mutex -> mutex_.
 // Thread-safety: public methods are thread-safe. One engine thread plus one thread per
-// running transfer.
+// running transfer; a transfer starts only with a slot of the node's TransferSlots
+// (`max_transfers`), so transfer threads are bounded node-wide.
 #pragma once
 
 #include <atomic>
@@ -53,6 +54,7 @@
 #include "node/config.h"
 #include "node/env.h"
 #include "node/mirror_state.h"
+#include "node/transfer_slots.h"
 #include "repl/sender_session.h"
 #include "repl/socket.h"
 #include "repl/throttle.h"
@@ -75,7 +77,8 @@ struct VolumeEntry {
 struct MirrorStatus {
   std::string volume;
   std::string target;
-  // "initial-sync", "copying", "idle", "lagging", "error", "stopped"; "verifying" while a
+  // "initial-sync", "copying", "idle", "lagging", "error", "stopped"; "queued" while a
+  // transfer waits for one of the node's max_transfers slots; "verifying" while a
   // `mirror verify` holds the mirror; "differs" after one found the replica different
   // (last_error says how to repair).
   std::string state;
@@ -117,6 +120,8 @@ struct EngineContext {
   std::shared_ptr<const net::TlsContext> tls;
   NodeMetrics* metrics = nullptr;  // null = not counted; outlives the engine
   std::shared_ptr<const PeerBuckets> peer_buckets;  // null = no peer limits
+  // The node's bound on concurrent transfers; null = none (each target its own thread).
+  TransferSlots* transfer_slots = nullptr;
 };
 
 class MirrorEngine {
@@ -185,6 +190,7 @@ class MirrorEngine {
   struct TargetRuntime {
     std::string name;  // immutable
     bool busy = false;
+    bool queued = false;  // waiting for a transfer slot (TransferSlots)
     std::map<std::string, uint64_t> busy_points;  // volume -> cycle being sent
     Clock::TimePoint busy_since;
     Clock::TimePoint retry_at;
@@ -213,6 +219,8 @@ class MirrorEngine {
   struct SaveSlot {
     Mutex save_mutex;
     uint64_t saved_version GUARDED_BY(save_mutex) = 0;
+    // What the pending files hold, so a save writes only changed pages (mirror_state.h).
+    DurablePendingPages durable_pending GUARDED_BY(save_mutex);
   };
   // What this engine believes about one target, for its SenderSession (mirror_engine.cc).
   class TargetHost;

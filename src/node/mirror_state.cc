@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "base/log.h"
 #include "base/names.h"
 
 namespace amirror::node {
@@ -26,6 +27,29 @@ void forget_untracked_targets(MirrorState& state) {
   }
 }
 
+struct PendingError {
+  Status status;
+};
+
+// Reads `target`'s pending file into `state`. A missing file (removed by hand) cannot
+// say what the target lacks: it gets a full copy, never a silently incomplete delta.
+void load_pending(FileSystem& fs, const std::string& json_path, const std::string& target_name,
+                  const std::string& file_name, TargetState& state) {
+  if (file_name.find('/') != std::string::npos) throw PendingError{corruption(json_path + ": bad pending_file name")};
+  std::string dir = json_path.substr(0, json_path.rfind('/'));
+  auto bits = read_pending_file(fs, dir + "/" + file_name);
+  if (bits.ok()) {
+    state.pending_chunks = std::move(bits.value());
+    return;
+  }
+  if (bits.status().code() != ErrorCode::kNotFound) throw PendingError{bits.status()};
+  log::warn("mirror", "pending file missing; the target gets a full copy",
+            {{"file", dir + "/" + file_name}, {"target", target_name}});
+  state.applied_cycle = 0;
+  state.applied_freeze_time_unix_ms = 0;
+  state.inflight_cycle = 0;
+}
+
 }  // namespace
 
 Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
@@ -34,7 +58,7 @@ Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
   try {
     json document = json::parse(text);
     int format = document.at("format").get<int>();
-    if (format != 1 && format != kMirrorStateFormat) {
+    if (format < 1 || format > kMirrorStateFormat) {
       return corruption(path + ": unknown format " + std::to_string(format) + " (a newer amirror wrote it?)");
     }
     state.unit = document.at("unit").get<std::string>();
@@ -56,7 +80,11 @@ Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
       target.inflight_cycle = entry.at("inflight_cycle").get<uint64_t>();
       target.bytes_sent = entry.at("bytes_sent").get<uint64_t>();
       target.wire_bytes_sent = entry.value("wire_bytes_sent", target.bytes_sent);  // before compression: equal
-      for (uint64_t chunk : entry.at("pending_chunks")) target.pending_chunks.insert(chunk);
+      if (format <= 2) {
+        for (uint64_t chunk : entry.at("pending_chunks")) target.pending_chunks.set(chunk);
+      } else {
+        load_pending(fs, path, name, entry.at("pending_file").get<std::string>(), target);
+      }
       // Added without a format change: absent in files written before `mirror verify`.
       target.verify_cycle = entry.value("verify_cycle", uint64_t{0});
       target.verify_differing_chunks = entry.value("verify_differing_chunks", uint64_t{0});
@@ -65,12 +93,29 @@ Result<MirrorState> load_mirror_state(FileSystem& fs, const std::string& path) {
     if (format == 1) forget_untracked_targets(state);
   } catch (const json::exception& error) {
     return corruption(path + " is damaged: " + error.what());
+  } catch (const PendingError& error) {
+    return error.status;
   }
   return state;
 }
 
 Status save_mirror_state(FileSystem& fs, const std::string& dir, const std::string& volume,
-                         const MirrorState& state) {
+                         const MirrorState& state, DurablePendingPages* durable) {
+  // Unknown after a failure: the next save compares with the files again.
+  DurablePendingPages unknown;
+  DurablePendingPages& known = durable != nullptr ? *durable : unknown;
+  std::vector<std::unique_ptr<PendingFileUpdate>> updates;
+  for (const auto& [name, target] : state.target_states) {
+    auto found = known.find(name);
+    auto update = PendingFileUpdate::begin(fs, dir, pending_file_name(volume, name), target.pending_chunks,
+                                           found == known.end() ? nullptr : &found->second);
+    Status added = update.ok() ? update.value()->add_bits() : update.status();
+    if (!added.ok()) {
+      known.clear();
+      return added;
+    }
+    updates.push_back(std::move(update.value()));
+  }
   json document;
   document["format"] = kMirrorStateFormat;
   document["unit"] = state.unit;
@@ -87,12 +132,40 @@ Status save_mirror_state(FileSystem& fs, const std::string& dir, const std::stri
                      {"inflight_cycle", target.inflight_cycle},
                      {"bytes_sent", target.bytes_sent},
                      {"wire_bytes_sent", target.wire_bytes_sent},
-                     {"pending_chunks", target.pending_chunks},
+                     {"pending_file", pending_file_name(volume, name)},
                      {"verify_cycle", target.verify_cycle},
                      {"verify_differing_chunks", target.verify_differing_chunks}};
   }
   document["target_states"] = targets;
-  return write_file_atomically(fs, dir, volume + ".json", document.dump());
+  Status written = write_file_atomically(fs, dir, volume + ".json", document.dump());
+  if (!written.ok()) {
+    known.clear();
+    return written;
+  }
+  DurablePendingPages now;
+  size_t next = 0;
+  for (const auto& [name, target] : state.target_states) {
+    auto dropped = updates[next++]->drop_bits();
+    if (!dropped.ok()) {
+      known.clear();
+      return dropped.status();
+    }
+    now[name] = std::move(dropped.value());
+  }
+  known = std::move(now);
+  return Status();
+}
+
+Status remove_mirror_state(FileSystem& fs, const std::string& dir, const std::string& volume) {
+  const std::string json_path = dir + "/" + volume + ".json";
+  AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(json_path));
+  if (has_state) AMIRROR_RETURN_IF_ERROR(fs.remove(json_path));
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::string> names, fs.list_dir(dir));
+  const std::string prefix = volume + "@";  // '@' is not allowed in names: only this volume's
+  for (const std::string& name : names) {
+    if (name.starts_with(prefix) && (name.ends_with(".pending") || name.ends_with(".pending.tmp"))) AMIRROR_RETURN_IF_ERROR(fs.remove(dir + "/" + name));
+  }
+  return fs.sync_dir(dir);
 }
 
 }  // namespace amirror::node

@@ -397,7 +397,7 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
     entry->state = states.at(entry->name);
     unit_of_volume_[entry->name] = unit_key;
   }
-  auto engine = std::make_shared<MirrorEngine>(EngineContext{env_, &config_, mirrors_dir_, tls_, metrics_.get(), peer_buckets_},
+  auto engine = std::make_shared<MirrorEngine>(EngineContext{env_, &config_, mirrors_dir_, tls_, metrics_.get(), peer_buckets_, &transfer_slots_},
                                                members, std::move(states));
   engine->start();
   engines_[unit_key] = std::move(engine);

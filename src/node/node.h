@@ -204,6 +204,7 @@ class Node {
   const NodeConfig config_;
   const Env env_;
   const std::shared_ptr<const PeerBuckets> peer_buckets_;  // from config_: [[peers]] bandwidth_limit
+  TransferSlots transfer_slots_{config_.max_transfers};  // every engine's transfers share it
   // The storage pools (node/storage_pools.h); data_dir_ is the default one, which
   // also holds mirror state, the catalog and the replicas of peers without `storage`.
   std::unique_ptr<StoragePools> pools_;

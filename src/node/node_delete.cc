@@ -168,12 +168,7 @@ Result<std::string> Node::retire_volume_files(const std::string& name) {
   }
   withdraw_export(name);
   FileSystem& fs = *env_.fs;
-  std::string state_path = mirrors_dir_ + "/" + name + ".json";
-  AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
-  if (has_state) {
-    AMIRROR_RETURN_IF_ERROR(fs.remove(state_path));
-    AMIRROR_RETURN_IF_ERROR(fs.sync_dir(mirrors_dir_));
-  }
+  AMIRROR_RETURN_IF_ERROR(remove_mirror_state(fs, mirrors_dir_, name));
   std::string trashed;
   if (pool != nullptr) {
     // Missing only when its pool lost it (a failed volume): nothing to move.

@@ -418,7 +418,7 @@ Result<uint64_t> Node::take_over_as_replica(const VolumeEntry& ours, const std::
                                           "`amirror volume delete {}` here and {} sends a full copy",
                                           common, ours.name, peer));
     }
-    changed = state->second.pending_chunks;
+    changed = state->second.pending_chunks.to_set();
     from = volume.base_cycle();
   }
   if (from < volume.cycle()) {
@@ -450,12 +450,7 @@ Result<uint64_t> Node::take_over_as_replica(const VolumeEntry& ours, const std::
               {{"volume", ours.name}, {"error", forgotten.message()}});
   }
   // The volume's mirror state (its targets, what they lack) is meaningless now.
-  std::string state_path = mirrors_dir_ + "/" + ours.name + ".json";
-  AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
-  if (has_state) {
-    AMIRROR_RETURN_IF_ERROR(fs.remove(state_path));
-    AMIRROR_RETURN_IF_ERROR(fs.sync_dir(mirrors_dir_));
-  }
+  AMIRROR_RETURN_IF_ERROR(remove_mirror_state(fs, mirrors_dir_, ours.name));
   return changed.size() * volume.chunk_size_bytes();
 }
 

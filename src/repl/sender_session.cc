@@ -115,7 +115,11 @@ Status SenderSession::plan_delta(const TargetView& local, const ReplicaState& re
     for (uint64_t chunk_index : allocated) chunks_.push_back({chunk_index, ChunkState::kData});
   } else {
     std::map<uint64_t, ChunkState> merged;
-    for (uint64_t chunk_index : local.pending_chunks) merged[chunk_index] = ChunkState::kData;
+    // A damaged page of the pending file reads as all ones: past the end is no chunk.
+    const uint64_t chunk_count = volume_->geometry().chunk_count();
+    local.pending_chunks.for_each_set([&](uint64_t chunk_index) {
+      if (chunk_index < chunk_count) merged[chunk_index] = ChunkState::kData;
+    });
     uint64_t from = std::max(local.applied_cycle, volume_->base_cycle());
     if (from < point_) {
       AMIRROR_ASSIGN_OR_RETURN(std::vector<DeltaChunk> changed, volume_->changed_chunks(from, point_));

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "base/chunk_bitmap.h"
 #include "base/status.h"
 #include "repl/receiver_session.h"
 #include "repl/wire.h"
@@ -40,7 +41,7 @@ struct TargetView {
   uint64_t applied_cycle = 0;  // 0: no replica yet, the next delta is a full copy
   int64_t applied_freeze_time_unix_ms = 0;
   uint64_t inflight_cycle = 0;  // a delta to this cycle was sent and may have been applied
-  std::set<uint64_t> pending_chunks;  // chunks of merged layers it has not applied
+  ChunkBitmap pending_chunks;  // chunks of merged layers it has not applied
 };
 
 // The source's record of its targets. Each call that changes it must be durable when

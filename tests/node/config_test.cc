@@ -41,6 +41,19 @@ TEST(NodeConfig, PeerVolumesBoundWhatAPeerMaySend) {
   expect_refused(kNode + kTls + kPeer + "volumes = \"db\"\n", "must be a list");
 }
 
+TEST(NodeConfig, MaxTransfers) {
+  auto config = parse_node_config(kNode + kTls, "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->max_transfers, 16u);
+  config = parse_node_config(kNode + "max_transfers = 3\n" + kTls, "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->max_transfers, 3u);
+  for (const char* bad : {"0", "-1", "\"8\"", "1.5", "5000"}) {
+    expect_refused(kNode + "max_transfers = " + bad + "\n" + kTls,
+                   "node.toml [node]: 'max_transfers' must be a whole number from 1 to 4096");
+  }
+}
+
 TEST(NodeConfig, PeerBandwidthLimit) {
   auto config = parse_node_config(kNode + kTls + kPeer + "bandwidth_limit = \"50MB/s\"\n", "node.toml");
   ASSERT_TRUE(config.ok()) << config.status().to_string();

@@ -290,3 +290,45 @@ TEST_F(NodeEnvTest, StoppedNodesLeaveNoThreadBehind) {
 
 }  // namespace
 }  // namespace amirror::node
+
+namespace amirror::node {
+namespace {
+
+// `[node] max_transfers = 1`: while one mirror's transfer runs (held on b), another
+// mirror's transfer waits its turn and shows as queued, never failed; it runs once the
+// slot is free.
+TEST_F(NodeEnvTest, TransfersBeyondMaxTransfersWaitTheirTurn) {
+  gated_fs_ = std::make_unique<testing::GatedFileSystem>(testing::GatedFileSystem::Gate::kRenameOnto, "volume.meta");
+  testing::GatedFileSystem& b_fs = *gated_fs_;
+  NodeConfig a_config = config("a");
+  a_config.max_transfers = 1;
+  auto a = Node::start(a_config, env(posix_file_system()));
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  a_ = std::move(a).value();
+  auto b = Node::start(config("b"), env(b_fs));
+  ASSERT_TRUE(b.ok()) << b.status().to_string();
+  b_ = std::move(b).value();
+  for (const char* name : {"v", "w"}) {
+    ASSERT_TRUE(call(*a_, {{"command", "volume_create"}, {"name", name}, {"size_bytes", kVolumeBytes}})["ok"]);
+  }
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 10'000}})["ok"]);
+  ASSERT_TRUE(b_fs.wait_until_one_waits(kGenerous)) << "b never started taking v's point 1";
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "w"}, {"targets", {"b"}}, {"interval_ms", 10'000}})["ok"]);
+  auto mirror_of = [&](const std::string& name) {
+    json status = call(*a_, {{"command", "status"}});
+    for (const json& volume : status["volumes"]) {
+      if (volume["name"] == name && !volume["mirrors"].empty()) return volume["mirrors"][0];
+    }
+    return json::object();
+  };
+  ASSERT_TRUE(eventually([&] { return mirror_of("w")["state"] == "queued"; })) << mirror_of("w").dump();
+  EXPECT_EQ(mirror_of("v")["state"], "initial-sync") << mirror_of("v").dump();
+  b_fs.open_gate();
+  for (const char* name : {"v", "w"}) {
+    ASSERT_TRUE(eventually([&] { return mirror_of(name)["applied_cycle"] == 1; })) << mirror_of(name).dump();
+  }
+  EXPECT_EQ(mirror_of("w")["last_error"], nullptr) << mirror_of("w").dump();
+}
+
+}  // namespace
+}  // namespace amirror::node

@@ -35,7 +35,8 @@ class MemoryHost : public SenderHost {
     return Status();
   }
   Status adopt_common_point(const std::string&, uint64_t cycle, int64_t, const std::set<uint64_t>& chunks) override {
-    view_ = TargetView{cycle, 0, 0, chunks};
+    view_ = TargetView{cycle, 0, 0, {}};
+    for (uint64_t chunk_index : chunks) view_.pending_chunks.set(chunk_index);
     return Status();
   }
   Status reset_to_full(const std::string&, uint64_t) override {
