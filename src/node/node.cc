@@ -151,7 +151,6 @@ Status Node::resume_mirrors() {
 Status Node::open_everything() {
   FileSystem& fs = *env_.fs;
   AMIRROR_ASSIGN_OR_RETURN(pools_, StoragePools::open(fs, config_));
-  data_dir_ = &pools_->default_dir();
   mirrors_dir_ = config_.data_dir + "/mirrors";
   AMIRROR_RETURN_IF_ERROR(fs.make_dir(mirrors_dir_));
   AMIRROR_ASSIGN_OR_RETURN(auto located, pools_->load_volumes());

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// A node: one `amirror node` process. It owns the data directory (volumes, mirror
-// state, replicas), serves volumes and replicas over NBD, runs mirrors as a source
-// and receives replicas as a target — all at once — and answers the CLI on its
-// control socket.
+// A node: one `amirror node` process. It owns the data directory and the storage pools
+// (volumes, mirror state, replicas), serves volumes and replicas over NBD, runs mirrors
+// as a source and receives replicas as a target — all at once — and answers the CLI
+// on its control socket.
 //
 // Control requests are JSON objects with a "command" field; responses are
 // {"ok": true, ...} or {"ok": false, "error": "..."}. Commands: volume_create,
@@ -205,10 +205,9 @@ class Node {
   const Env env_;
   const std::shared_ptr<const PeerBuckets> peer_buckets_;  // from config_: [[peers]] bandwidth_limit
   TransferSlots transfer_slots_{config_.max_transfers};  // every engine's transfers share it
-  // The storage pools (node/storage_pools.h); data_dir_ is the default one, which
+  // The storage pools (node/storage_pools.h). The default one, the data directory,
   // also holds mirror state, the catalog and the replicas of peers without `storage`.
   std::unique_ptr<StoragePools> pools_;
-  DataDir* data_dir_ = nullptr;
   std::string mirrors_dir_;
   std::unique_ptr<ReplicaRegistry> replicas_;
 
