@@ -19,6 +19,8 @@ packages=(
   qemu-utils libnbd-bin nbdkit nbdfuse fio rsync
   # test plumbing
   iproute2 procps util-linux python3 openssl jq diffutils
+  # volume adopt e2e: an ext4 file system on a loop device (mkfs.ext4, fsck.ext4)
+  e2fsprogs
 )
 missing=()
 for package in "${packages[@]}"; do

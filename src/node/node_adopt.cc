@@ -27,10 +27,10 @@
 // (a merge cut short is finished when it opens) with nothing lost, and `volume release`
 // runs again. After 4, the trash is emptied (at the next start, if we die first);
 // emptying never touches the adopted path: it is not in the volume's directory.
-#include <fmt/core.h>
-#include <limits.h>
-#include <stdlib.h>
+#include <climits>
+#include <cstdlib>
 
+#include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
 #include "base/log.h"

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // A volume: a base image plus an ordered stack of layers (patent Figs. 3-6).
 //
-//   base            the image as of freeze point `base_cycle()` (a sparse file)
+//   base            the image as of freeze point `base_cycle()` (a sparse file: base.img,
+//                   or an adopted file or block device used in place, see base_path)
 //   layer base+1 .. the writes between consecutive freezes, oldest first
 //   layer cycle+1   the active layer: takes every write now
 //

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "store/data_dir.h"
 #include "store/volume.h"
 #include "testing/fault_file_system.h"
 #include "testing/test_support.h"
@@ -144,6 +145,58 @@ TEST(VolumeAdoptTest, ResizeIsRefusedAndAChangedSizeFailsTheOpen) {
   EXPECT_NE(reopened.status().message().find("changed outside amirror"), std::string::npos)
       << reopened.status().to_string();
   EXPECT_EQ(std::filesystem::file_size(file), kSize + 4096) << "open changed an adopted file";
+}
+
+// Power loss at every file operation of an adopt (DataDir builds the volume under
+// <name>.creating and renames it, as `volume adopt` does): after the crash the data
+// directory holds no volume or the whole adopted one, the file is untouched either way,
+// and the lock is free for a retry.
+TEST(VolumeAdoptTest, PowerLossDuringTheAdoptLeavesNoVolumeOrAWholeOne) {
+  bool saw_none = false, saw_volume = false;
+  for (uint64_t allowed = 0;; allowed++) {
+    SCOPED_TRACE("crash after " + std::to_string(allowed) + " file operations");
+    ScratchDir dir("adopt-create-crash", /*in_memory=*/true);
+    const std::string file = dir.sub("disk.img");
+    const std::vector<uint8_t> original = pattern(kSize, 5);
+    write_file(file, original);
+    FaultFileSystem fs;
+    bool faulted = false;
+    Status adopted;
+    {
+      auto data_dir = DataDir::open(fs, dir.sub("data"));
+      ASSERT_TRUE(data_dir.ok()) << data_dir.status().to_string();
+      uint64_t failures_before = fs.injected_failure_count();
+      fs.fail_after(allowed, ErrorCode::kIo, FaultFileSystem::kOpAllMutating);
+      auto created = data_dir.value()->create_volume("disk", adopt_options(file));
+      faulted = fs.injected_failure_count() != failures_before;
+      fs.clear_faults();
+      adopted = created.status();
+      if (!faulted) ASSERT_TRUE(created.ok()) << created.status().to_string();
+    }
+    ASSERT_TRUE(fs.drop_unsynced().ok());
+    EXPECT_EQ(read_file(file), original) << "adopting wrote the file";
+
+    auto reopened = DataDir::open(fs, dir.sub("data"));
+    ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+    auto names = reopened.value()->list_volumes();
+    ASSERT_TRUE(names.ok());
+    if (adopted.ok()) EXPECT_EQ(names.value().size(), 1u) << "an adopt that returned ok was lost";
+    if (names.value().empty()) {
+      saw_none = true;
+    } else {
+      saw_volume = true;
+      auto volume = reopened.value()->open_volume("disk");
+      ASSERT_TRUE(volume.ok()) << volume.status().to_string();
+      EXPECT_EQ(volume.value()->adopted_path(), file);
+      EXPECT_EQ(read_all(*volume.value()), original);
+    }
+    if (::testing::Test::HasFailure()) return;
+    if (!faulted) {
+      EXPECT_TRUE(saw_none) << "no crash point left the directory without the volume";
+      EXPECT_TRUE(saw_volume);
+      return;
+    }
+  }
 }
 
 // Power loss at every file operation of release's merge (fail every mutating operation
