@@ -4,7 +4,7 @@
 //
 // volume_adopt {"name", "path", "chunk_size_bytes"?, "group"?, "storage"?}: the path is
 // resolved (symlinks, so /dev/vg/lv and /dev/dm-3 are one device) and refused when it
-// is missing, not a regular file or block device, inside the node's data directory,
+// is missing, not a regular file or block device, inside one of the node's storage pools,
 // adopted already (by a volume of this node: named; by another process: its flock is
 // held), mounted or claimed (a block device opened O_EXCL), or not whole sectors. The
 // volume is then built like `volume create` (DataDir: <name>.creating, renamed once
@@ -64,19 +64,17 @@ bool is_inside(const std::string& path, const std::string& dir) {
 
 Result<VolumeOptions> Node::adopt_options(const std::string& path, const json& request) const {
   if (path.empty()) return invalid_argument("name the file or block device to adopt with --path");
-  // Storage pools choose where a volume's layers live; until they exist here, only the
-  // default pool (the data directory) does.
-  if (std::string storage = request.value("storage", ""); !storage.empty() && storage != "default") {
-    return not_found("no storage pool named '" + storage + "'; this node has only 'default' (its data_dir)");
-  }
   VolumeOptions options;
   options.chunk_size_bytes = request.value("chunk_size_bytes", kDefaultChunkSizeBytes);
   options.group = request.value("group", "");
   AMIRROR_ASSIGN_OR_RETURN(options.base_path, canonical_path(path));
-  AMIRROR_ASSIGN_OR_RETURN(std::string data_dir, canonical_path(data_dir_->path()));
-  if (is_inside(options.base_path, data_dir)) {
-    return invalid_argument(path + " is inside the node's data directory " + data_dir +
-                            "; adopt only files and devices amirror does not manage");
+  // No pool's files may become a base: the node would write them two ways at once.
+  for (const StoragePool& pool : pools_->pools()) {
+    auto pool_path = canonical_path(pool.path);
+    if (pool_path.ok() && is_inside(options.base_path, pool_path.value())) {
+      return invalid_argument(path + " is inside the node's storage '" + pool.name + "' (" + pool_path.value() +
+                              "); adopt only files and devices amirror does not manage");
+    }
   }
   // A probe: the same checks and lock the volume will take, released at once.
   {
@@ -96,6 +94,9 @@ std::string Node::control_volume_adopt(const json& request) {
   std::string name = request.value("name", "");
   if (Status valid = validate_name(name, "volume name"); !valid.ok()) return error_response(valid).dump();
   std::string path = request.value("path", "");
+  // The pool holds the volume's layers; the base stays where it is.
+  auto pool = storage_for_new_volume(request);
+  if (!pool.ok()) return error_response(pool.status()).dump();
   // Outside the lock: the probe opens the file (which may be a slow device).
   auto options = adopt_options(path, request);
   MutexLock lock(mutex_);
@@ -110,17 +111,19 @@ std::string Node::control_volume_adopt(const json& request) {
     }
     return error_response(options.status()).dump();
   }
-  auto created = data_dir_->create_volume(name, options.value());
+  auto created = pool.value()->dir->create_volume(name, options.value());
   if (!created.ok()) return error_response(created.status().with_context("adopt " + path)).dump();
+  record_pool(name, pool.value()->name);
   auto entry = std::make_shared<VolumeEntry>();
   entry->name = name;
   entry->volume = std::move(created).value();
   volumes_[name] = entry;
-  log::info("node", "volume adopted", {{"volume", name}, {"path", options->base_path},
+  log::info("node", "volume adopted", {{"volume", name}, {"path", options->base_path}, {"storage", pool.value()->name},
                                        {"size_bytes", options->size_bytes}});
   return json{{"ok", true},
               {"name", name},
               {"path", options->base_path},
+              {"storage", pool.value()->name},
               {"size_bytes", entry->volume->size_bytes()},
               {"chunk_size_bytes", entry->volume->chunk_size_bytes()}}
       .dump();
@@ -177,7 +180,8 @@ Result<std::string> Node::release_volume(const std::string& name) {
   }
   entry.reset();  // closes the file once no one else holds the volume: the lock goes
   lock.unlock();
-  if (Status removed = data_dir_->remove_from_trash(trashed.value()); !removed.ok()) {
+  DataDir* trash_pool = trashed.value().empty() ? nullptr : pools_->dir_holding(trashed.value());
+  if (Status removed = trash_pool ? trash_pool->remove_from_trash(trashed.value()) : Status(); !removed.ok()) {
     log::warn("node", "volume released; its layer files stay in the trash until the next start",
               {{"volume", name}, {"trash", trashed.value()}, {"error", removed.message()}});
   }

@@ -54,6 +54,21 @@ status_json site-a | jq -e --arg p1 "$WORK/p1" '[.storage[] | select(.name == "p
   fail "status does not show pool p1's path and space: $(status_json site-a | jq -c .storage)"
 am site-a status | grep -q "^storage p2  $WORK/p2  .* free of 128" || fail "text status does not show the pools: $(cat "$WORK/last.out")"
 
+log "adopt with --storage: the layers go to the pool, the file stays where it is"
+head -c $((2 * MiB)) /dev/urandom >"$WORK/adopted.raw"
+cp "$WORK/adopted.raw" "$WORK/adopted-expected.raw"
+am site-a volume adopt borrowed --path "$WORK/adopted.raw" --storage p2 >/dev/null
+[[ $(volume_field site-a borrowed storage) == p2 && -d $WORK/p2/volumes/borrowed ]] ||
+  fail "volume adopt --storage p2 did not put the volume in p2"
+[[ ! -e $WORK/p2/volumes/borrowed/base.img ]] || fail "adopt copied the file into p2"
+expect_refusal 1 "inside the node's storage 'p2'" site-a volume adopt x --path "$WORK/p2/volumes/borrowed/volume.meta"
+write_pattern site-a borrowed $MiB 64K 0x5a
+head -c 65536 /dev/zero | tr '\0' 'Z' | dd of="$WORK/adopted-expected.raw" bs=64K seek=16 conv=notrunc status=none
+am site-a volume release borrowed >/dev/null
+cmp "$WORK/adopted.raw" "$WORK/adopted-expected.raw" || fail "the released file does not hold the last writes"
+[[ ! -e $WORK/p2/volumes/borrowed && $(jq -r '.volumes.borrowed // "gone"' "$WORK/site-a.d/storage.json") == gone ]] ||
+  fail "volume release left the volume in p2 or in the catalog"
+
 log "a group spanning two pools mirrors to site-b, whose replicas go to its pool 'rep'"
 write_random site-a g1 0 $((4 * MiB))
 write_random site-a g2 $((3 * MiB)) $((2 * MiB))

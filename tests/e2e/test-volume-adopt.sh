@@ -84,8 +84,8 @@ mkdir "$WORK/a-directory"
 expect_refusal 1 "not a regular file or a block device" a volume adopt x --path "$WORK/a-directory"
 expect_refusal 1 "does not exist" a volume adopt x --path "$WORK/no-such-file"
 truncate -s 1M "$WORK/a.d/inside.img"
-expect_refusal 1 "inside the node's data directory" a volume adopt x --path "$WORK/a.d/inside.img"
-expect_refusal 1 "no storage pool named 'fast'" a volume adopt x --path "$DISK" --storage fast
+expect_refusal 1 "inside the node's storage 'default'" a volume adopt x --path "$WORK/a.d/inside.img"
+expect_refusal 1 "unknown storage 'fast'" a volume adopt x --path "$DISK" --storage fast
 
 am a volume adopt disk --path "$DISK" >/dev/null
 grep -q "nothing else may write it" "$WORK/last.out" || fail "adopt did not warn: $(cat "$WORK/last.out")"
