@@ -119,7 +119,9 @@ TEST_F(PendingFileTest, FormatTwoConvertsOnTheNextSave) {
     fs.fail_after(cut, ErrorCode::kIo, testing::FaultFileSystem::kOpAllMutating);
     Status saved = save_mirror_state(fs, dir_, "v", *loaded);
     fs.clear_faults();
-    if (!saved.ok()) ASSERT_TRUE(fs.drop_random_unsynced(cut).ok());
+    if (!saved.ok()) {
+      ASSERT_TRUE(fs.drop_random_unsynced(cut).ok());
+    }
     auto again = load_mirror_state(fs, path("v.json"));
     ASSERT_TRUE(again.ok()) << "cut after " << cut << ": " << again.status().to_string();
     EXPECT_EQ(again->target_states.at("a").pending_chunks.to_set(), (std::set<uint64_t>{3, 70000})) << "cut " << cut;
