@@ -273,7 +273,8 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
       const toml::table* peer_table = (*list)[i].as_table();
       std::string peer_where = source_name + " [[peers]] #" + std::to_string(i + 1);
       if (peer_table == nullptr) return invalid_argument(peer_where + ": must be a table");
-      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address", "identity", "volumes", "bandwidth_limit", "storage"}));
+      AMIRROR_RETURN_IF_ERROR(check_keys(*peer_table, peer_where, {"name", "address", "identity", "volumes", "bandwidth_limit", "storage",
+                                                                  "replica_device_dir"}));
       PeerConfig peer;
       AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "name", true, peer.name));
       AMIRROR_RETURN_IF_ERROR(validate_name(peer.name, "peer name").with_context(peer_where));
@@ -299,6 +300,11 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
       if (config.storage_path(peer.storage).empty()) {
         return invalid_argument(peer_where + ": storage '" + peer.storage + "' is not a pool of this node (known: " +
                                 known_storage_names(config) + ")");
+      }
+      AMIRROR_RETURN_IF_ERROR(get_string(*peer_table, peer_where, "replica_device_dir", false, peer.replica_device_dir));
+      if (peer_table->contains("replica_device_dir") && (peer.replica_device_dir.empty() || peer.replica_device_dir[0] != '/')) {
+        return invalid_argument(peer_where + ": 'replica_device_dir' must be an absolute path (a directory of block "
+                                "devices named like the volumes, e.g. /dev/vg_dr), not '" + peer.replica_device_dir + "'");
       }
       if (peer.name == config.name) return invalid_argument(peer_where + ": a node cannot be its own peer");
       if (config.find_peer(peer.name) != nullptr) {

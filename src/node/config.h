@@ -27,6 +27,10 @@ struct PeerConfig {
   // `storage`: the pool ([[storage]] name) this peer's replicas go to on this node;
   // "default" = the data directory.
   std::string storage = "default";
+  // `replica_device_dir`: a directory of block devices (e.g. /dev/vg_dr); a new replica
+  // of VOLUME from this peer uses <replica_device_dir>/VOLUME as its base instead of
+  // base.img (docs/formats/store.md). Empty = none.
+  std::string replica_device_dir;
 
   bool may_send(const std::string& volume) const;
 };

@@ -157,6 +157,11 @@ Status Node::open_everything() {
   MutexLock lock(mutex_);
   for (const auto& [name, pool] : located) open_volume_entry(fs, name);
   replicas_ = std::make_unique<ReplicaRegistry>(fs, config_.data_dir + "/replicas", replica_placement(config_, *pools_));
+  std::map<std::string, std::string> device_dirs;
+  for (const PeerConfig& peer : config_.peers) {
+    if (!peer.replica_device_dir.empty()) device_dirs[peer.name] = peer.replica_device_dir;
+  }
+  replicas_->set_device_dirs(std::move(device_dirs));
   replicas_->set_before_create([this](const std::string& peer, const repl::OpenReplica& open, const std::string& dir) {
     return before_create_replica(peer, open, dir);
   });

@@ -1,7 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "node/receiver.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <chrono>
+#include <climits>
+#include <cstdlib>
 
 #include "base/log.h"
 #include "base/names.h"
@@ -164,12 +169,32 @@ Result<repl::GroupCommit> ReplicaRegistry::commit_group(const std::string& sourc
   return applied;
 }
 
+Result<std::string> ReplicaRegistry::device_of(const std::string& source, const std::string& volume) const {
+  auto device_dir = device_dirs_.find(source);
+  if (device_dir == device_dirs_.end()) return std::string();
+  const std::string path = device_dir->second + "/" + volume;
+  const std::string needed = "replica " + source + "/" + volume + " needs the block device " + path +
+                             " ([[peers]] replica_device_dir of " + source + ")";
+  char resolved[PATH_MAX];
+  if (::realpath(path.c_str(), resolved) == nullptr) {
+    if (errno == ENOENT) return not_found(needed + ", which does not exist; create it at least as large as the volume");
+    return Status::from_errno(errno, "resolve " + path);
+  }
+  struct stat info;
+  if (::stat(resolved, &info) != 0) return Status::from_errno(errno, "stat " + path);
+  if (!S_ISBLK(info.st_mode)) return invalid_argument(needed + ", but " + resolved + " is not a block device");
+  return std::string(resolved);
+}
+
 void ReplicaRegistry::load_one(const std::string& source, const std::string& volume) {
   std::string dir = dir_of(source, volume);
   Result<std::unique_ptr<repl::Replica>> replica = [&]() -> Result<std::unique_ptr<repl::Replica>> {
     AMIRROR_ASSIGN_OR_RETURN(bool has_meta, fs_.exists(dir + "/replica.meta"));
     if (!has_meta) return std::unique_ptr<repl::Replica>();  // created but never initialized
-    return repl::Replica::open(fs_, dir);
+    // Used only if its volume was never created; then a bad device fails it, named.
+    Result<std::string> device = device_of(source, volume);
+    auto found = device_dirs_.find(source);
+    return repl::Replica::open(fs_, dir, device.ok() ? device.value() : found == device_dirs_.end() ? "" : found->second + "/" + volume);
   }();
   std::string key = source + "/" + volume;
   std::lock_guard lock(mutex_);
@@ -235,10 +260,25 @@ Result<std::shared_ptr<repl::Replica>> ReplicaRegistry::open_or_create(const std
   AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(root));
   std::string dir = dir_of(source, volume);
   AMIRROR_RETURN_IF_ERROR(fs_.make_dir(dir));
-  AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<repl::Replica> replica,
-                           repl::Replica::open_or_create(fs_, dir, source, volume, size_bytes, chunk_size_bytes));
+  // Not there yet unless before_create put a demoted volume in its place (failback),
+  // which keeps its own base.
+  AMIRROR_ASSIGN_OR_RETURN(bool existed, fs_.exists(dir + "/replica.meta"));
+  std::string device;
+  if (!existed) {
+    AMIRROR_ASSIGN_OR_RETURN(device, device_of(source, volume));
+  }
+  auto replica = repl::Replica::open_or_create(fs_, dir, source, volume, size_bytes, chunk_size_bytes, device);
+  if (!replica.ok() && !device.empty() && !existed) {
+    // Refused (device too small, in use): nothing of it stays, so the next try (a larger
+    // device, or the config changed) starts clean. Volume::create failed before it made
+    // any file but replica.meta.
+    (void)fs_.remove(dir + "/replica.meta");
+    (void)fs_.remove_dir(dir);
+    return replica.status().with_context("replica " + source + "/" + volume);
+  }
+  if (!replica.ok()) return replica.status();
   AMIRROR_RETURN_IF_ERROR(fs_.sync_dir(source_dir(source)));
-  std::shared_ptr<repl::Replica> shared = std::move(replica);
+  std::shared_ptr<repl::Replica> shared = std::move(replica).value();
   replicas_[source + "/" + volume] = shared;
   return shared;
 }

@@ -88,6 +88,9 @@ class ReplicaRegistry {
   using BeforeCreate =
       std::function<Status(const std::string& source, const repl::OpenReplica& open, const std::string& dir)>;
   void set_before_create(BeforeCreate hook) { before_create_ = std::move(hook); }
+  // `[[peers]] replica_device_dir` by peer: a new replica of VOLUME from that peer lives
+  // on the block device <dir>/VOLUME (Replica::open_or_create). Set once, before load().
+  void set_device_dirs(std::map<std::string, std::string> device_dirs) { device_dirs_ = std::move(device_dirs); }
   // Takes a planned switchover from a peer (see repl::ReplicaAccess::switchover).
   using Switchover = std::function<Result<uint64_t>(const std::string& peer, const repl::Switchover& request)>;
   void set_switchover(Switchover hook) { switchover_ = std::move(hook); }
@@ -118,6 +121,9 @@ class ReplicaRegistry {
   // Loads the replicas under `root` (one replicas directory).
   Status load_root(const std::string& root);
   void load_one(const std::string& source, const std::string& volume);
+  // The block device a new replica of `volume` from `source` uses (symlinks resolved),
+  // "" for none, or why it cannot be used (missing, not a block device).
+  Result<std::string> device_of(const std::string& source, const std::string& volume) const;
   // At load: rolls forward the group commits a crash cut short; a member that cannot
   // be is marked failed (its group may be split).
   void finish_group_commits_at_load(const std::string& source);
@@ -129,6 +135,7 @@ class ReplicaRegistry {
   const std::map<std::string, ReplicaPlacement> placements_;  // by peer
   BeforeCreate before_create_;
   Switchover switchover_;
+  std::map<std::string, std::string> device_dirs_;  // by peer
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<repl::Replica>> replicas_;  // key "source/volume"
   std::map<std::string, FailedReplica> failed_;                     // same key; never in replicas_

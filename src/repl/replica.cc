@@ -131,7 +131,7 @@ Status Replica::write_meta_locked() { return write_file_atomically(fs_, dir_, kM
 Result<std::unique_ptr<Replica>> Replica::open_or_create(FileSystem& fs, const std::string& dir,
                                                          const std::string& source_node,
                                                          const std::string& volume, uint64_t size_bytes,
-                                                         uint64_t chunk_size_bytes) {
+                                                         uint64_t chunk_size_bytes, const std::string& device) {
   AMIRROR_ASSIGN_OR_RETURN(bool exists, fs.exists(dir + "/" + kMetaName));
   if (exists) {
     AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<Replica> replica, open(fs, dir));
@@ -150,10 +150,10 @@ Result<std::unique_ptr<Replica>> Replica::open_or_create(FileSystem& fs, const s
   meta.size_bytes = size_bytes;
   meta.chunk_size_bytes = chunk_size_bytes;
   AMIRROR_RETURN_IF_ERROR(write_file_atomically(fs, dir, kMetaName, encode_meta(meta)));
-  return open(fs, dir);
+  return open(fs, dir, device);
 }
 
-Result<std::unique_ptr<Replica>> Replica::open(FileSystem& fs, const std::string& dir) {
+Result<std::unique_ptr<Replica>> Replica::open(FileSystem& fs, const std::string& dir, const std::string& device) {
   std::unique_ptr<Replica> replica(new Replica(fs, dir));
   std::string where = dir + "/" + kMetaName;
   AMIRROR_ASSIGN_OR_RETURN(std::string contents, read_small_file(fs, where, 4096));
@@ -175,6 +175,8 @@ Result<std::unique_ptr<Replica>> Replica::open(FileSystem& fs, const std::string
     VolumeOptions options;
     options.size_bytes = replica->meta_.size_bytes;
     options.chunk_size_bytes = replica->meta_.chunk_size_bytes;
+    options.base_path = device;
+    options.base_may_be_larger = !device.empty();
     AMIRROR_ASSIGN_OR_RETURN(replica->volume_, Volume::create(fs, dir, options));
   }
   if (replica->current()->size_bytes() < replica->meta_.size_bytes ||
@@ -433,6 +435,13 @@ Status Replica::set_meta_field(Field Meta::*field, const Value& value) {
 
 Status Replica::reset(const std::string& uuid) {
   std::lock_guard delta(delta_mutex_);
+  if (const std::string& device = current()->adopted_path(); !device.empty()) {
+    // The fresh volume would need the device while the old one (and its readers) still
+    // hold it claimed.
+    return Status(ErrorCode::kUnsupported,
+                  "replica " + source_node_ + "/" + volume_name_ + " on " + device + " holds points of another source "
+                  "volume; run `amirror replica delete " + source_node_ + "/" + volume_name_ + "` here to start over");
+  }
   VolumeOptions options;
   options.size_bytes = current()->size_bytes();
   options.chunk_size_bytes = current()->chunk_size_bytes();

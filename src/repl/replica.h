@@ -45,13 +45,20 @@ class Replica {
  public:
   // Opens the replica in `dir`, creating an empty one (all zeros, cycle 0) if absent.
   // An existing replica follows the source's geometry (follow_source_geometry).
+  // `device`: empty, or the absolute path of a block device (`[[peers]]
+  // replica_device_dir`) that a new replica's volume uses as its base instead of
+  // base.img (an adopted base that may be longer than the volume, VolumeOptions).
+  // A device too small, or in use, refuses the replica naming the device.
   static Result<std::unique_ptr<Replica>> open_or_create(FileSystem& fs, const std::string& dir,
                                                          const std::string& source_node,
                                                          const std::string& volume,
-                                                         uint64_t size_bytes, uint64_t chunk_size_bytes);
+                                                         uint64_t size_bytes, uint64_t chunk_size_bytes,
+                                                         const std::string& device = "");
   // Opens an existing replica: converts the format-1 layout once (crash-safe), drops
-  // a delta whose commit was cut short, and merges down to `keep` points.
-  static Result<std::unique_ptr<Replica>> open(FileSystem& fs, const std::string& dir);
+  // a delta whose commit was cut short, and merges down to `keep` points. `device`: as
+  // for open_or_create, used only when the replica's volume was never created (a crash
+  // right after replica.meta); an existing volume.meta names its own base.
+  static Result<std::unique_ptr<Replica>> open(FileSystem& fs, const std::string& dir, const std::string& device = "");
 
   // A clean close records how much of a delta is staged, so a restart resumes there
   // (a crash resumes from the last 16 MiB mark instead).
@@ -66,8 +73,12 @@ class Replica {
   uint64_t size_bytes() const { return current()->size_bytes(); }
   uint64_t chunk_size_bytes() const { return current()->chunk_size_bytes(); }
   const std::string& dir() const { return dir_; }
-  // The raw image file: holds image_cycle() while no merge runs.
-  std::string image_path() const { return dir_ + "/base.img"; }
+  // The raw image file (base.img, or the block device the replica lives on): holds
+  // image_cycle() while no merge runs.
+  std::string image_path() const {
+    std::shared_ptr<Volume> volume = current();
+    return volume->adopted_path().empty() ? dir_ + "/base.img" : volume->adopted_path();
+  }
   std::optional<uint64_t> image_cycle() const;
   ReplicaState state() const;
   // "idle", "receiving" (a delta is being staged), "applying" (merging old points)

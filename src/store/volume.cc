@@ -26,6 +26,8 @@ constexpr uint32_t kMetaFormatVersion = 2;
 constexpr uint32_t kMetaFormatVersionAdopted = 3;
 constexpr uint32_t kMaxBasePathBytes = 4096;
 constexpr uint32_t kMetaFlagReadOnly = 1;
+// Format 3 only: VolumeOptions::base_may_be_larger.
+constexpr uint32_t kMetaFlagBaseMayBeLarger = 2;
 constexpr const char* kMetaFileName = "volume.meta";
 constexpr const char* kBaseFileName = "base.img";
 constexpr uint64_t kMaxMetaBytes = 16 * kMiB;
@@ -91,6 +93,12 @@ Status validate_volume_options(const VolumeOptions& options) {
   return Status();
 }
 
+Status base_too_small(const std::string& base_path, uint64_t base_bytes, uint64_t needed_bytes) {
+  return invalid_argument(base_path + " is " + format_bytes(base_bytes) + " (" + std::to_string(base_bytes) +
+                          " bytes) but the volume needs " + format_bytes(needed_bytes) + " (" +
+                          std::to_string(needed_bytes) + " bytes); give it a device at least that large");
+}
+
 // A volume's base is one file, so its size is bounded by the file system's largest
 // file (ext4 with 4 KiB blocks: 16 TiB - 4 KiB; XFS, btrfs: 8 EiB). Say so, and the way
 // out, instead of the kernel's "File too large".
@@ -135,7 +143,10 @@ Result<std::unique_ptr<Volume>> Volume::create(FileSystem& fs, const std::string
   } else {
     // Adopted in place: used as it is, never truncated or extended.
     AMIRROR_ASSIGN_OR_RETURN(uint64_t adopted_bytes, volume->base_->size_bytes());
-    if (adopted_bytes != options.size_bytes) {
+    if (options.base_may_be_larger && adopted_bytes < options.size_bytes) {
+      return base_too_small(options.base_path, adopted_bytes, options.size_bytes);
+    }
+    if (!options.base_may_be_larger && adopted_bytes != options.size_bytes) {
       return invalid_argument(options.base_path + " is " + std::to_string(adopted_bytes) + " bytes, not " +
                               std::to_string(options.size_bytes) + " (did it change during the adopt?)");
     }
@@ -199,7 +210,11 @@ Result<std::unique_ptr<Volume>> Volume::open(FileSystem& fs, const std::string& 
 
   AMIRROR_ASSIGN_OR_RETURN(volume->base_, volume->open_base(OpenMode::kOpenExisting));
   AMIRROR_ASSIGN_OR_RETURN(uint64_t base_size, volume->base_->size_bytes());
-  if (!volume->base_path_.empty() && base_size != volume->size_bytes()) {
+  if (!volume->base_path_.empty() && volume->meta_.options.base_may_be_larger && base_size < volume->size_bytes()) {
+    return corruption(base_too_small(volume->base_path_, base_size, volume->size_bytes()).message() +
+                      " (it shrank outside amirror)");
+  }
+  if (!volume->base_path_.empty() && !volume->meta_.options.base_may_be_larger && base_size != volume->size_bytes()) {
     // amirror never changes an adopted base's size, so someone else did: its content
     // cannot be trusted either.
     return corruption("the adopted " + volume->base_path_ + " is " + std::to_string(base_size) +
@@ -210,7 +225,7 @@ Result<std::unique_ptr<Volume>> Volume::open(FileSystem& fs, const std::string& 
     return corruption(dir + "/" + kBaseFileName + " is " + std::to_string(base_size) +
                       " bytes but the volume is " + std::to_string(volume->size_bytes()));
   }
-  if (base_size > volume->size_bytes()) {
+  if (volume->base_path_.empty() && base_size > volume->size_bytes()) {
     // A resize extended base.img and died before volume.meta recorded the new size:
     // the tail is a hole no point reads, so the old size stands and the tail goes.
     AMIRROR_RETURN_IF_ERROR(volume->base_->truncate(volume->size_bytes())
@@ -272,7 +287,8 @@ Status Volume::remove_orphan_files() {
 std::string Volume::encode_meta() const {
   std::string out(kMetaMagic, sizeof kMetaMagic);
   append_u32(out, base_path_.empty() ? kMetaFormatVersion : kMetaFormatVersionAdopted);
-  append_u32(out, meta_.read_only ? kMetaFlagReadOnly : 0);
+  append_u32(out, (meta_.read_only ? kMetaFlagReadOnly : 0) |
+                      (!base_path_.empty() && meta_.options.base_may_be_larger ? kMetaFlagBaseMayBeLarger : 0));
   // meta_'s size, not size_bytes(): resize() writes the new size before it uses it.
   append_u64(out, meta_.options.size_bytes);
   append_u64(out, chunk_size_bytes_);
@@ -369,6 +385,7 @@ Result<Volume::VolumeMeta> Volume::decode_meta(const std::string& contents, cons
   }
   if (!ok || !reader.at_end()) return corruption(where + ": fields do not fit the file's length");
   meta.read_only = (flags & kMetaFlagReadOnly) != 0;
+  meta.options.base_may_be_larger = version == kMetaFormatVersionAdopted && (flags & kMetaFlagBaseMayBeLarger) != 0;
   meta.lineage.uuid = read_uuid(uuid);
   meta.lineage.origin_uuid = read_uuid(origin_uuid);
   meta.base_freeze_time_unix_ms = static_cast<int64_t>(base_time);
@@ -922,9 +939,16 @@ Result<uint64_t> Volume::resize(uint64_t size_bytes) {
   AMIRROR_RETURN_IF_ERROR(zero_slot_tails_locked(old_size_bytes, size_bytes).with_context("resize " + dir_));
   // A durable point, like freeze: every write before resize() survives a crash after it.
   AMIRROR_RETURN_IF_ERROR(layers_.back()->sync().with_context("resize " + dir_));
-  // A hole: no data is written, and a crash from here on leaves a longer base.img
-  // that open() trims back to the size volume.meta records.
-  AMIRROR_RETURN_IF_ERROR(too_large_for_file_system(base_->truncate(size_bytes), size_bytes, dir_).with_context("resize " + dir_));
+  if (base_path_.empty()) {
+    // A hole: no data is written, and a crash from here on leaves a longer base.img
+    // that open() trims back to the size volume.meta records.
+    AMIRROR_RETURN_IF_ERROR(too_large_for_file_system(base_->truncate(size_bytes), size_bytes, dir_).with_context("resize " + dir_));
+  } else {
+    // A base longer than the volume (base_may_be_larger; check_resize_locked): the new
+    // range is zeroed in place, never truncated. A crash before volume.meta leaves it
+    // zeroed past the old size, which no point reads.
+    AMIRROR_RETURN_IF_ERROR(base_->punch_hole(old_size_bytes, size_bytes - old_size_bytes).with_context("resize " + dir_));
+  }
   AMIRROR_RETURN_IF_ERROR(base_->sync().with_context("resize " + dir_));
   {
     std::lock_guard meta(meta_mutex_);
@@ -950,6 +974,12 @@ Status Volume::check_resize_locked(uint64_t size_bytes) const {
     return invalid_argument("shrinking is not supported; the volume is " + format_bytes(old_size_bytes) + " (" +
                             std::to_string(old_size_bytes) + " bytes) and " + format_bytes(size_bytes) + " (" +
                             std::to_string(size_bytes) + " bytes) is smaller; a volume only grows");
+  }
+  if (!base_path_.empty() && meta_.options.base_may_be_larger && size_bytes != old_size_bytes) {
+    // Grows within the device it has, never past it.
+    AMIRROR_ASSIGN_OR_RETURN(uint64_t base_bytes, base_->size_bytes());
+    if (size_bytes > base_bytes) return base_too_small(base_path_, base_bytes, size_bytes);
+    return Status();
   }
   if (!base_path_.empty() && size_bytes != old_size_bytes) {
     // Growing would truncate a file or device amirror only borrows.
@@ -1128,6 +1158,9 @@ Status Volume::begin_base_fill() {
     AMIRROR_RETURN_IF_ERROR(check_base_fill_locked());
   }
   // What an earlier, abandoned fill wrote goes: the new one sends only non-zero chunks.
+  // Ranged, never a truncate: on a block device (an adopted base) the kernel zeroes the
+  // range (BLKZEROOUT semantics, or written zeros), and a longer device's tail past
+  // size_bytes() is left as it is.
   AMIRROR_RETURN_IF_ERROR(base_->punch_hole(0, size_bytes()));
   return base_->sync();
 }

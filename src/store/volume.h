@@ -67,7 +67,17 @@ struct VolumeOptions {
   // place: opened with OpenMode::kAdopt (locked while the volume is open), exactly
   // size_bytes long, never truncated or extended; it changes only by merges.
   std::string base_path;
+  // With base_path: the base may be longer than the volume (a replica on a block device,
+  // `[[peers]] replica_device_dir`). Only [0, size_bytes) is the volume's; the tail is
+  // never read or written, and resize() grows the volume up to the base's length
+  // (zeroing the new range in place) and no further. Without it the base's length must
+  // equal size_bytes: a changed length means someone else changed the file (`volume adopt`).
+  bool base_may_be_larger = false;
 };
+
+// The error for a base device or file of `base_bytes` that cannot hold a volume of
+// `needed_bytes`: names both, and what to do.
+Status base_too_small(const std::string& base_path, uint64_t base_bytes, uint64_t needed_bytes);
 
 // Checks size and chunk size; the error names the bad value and the allowed range.
 Status validate_volume_options(const VolumeOptions& options);

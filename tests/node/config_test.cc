@@ -151,5 +151,18 @@ TEST(NodeConfig, BadStoragePoolsAreRefused) {
                  "[[peers]] #1: storage 'nope' is not a pool of this node (known: default, a)");
 }
 
+TEST(NodeConfig, ReplicaDeviceDir) {
+  auto config = parse_node_config(kNode + kTls + kPeer + "replica_device_dir = \"/dev/vg_dr\"\n", "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->peers.at(0).replica_device_dir, "/dev/vg_dr");
+  config = parse_node_config(kNode + kTls + kPeer, "node.toml");
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->peers.at(0).replica_device_dir, "");  // replicas in base.img files
+  expect_refused(kNode + kTls + kPeer + "replica_device_dir = \"dev/vg\"\n",
+                 "[[peers]] #1: 'replica_device_dir' must be an absolute path");
+  expect_refused(kNode + kTls + kPeer + "replica_device_dir = \"\"\n", "'replica_device_dir' must be an absolute path");
+  expect_refused(kNode + kTls + kPeer + "replica_device_dir = 3\n", "'replica_device_dir' must be a string");
+}
+
 }  // namespace
 }  // namespace amirror::node

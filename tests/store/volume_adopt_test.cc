@@ -8,6 +8,7 @@
 // BLKGETSIZE64); tests/e2e/test-volume-adopt.sh adopts a loop device.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -145,6 +146,76 @@ TEST(VolumeAdoptTest, ResizeIsRefusedAndAChangedSizeFailsTheOpen) {
   EXPECT_NE(reopened.status().message().find("changed outside amirror"), std::string::npos)
       << reopened.status().to_string();
   EXPECT_EQ(std::filesystem::file_size(file), kSize + 4096) << "open changed an adopted file";
+}
+
+// A replica on a block device (`[[peers]] replica_device_dir`): the base may be longer
+// than the volume. Its tail is never read or written — not by the base fill's zeroing,
+// not by a merge, not by a grow within it — the size stays the volume's across an
+// open, a grow past the base is refused naming it and the size needed, and a shorter
+// base is refused at create and fails the open.
+TEST(VolumeAdoptTest, ABaseLargerThanTheVolumeKeepsItsTailAndBoundsTheGrowth) {
+  ScratchDir dir("adopt-larger");
+  const std::string file = dir.sub("device.img");
+  const uint64_t base_bytes = 2 * kSize + 2048;
+  const std::vector<uint8_t> original(base_bytes, 0xab);
+  write_file(file, original);
+  std::filesystem::create_directory(dir.sub("volume"));
+  VolumeOptions options = adopt_options(file);
+  options.base_may_be_larger = true;
+  auto created = Volume::create(posix_file_system(), dir.sub("volume"), options);
+  ASSERT_TRUE(created.ok()) << created.status().to_string();
+  Volume& volume = *created.value();
+  EXPECT_EQ(volume.size_bytes(), kSize);
+  ASSERT_TRUE(volume.begin_base_fill().ok());
+  std::vector<uint8_t> data = pattern(kChunk, 5);
+  ASSERT_TRUE(volume.write_base_fill(kChunk, data).ok());
+  ASSERT_TRUE(volume.commit_base_fill(1, 1000).ok());
+  std::vector<uint8_t> image(kSize, 0);
+  copy_into(image, kChunk, data);
+  EXPECT_EQ(read_all(volume), image) << "the base fill did not zero [0, size)";
+  ASSERT_TRUE(volume.write(kSize - 100, std::vector<uint8_t>(100, 0x31)).ok());
+  copy_into(image, kSize - 100, std::vector<uint8_t>(100, 0x31));
+  ASSERT_TRUE(volume.freeze().ok());
+  ASSERT_TRUE(volume.merge_oldest().ok());
+  std::vector<uint8_t> on_file = read_file(file);
+  ASSERT_EQ(on_file.size(), base_bytes) << "the base's length changed";
+  EXPECT_TRUE(std::equal(image.begin(), image.end(), on_file.begin())) << "the merge did not reach the base";
+  EXPECT_TRUE(std::all_of(on_file.begin() + kSize, on_file.end(), [](uint8_t b) { return b == 0xab; }))
+      << "the tail past the volume's size changed";
+
+  // Grows within the base: the new range reads zero (in the base too), the rest stays.
+  auto grown = volume.resize(2 * kSize);
+  ASSERT_TRUE(grown.ok()) << grown.status().to_string();
+  image.resize(2 * kSize, 0);
+  EXPECT_EQ(read_all(volume), image);
+  on_file = read_file(file);
+  EXPECT_TRUE(std::all_of(on_file.begin() + kSize, on_file.begin() + 2 * kSize, [](uint8_t b) { return b == 0; }));
+  EXPECT_TRUE(std::all_of(on_file.begin() + 2 * kSize, on_file.end(), [](uint8_t b) { return b == 0xab; }));
+  auto past = volume.resize(base_bytes + 2048);
+  ASSERT_FALSE(past.ok());
+  EXPECT_NE(past.status().message().find(file + " is"), std::string::npos) << past.status().to_string();
+  EXPECT_NE(past.status().message().find(std::to_string(base_bytes + 2048) + " bytes"), std::string::npos)
+      << past.status().to_string();
+  EXPECT_EQ(volume.size_bytes(), 2 * kSize);
+  created.value().reset();
+
+  auto reopened = Volume::open(posix_file_system(), dir.sub("volume"));
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  EXPECT_EQ(reopened.value()->size_bytes(), 2 * kSize);
+  EXPECT_EQ(read_all(*reopened.value()), image);
+  reopened.value().reset();
+  EXPECT_EQ(std::filesystem::file_size(file), base_bytes) << "open trimmed the base";
+
+  std::filesystem::resize_file(file, kSize);  // shrunk underneath: shorter than the volume
+  auto shrunk = Volume::open(posix_file_system(), dir.sub("volume"));
+  ASSERT_FALSE(shrunk.ok());
+  EXPECT_NE(shrunk.status().message().find("shrank outside amirror"), std::string::npos) << shrunk.status().to_string();
+
+  std::filesystem::create_directory(dir.sub("small"));
+  options.size_bytes = 2 * kSize;
+  auto small = Volume::create(posix_file_system(), dir.sub("small"), options);
+  ASSERT_FALSE(small.ok());
+  EXPECT_NE(small.status().message().find("needs"), std::string::npos) << small.status().to_string();
 }
 
 // Power loss at every file operation of an adopt (DataDir builds the volume under
