@@ -39,13 +39,9 @@ done
 
 WORK=$(mktemp -d "$WORKDIR/compress-bench.XXXXXX")
 declare -A NODE_PID=()
+source "$repo/bench/lib.sh"
 cleanup() {
-  for name in "${!NODE_PID[@]}"; do kill -TERM "${NODE_PID[$name]}" 2>/dev/null || true; done
-  for name in "${!NODE_PID[@]}"; do
-    for _ in $(seq 100); do kill -0 "${NODE_PID[$name]}" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "${NODE_PID[$name]}" 2>/dev/null || true
-    wait "${NODE_PID[$name]}" 2>/dev/null || true
-  done
+  stop_bench_nodes 100
   rm -rf "$WORK"
 }
 trap cleanup EXIT

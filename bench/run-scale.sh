@@ -63,13 +63,9 @@ fi
 
 WORK=$(mktemp -d "$WORKDIR/scale-bench.XXXXXX")
 declare -A NODE_PID=()
+source "$repo/bench/lib.sh"
 cleanup() {
-  for name in "${!NODE_PID[@]}"; do kill -TERM "${NODE_PID[$name]}" 2>/dev/null || true; done
-  for name in "${!NODE_PID[@]}"; do
-    for _ in $(seq 300); do kill -0 "${NODE_PID[$name]}" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "${NODE_PID[$name]}" 2>/dev/null || true
-    wait "${NODE_PID[$name]}" 2>/dev/null || true
-  done
+  stop_bench_nodes 300
   if [[ -n ${KEEP:-} ]]; then echo "bench: kept $WORK (node logs: src.log, dst.log)" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT

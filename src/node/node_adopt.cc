@@ -103,8 +103,8 @@ std::string Node::control_volume_adopt(const json& request) {
   if (Status free = check_name_free(name); !free.ok()) return error_response(free).dump();
   if (!options.ok()) {
     // Name the volume of this node that holds it, rather than "locked".
+    auto canonical = canonical_path(path);
     for (const auto& [other, entry] : volumes_) {
-      auto canonical = canonical_path(path);
       if (canonical.ok() && entry->volume->adopted_path() == canonical.value()) {
         return error_response(Status(ErrorCode::kBusy, path + " is already adopted by volume '" + other + "'")).dump();
       }
