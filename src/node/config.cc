@@ -38,6 +38,18 @@ Status get_string(const toml::table& table, const std::string& where, const char
   return Status();
 }
 
+// An optional whole number from 1 to `max` (a count of threads or slots); absent = `out` unchanged.
+Status get_count(const toml::table& table, const std::string& where, const char* key, int64_t max, uint32_t& out) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return Status();
+  std::optional<int64_t> value = node->value<int64_t>();
+  if (!node->is_integer() || !value || *value < 1 || *value > max) {
+    return invalid_argument(where + ": '" + key + "' must be a whole number from 1 to " + std::to_string(max));
+  }
+  out = static_cast<uint32_t>(*value);
+  return Status();
+}
+
 bool is_loopback_address(const std::string& address) {
   std::string host = address.substr(0, address.rfind(':'));
   return host == "localhost" || host == "[::1]" || host == "::1" || host.starts_with("127.");
@@ -231,7 +243,7 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
   AMIRROR_RETURN_IF_ERROR(check_keys(*node_table, where,
                                      {"name", "data_dir", "control_socket", "nbd_socket", "nbd_listen", "listen",
                                       "nbd_tls", "peer_timeout", "default_interval", "log_level", "metrics_listen",
-                                      "metrics_allow_remote", "lag_alert", "max_transfers"}));
+                                      "metrics_allow_remote", "lag_alert", "max_transfers", "workers"}));
   NodeConfig config;
   AMIRROR_RETURN_IF_ERROR(get_string(*node_table, where, "name", true, config.name));
   AMIRROR_RETURN_IF_ERROR(validate_name(config.name, "node name").with_context(where));
@@ -258,13 +270,8 @@ Result<NodeConfig> parse_node_config(const std::string& text, const std::string&
     (std::string(key) == "peer_timeout" ? config.peer_timeout_ms : config.default_interval_ms) = parsed.value();
   }
   AMIRROR_RETURN_IF_ERROR(parse_operations_keys(*node_table, where, config));
-  if (const toml::node* max_transfers = node_table->get("max_transfers")) {
-    std::optional<int64_t> value = max_transfers->value<int64_t>();
-    if (!max_transfers->is_integer() || !value || *value < 1 || *value > 4096) {
-      return invalid_argument(where + ": 'max_transfers' must be a whole number from 1 to 4096");
-    }
-    config.max_transfers = static_cast<uint32_t>(*value);
-  }
+  AMIRROR_RETURN_IF_ERROR(get_count(*node_table, where, "max_transfers", 4096, config.max_transfers));
+  AMIRROR_RETURN_IF_ERROR(get_count(*node_table, where, "workers", 256, config.workers));
   AMIRROR_RETURN_IF_ERROR(parse_storage_tables(root, source_name, config));
   if (const toml::node* peers = root.get("peers")) {
     const toml::array* list = peers->as_array();

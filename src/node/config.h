@@ -57,6 +57,9 @@ struct NodeConfig {
   // At most this many transfers (each with its thread) run at once on this node, over
   // all mirrors; the others wait their turn (status: queued). node/transfer_slots.h.
   uint32_t max_transfers = 16;
+  // Threads that run every mirror engine's scheduling rounds (freeze, start transfers,
+  // merge), however many mirrors there are. node/engine_scheduler.h.
+  uint32_t workers = 4;
   nbd::TlsMode nbd_tls = nbd::TlsMode::kOff;  // STARTTLS policy of the NBD TCP listener
   // [tls]: this node's certificate, key and CA. Peer connections use TLS 1.3 with
   // mutual authentication whenever a node has peers or listens for them, unless

@@ -56,15 +56,30 @@ MirrorEngine::MirrorEngine(EngineContext context, std::vector<std::shared_ptr<Vo
 MirrorEngine::~MirrorEngine() { stop(); }
 
 void MirrorEngine::start() {
+  EngineScheduler* scheduler = context_.scheduler;
+  if (scheduler == nullptr) {
+    own_scheduler_ = std::make_unique<EngineScheduler>(clock(), *context_.env.threads, 1);
+    scheduler = own_scheduler_.get();
+  }
   MutexLock lock(mutex_);
+  AMIRROR_ASSERT(scheduler_ == nullptr);  // started once
   next_freeze_at_ = clock().now();  // cycle 1 right away
   for (const auto& entry : volumes_) latest_points_[entry->name] = 0;
-  thread_ = context_.env.threads->start([this] { run(); });
+  scheduler_ = scheduler;
+  // The first round may begin on a worker at once; it waits for mutex_ until this returns.
+  task_id_ = scheduler_->add([this] { return run_round(); });
+}
+
+void MirrorEngine::notify_changed_locked() {
+  changed_.notify_all();
+  if (scheduler_ != nullptr) scheduler_->wake(task_id_);
 }
 
 void MirrorEngine::stop() {
   MutexLock stop_lock(stop_mutex_);
   if (stopped_) return;
+  EngineScheduler* scheduler = nullptr;
+  EngineScheduler::TaskId task_id = 0;
   {
     MutexLock lock(mutex_);
     stopping_ = true;
@@ -72,14 +87,18 @@ void MirrorEngine::stop() {
       if (target->socket != nullptr) target->socket->shutdown();
     }
     for (repl::PeerSocket* socket : verify_sockets_) socket->shutdown();
-    changed_.notify_all();
+    notify_changed_locked();
     // A verify may still record its result; the final state is the caller's to write
     // once stop() returns, so wait for it to let go (its connection is cut: it ends soon).
     while (verify_holds_ > 0) changed_.wait(lock);
+    scheduler = scheduler_;
+    task_id = task_id_;
   }
   changed_.notify_all();
-  if (thread_.joinable()) thread_.join();
-  // The engine thread has exited, so no transfer starts any more.
+  // Waits for the round in progress (it sees stopping_ and ends); none starts after,
+  // so no transfer starts any more.
+  if (scheduler != nullptr) scheduler->remove(task_id);
+  if (own_scheduler_) own_scheduler_->stop();
   for (auto& target : targets_) {
     if (target->thread.joinable()) target->thread.join();
   }
@@ -232,7 +251,7 @@ void MirrorEngine::note_freeze_locked(const Status& status) {
       if (!target->busy) target->retry_at = {};  // a new point: try stragglers again now
     }
   }
-  changed_.notify_all();
+  notify_changed_locked();
 }
 
 void MirrorEngine::start_transfers_locked(Clock::TimePoint now) {
@@ -242,8 +261,10 @@ void MirrorEngine::start_transfers_locked(Clock::TimePoint now) {
     for (const auto& [volume, point] : latest_points_) any_point = any_point || point > 0;
     if (!any_point) continue;
     // Bounded node-wide: without a slot the target waits its turn; the slot's grant
-    // notifies changed_.
-    if (context_.transfer_slots != nullptr && !context_.transfer_slots->try_acquire({this, target->name}, &changed_)) {
+    // wakes the engine's next round (stop() cancels the wait before it lets go of the
+    // scheduler, so the grant never wakes a task of an engine that is gone).
+    auto wake = [scheduler = scheduler_, task_id = task_id_] { scheduler->wake(task_id); };
+    if (context_.transfer_slots != nullptr && !context_.transfer_slots->try_acquire({this, target->name}, wake)) {
       target->queued = true;
       continue;
     }
@@ -257,32 +278,31 @@ void MirrorEngine::start_transfers_locked(Clock::TimePoint now) {
   }
 }
 
-void MirrorEngine::run() {
+Clock::TimePoint MirrorEngine::run_round() {
   MutexLock lock(mutex_);
-  while (!stopping_) {
-    // One reading of the clock per round: deciding by one time and sleeping by a
-    // later one could sleep past a freeze that became due in between.
-    const Clock::TimePoint now = clock().now();
-    // A transfer ending, or stop(), while the lock is dropped below notifies nobody
-    // waiting; the count shows it, and the round repeats instead of sleeping.
-    const uint64_t notifications = changed_.notifications();
-    if (freeze_due_locked(now)) {
-      const uint64_t attempt = ++freezes_started_;
-      freezing_ = true;
-      lock.unlock();
-      Status status = freeze_all();
-      lock.lock();
-      freezing_ = false;
-      if (status.ok()) last_good_freeze_ = attempt;
-      note_freeze_locked(status);
-    }
-    start_transfers_locked(now);
+  if (stopping_) return EngineScheduler::kNoTimer;
+  // One reading of the clock per round: deciding by one time and sleeping by a
+  // later one could sleep past a freeze that became due in between.
+  const Clock::TimePoint now = clock().now();
+  // A transfer ending, or stop(), while the lock is dropped below wakes the task while
+  // this round runs: the scheduler runs another round right after this one, instead
+  // of waiting for the time returned here.
+  if (freeze_due_locked(now)) {
+    const uint64_t attempt = ++freezes_started_;
+    freezing_ = true;
     lock.unlock();
-    merge_what_is_possible();
+    Status status = freeze_all();
     lock.lock();
-    if (stopping_ || changed_.notifications() != notifications) continue;
-    clock().wait_until(changed_, lock, next_wake_locked(now));
+    freezing_ = false;
+    if (status.ok()) last_good_freeze_ = attempt;
+    note_freeze_locked(status);
   }
+  start_transfers_locked(now);
+  lock.unlock();
+  merge_what_is_possible();
+  lock.lock();
+  if (stopping_) return EngineScheduler::kNoTimer;
+  return next_wake_locked(now);
 }
 
 Clock::TimePoint MirrorEngine::next_wake_locked(Clock::TimePoint now) const {
@@ -468,7 +488,7 @@ void MirrorEngine::finish_transfer_locked(TargetRuntime* target, const Status& s
                 {{"target", target->name}, {"retry_in_ms", wait_ms}, {"error", target->last_error}});
     }
   }
-  changed_.notify_all();
+  notify_changed_locked();
 }
 
 void MirrorEngine::note_transfer_end_locked(TargetRuntime& target, const Status& status) {
@@ -637,7 +657,7 @@ Status MirrorEngine::sync(uint64_t timeout_ms) {
   // finished before calling: only one that starts after it counts.
   uint64_t wanted_freeze = freezes_started_ + 1;
   freeze_wanted_ = std::max(freeze_wanted_, wanted_freeze);
-  changed_.notify_all();
+  notify_changed_locked();
   while (!stopping_ && last_good_freeze_ < wanted_freeze && clock().now() < deadline) clock().wait_until(changed_, lock, deadline);
   if (stopping_) return Status(ErrorCode::kCancelled, "the mirror was stopped");
   if (last_good_freeze_ < wanted_freeze) {
@@ -778,7 +798,7 @@ Result<MirrorEngine::VerifyPoint> MirrorEngine::begin_verify_hold(const std::vec
   // before it was asked for.
   const uint64_t wanted_freeze = freezes_started_ + 1;
   freeze_wanted_ = std::max(freeze_wanted_, wanted_freeze);
-  changed_.notify_all();
+  notify_changed_locked();
   while (!stopping_ && last_good_freeze_ < wanted_freeze && clock().now() < deadline) {
     clock().wait_until(changed_, lock, deadline);
   }
@@ -799,7 +819,7 @@ Result<MirrorEngine::VerifyPoint> MirrorEngine::begin_verify_hold(const std::vec
   if (stopping_) {
     verify_holds_ -= 1;
     for (TargetRuntime* target : chosen) target->verify_holds -= 1;
-    changed_.notify_all();
+    notify_changed_locked();
     return Status(ErrorCode::kCancelled, "the mirror was stopped");
   }
   for (TargetRuntime* target : chosen) {
@@ -829,7 +849,7 @@ void MirrorEngine::end_verify_hold(const std::vector<std::string>& targets) {
     AMIRROR_ASSERT(target != nullptr && target->verify_holds > 0);
     target->verify_holds -= 1;
   }
-  changed_.notify_all();  // the engine (a freeze may be due) and stop()
+  notify_changed_locked();  // the round (a freeze may be due) and stop()
 }
 
 Result<uint64_t> MirrorEngine::hand_over(const std::string& target, const repl::Switchover& request) const {

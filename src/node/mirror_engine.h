@@ -34,9 +34,18 @@
 //    snapshot is taken and written under the volume's save_mutex, so files are written
 //    in the order their snapshots were taken and an older one never replaces a newer
 //    one. Lock order: save_mutex -> mutex_.
-// Thread-safety: public methods are thread-safe. One engine thread plus one thread per
-// running transfer; a transfer starts only with a slot of the node's TransferSlots
-// (`max_transfers`), so transfer threads are bounded node-wide.
+// Threads: the engine has no thread of its own. Its scheduling runs as rounds (run_round:
+// freeze if due, start transfers, merge) on the node's EngineScheduler
+// (node/engine_scheduler.h, `[node] workers`): a round runs when the time it asked for
+// comes (the next freeze, a retry, a lag grace; at least once a second) or at once when
+// notify_changed_locked() wakes it (a transfer ended, sync, verify hold, stop, a slot
+// granted). Rounds of one engine never overlap, and a wake during a round runs another
+// right after, so no change goes unseen. A freeze (fsync) and merges run inside a round
+// and hold one worker meanwhile: other engines wait for a worker only when every worker
+// is in such a round. Each running transfer has a thread; a transfer starts only with
+// a slot of the node's TransferSlots (`max_transfers`), so those are bounded node-wide
+// too. Without a scheduler in the context the engine makes its own with one worker.
+// Thread-safety: public methods are thread-safe.
 #pragma once
 
 #include <atomic>
@@ -52,6 +61,7 @@
 
 #include "base/mutex.h"
 #include "node/config.h"
+#include "node/engine_scheduler.h"
 #include "node/env.h"
 #include "node/mirror_state.h"
 #include "node/transfer_slots.h"
@@ -122,6 +132,9 @@ struct EngineContext {
   std::shared_ptr<const PeerBuckets> peer_buckets;  // null = no peer limits
   // The node's bound on concurrent transfers; null = none (each target its own thread).
   TransferSlots* transfer_slots = nullptr;
+  // Runs the engine's rounds; null = the engine makes its own with one worker.
+  // Outlives the engine's stop().
+  EngineScheduler* scheduler = nullptr;
 };
 
 class MirrorEngine {
@@ -134,9 +147,11 @@ class MirrorEngine {
   MirrorEngine(const MirrorEngine&) = delete;
   MirrorEngine& operator=(const MirrorEngine&) = delete;
 
+  // Registers the engine's rounds with the scheduler; the first one freezes cycle 1.
   void start() EXCLUDES(mutex_);
   // Stops the cycle, aborts running transfers, merges what can be merged, and saves
-  // state. Returns once every thread has exited. Idempotent; concurrent calls wait for
+  // state. Returns once its round in progress and every transfer thread has ended and
+  // it is no longer registered with the scheduler. Idempotent; concurrent calls wait for
   // the first.
   void stop() EXCLUDES(mutex_, stop_mutex_);
   // Freezes now (as soon as the rules allow) and waits until every target applied
@@ -186,7 +201,7 @@ class MirrorEngine {
  private:
   // Runtime of one target. Fields other than `name` are guarded by mutex_ (the
   // analysis cannot name the engine's mutex from a nested type); `thread` is touched
-  // only by the engine thread, and by stop() once that thread has exited.
+  // only by rounds (never two at once), and by stop() once no round runs any more.
   struct TargetRuntime {
     std::string name;  // immutable
     bool busy = false;
@@ -228,9 +243,12 @@ class MirrorEngine {
 
   Clock& clock() const { return *context_.env.clock; }
   bool freeze_requested_locked() const REQUIRES(mutex_) { return freeze_wanted_ > last_good_freeze_; }
-  void run() EXCLUDES(mutex_);
+  // One round on a scheduler worker; returns when the next one is due unless woken.
+  Clock::TimePoint run_round() EXCLUDES(mutex_);
+  // Wakes whoever waits for a change: sync and verify waiters, stop(), and the round.
+  void notify_changed_locked() REQUIRES(mutex_);
   bool freeze_due_locked(Clock::TimePoint now) const REQUIRES(mutex_);
-  // When the engine thread must look again without being notified: the next freeze,
+  // When the next round must look again without being woken: the next freeze,
   // a held-back freeze's lag grace, a retry; never in the past, so it never spins.
   Clock::TimePoint next_wake_locked(Clock::TimePoint now) const REQUIRES(mutex_);
   Status freeze_all() EXCLUDES(mutex_);
@@ -328,7 +346,10 @@ class MirrorEngine {
   // Serialises stop(): it joins threads, which two callers must not do at once.
   Mutex stop_mutex_;
   bool stopped_ GUARDED_BY(stop_mutex_) = false;
-  std::thread thread_;  // started by start(), joined by stop()
+  // Set by start(): the scheduler that runs the rounds and the engine's task there.
+  EngineScheduler* scheduler_ GUARDED_BY(mutex_) = nullptr;
+  EngineScheduler::TaskId task_id_ GUARDED_BY(mutex_) = 0;
+  std::unique_ptr<EngineScheduler> own_scheduler_;  // without context_.scheduler; set by start()
 };
 
 }  // namespace amirror::node

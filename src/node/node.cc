@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <ctime>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "base/assert.h"
@@ -61,6 +62,16 @@ std::map<std::string, ReplicaPlacement> replica_placement(const NodeConfig& conf
                              pool->dir ? "" : "storage '" + pool->name + "' (" + pool->path + "): " + pool->error};
   }
   return placements;
+}
+
+// The threads of this process (/proc/self/status), for status: with the scheduler's
+// bounded pool it should not grow with the number of mirrors. 0 if unreadable.
+uint64_t process_thread_count() {
+  std::ifstream status_file("/proc/self/status");
+  for (std::string line; std::getline(status_file, line);) {
+    if (line.rfind("Threads:", 0) == 0) return std::strtoull(line.c_str() + 8, nullptr, 10);
+  }
+  return 0;
 }
 
 // One bucket per peer with a bandwidth_limit; peers without one are not in the map.
@@ -122,6 +133,8 @@ Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config, Env env) {
     node->nbd_tls_ = std::move(nbd_tls).value();
   }
   AMIRROR_RETURN_IF_ERROR(node->open_everything());
+  // Before the listeners: a `mirror start` may come as soon as the control socket answers.
+  node->scheduler_ = std::make_unique<EngineScheduler>(*env.clock, *env.threads, config.workers);
   AMIRROR_RETURN_IF_ERROR(node->start_listeners());
   AMIRROR_RETURN_IF_ERROR(node->resume_mirrors());
   return node;
@@ -280,6 +293,9 @@ void Node::stop() {
   // `mirror break` finishing its state write, a start being refused).
   for (auto& [unit, engine] : engines) engine->stop();
   if (control_) control_->stop();
+  // After every engine: each has let go of its task (a `mirror break` still stopping
+  // one had, once that engine's stop() above returned).
+  if (scheduler_) scheduler_->stop();
   if (peer_listener_) peer_listener_->close();
   if (peer_accept_thread_.joinable()) peer_accept_thread_.join();
   {
@@ -377,6 +393,9 @@ Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::
 Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_ptr<VolumeEntry>> members,
                           std::vector<std::string> targets, uint64_t interval_ms, uint32_t keep, bool persist,
                           const WireOptions& wire) {
+  // Also for a peer's switchover, which no control handler checks: once stop() began,
+  // an engine made now would outlive the scheduler that runs it.
+  if (refusing_starts_) return Status(ErrorCode::kCancelled, "node " + config_.name + " is shutting down");
   std::map<std::string, MirrorState> states;
   for (const auto& entry : members) {
     MirrorState state = entry->state;
@@ -401,7 +420,7 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
     entry->state = states.at(entry->name);
     unit_of_volume_[entry->name] = unit_key;
   }
-  auto engine = std::make_shared<MirrorEngine>(EngineContext{env_, &config_, mirrors_dir_, tls_, metrics_.get(), peer_buckets_, &transfer_slots_},
+  auto engine = std::make_shared<MirrorEngine>(EngineContext{env_, &config_, mirrors_dir_, tls_, metrics_.get(), peer_buckets_, &transfer_slots_, scheduler_.get()},
                                                members, std::move(states));
   engine->start();
   engines_[unit_key] = std::move(engine);
@@ -792,7 +811,7 @@ std::string Node::status_json() {
   json lag_alert_seconds = config_.lag_alert_ms > 0 ? json(config_.lag_alert_ms / 1000.0) : json(nullptr);
   return json{{"ok", true},         {"node", config_.name},     {"peer_transport", transport},
               {"lag_alert_seconds", lag_alert_seconds}, {"volumes", volumes}, {"replicas", replicas},
-              {"storage", storage_json()}}.dump();
+              {"storage", storage_json()}, {"workers", config_.workers}, {"threads", process_thread_count()}}.dump();
 }
 
 }  // namespace amirror::node

@@ -205,6 +205,9 @@ class Node {
   const Env env_;
   const std::shared_ptr<const PeerBuckets> peer_buckets_;  // from config_: [[peers]] bandwidth_limit
   TransferSlots transfer_slots_{config_.max_transfers};  // every engine's transfers share it
+  // Runs every engine's rounds on `[node] workers` threads; made by start(), stopped
+  // by stop() after the engines. Declared before engines_, so it outlives them.
+  std::unique_ptr<EngineScheduler> scheduler_;
   // The storage pools (node/storage_pools.h). The default one, the data directory,
   // also holds mirror state, the catalog and the replicas of peers without `storage`.
   std::unique_ptr<StoragePools> pools_;

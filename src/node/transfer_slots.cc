@@ -9,7 +9,7 @@ namespace amirror::node {
 
 TransferSlots::TransferSlots(uint32_t max_transfers) : max_(max_transfers) { AMIRROR_ASSERT(max_ >= 1); }
 
-bool TransferSlots::try_acquire(const Waiter& waiter, CondVar* wake) {
+bool TransferSlots::try_acquire(const Waiter& waiter, Wake wake) {
   MutexLock lock(mutex_);
   if (granted_.erase(waiter) == 1) return true;  // counted in in_use_ when granted
   bool is_queued = std::any_of(queue_.begin(), queue_.end(), [&](const auto& item) { return item.first == waiter; });
@@ -17,7 +17,7 @@ bool TransferSlots::try_acquire(const Waiter& waiter, CondVar* wake) {
     in_use_ += 1;
     return true;
   }
-  if (!is_queued) queue_.emplace_back(waiter, wake);
+  if (!is_queued) queue_.emplace_back(waiter, std::move(wake));
   return false;
 }
 
@@ -28,12 +28,11 @@ void TransferSlots::hand_on_locked() {
     in_use_ -= 1;
     return;
   }
-  auto [waiter, wake] = queue_.front();
+  auto [waiter, wake] = std::move(queue_.front());
   queue_.pop_front();
   granted_.insert(waiter);
-  // Notifying needs no engine lock: the engine sees the count change before it sleeps
-  // (or, in a narrow window, at its next wake-up, at most a second later).
-  wake->notify_all();
+  // Needs no engine lock: a wake during the engine's round runs another right after.
+  wake();
 }
 
 void TransferSlots::release() {

@@ -7,13 +7,15 @@
 // faster ones) and wakes its engine.
 //
 // Thread-safety: thread-safe. Lock order: an engine's mutex -> mutex_ (engines call
-// in holding theirs). The wake-up runs under mutex_ and only notifies the engine's
-// condition variable, never takes an engine's lock, so it cannot deadlock.
+// in holding theirs). The wake-up runs under mutex_ and only wakes the engine's task
+// in the EngineScheduler (whose lock is innermost), never takes an engine's lock, so it
+// cannot deadlock.
 // Invariant: in_use + granted-but-not-taken <= max; a waiter is queued at most once.
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -24,7 +26,7 @@ namespace amirror::node {
 
 class TransferSlots {
  public:
-  // One waiter: an engine's target. `wake` is notified when a slot is granted to it.
+  // One waiter: an engine's target. `wake` is called when a slot is granted to it.
   struct Waiter {
     const void* engine = nullptr;
     std::string target;
@@ -33,9 +35,11 @@ class TransferSlots {
   explicit TransferSlots(uint32_t max_transfers);
 
   // Takes a slot for `waiter`: one granted to it, or a free one if nobody waits
-  // longer. Otherwise queues it (once) and returns false; `wake` is notified when a
-  // slot is granted to it. REQUIRES: `wake` outlives the queueing (cancel() ends it).
-  bool try_acquire(const Waiter& waiter, CondVar* wake) EXCLUDES(mutex_);
+  // longer. Otherwise queues it (once) and returns false; `wake` is called (under
+  // mutex_: it must not call back in) when a slot is granted to it. REQUIRES: what
+  // `wake` touches outlives the queueing (cancel() ends it).
+  using Wake = std::function<void()>;
+  bool try_acquire(const Waiter& waiter, Wake wake) EXCLUDES(mutex_);
   // A transfer ended: its slot goes to the first waiter, or becomes free.
   void release() EXCLUDES(mutex_);
   // `engine` stops: its queued waiters leave, and slots granted to them pass on.
@@ -50,7 +54,7 @@ class TransferSlots {
   const uint32_t max_;
   mutable Mutex mutex_;
   uint32_t in_use_ GUARDED_BY(mutex_) = 0;  // taken, or granted to a waiter not yet back
-  std::deque<std::pair<Waiter, CondVar*>> queue_ GUARDED_BY(mutex_);
+  std::deque<std::pair<Waiter, Wake>> queue_ GUARDED_BY(mutex_);
   std::set<Waiter> granted_ GUARDED_BY(mutex_);
 };
 

@@ -54,6 +54,21 @@ TEST(NodeConfig, MaxTransfers) {
   }
 }
 
+TEST(NodeConfig, Workers) {
+  auto config = parse_node_config(kNode + kTls, "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->workers, 4u);
+  config = parse_node_config(kNode + "workers = 1\n" + kTls, "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->workers, 1u);
+  config = parse_node_config(kNode + "workers = 256\n" + kTls, "node.toml");
+  ASSERT_TRUE(config.ok()) << config.status().to_string();
+  EXPECT_EQ(config->workers, 256u);
+  for (const char* bad : {"0", "-4", "\"4\"", "2.5", "257", "true"}) {
+    expect_refused(kNode + "workers = " + bad + "\n" + kTls, "node.toml [node]: 'workers' must be a whole number from 1 to 256");
+  }
+}
+
 TEST(NodeConfig, PeerBandwidthLimit) {
   auto config = parse_node_config(kNode + kTls + kPeer + "bandwidth_limit = \"50MB/s\"\n", "node.toml");
   ASSERT_TRUE(config.ok()) << config.status().to_string();

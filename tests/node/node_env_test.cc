@@ -27,7 +27,11 @@ using namespace std::chrono_literals;
 
 // Real-time bounds on waits for observable state; generous, never a schedule.
 constexpr auto kGenerous = 120s;
-// Threads that wait on the clock while one mirror runs: its engine thread.
+// Threads that wait on the clock while mirrors run: the node's scheduler has one timer
+// thread that sleeps until the earliest engine round is due (node/engine_scheduler.h);
+// its workers and a node without mirrors wait on no clock. So one however many engines
+// run — and with one engine, quiet means its round is not running either (the timer
+// thread waits on the clock only while some engine waits for a time).
 constexpr size_t kOneEngine = 1;
 constexpr uint64_t kVolumeBytes = 4 << 20;
 
@@ -285,7 +289,7 @@ TEST_F(NodeEnvTest, StoppedNodesLeaveNoThreadBehind) {
   b_->stop();
   // Threads decrement the count as their last step, just after the node stopped waiting.
   ASSERT_TRUE(eventually([&] { return threads_.running() == 0; })) << threads_.running() << " threads still run";
-  EXPECT_GE(threads_.started(), 6u);  // 2 accept loops, engine, transfers, receivers
+  EXPECT_GE(threads_.started(), 6u);  // 2 accept loops, 2 schedulers, transfers, receivers
 }
 
 }  // namespace
@@ -328,6 +332,48 @@ TEST_F(NodeEnvTest, TransfersBeyondMaxTransfersWaitTheirTurn) {
     ASSERT_TRUE(eventually([&] { return mirror_of(name)["applied_cycle"] == 1; })) << mirror_of(name).dump();
   }
   EXPECT_EQ(mirror_of("w")["last_error"], nullptr) << mirror_of("w").dump();
+}
+
+}  // namespace
+}  // namespace amirror::node
+
+namespace amirror::node {
+namespace {
+
+// Issue 12: mirrors run on the node's bounded pool (`[node] workers`), so the threads
+// of a node with 50 mirrors, all idle, are those it had with none: no thread per
+// mirror. (Transfer threads come and go with transfers, bounded by max_transfers.)
+TEST_F(NodeEnvTest, FiftyMirrorsRunOnTheThreadsOfNone) {
+  constexpr int kMirrors = 50;
+  start_nodes();
+  // Accept loops and the schedulers' workers and timer threads of both nodes.
+  const uint64_t without_mirrors = threads_.running();
+  json status = call(*a_, {{"command", "status"}});
+  EXPECT_EQ(status["workers"], 4) << "the default [node] workers";
+  EXPECT_GT(status["threads"].get<uint64_t>(), 0u);
+  auto idle_mirrors = [&] {
+    int idle = 0;
+    const json now = call(*a_, {{"command", "status"}});
+    for (const json& volume : now["volumes"]) {
+      for (const json& mirror : volume["mirrors"]) idle += mirror["state"] == "idle" && mirror["applied_cycle"] == 1;
+    }
+    return idle;
+  };
+  ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 3'600'000}})["ok"]);
+  ASSERT_TRUE(eventually([&] { return idle_mirrors() == 1; })) << mirror_of_v().dump();
+  ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous));
+  for (int i = 1; i < kMirrors; ++i) {
+    std::string name = "m" + std::to_string(i);
+    ASSERT_TRUE(call(*a_, {{"command", "volume_create"}, {"name", name}, {"size_bytes", 1 << 20}})["ok"]);
+    ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", name}, {"targets", {"b"}}, {"interval_ms", 3'600'000}})["ok"]);
+  }
+  ASSERT_TRUE(eventually([&] { return idle_mirrors() == kMirrors; }));
+  // Transfer and receiver threads exit as their last step, just after the transfer ended.
+  EXPECT_TRUE(eventually([&] { return threads_.running() == without_mirrors; }))
+      << threads_.running() << " threads run with " << kMirrors << " idle mirrors, " << without_mirrors << " with none";
+  // Still one thread on the clock: the scheduler's timer thread, for all 50 engines.
+  EXPECT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous));
+  EXPECT_EQ(a_->running_units().size(), static_cast<size_t>(kMirrors));
 }
 
 }  // namespace
