@@ -138,12 +138,13 @@ std::shared_ptr<nbd::Export> NodeCatalog::find(const std::string& name) const {
   // cannot be overtaken by a find() that saw the name before.
   MutexLock lock(mutex_);
   auto cached = cache_.find(resolved);
-  if (cached != cache_.end() && cached->second.expired()) {
+  std::shared_ptr<WithdrawableExport> held = cached != cache_.end() ? cached->second.lock() : nullptr;
+  if (cached != cache_.end() && held == nullptr) {
     cache_.erase(cached);  // no client holds it any more
     cached = cache_.end();
   }
   if (cached != cache_.end()) {
-    if (!merged_point(resolved)) return cached->second.lock();
+    if (!merged_point(resolved)) return held;
     // Opened while kept, merged since: a new client is refused at open (the handshake
     // says "not kept"), not handed an export whose every read fails. Clients already
     // holding it keep that export and get its "no longer kept" errors.
