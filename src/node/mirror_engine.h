@@ -65,6 +65,7 @@
 #include "node/env.h"
 #include "node/mirror_state.h"
 #include "node/transfer_slots.h"
+#include "node/volume_entry.h"
 #include "repl/sender_session.h"
 #include "repl/socket.h"
 #include "repl/throttle.h"
@@ -74,15 +75,6 @@
 namespace amirror::node {
 
 class NodeMetrics;
-
-// A volume known to the node, with its persisted mirror state.
-struct VolumeEntry {
-  std::string name;
-  std::shared_ptr<Volume> volume;
-  // The node's copy, guarded by the node's mutex. While an engine runs it holds the
-  // live state and this copy is only read (status of a stopped mirror, restarts).
-  MirrorState state;
-};
 
 struct MirrorStatus {
   std::string volume;

@@ -216,6 +216,7 @@ Result<std::vector<std::string>> chosen_targets(const MirrorEngine& engine, cons
 std::string Node::control_mirror_verify(const json& request) {
   std::shared_ptr<MirrorEngine> engine;  // alive while we verify, even if a break stops it
   std::vector<std::shared_ptr<VolumeEntry>> members;
+  std::vector<std::shared_ptr<Volume>> leases;  // open while we read them, even after a break
   std::string unit_key;
   {
     MutexLock lock(mutex_);
@@ -225,6 +226,9 @@ std::string Node::control_mirror_verify(const json& request) {
     auto found = find_engine_locked(members, unit_key);
     if (!found.ok()) return error_response(found.status()).dump();
     engine = std::move(found).value();
+    auto leased = lease_all(members);
+    if (!leased.ok()) return error_response(leased.status()).dump();
+    leases = std::move(leased).value();
   }
   const std::string unit_name = unit_key.substr(unit_key.find(':') + 1);
   auto targets = chosen_targets(*engine, config_, request.value("to", ""), unit_name);

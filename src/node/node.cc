@@ -2,6 +2,7 @@
 #include "node/node.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <fmt/core.h>
 #include <unistd.h>
 
@@ -39,6 +40,14 @@ std::string iso_time(int64_t unix_ms) {
 
 // The points a replica keeps, oldest first: the applied one (one point until
 // `mirror start --keep N` exists).
+// status's "open_files": descriptors the node has open and its RLIMIT_NOFILE (null:
+// none or unknown); idle volumes rest to keep the first well below the second.
+json open_files_json() {
+  rlimit limit{};
+  bool limited = ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY;
+  return {{"count", open_file_count()}, {"limit", limited ? json(uint64_t{limit.rlim_cur}) : json(nullptr)}};
+}
+
 json points_json(const std::vector<PointInfo>& kept) {
   json points = json::array();
   for (const PointInfo& point : kept) {
@@ -123,6 +132,9 @@ Node::~Node() { stop(); }
 
 Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config, Env env) {
   std::unique_ptr<Node> node(new Node(config, env));
+  // Volumes in use keep their files open (volume_entry.h): use all the hard limit allows.
+  const uint64_t open_file_limit = raise_open_file_limit();
+  log::info("node", "open file limit", {{"RLIMIT_NOFILE", open_file_limit}});
   if (config.has_tls()) {
     auto tls = net::TlsContext::load(config.tls);
     if (!tls.ok()) return tls.status().with_context("[tls]");
@@ -156,7 +168,13 @@ Status Node::resume_mirrors() {
       continue;
     }
     const MirrorState& state = members.front()->state;
-    AMIRROR_RETURN_IF_ERROR(start_mirror(unit, members, state.targets, state.interval_ms, state.keep, false));
+    // A member that cannot be opened now (e.g. over the open file limit) blocks only
+    // its own mirror; status says why.
+    if (Status started = start_mirror(unit, members, state.targets, state.interval_ms, state.keep, false);
+        !started.ok()) {
+      log::error("node", "mirror not resumed", {{"unit", unit}, {"reason", started.message()}});
+      blocked_units_[unit] = started.message();
+    }
   }
   return Status();
 }
@@ -184,9 +202,10 @@ Status Node::open_everything() {
 }
 
 void Node::open_volume_entry(FileSystem& fs, const std::string& name) {
-  std::string pool_failed;
-  DataDir* pool = pools_->dir_of(name, &pool_failed);
-  auto volume = pool != nullptr ? pool->open_volume(name) : Result<std::unique_ptr<Volume>>(Status(ErrorCode::kIo, pool_failed));
+  // Volumes open one at a time here (each rests before the next opens), so the check
+  // is whether one more fits: the ones kept open (adopted) may already fill the limit.
+  Status files = check_open_files("volume '" + name + "'", kFilesPerOpenVolume);
+  auto volume = files.ok() ? volume_opener(name)() : Result<std::unique_ptr<Volume>>(files);
   std::string state_path = mirrors_dir_ + "/" + name + ".json";
   Result<std::optional<MirrorState>> state = [&]() -> Result<std::optional<MirrorState>> {
     AMIRROR_ASSIGN_OR_RETURN(bool has_state, fs.exists(state_path));
@@ -195,9 +214,10 @@ void Node::open_volume_entry(FileSystem& fs, const std::string& name) {
     return std::optional<MirrorState>(std::move(loaded));
   }();
   if (volume.ok() && state.ok()) {
-    auto entry = std::make_shared<VolumeEntry>();
-    entry->name = name;
-    entry->volume = std::move(volume).value();
+    // Opened for recovery; it rests until used, unless adopted (volume_entry.h).
+    auto entry = std::make_shared<VolumeEntry>(name, std::move(volume).value(), volume_opener(name));
+    if (!entry->volume->adopted_path().empty()) entry->keep_open();
+    entry->settle();
     if (state.value()) entry->state = std::move(*state.value());
     volumes_[name] = std::move(entry);
     return;
@@ -215,6 +235,15 @@ void Node::open_volume_entry(FileSystem& fs, const std::string& name) {
   }
   log::error("node", "volume failed to open; not served", {{"volume", name}, {"error", failed.error}});
   failed_volumes_[name] = std::move(failed);
+}
+
+VolumeEntry::Opener Node::volume_opener(const std::string& name) const {
+  return [pools = pools_.get(), name]() -> Result<std::unique_ptr<Volume>> {
+    std::string pool_failed;
+    DataDir* pool = pools->dir_of(name, &pool_failed);
+    if (pool == nullptr) return Status(ErrorCode::kIo, pool_failed);
+    return pool->open_volume(name);
+  };
 }
 
 std::string Node::unit_blocked_reason(const std::string& unit_key) const {
@@ -306,7 +335,9 @@ void Node::stop() {
   if (nbd_server_) nbd_server_->stop();
   MutexLock lock(mutex_);
   for (auto& [name, entry] : volumes_) {
-    Status status = entry->volume->flush();
+    std::shared_ptr<Volume> volume = entry->lease_if_open();
+    if (volume == nullptr) continue;  // at rest: flushed when it went to rest
+    Status status = volume->flush();
     if (!status.ok()) log::error("node", "flush at shutdown failed", {{"volume", name}, {"error", status.to_string()}});
   }
 }
@@ -349,6 +380,12 @@ std::string Node::unavailable_reason(const std::string& export_name) const {
     return "volume failed to open: " + failed->second.error;
   }
   if (imports_.count(export_name)) return "volume is still being imported";
+  // Known but at rest, and could not be opened for the client (node_catalog.cc).
+  if (auto entry = volumes_.find(export_name); entry != volumes_.end() && !entry->second->is_open()) {
+    if (Status files = check_open_files("volume '" + export_name + "'", kFilesPerOpenVolume); !files.ok()) {
+      return files.message();
+    }
+  }
   if (size_t at = export_name.rfind('@'); at != std::string::npos) {
     auto parsed = parse_replica_name(export_name.substr(0, at));
     if (auto replica = parsed.ok() ? replicas_->find(parsed->first, parsed->second) : nullptr) {
@@ -382,7 +419,7 @@ Result<std::vector<std::shared_ptr<VolumeEntry>>> Node::resolve_unit(const std::
   } else {
     AMIRROR_RETURN_IF_ERROR(validate_name(group, "group name"));
     for (const auto& [name, entry] : volumes_) {
-      if (entry->volume->group() == group) members.push_back(entry);
+      if (entry->facts().group == group) members.push_back(entry);
     }
     if (members.empty()) return not_found("no volume is in group '" + group + "'");
     unit_key = "group:" + group;
@@ -396,6 +433,9 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
   // Also for a peer's switchover, which no control handler checks: once stop() began,
   // an engine made now would outlive the scheduler that runs it.
   if (refusing_starts_) return Status(ErrorCode::kCancelled, "node " + config_.name + " is shutting down");
+  // The engine reads its members' volumes for as long as it runs: they stay open
+  // until break_mirror has stopped it.
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<std::shared_ptr<Volume>> leases, lease_all(members));
   std::map<std::string, MirrorState> states;
   for (const auto& entry : members) {
     MirrorState state = entry->state;
@@ -424,6 +464,7 @@ Status Node::start_mirror(const std::string& unit_key, std::vector<std::shared_p
                                                members, std::move(states));
   engine->start();
   engines_[unit_key] = std::move(engine);
+  for (size_t i = 0; i < members.size(); ++i) engine_leases_[members[i]->name] = std::move(leases[i]);
   return Status();
 }
 
@@ -577,13 +618,15 @@ std::string Node::control_volume_list(const json&) {
   MutexLock lock(mutex_);
   json volumes = json::array();
   for (const auto& [name, entry] : volumes_) {
+    const VolumeFacts facts = entry->facts();
     volumes.push_back({{"name", name},
-                       {"size_bytes", entry->volume->size_bytes()},
-                       {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
-                       {"role", volume_role(*entry->volume)},
+                       {"size_bytes", facts.size_bytes},
+                       {"chunk_size_bytes", facts.chunk_size_bytes},
+                       {"role", volume_role(facts)},
                        {"storage", pools_->pool_of(name)},
-                       {"group", entry->volume->group()},
-                       {"cycle", entry->volume->cycle()}});
+                       {"group", facts.group},
+                       {"cycle", facts.cycle},
+                       {"open", entry->is_open()}});
   }
   list_unavailable_volumes(volumes);
   return json{{"ok", true}, {"volumes", volumes}}.dump();
@@ -716,6 +759,7 @@ Status Node::break_mirror(const std::string& volume, const std::string& group) {
     if (state != final_states.end()) entry->state = state->second;
     unit_of_volume_.erase(entry->name);
     volumes_settling_.erase(entry->name);
+    engine_leases_.erase(entry->name);  // stopped: the volume may rest
   }
   engines_.erase(running_unit);
   settled_.notify_all();
@@ -782,23 +826,26 @@ std::string Node::status_json() {
       }
       mirror_list.push_back(std::move(item));
     }
+    // Live while open, as it went to rest otherwise (a resting volume does not change).
+    const VolumeFacts facts = entry->facts();
     json layers = json::array();
-    for (const LayerInfo& layer : entry->volume->layers()) {
+    for (const LayerInfo& layer : facts.layers) {
       layers.push_back({{"id", layer.id}, {"frozen", layer.frozen}, {"chunks", layer.chunk_count}, {"data_bytes", layer.data_bytes}});
     }
     volumes.push_back({{"name", name},
-                       {"size_bytes", entry->volume->size_bytes()},
-                       {"chunk_size_bytes", entry->volume->chunk_size_bytes()},
-                       {"role", volume_role(*entry->volume)},
+                       {"size_bytes", facts.size_bytes},
+                       {"chunk_size_bytes", facts.chunk_size_bytes},
+                       {"role", volume_role(facts)},
                        {"storage", pools_->pool_of(name)},
-                       {"group", entry->volume->group().empty() ? json(nullptr) : json(entry->volume->group())},
-                       {"cycle", entry->volume->cycle()},
-                       {"base_cycle", entry->volume->base_cycle()},
-                       {"last_freeze_stall_us", entry->volume->last_freeze_stall_us()},
+                       {"group", facts.group.empty() ? json(nullptr) : json(facts.group)},
+                       {"cycle", facts.cycle},
+                       {"base_cycle", facts.base_cycle},
+                       {"last_freeze_stall_us", facts.last_freeze_stall_us},
                        {"layers", layers},
+                       {"open", entry->is_open()},
                        {"mirrors", mirror_list}});
     // `volume adopt`: the file or device that is the base in place.
-    if (!entry->volume->adopted_path().empty()) volumes.back()["adopted_path"] = entry->volume->adopted_path();
+    if (!facts.adopted_path.empty()) volumes.back()["adopted_path"] = facts.adopted_path;
   }
   list_unavailable_volumes(volumes);
   json replicas = replicas_json();
@@ -811,7 +858,8 @@ std::string Node::status_json() {
   json lag_alert_seconds = config_.lag_alert_ms > 0 ? json(config_.lag_alert_ms / 1000.0) : json(nullptr);
   return json{{"ok", true},         {"node", config_.name},     {"peer_transport", transport},
               {"lag_alert_seconds", lag_alert_seconds}, {"volumes", volumes}, {"replicas", replicas},
-              {"storage", storage_json()}, {"workers", config_.workers}, {"threads", process_thread_count()}}.dump();
+              {"storage", storage_json()}, {"workers", config_.workers}, {"threads", process_thread_count()},
+              {"open_files", open_files_json()}}.dump();
 }
 
 }  // namespace amirror::node

@@ -138,6 +138,7 @@ class Node {
                                         const repl::OpenReplica& open, const std::string& dir);
   // "primary", "promoted" (from a replica) or "demoted" (takes no writes).
   static std::string volume_role(const Volume& volume);
+  static std::string volume_role(const VolumeFacts& facts);
   // `mirror break` of the unit `volume` or `group` names (exactly one non-empty).
   Status break_mirror(const std::string& volume, const std::string& group) EXCLUDES(mutex_);
 
@@ -164,6 +165,8 @@ class Node {
   nlohmann::json replicas_json() const;
   // Opens one volume and its mirror state into volumes_, or records it as failed.
   void open_volume_entry(FileSystem& fs, const std::string& name) REQUIRES(mutex_);
+  // How a resting volume `name` is reopened (from its storage pool).
+  VolumeEntry::Opener volume_opener(const std::string& name) const;
   // Why a mirror unit that was running must not be resumed (a member failed); "" if none.
   std::string unit_blocked_reason(const std::string& unit_key) const REQUIRES(mutex_);
 
@@ -171,6 +174,9 @@ class Node {
   std::string create_or_import_volume(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string import_volume(const StoragePool& pool, const std::string& name, const std::string& from, uint64_t declared_size_bytes,
                             VolumeOptions options);
+  // Adds the new `volume` to volumes_, at rest; returns the create/import response.
+  std::string publish_new_volume(const std::string& name, std::unique_ptr<Volume> volume, const std::string& pool_name)
+      REQUIRES(mutex_);
   Result<std::unique_ptr<Volume>> copy_import(DataDir& pool, const std::string& name, ImportSource& source,
                                               const VolumeOptions& options, std::atomic<uint64_t>& done_bytes);
   // The open pool a new volume goes to (request's "storage"; absent = "default"), or
@@ -222,6 +228,8 @@ class Node {
   // a `mirror break` stops it meanwhile.
   std::map<std::string, std::shared_ptr<MirrorEngine>> engines_ GUARDED_BY(mutex_);
   std::map<std::string, std::string> unit_of_volume_ GUARDED_BY(mutex_);  // volume -> unit key
+  // volume -> the lease that keeps it open while its engine runs (volume_entry.h).
+  std::map<std::string, std::shared_ptr<Volume>> engine_leases_ GUARDED_BY(mutex_);
   // Volumes whose engine a `mirror break` is stopping (outside mutex_). A `mirror
   // start` or `break` touching them waits on settled_, so at most one engine per
   // volume exists and the break's final state is the one on disk.

@@ -105,7 +105,7 @@ std::string Node::control_volume_adopt(const json& request) {
     // Name the volume of this node that holds it, rather than "locked".
     auto canonical = canonical_path(path);
     for (const auto& [other, entry] : volumes_) {
-      if (canonical.ok() && entry->volume->adopted_path() == canonical.value()) {
+      if (canonical.ok() && entry->facts().adopted_path == canonical.value()) {
         return error_response(Status(ErrorCode::kBusy, path + " is already adopted by volume '" + other + "'")).dump();
       }
     }
@@ -114,9 +114,10 @@ std::string Node::control_volume_adopt(const json& request) {
   auto created = pool.value()->dir->create_volume(name, options.value());
   if (!created.ok()) return error_response(created.status().with_context("adopt " + path)).dump();
   record_pool(name, pool.value()->name);
-  auto entry = std::make_shared<VolumeEntry>();
-  entry->name = name;
-  entry->volume = std::move(created).value();
+  auto entry = std::make_shared<VolumeEntry>(name, std::move(created).value(), volume_opener(name));
+  // Never at rest: closing the base would drop its flock, and another process could
+  // then take the file or device (volume_entry.h).
+  entry->keep_open();
   volumes_[name] = entry;
   log::info("node", "volume adopted", {{"volume", name}, {"path", options->base_path}, {"storage", pool.value()->name},
                                        {"size_bytes", options->size_bytes}});
@@ -149,8 +150,8 @@ Result<std::string> Node::release_volume(const std::string& name) {
                                                 "); it cannot be merged into its file until it opens again");
     }
     entry = volumes_.at(name);
-    if (entry->volume->adopted_path().empty()) {
-      return invalid_argument("volume '" + name + "' was not adopted (its base is in " + entry->volume->dir() +
+    if (const VolumeFacts facts = entry->facts(); facts.adopted_path.empty()) {
+      return invalid_argument("volume '" + name + "' was not adopted (its base is in " + facts.dir +
                               "); `volume release` gives back adopted files and devices; see `amirror volume delete`");
     }
     if (!unit.empty()) {

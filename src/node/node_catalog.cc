@@ -3,6 +3,7 @@
 
 #include <shared_mutex>
 
+#include "base/log.h"
 #include "nbd/volume_export.h"
 #include "node/node.h"
 
@@ -137,8 +138,13 @@ std::shared_ptr<nbd::Export> NodeCatalog::find(const std::string& name) const {
   // cannot be overtaken by a find() that saw the name before.
   MutexLock lock(mutex_);
   auto cached = cache_.find(resolved);
+  std::shared_ptr<WithdrawableExport> held = cached != cache_.end() ? cached->second.lock() : nullptr;
+  if (cached != cache_.end() && held == nullptr) {
+    cache_.erase(cached);  // no client holds it any more
+    cached = cache_.end();
+  }
   if (cached != cache_.end()) {
-    if (!merged_point(resolved)) return cached->second;
+    if (!merged_point(resolved)) return held;
     // Opened while kept, merged since: a new client is refused at open (the handshake
     // says "not kept"), not handed an export whose every read fails. Clients already
     // holding it keep that export and get its "no longer kept" errors.
@@ -158,7 +164,13 @@ std::shared_ptr<nbd::Export> NodeCatalog::find(const std::string& name) const {
     auto replica = replica_name.ok() ? node_->find_replica(replica_name->first, replica_name->second) : nullptr;
     if (replica) found = std::make_shared<ReplicaExport>(replica);
   } else if (auto entry = node_->find_volume(resolved)) {
-    found = std::make_shared<nbd::VolumeExport>(entry->volume);
+    auto lease = entry->lease();  // opens a resting volume for as long as the export lives
+    if (!lease.ok()) {
+      log::warn("nbd", "volume could not be opened for an NBD client",
+                {{"volume", resolved}, {"error", lease.status().message()}});
+      return nullptr;
+    }
+    found = std::make_shared<nbd::VolumeExport>(std::move(lease).value());
   }
   if (!found) return nullptr;
   auto wrapped = std::make_shared<WithdrawableExport>(std::move(found));
@@ -169,7 +181,7 @@ std::shared_ptr<nbd::Export> NodeCatalog::find(const std::string& name) const {
 std::shared_ptr<WithdrawableExport> NodeCatalog::cached(const std::string& name) const {
   MutexLock lock(mutex_);
   auto it = cache_.find(name);
-  return it == cache_.end() ? nullptr : it->second;
+  return it == cache_.end() ? nullptr : it->second.lock();
 }
 
 std::shared_ptr<WithdrawableExport> NodeCatalog::withdraw(const std::string& name) {
@@ -181,9 +193,9 @@ std::shared_ptr<WithdrawableExport> NodeCatalog::withdraw(const std::string& nam
       std::string replica_name;
       uint64_t cycle = 0;
       if (it->first == name) {
-        withdrawn = std::move(it->second);
+        withdrawn = it->second.lock();
       } else if (split_point_name(it->first, replica_name, cycle) && replica_name == name) {
-        points.push_back(std::move(it->second));  // NAME@CYCLE goes with NAME
+        if (auto point = it->second.lock()) points.push_back(std::move(point));  // NAME@CYCLE goes with NAME
       } else {
         ++it;
         continue;

@@ -8,6 +8,9 @@
 // fails every later request on the old object, so a client still holding it gets an
 // error instead of reading or writing files that are being removed, and a volume
 // created again under the name gets a fresh Export, never the deleted one.
+// The cache holds exports weakly: an export lives while a client (or a negotiation)
+// holds it, and a volume's export holds a lease that keeps the volume open
+// (volume_entry.h), so the volume rests once its last client is gone.
 // Thread-safety: all methods are thread-safe. Lock order: catalog → node (find asks
 // the node under the catalog's lock), so the node calls withdraw() without its own.
 #pragma once
@@ -69,7 +72,7 @@ class NodeCatalog final : public nbd::ExportCatalog {
 
   const Node* node_;
   mutable Mutex mutex_;
-  mutable std::map<std::string, std::shared_ptr<WithdrawableExport>> cache_ GUARDED_BY(mutex_);
+  mutable std::map<std::string, std::weak_ptr<WithdrawableExport>> cache_ GUARDED_BY(mutex_);
 };
 
 }  // namespace amirror::node

@@ -70,9 +70,10 @@ Status Node::delete_volume(const std::string& name, bool force) {
       // A `mirror break` or `volume resize` of it finishes first.
       while (volumes_settling_.contains(name) || resizing_.contains(name)) settled_.wait(lock);
       AMIRROR_ASSIGN_OR_RETURN(unit, deletable_locked(name));
-      if (auto entry = volumes_.find(name); !force && entry != volumes_.end() && !entry->second->volume->adopted_path().empty()) {
+      const std::string adopted_path = volumes_.contains(name) ? volumes_.at(name)->facts().adopted_path : "";
+      if (!force && !adopted_path.empty()) {
         // Its file holds only what was merged so far; release gives it every write.
-        return Status(ErrorCode::kBusy, "volume '" + name + "' is adopted from " + entry->second->volume->adopted_path() +
+        return Status(ErrorCode::kBusy, "volume '" + name + "' is adopted from " + adopted_path +
                                             "; `amirror volume release " + name + "` merges every write into it and "
                                             "lets it go (delete --force leaves only what was merged so far)");
       }

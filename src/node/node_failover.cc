@@ -64,6 +64,11 @@ std::string role_of(const Volume& volume) {
 
 std::string Node::volume_role(const Volume& volume) { return role_of(volume); }
 
+std::string Node::volume_role(const VolumeFacts& facts) {
+  if (facts.read_only) return "demoted";
+  return facts.lineage.origin_uuid.empty() ? "primary" : "promoted";
+}
+
 std::string Node::control_replica_promote(const json& request) {
   std::string source = request.value("source", ""), group = request.value("group", "");
   if (!source.empty() || !group.empty()) return promote_group(request);
@@ -172,7 +177,9 @@ std::string Node::promote_group(const json& request) {
     Status status = done.ok() ? Status() : done.status();
     if (status.ok()) {
       std::shared_ptr<VolumeEntry> entry = find_volume(volume);
-      if (entry) status = entry->volume->set_group(group);
+      auto lease = entry ? entry->lease() : Result<std::shared_ptr<Volume>>(nullptr);
+      if (!lease.ok()) status = lease.status();
+      else if (entry) status = lease.value()->set_group(group);
     }
     if (!status.ok()) {
       return error_response(status.with_context("promote group '" + group + "' (promoted so far: " +
@@ -197,6 +204,8 @@ std::string Node::control_mirror_switchover(const json& request) {
   const std::string what = group.empty() ? "volume '" + volume_name + "'" : "group '" + group + "'";
   std::shared_ptr<MirrorEngine> engine;
   std::vector<std::shared_ptr<VolumeEntry>> members;
+  // Open until the end: the mirror's own leases go with the break below.
+  std::vector<std::shared_ptr<Volume>> leases;
   {
     MutexLock lock(mutex_);
     std::string unit_key;
@@ -207,10 +216,14 @@ std::string Node::control_mirror_switchover(const json& request) {
     engine = std::move(found).value();
     members = std::move(resolved).value();
     if (auto unit = unit_of_volume_.find(members.front()->name); unit != unit_of_volume_.end() && unit->second != unit_key) {
-      return error_response(invalid_argument(what + " is mirrored with its group '" + members.front()->volume->group() +
+      const std::string its_group = members.front()->facts().group;
+      return error_response(invalid_argument(what + " is mirrored with its group '" + its_group +
                                              "'; switch the whole group over: `amirror mirror switchover --group " +
-                                             members.front()->volume->group() + " --to " + to + "`")).dump();
+                                             its_group + " --to " + to + "`")).dump();
     }
+    auto leased = lease_all(members);
+    if (!leased.ok()) return error_response(leased.status()).dump();
+    leases = std::move(leased).value();
     const auto& targets = members.front()->state.targets;
     if (std::find(targets.begin(), targets.end(), to) == targets.end()) {
       return error_response(invalid_argument(what + " is not mirrored to '" + to +
@@ -289,7 +302,10 @@ Result<uint64_t> Node::accept_switchover(const std::string& peer, const repl::Sw
     if (first_name.empty()) first_name = promoted.first;
     if (request.group.empty()) continue;
     std::shared_ptr<VolumeEntry> entry = find_volume(promoted.first);
-    if (entry) AMIRROR_RETURN_IF_ERROR(entry->volume->set_group(request.group));
+    if (entry) {
+      AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Volume> lease, entry->lease());
+      AMIRROR_RETURN_IF_ERROR(lease->set_group(request.group));
+    }
   }
   MutexLock lock(mutex_);
   std::string unit_key;
@@ -321,15 +337,18 @@ std::string Node::control_volume_demote(const json& request) {
     }
     entry = volumes_.at(name);
   }
-  if (entry->volume->read_only()) {
-    return json{{"ok", true}, {"volume", name}, {"role", "demoted"}, {"cycle", entry->volume->cycle()},
+  auto lease = entry->lease();
+  if (!lease.ok()) return error_response(lease.status().with_context("demote " + name)).dump();
+  Volume& volume = *lease.value();
+  if (volume.read_only()) {
+    return json{{"ok", true}, {"volume", name}, {"role", "demoted"}, {"cycle", volume.cycle()},
                 {"note", "already demoted"}}.dump();
   }
-  if (Status status = entry->volume->set_read_only(true); !status.ok()) {
+  if (Status status = volume.set_read_only(true); !status.ok()) {
     return error_response(status.with_context("demote " + name)).dump();
   }
-  log::info("node", "volume demoted; it takes no writes now", {{"volume", name}, {"cycle", entry->volume->cycle()}});
-  return json{{"ok", true}, {"volume", name}, {"role", "demoted"}, {"cycle", entry->volume->cycle()}}.dump();
+  log::info("node", "volume demoted; it takes no writes now", {{"volume", name}, {"cycle", volume.cycle()}});
+  return json{{"ok", true}, {"volume", name}, {"role", "demoted"}, {"cycle", volume.cycle()}}.dump();
 }
 
 Status Node::before_create_replica(const std::string& peer, const repl::OpenReplica& open, const std::string& dir) {
@@ -338,14 +357,15 @@ Status Node::before_create_replica(const std::string& peer, const repl::OpenRepl
   {
     MutexLock lock(mutex_);
     for (const auto& [name, entry] : volumes_) {
-      VolumeLineage lineage = entry->volume->lineage();
+      const VolumeFacts facts = entry->facts();
+      const VolumeLineage& lineage = facts.lineage;
       if (!open.volume_uuid.empty() && lineage.origin_uuid == open.volume_uuid) {
         return Status(ErrorCode::kAlreadyExists,
                       fmt::format("split brain: {}/{} was promoted here to volume '{}' at cycle {} (now cycle {}), "
                                   "and {} still sends it. Keep {}'s data: on {} run `amirror mirror break {}` and "
                                   "`amirror volume demote {}`, then here `amirror mirror start {} --to {}`. Keep {}'s "
                                   "data instead: `amirror volume delete {}` here",
-                                  peer, open.volume, name, lineage.origin_point, entry->volume->cycle(), peer,
+                                  peer, open.volume, name, lineage.origin_point, facts.cycle, peer,
                                   config_.name, peer, open.volume, open.volume, name, peer, peer, name));
       }
       if (!open.origin_uuid.empty() && lineage.uuid == open.origin_uuid) {
@@ -355,13 +375,13 @@ Status Node::before_create_replica(const std::string& peer, const repl::OpenRepl
       }
     }
     if (!ours_is_origin) return Status();
-    if (!ours->volume->read_only()) {
+    if (const VolumeFacts facts = ours->facts(); !facts.read_only) {
       return Status(ErrorCode::kAlreadyExists,
                     fmt::format("split brain: {}/{} was promoted from volume '{}' here at cycle {}, and both sides "
                                 "took writes since (this side is at cycle {}). Keep {}'s data: `amirror volume demote "
                                 "{}` here (its writes after cycle {} are discarded). Keep this side's: on {} run "
                                 "`amirror mirror break {}` and `amirror volume delete {}`",
-                                peer, open.volume, ours->name, open.origin_point, ours->volume->cycle(), peer,
+                                peer, open.volume, ours->name, open.origin_point, facts.cycle, peer,
                                 ours->name, open.origin_point, peer, open.volume, open.volume));
     }
     auto unit = unit_of_volume_.find(ours->name);
@@ -371,7 +391,9 @@ Status Node::before_create_replica(const std::string& peer, const repl::OpenRepl
     deleting_.insert(ours->name);
     volumes_.erase(ours->name);
   }
-  Result<uint64_t> discarded = take_over_as_replica(*ours, peer, open, dir);
+  // Open while it is turned into the replica; closed (as before) once this returns.
+  auto lease = ours->lease();
+  Result<uint64_t> discarded = lease.ok() ? take_over_as_replica(*ours, peer, open, dir) : Result<uint64_t>(lease.status());
   MutexLock lock(mutex_);
   deleting_.erase(ours->name);
   if (!discarded.ok()) {

@@ -38,13 +38,16 @@ std::string Node::control_volume_resize(const json& request) {
     if (!claimed.ok()) return error_response(claimed.status()).dump();
     entry = std::move(claimed).value();
   }
-  Result<uint64_t> resized = entry->volume->resize(size_bytes);
+  // Open (or kept open) for the resize and the answer below.
+  Result<std::shared_ptr<Volume>> lease = entry->lease();
+  Result<uint64_t> resized = lease.ok() ? lease.value()->resize(size_bytes) : Result<uint64_t>(lease.status());
   MutexLock lock(mutex_);
   resizing_.erase(name);
   settled_.notify_all();  // a `volume delete` of it may be waiting
   if (!resized.ok()) return error_response(resized.status().with_context("resize volume " + name)).dump();
   uint64_t old_size_bytes = resized.value();
-  bool changed = old_size_bytes != entry->volume->size_bytes();
+  Volume& volume = *lease.value();
+  bool changed = old_size_bytes != volume.size_bytes();
   auto unit = unit_of_volume_.find(name);
   bool running = unit != unit_of_volume_.end() && engines_.contains(unit->second);
   uint32_t clients = 0;
@@ -55,12 +58,12 @@ std::string Node::control_volume_resize(const json& request) {
   }
   if (changed) {
     log::info("node", "volume grew",
-              {{"volume", name}, {"old_size_bytes", old_size_bytes}, {"size_bytes", entry->volume->size_bytes()}});
+              {{"volume", name}, {"old_size_bytes", old_size_bytes}, {"size_bytes", volume.size_bytes()}});
   }
   return json{{"ok", true},
               {"name", name},
               {"old_size_bytes", old_size_bytes},
-              {"size_bytes", entry->volume->size_bytes()},
+              {"size_bytes", volume.size_bytes()},
               {"changed", changed},
               {"targets", entry->state.targets},
               {"mirror_running", running},
@@ -84,7 +87,7 @@ Result<std::shared_ptr<VolumeEntry>> Node::claim_for_resize_locked(const std::st
   }
   auto found = volumes_.find(name);
   if (found == volumes_.end()) return not_found("no volume named '" + name + "' (see `amirror volume list`)");
-  if (found->second->volume->read_only()) {
+  if (found->second->facts().read_only) {
     return Status(ErrorCode::kReadOnly, "volume '" + name + "' is read-only (demoted); only a primary volume is resized");
   }
   resizing_.insert(name);

@@ -51,14 +51,22 @@ std::string Node::create_or_import_volume(const json& request) {
   // Creating an empty volume is quick (no data is written): it stays under the lock.
   MutexLock lock(mutex_);
   if (Status free = check_name_free(name); !free.ok()) return error_response(free).dump();
+  if (Status files = check_open_files("volume '" + name + "'", kFilesPerOpenVolume); !files.ok()) {
+    return error_response(files).dump();
+  }
   auto created = pool.value()->dir->create_volume(name, options);
   if (!created.ok()) return error_response(created.status()).dump();
   record_pool(name, pool.value()->name);
-  auto entry = std::make_shared<VolumeEntry>();
-  entry->name = name;
-  entry->volume = std::move(created).value();
-  volumes_[name] = entry;
-  return created_text(name, *entry->volume, pool.value()->name);
+  return publish_new_volume(name, std::move(created).value(), pool.value()->name);
+}
+
+std::string Node::publish_new_volume(const std::string& name, std::unique_ptr<Volume> volume,
+                                     const std::string& pool_name) {
+  auto entry = std::make_shared<VolumeEntry>(name, std::move(volume), volume_opener(name));
+  std::string text = created_text(name, *entry->volume, pool_name);
+  entry->settle();  // nobody uses a new volume yet: it rests until its first use
+  volumes_[name] = std::move(entry);
+  return text;
 }
 
 Result<const StoragePool*> Node::storage_for_new_volume(const json& request) const {
@@ -127,11 +135,7 @@ std::string Node::import_volume(const StoragePool& pool, const std::string& name
     return error_response(status).dump();
   }
   record_pool(name, pool.name);
-  auto entry = std::make_shared<VolumeEntry>();
-  entry->name = name;
-  entry->volume = std::move(imported).value();
-  volumes_[name] = entry;
-  return created_text(name, *entry->volume, pool.name);
+  return publish_new_volume(name, std::move(imported).value(), pool.name);
 }
 
 Result<std::unique_ptr<Volume>> Node::copy_import(DataDir& pool, const std::string& name, ImportSource& source,

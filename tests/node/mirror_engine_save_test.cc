@@ -25,9 +25,8 @@ TEST(MirrorEngineSave, StatusAnswersWhileAStateFileIsBeingWritten) {
   ASSERT_TRUE(data_dir.ok()) << data_dir.status().to_string();
   auto created = data_dir.value()->create_volume("v", VolumeOptions{1 << 20, kDefaultChunkSizeBytes, ""});
   ASSERT_TRUE(created.ok()) << created.status().to_string();
-  auto entry = std::make_shared<VolumeEntry>();
-  entry->name = "v";
-  entry->volume = std::shared_ptr<Volume>(std::move(created).value());
+  // Never leased, so it stays open for the test.
+  auto entry = std::make_shared<VolumeEntry>("v", std::shared_ptr<Volume>(std::move(created).value()), nullptr);
   // b holds point 1; the layer after it, once merged, must be recorded as pending for
   // b in the state file before it goes — that is the save the gate holds.
   std::vector<uint8_t> data(4096, 0x5a);

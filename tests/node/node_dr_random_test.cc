@@ -325,7 +325,7 @@ class NodeDrSchedule {
     ASSERT_TRUE(demoted["ok"]) << trace(step) << demoted.dump();
     ASSERT_EQ(volume_role(old_primary), "demoted") << trace(step);
     Bytes block(kBlockBytes, 0x5a);
-    ASSERT_FALSE(nodes_[old_primary]->find_volume(kVolume)->volume->write(0, block).ok())
+    ASSERT_FALSE(nodes_[old_primary]->find_volume(kVolume)->lease().value()->write(0, block).ok())
         << trace(step) << "the demoted volume took a write";
     if (random_.percent(50)) {  // the runbook's order: start the new primary's mirror after the demote
       break_mirror(step);
@@ -454,7 +454,7 @@ class NodeDrSchedule {
       uint64_t offset = random_.uniform(0, kVolumeBytes / kBlockBytes - 1) * kBlockBytes;
       Bytes data(kBlockBytes);
       random_.fill(data);
-      ASSERT_TRUE(nodes_[node]->find_volume(kVolume)->volume->write(offset, data).ok());
+      ASSERT_TRUE(nodes_[node]->find_volume(kVolume)->lease().value()->write(offset, data).ok());
       std::copy(data.begin(), data.end(), model.begin() + offset);
     }
   }
@@ -464,14 +464,14 @@ class NodeDrSchedule {
     auto entry = nodes_[node]->find_volume(kVolume);
     EXPECT_NE(entry, nullptr) << node << " has no volume " << kVolume;
     if (entry != nullptr) {
-      EXPECT_TRUE(entry->volume->read(0, bytes).ok());
+      EXPECT_TRUE(entry->lease().value()->read(0, bytes).ok());
     }
     return bytes;
   }
 
   uint64_t primary_cycle() {
     auto entry = nodes_[model_.primary]->find_volume(kVolume);
-    return entry == nullptr ? 0 : entry->volume->cycle();
+    return entry == nullptr ? 0 : entry->facts().cycle;
   }
 
   // {} for a node that is stopped now.

@@ -68,7 +68,7 @@ class NodeEnvTest : public ::testing::Test {
     }
     return json::object();
   }
-  uint64_t source_cycle() { return a_->find_volume("v")->volume->cycle(); }
+  uint64_t source_cycle() { return a_->find_volume("v")->lease().value()->cycle(); }
   uint64_t applied_on_b() {
     json mirror = mirror_of_v();
     return mirror.contains("applied_cycle") && mirror["applied_cycle"].is_number() ? mirror["applied_cycle"].get<uint64_t>() : 0;
@@ -86,7 +86,7 @@ class NodeEnvTest : public ::testing::Test {
 
   void write_v(uint64_t offset, uint8_t fill) {
     std::vector<uint8_t> data(4096, fill);
-    ASSERT_TRUE(a_->find_volume("v")->volume->write(offset, data).ok());
+    ASSERT_TRUE(a_->find_volume("v")->lease().value()->write(offset, data).ok());
   }
 
   testing::ScratchDir scratch_{"node-env"};
@@ -187,7 +187,7 @@ TEST_F(NodeEnvTest, SyncDuringAFreezeWaitsForTheNextOne) {
   start_nodes(*gated_fs_, posix_file_system());
   write_v(0, 0x44);
   ASSERT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}}, {"interval_ms", 3'600'000}})["ok"]);
-  ASSERT_TRUE(eventually([&] { return mirror_of_v()["state"] == "idle" && a_->find_volume("v")->volume->base_cycle() == 1; }))
+  ASSERT_TRUE(eventually([&] { return mirror_of_v()["state"] == "idle" && a_->find_volume("v")->lease().value()->base_cycle() == 1; }))
       << mirror_of_v().dump();  // point 1 applied and merged: no metadata write pending
   ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous));
 

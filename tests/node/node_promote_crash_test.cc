@@ -71,7 +71,8 @@ class Attempt {
     std::map<uint64_t, std::vector<uint8_t>> points;
     EXPECT_TRUE(call(*a_, {{"command", "volume_create"}, {"name", "v"}, {"size_bytes", kVolumeBytes},
                            {"chunk_size_bytes", kChunkBytes}})["ok"]);
-    Volume& v = *a_->find_volume("v")->volume;
+    std::shared_ptr<Volume> lease = a_->find_volume("v")->lease().value();  // open for the whole test
+    Volume& v = *lease;
     EXPECT_TRUE(call(*a_, {{"command", "mirror_start"}, {"volume", "v"}, {"targets", {"b"}},
                            {"interval_ms", 3'600'000}, {"keep", 2}})["ok"]);
     for (uint8_t fill : {0x31, 0x42}) {
@@ -149,9 +150,9 @@ TEST(NodePromoteCrashTest, PowerLossAtEveryStepLeavesTheReplicaOrTheVolumeNeverA
                                                      << ": " << call(attempt.b(), {{"command", "status"}}).dump();
     if (volume != nullptr) {
       crashed_as_volume += completed ? 0 : 1;
-      EXPECT_EQ(read_all(*volume->volume), points.at(older)) << "the promoted volume is not the chosen point";
-      EXPECT_FALSE(volume->volume->read_only());
-      EXPECT_EQ(volume->volume->lineage().origin_point, older);
+      EXPECT_EQ(read_all(*volume->lease().value()), points.at(older)) << "the promoted volume is not the chosen point";
+      EXPECT_FALSE(volume->lease().value()->read_only());
+      EXPECT_EQ(volume->lease().value()->lineage().origin_point, older);
     } else {
       ASSERT_FALSE(completed) << "a promote that returned OK was lost";
       crashed_as_replica += 1;
@@ -164,7 +165,7 @@ TEST(NodePromoteCrashTest, PowerLossAtEveryStepLeavesTheReplicaOrTheVolumeNeverA
       }
       json again = call(attempt.b(), {{"command", "replica_promote"}, {"replica", "a/v"}, {"at", older}});
       ASSERT_TRUE(again["ok"]) << again.dump();
-      EXPECT_EQ(read_all(*attempt.b().find_volume("v")->volume), points.at(older));
+      EXPECT_EQ(read_all(*attempt.b().find_volume("v")->lease().value()), points.at(older));
     }
     if (completed) break;
     ASSERT_LT(k, 500u) << "promote never completed";
@@ -180,17 +181,17 @@ TEST(NodePromoteCrashTest, PowerLossDuringDemoteLeavesTheVolumeIntact) {
     Attempt attempt;
     auto points = attempt.mirror_two_points();
     ASSERT_TRUE(call(attempt.b(), {{"command", "replica_promote"}, {"replica", "a/v"}})["ok"]);
-    std::vector<uint8_t> bytes = read_all(*attempt.b().find_volume("v")->volume);
+    std::vector<uint8_t> bytes = read_all(*attempt.b().find_volume("v")->lease().value());
     attempt.fail_from(k);
     json demoted = call(attempt.b(), {{"command", "volume_demote"}, {"name", "v"}});
     bool completed = attempt.failures() == 0;
     attempt.power_loss_and_restart_b();
     auto volume = attempt.b().find_volume("v");
     ASSERT_NE(volume, nullptr);
-    EXPECT_EQ(read_all(*volume->volume), bytes);
+    EXPECT_EQ(read_all(*volume->lease().value()), bytes);
     if (completed) {
       ASSERT_TRUE(demoted["ok"]) << demoted.dump();
-      EXPECT_TRUE(volume->volume->read_only()) << "a demote that returned OK was lost";
+      EXPECT_TRUE(volume->lease().value()->read_only()) << "a demote that returned OK was lost";
       break;
     }
     ASSERT_LT(k, 100u) << "demote never completed";

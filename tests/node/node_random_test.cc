@@ -90,7 +90,7 @@ class NodeRandomSchedule {
   void write(Unit& unit) {
     uint64_t offset = random_.uniform(0, kVolumeBytes / 4096 - 1) * 4096;
     std::vector<uint8_t> data(4096, static_cast<uint8_t>(random_.uniform(1, 255)));
-    ASSERT_TRUE(nodes_[unit.source]->find_volume(unit.volume)->volume->write(offset, data).ok());
+    ASSERT_TRUE(nodes_[unit.source]->find_volume(unit.volume)->lease().value()->write(offset, data).ok());
     std::copy(data.begin(), data.end(), unit.model.begin() + offset);
   }
 
