@@ -516,13 +516,12 @@ Status MirrorEngine::exchange(repl::PeerSocket& socket, repl::SenderSession& ses
 
 Status MirrorEngine::stream_delta(TargetRuntime* target, repl::PeerSocket& socket, repl::SenderSession& session,
                                   VolumeEntry& entry, uint64_t point, const std::function<void()>& account) {
-  const uint64_t chunk_bytes = entry.volume->chunk_size_bytes();
   {
     MutexLock lock(mutex_);
     target->copy_volume = entry.name;
     target->copy_cycle = point;
-    target->copy_done_bytes = session.first_chunk() * chunk_bytes;
-    target->copy_total_bytes = session.chunks_total() * chunk_bytes;
+    target->copy_done_bytes = session.bytes_done();
+    target->copy_total_bytes = session.bytes_total();
     target->copy_started = clock().now();
   }
   for (uint64_t sent = 0; session.phase() == repl::SenderSession::Phase::kStreaming; ++sent) {
@@ -536,7 +535,7 @@ Status MirrorEngine::stream_delta(TargetRuntime* target, repl::PeerSocket& socke
     }
     account();
     MutexLock lock(mutex_);
-    target->copy_done_bytes = session.chunks_done() * chunk_bytes;
+    target->copy_done_bytes = session.bytes_done();
     if (stopping_) return Status(ErrorCode::kCancelled, "mirror stopped");
   }
   account();
@@ -724,11 +723,13 @@ MirrorStatus MirrorEngine::target_status_locked(const VolumeEntry& entry, const 
   }
   // A damaged pending page reads as all ones, also past the end: count only real chunks.
   uint64_t chunks = std::min(state.pending_chunks.count(), entry.volume->geometry().chunk_count());
+  // Layers ship only their dirty sectors (pending chunks ship whole).
+  uint64_t layer_bytes = 0;
   for (const LayerInfo& layer : layers) {
-    if (layer.id > state.applied_cycle) chunks += layer.chunk_count;
+    if (layer.id > state.applied_cycle) layer_bytes += layer.dirty_bytes;
   }
   status.bytes_pending =
-      state.applied_cycle == 0 ? entry.volume->size_bytes() : chunks * entry.volume->chunk_size_bytes();
+      state.applied_cycle == 0 ? entry.volume->size_bytes() : chunks * entry.volume->chunk_size_bytes() + layer_bytes;
   return status;
 }
 

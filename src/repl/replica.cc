@@ -349,6 +349,7 @@ Status Replica::clear_staging() {
     return status;
   }
   staged_records_ = 0;
+  open_chunk_records_ = 0;
   last_staged_chunk_ = 0;
   bytes_since_progress_ = 0;
   return Status();
@@ -450,7 +451,7 @@ Status Replica::reset(const std::string& uuid) {
     meta_.staging = Staging{};
     meta_.source_uuid = uuid;
     AMIRROR_RETURN_IF_ERROR(write_meta_locked());
-    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = 0;
+    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = open_chunk_records_ = 0;
   }
   // Readers holding the old volume keep reading its (unlinked) files until they let go.
   AMIRROR_RETURN_IF_ERROR(fs_.remove(dir_ + "/" + kVolumeMetaName));
@@ -483,6 +484,8 @@ Status Replica::begin_delta(const BeginDelta& begin) {
   if (begin.first_record > 0) {
     // Resume: the staging must hold this very delta with exactly that many records.
     std::unique_lock lock(state_mutex_);
+    // Partial records of a chunk cut short are resent from its first one (stage()).
+    open_chunk_records_ = 0;
     const BeginDelta& staged = meta_.staging.header;
     if (staged.target_cycle != begin.target_cycle || staged.base_cycle != begin.base_cycle ||
         staged.full != begin.full || staged_records_ != begin.first_record ||
@@ -525,6 +528,7 @@ Status Replica::begin_delta(const BeginDelta& begin) {
       return status.with_context("record the delta being received");
     }
     staged_records_ = 0;
+    open_chunk_records_ = 0;
     last_staged_chunk_ = 0;
     bytes_since_progress_ = 0;
   }
@@ -579,17 +583,28 @@ Status Replica::record_progress() {
 Status Replica::stage(const ChunkRecord& record) {
   std::lock_guard delta(delta_mutex_);
   const ChunkGeometry& geometry = current()->geometry();
+  const bool partial = record.kind == RecordKind::kPartial;
   {
     std::shared_lock lock(state_mutex_);
     if (meta_.staging.header.target_cycle == 0) return invalid_argument("CHUNK outside a delta");
     if (meta_.staging.sealed) return invalid_argument("CHUNK after the delta's END_DELTA");
-    if (record.record_index != staged_records_) {
+    if (record.record_index != staged_records_ + open_chunk_records_) {
       return invalid_argument("CHUNK record " + std::to_string(record.record_index) + " out of sequence (expected " +
-                              std::to_string(staged_records_) + ")");
+                              std::to_string(staged_records_ + open_chunk_records_) + ")");
     }
-    if (record.chunk_index >= geometry.chunk_count() || (staged_records_ > 0 && record.chunk_index <= last_staged_chunk_)) {
+    // Chunks ascend; only partial records of one chunk share it, at ascending offsets.
+    bool in_order = open_chunk_records_ > 0
+                        ? record.chunk_index > open_chunk_ ||
+                              (partial && record.chunk_index == open_chunk_ &&
+                               record.offset_in_chunk_bytes >= open_chunk_end_bytes_)
+                        : staged_records_ == 0 || record.chunk_index > last_staged_chunk_;
+    if (record.chunk_index >= geometry.chunk_count() || !in_order) {
       return invalid_argument("CHUNK for chunk " + std::to_string(record.chunk_index) +
                               " is out of range or out of order");
+    }
+    // A full delta replaces the image chunk by chunk (a base fill has no old content).
+    if (partial && (meta_.staging.header.full || filling_base_locked())) {
+      return invalid_argument("partial CHUNK record in a full delta");
     }
   }
   uint64_t offset = geometry.chunk_offset_bytes(record.chunk_index);
@@ -598,8 +613,16 @@ Status Replica::stage(const ChunkRecord& record) {
     return invalid_argument("CHUNK data for chunk " + std::to_string(record.chunk_index) + " is " +
                             std::to_string(record.data.size()) + " bytes, expected " + std::to_string(length));
   }
+  if (partial && (record.offset_in_chunk_bytes > length || record.data.size() > length - record.offset_in_chunk_bytes)) {
+    return invalid_argument("CHUNK partial record for chunk " + std::to_string(record.chunk_index) + " at " +
+                            std::to_string(record.offset_in_chunk_bytes) + " + " + std::to_string(record.data.size()) +
+                            " bytes exceeds the chunk's " + std::to_string(length));
+  }
   Status written;
-  if (filling_base()) {
+  if (partial) {
+    // Into the active layer over the newest point: copy-on-first-write keeps the rest.
+    written = current()->write_staged(offset + record.offset_in_chunk_bytes, record.data);
+  } else if (filling_base()) {
     written = record.kind == RecordKind::kData ? current()->write_base_fill(offset, record.data)
                                                : current()->zero_base_fill(offset, length);
   } else {
@@ -610,12 +633,27 @@ Status Replica::stage(const ChunkRecord& record) {
   bool progress_due;
   {
     std::unique_lock lock(state_mutex_);
-    staged_records_ += 1;
-    last_staged_chunk_ = record.chunk_index;
-    bytes_since_progress_ += record.kind == RecordKind::kData ? length : 0;
+    if (open_chunk_records_ > 0 && record.chunk_index != open_chunk_) close_open_chunk_locked();
+    if (partial) {
+      // Counted in staged_records_ (the resume point) only once the next chunk starts:
+      // the source resumes after whole chunks, so a chunk cut between its runs is resent.
+      open_chunk_ = record.chunk_index;
+      open_chunk_records_ += 1;
+      open_chunk_end_bytes_ = record.offset_in_chunk_bytes + record.data.size();
+    } else {
+      staged_records_ += 1;
+      last_staged_chunk_ = record.chunk_index;
+    }
+    bytes_since_progress_ += record.kind == RecordKind::kZero ? 0 : record.data.size();
     progress_due = bytes_since_progress_ >= kProgressEveryBytes;
   }
   return progress_due ? record_progress() : Status();
+}
+
+void Replica::close_open_chunk_locked() {
+  staged_records_ += open_chunk_records_;
+  if (open_chunk_records_ > 0) last_staged_chunk_ = open_chunk_;
+  open_chunk_records_ = 0;
 }
 
 Status Replica::end_delta(uint64_t record_count) {
@@ -636,7 +674,8 @@ Status Replica::seal_delta(uint64_t record_count, bool durable) {
   std::lock_guard delta(delta_mutex_);
   BeginDelta header;
   {
-    std::shared_lock lock(state_mutex_);
+    std::unique_lock lock(state_mutex_);
+    close_open_chunk_locked();  // END_DELTA completes the last chunk
     header = meta_.staging.header;
     if (header.target_cycle == 0) return invalid_argument("END_DELTA outside a delta");
     if (record_count != staged_records_) {
@@ -709,7 +748,7 @@ Status Replica::commit_staged(uint64_t cycle, bool require_seal) {
   if (!clear_staging().ok()) {
     std::unique_lock lock(state_mutex_);
     meta_.staging = Staging{};
-    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = 0;
+    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = open_chunk_records_ = 0;
   }
   // The first delta after a failback overwrote every chunk the target had changed.
   if (!resyncing()) return Status();

@@ -9,8 +9,10 @@
 // The delta protocol on top of the volume's crash-tested freeze and merge:
 //  1. begin_delta(): the active layer is emptied (discard_after) and the delta is
 //     recorded in replica.meta;
-//  2. stage(): each record is written into the active layer; every 16 MiB the layer is
-//     synced and replica.meta records how many records are durable (the resume point);
+//  2. stage(): each record is written into the active layer (a partial record, the
+//     dirty sectors of a chunk, over the newest point by copy-on-first-write); every
+//     16 MiB the layer is synced and replica.meta records how many records are durable
+//     (the resume point, always after the last record of a chunk);
 //  3. end_delta() = commit: sync the layer, then freeze it as the source's point s
 //     (one volume.meta rename). From here the replica reads as s and the source is told
 //     so; a crash before the rename leaves the previous point and a resumable delta.
@@ -246,6 +248,12 @@ class Replica {
   Meta meta_;
   uint64_t staged_records_ = 0;     // records staged in this process (>= durable)
   uint64_t last_staged_chunk_ = 0;
+  // Partial records (RecordKind::kPartial) of the chunk being received, not yet in
+  // staged_records_: the resume point always lies after a chunk's last record.
+  uint64_t open_chunk_ = 0;
+  uint64_t open_chunk_records_ = 0;
+  uint64_t open_chunk_end_bytes_ = 0;  // end of the last one within the chunk
+  void close_open_chunk_locked();  // counts them once the chunk is complete. REQUIRES: state_mutex_
   uint64_t bytes_since_progress_ = 0;
   bool applying_ = false;
   bool closed_ = false;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 
 #include "base/zeros.h"
 
@@ -37,10 +38,14 @@ Status SenderSession::on_frame(const Frame& frame) {
                       frame_type_name(frame.type));
   };
   switch (phase_) {
-    case Phase::kHello:
+    case Phase::kHello: {
       AMIRROR_RETURN_IF_ERROR(check_hello_ack(frame, target_node_));
+      AMIRROR_ASSIGN_OR_RETURN(Hello ack, decode_hello(frame.payload));
+      // An older target does not know partial records: it gets whole chunks.
+      partial_records_ = ack.protocol_version >= kFirstPartialRecordVersion;
       phase_ = Phase::kIdle;
       return Status();
+    }
     case Phase::kAwaitingState:
       if (frame.type != FrameType::kReplicaState) return unexpected("REPLICA_STATE");
       return on_replica_state(frame);
@@ -114,56 +119,112 @@ Status SenderSession::plan_delta(const TargetView& local, const ReplicaState& re
     AMIRROR_ASSIGN_OR_RETURN(std::vector<uint64_t> allocated, volume_->allocated_chunks(point_));
     for (uint64_t chunk_index : allocated) chunks_.push_back({chunk_index, ChunkState::kData});
   } else {
-    std::map<uint64_t, ChunkState> merged;
+    std::map<uint64_t, DeltaChunk> merged;
     // A damaged page of the pending file reads as all ones: past the end is no chunk.
+    // Pending chunks come from merged layers, whose masks are gone: they ship whole.
     const uint64_t chunk_count = volume_->geometry().chunk_count();
     local.pending_chunks.for_each_set([&](uint64_t chunk_index) {
-      if (chunk_index < chunk_count) merged[chunk_index] = ChunkState::kData;
+      if (chunk_index < chunk_count) merged[chunk_index] = DeltaChunk{chunk_index, ChunkState::kData};
     });
     uint64_t from = std::max(local.applied_cycle, volume_->base_cycle());
     if (from < point_) {
       AMIRROR_ASSIGN_OR_RETURN(std::vector<DeltaChunk> changed, volume_->changed_chunks(from, point_));
-      for (const DeltaChunk& chunk : changed) merged[chunk.chunk_index] = chunk.state;
+      for (const DeltaChunk& chunk : changed) {
+        auto [it, inserted] = merged.try_emplace(chunk.chunk_index, chunk);
+        // The layers' state wins; the sectors to ship are the union with the pending ones.
+        if (!inserted) it->second = DeltaChunk{chunk.chunk_index, chunk.state, it->second.dirty_sectors | chunk.dirty_sectors};
+      }
     }
-    for (const auto& [chunk_index, state] : merged) chunks_.push_back({chunk_index, state});
+    for (const auto& [chunk_index, chunk] : merged) chunks_.push_back(chunk);
+  }
+  // Whole chunks where parts cannot be shipped, or where every sector is dirty anyway.
+  const uint64_t full_mask = full_sector_mask(volume_->chunk_size_bytes());
+  for (DeltaChunk& chunk : chunks_) {
+    if (full || !partial_records_ || (chunk.dirty_sectors & full_mask) == full_mask) {
+      chunk.dirty_sectors = kAllSectorsDirty;
+    }
   }
   begin_ = BeginDelta{};
   begin_.base_cycle = full ? 0 : local.applied_cycle;
   begin_.target_cycle = point_;
   begin_.freeze_time_unix_ms = volume_->freeze_time_unix_ms(point_);
-  begin_.record_count = chunks_.size();
   begin_.full = full;
   first_chunk_ = 0;
   if (remote.staged_record_count > 0 && remote.staged_target_cycle == point_ && remote.staged_base_cycle == begin_.base_cycle) {
-    // Resume where the target's durable staging ends, not from the start.
+    // Resume where the target's durable staging ends, not from the start. The target
+    // reports a resume point only after a chunk's last record (a chunk cut between its
+    // partial records is resent whole from its first record).
     while (first_chunk_ < chunks_.size() && chunks_[first_chunk_].chunk_index <= remote.staged_last_chunk_index) {
       ++first_chunk_;
     }
     begin_.first_record = remote.staged_record_count;
   }
   next_chunk_ = first_chunk_;
+  next_sector_ = 0;
   record_index_ = begin_.first_record;
-  buffer_.resize(kChunkFrameDataOffset + volume_->chunk_size_bytes());
+  const ChunkGeometry geometry(opened_size_bytes_, volume_->chunk_size_bytes());
+  bytes_total_ = bytes_done_ = 0;
+  begin_.record_count = 0;  // an upper bound for a full copy (it skips zero chunks)
+  for (size_t i = 0; i < chunks_.size(); ++i) {
+    if (chunks_[i].chunk_index >= geometry.chunk_count()) {
+      begin_.record_count += 1;  // send_next refuses it (the volume grew)
+      continue;
+    }
+    auto [bytes, records] = payload_of(chunks_[i], geometry);
+    bytes_total_ += bytes;
+    begin_.record_count += records;
+    if (i < first_chunk_) bytes_done_ += bytes;
+  }
+  buffer_.resize(kPartialChunkFrameDataOffset + volume_->chunk_size_bytes());
   return Status();
+}
+
+std::pair<uint64_t, uint64_t> SenderSession::payload_of(const DeltaChunk& chunk, const ChunkGeometry& geometry) const {
+  const uint64_t chunk_length = geometry.chunk_length_bytes(chunk.chunk_index);
+  if (chunk.state == ChunkState::kZero) return {0, 1};
+  if (chunk.dirty_sectors == kAllSectorsDirty) return {chunk_length, 1};
+  const uint64_t sector_bytes = dirty_sector_bytes(volume_->chunk_size_bytes());
+  uint64_t bytes = 0;
+  uint64_t runs = 0;
+  bool in_run = false;
+  for (uint64_t sector = 0; sector < kMaxDirtySectorsPerChunk && sector * sector_bytes < chunk_length; ++sector) {
+    bool dirty = ((chunk.dirty_sectors >> sector) & 1) != 0;
+    if (dirty) bytes += std::min(sector_bytes, chunk_length - sector * sector_bytes);
+    if (dirty && !in_run) runs += 1;
+    in_run = dirty;
+  }
+  return {bytes, runs};
 }
 
 Status SenderSession::send_next() {
   AMIRROR_ASSERT(phase_ == Phase::kStreaming);
   const ChunkGeometry geometry(opened_size_bytes_, volume_->chunk_size_bytes());
   while (next_chunk_ < chunks_.size()) {
-    const DeltaChunk& chunk = chunks_[next_chunk_++];
+    const DeltaChunk& chunk = chunks_[next_chunk_];
     if (chunk.chunk_index >= geometry.chunk_count()) {
       // Written after a resize that came after OPEN_REPLICA: the next connection
       // opens the replica with the new size and sends it.
       return Status(ErrorCode::kBusy, "volume " + name_ + " grew while its delta to " + target_node_ +
                                           " was sent; the next attempt sends the new size");
     }
+    if (chunk.state == ChunkState::kData && chunk.dirty_sectors != kAllSectorsDirty) {
+      std::optional<SectorRun> run = next_run(chunk, geometry);
+      if (!run) {
+        ++next_chunk_;
+        next_sector_ = 0;
+        continue;
+      }
+      return send_run(chunk, geometry, *run);
+    }
+    ++next_chunk_;
+    next_sector_ = 0;
     // The chunk is read straight into the frame it is sent in (no copy per chunk).
     std::span<uint8_t> content(buffer_.data() + kChunkFrameDataOffset, geometry.chunk_length_bytes(chunk.chunk_index));
     RecordKind kind = RecordKind::kZero;
     if (chunk.state == ChunkState::kData) {
       AMIRROR_RETURN_IF_ERROR(volume_->read_frozen(point_, geometry.chunk_offset_bytes(chunk.chunk_index), content));
       if (!all_zero(content)) kind = RecordKind::kData;
+      bytes_done_ += content.size();
     }
     // A full copy starts from an empty (all-zero) replica: zero chunks need no record.
     if (begin_.full && kind == RecordKind::kZero) continue;
@@ -173,6 +234,33 @@ Status SenderSession::send_next() {
   }
   phase_ = Phase::kAwaitingDurable;
   return sink_.send(FrameType::kEndDelta, encode(EndDelta{record_index_, hold_}));
+}
+
+// The next run of contiguous dirty sectors of `chunk` at or after next_sector_,
+// clipped at the chunk's (volume-clipped) end; advances next_sector_ past it.
+std::optional<SenderSession::SectorRun> SenderSession::next_run(const DeltaChunk& chunk, const ChunkGeometry& geometry) {
+  const uint64_t sector_bytes = dirty_sector_bytes(volume_->chunk_size_bytes());
+  const uint64_t chunk_length = geometry.chunk_length_bytes(chunk.chunk_index);
+  uint64_t sector = next_sector_;
+  while (sector < kMaxDirtySectorsPerChunk && !((chunk.dirty_sectors >> sector) & 1)) ++sector;
+  if (sector >= kMaxDirtySectorsPerChunk || sector * sector_bytes >= chunk_length) return std::nullopt;
+  uint64_t end = sector;
+  while (end < kMaxDirtySectorsPerChunk && ((chunk.dirty_sectors >> end) & 1)) ++end;
+  next_sector_ = end;
+  const uint64_t offset = sector * sector_bytes;
+  return SectorRun{offset, std::min(end * sector_bytes, chunk_length) - offset};
+}
+
+Status SenderSession::send_run(const DeltaChunk& chunk, const ChunkGeometry& geometry, const SectorRun& run) {
+  // Read straight into the frame, as for whole chunks.
+  std::span<uint8_t> content(buffer_.data() + kPartialChunkFrameDataOffset, run.length_bytes);
+  AMIRROR_RETURN_IF_ERROR(
+      volume_->read_frozen(point_, geometry.chunk_offset_bytes(chunk.chunk_index) + run.offset_in_chunk_bytes, content));
+  bytes_done_ += run.length_bytes;
+  partial_records_sent_ += 1;
+  std::span<uint8_t> frame(buffer_.data(), kPartialChunkFrameDataOffset + run.length_bytes);
+  seal_partial_chunk_frame(frame, record_index_++, chunk.chunk_index, static_cast<uint32_t>(run.offset_in_chunk_bytes));
+  return sink_.send_encoded(frame);
 }
 
 Status SenderSession::on_applied(const Frame& frame) {

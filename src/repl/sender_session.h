@@ -12,7 +12,9 @@
 //   - it applied the cycle that was in flight (the APPLIED was lost): adopt it;
 //   - anything else (replica deleted, replaced, or older): a full copy.
 // Then it sends BEGIN_DELTA (after the host durably recorded the point as in flight),
-// the CHUNK frames one send_next() at a time, END_DELTA, and on DELTA_DURABLE + APPLIED
+// the CHUNK frames one send_next() at a time (a chunk whose layers know which sectors
+// changed goes as partial records, one per run of dirty sectors, when the target
+// speaks version 5; otherwise whole), END_DELTA, and on DELTA_DURABLE + APPLIED
 // tells the host the target applied the point.
 //
 // Phases: hello -> idle -> awaiting-state -> streaming -> awaiting-durable ->
@@ -24,8 +26,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/chunk_bitmap.h"
@@ -95,6 +99,13 @@ class SenderSession {
   uint64_t chunks_total() const { return chunks_.size(); }
   // First chunk index sent by this attempt (after a resume, > 0).
   uint64_t first_chunk() const { return first_chunk_; }
+  // Payload bytes of the delta being streamed, as shipped (dirty sector runs, not whole
+  // chunks; an upper bound for a full copy, which skips chunks that read as zero), and
+  // how many of them are sent (after a resume, counting what the target had).
+  uint64_t bytes_total() const { return bytes_total_; }
+  uint64_t bytes_done() const { return bytes_done_; }
+  // Partial CHUNK records this session sent, in all deltas (tests and benchmarks).
+  uint64_t partial_records_sent() const { return partial_records_sent_; }
 
  private:
   // The target holds this volume's origin point (it is the primary this volume was
@@ -103,6 +114,15 @@ class SenderSession {
   Status on_replica_state(const Frame& frame);
   Status plan_delta(const TargetView& local, const ReplicaState& remote);
   Status on_applied(const Frame& frame);
+  // A run of dirty sectors of one chunk, in bytes (clipped at the volume's end).
+  struct SectorRun {
+    uint64_t offset_in_chunk_bytes = 0;
+    uint64_t length_bytes = 0;
+  };
+  // What `chunk` costs: payload bytes and records.
+  std::pair<uint64_t, uint64_t> payload_of(const DeltaChunk& chunk, const ChunkGeometry& geometry) const;
+  std::optional<SectorRun> next_run(const DeltaChunk& chunk, const ChunkGeometry& geometry);
+  Status send_run(const DeltaChunk& chunk, const ChunkGeometry& geometry, const SectorRun& run);
   Status on_group_applied(const Frame& frame);
 
   const std::string source_node_;
@@ -124,7 +144,13 @@ class SenderSession {
   std::vector<DeltaChunk> chunks_;
   uint64_t next_chunk_ = 0;
   uint64_t first_chunk_ = 0;
+  uint64_t next_sector_ = 0;  // within chunks_[next_chunk_], for partial chunks
   uint64_t record_index_ = 0;
+  uint64_t bytes_total_ = 0;
+  uint64_t bytes_done_ = 0;
+  uint64_t partial_records_sent_ = 0;
+  // The target's HELLO_ACK says it takes partial CHUNK records (version 5).
+  bool partial_records_ = false;
   std::vector<uint8_t> buffer_;  // one CHUNK frame: its headers, then the chunk read from the volume
 };
 

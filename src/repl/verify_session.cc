@@ -257,6 +257,8 @@ Status VerifyResponder::on_window(const VerifyWindow& window) {
 }
 
 Status VerifyResponder::on_repair_chunk(const ChunkRecord& record) {
+  // A repair rewrites whole chunks: a partial record (CHUNK only) has no place here.
+  if (record.kind == RecordKind::kPartial) return invalid_argument("REPAIR_CHUNK with a partial record");
   if (record.record_index != repair_records_ || (repair_records_ > 0 && record.chunk_index <= last_repair_chunk_)) {
     return invalid_argument("REPAIR_CHUNK record " + std::to_string(record.record_index) + " (chunk " +
                             std::to_string(record.chunk_index) + ") out of sequence");

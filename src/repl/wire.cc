@@ -340,13 +340,11 @@ std::vector<uint8_t> encode_chunk_frame(uint64_t record_index, uint64_t chunk_in
   return frame;
 }
 
-void seal_chunk_frame(std::span<uint8_t> frame, uint64_t record_index, uint64_t chunk_index, RecordKind kind,
-                      FrameType type) {
-  static_assert(kChunkFrameDataOffset == kFrameHeaderBytes + kChunkHeaderBytes);
-  AMIRROR_ASSERT(frame.size() >= kChunkFrameDataOffset);
-  AMIRROR_ASSERT(kind == RecordKind::kData ? frame.size() > kChunkFrameDataOffset
-                                           : frame.size() == kChunkFrameDataOffset);
-  AMIRROR_ASSERT(type == FrameType::kChunk || type == FrameType::kRepairChunk);
+namespace {
+// Both headers and the checksum of a CHUNK or REPAIR_CHUNK frame whose record fields
+// after `kind` (kPartial's offset and length) are in place already.
+void seal_record_frame(std::span<uint8_t> frame, uint64_t record_index, uint64_t chunk_index, RecordKind kind,
+                       FrameType type) {
   size_t payload_bytes = frame.size() - kFrameHeaderBytes;
   AMIRROR_ASSERT(payload_bytes <= kMaxFramePayloadBytes);
   uint8_t* payload = frame.data() + kFrameHeaderBytes;
@@ -358,6 +356,25 @@ void seal_chunk_frame(std::span<uint8_t> frame, uint64_t record_index, uint64_t 
   frame[5] = frame[6] = frame[7] = 0;
   put_u32(frame.data() + 8, static_cast<uint32_t>(payload_bytes));
   put_u32(frame.data() + 12, frame_checksum(frame.first(12), std::span(payload, payload_bytes)));
+}
+}  // namespace
+
+void seal_chunk_frame(std::span<uint8_t> frame, uint64_t record_index, uint64_t chunk_index, RecordKind kind,
+                      FrameType type) {
+  static_assert(kChunkFrameDataOffset == kFrameHeaderBytes + kChunkHeaderBytes);
+  AMIRROR_ASSERT(frame.size() >= kChunkFrameDataOffset);
+  AMIRROR_ASSERT(kind == RecordKind::kData ? frame.size() > kChunkFrameDataOffset
+                                           : kind == RecordKind::kZero && frame.size() == kChunkFrameDataOffset);
+  AMIRROR_ASSERT(type == FrameType::kChunk || type == FrameType::kRepairChunk);
+  seal_record_frame(frame, record_index, chunk_index, kind, type);
+}
+
+void seal_partial_chunk_frame(std::span<uint8_t> frame, uint64_t record_index, uint64_t chunk_index,
+                              uint32_t offset_in_chunk_bytes) {
+  AMIRROR_ASSERT(frame.size() > kPartialChunkFrameDataOffset);
+  put_u32(frame.data() + kChunkFrameDataOffset, offset_in_chunk_bytes);
+  put_u32(frame.data() + kChunkFrameDataOffset + 4, static_cast<uint32_t>(frame.size() - kPartialChunkFrameDataOffset));
+  seal_record_frame(frame, record_index, chunk_index, RecordKind::kPartial, FrameType::kChunk);
 }
 
 Result<Hello> decode_hello(std::span<const uint8_t> payload) {
@@ -448,6 +465,17 @@ Result<ChunkRecord> decode_chunk(std::span<const uint8_t> payload) {
   } else if (kind == static_cast<uint8_t>(RecordKind::kZero)) {
     record.kind = RecordKind::kZero;
     AMIRROR_RETURN_IF_ERROR(reader.finish());
+  } else if (kind == static_cast<uint8_t>(RecordKind::kPartial)) {
+    record.kind = RecordKind::kPartial;
+    uint32_t offset = 0;
+    uint32_t length = 0;
+    if (!reader.u32(offset) || !reader.u32(length)) return reader.bad();
+    record.offset_in_chunk_bytes = offset;
+    record.data = reader.rest();
+    if (length == 0 || record.data.size() != length) {
+      return corruption("CHUNK partial record of " + std::to_string(record.data.size()) + " bytes says " +
+                        std::to_string(length));
+    }
   } else {
     return corruption("CHUNK record of unknown kind " + std::to_string(kind));
   }

@@ -20,15 +20,17 @@ namespace amirror::repl {
 
 // Versions (docs/formats/wire.md, "Versions"): 2: OPEN_REPLICA carries keep and
 // lineage. 3: group commits (END_DELTA hold, GROUP_COMMIT). 4: the target accepts
-// zstd-compressed CHUNK and REPAIR_CHUNK payloads.
+// zstd-compressed CHUNK and REPAIR_CHUNK payloads. 5: the target accepts partial CHUNK
+// records (RecordKind::kPartial: the dirty sector runs of a chunk).
 // HELLO carries kHelloVersion, which every target since version 3 accepts; HELLO_ACK
 // carries the target's kProtocolVersion, and the source uses a later version's
 // features only when the HELLO_ACK names that version or a later one. So a new source
 // and a version-3 target (or the reverse) talk version 3: uncompressed frames.
-constexpr uint32_t kProtocolVersion = 4;
+constexpr uint32_t kProtocolVersion = 5;
 constexpr uint32_t kOldestProtocolVersion = 3;
 constexpr uint32_t kHelloVersion = 3;
 constexpr uint32_t kFirstCompressingVersion = 4;
+constexpr uint32_t kFirstPartialRecordVersion = 5;
 constexpr uint32_t kFrameMagic = 0x31464d41;  // "AMF1"
 constexpr size_t kFrameHeaderBytes = 16;
 // The largest chunk (4 MiB) plus its record fields, with room to spare.
@@ -140,13 +142,16 @@ struct BeginDelta {
   bool full = false;           // replaces the whole image (initial sync or resync)
 };
 
-enum class RecordKind : uint8_t { kData = 1, kZero = 2 };
+// kPartial (version 5, CHUNK only): `data` replaces bytes [offset_in_chunk_bytes,
+// + data.size()) of the chunk, the rest of it is unchanged (a run of dirty sectors).
+enum class RecordKind : uint8_t { kData = 1, kZero = 2, kPartial = 3 };
 
 struct ChunkRecord {
   uint64_t record_index = 0;  // position within the delta, 0-based, consecutive
   uint64_t chunk_index = 0;
   RecordKind kind = RecordKind::kData;
-  std::span<const uint8_t> data;  // kData only; points into the decoded payload
+  std::span<const uint8_t> data;  // kData and kPartial; points into the decoded payload
+  uint64_t offset_in_chunk_bytes = 0;  // kPartial only (last, so older initializers stay valid)
 };
 
 struct EndDelta {
@@ -276,6 +281,13 @@ constexpr size_t kChunkFrameDataOffset = kFrameHeaderBytes + 8 + 8 + 1;
 void seal_chunk_frame(std::span<uint8_t> frame, uint64_t record_index, uint64_t chunk_index, RecordKind kind,
                       FrameType type = FrameType::kChunk);
 
+// A partial CHUNK frame (RecordKind::kPartial), also with no copy: the caller puts the
+// data at kPartialChunkFrameDataOffset of `frame`, whose size is that offset + the
+// data's length (> 0).
+constexpr size_t kPartialChunkFrameDataOffset = kChunkFrameDataOffset + 4 + 4;
+void seal_partial_chunk_frame(std::span<uint8_t> frame, uint64_t record_index, uint64_t chunk_index,
+                              uint32_t offset_in_chunk_bytes);
+
 Result<Hello> decode_hello(std::span<const uint8_t> payload);
 Result<OpenReplica> decode_open_replica(std::span<const uint8_t> payload);
 Result<ReplicaState> decode_replica_state(std::span<const uint8_t> payload);
@@ -289,7 +301,8 @@ Result<VerifyWindow> decode_verify_window(std::span<const uint8_t> payload);
 Result<VerifyHashes> decode_verify_hashes(std::span<const uint8_t> payload);
 Result<RepairEnd> decode_repair_end(std::span<const uint8_t> payload);
 Result<RepairDone> decode_repair_done(std::span<const uint8_t> payload);
-// REPAIR_CHUNK payloads decode with decode_chunk (the same layout as CHUNK).
+// REPAIR_CHUNK payloads decode with decode_chunk (the same layout as CHUNK); the
+// repair refuses kPartial records itself.
 std::string decode_error(std::span<const uint8_t> payload);
 // A source's check of the target's answer to HELLO: a HELLO_ACK naming `target_node`
 // (else the address in the config reaches another node).

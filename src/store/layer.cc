@@ -3,6 +3,7 @@
 #include "store/layer.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <limits>
 
@@ -176,6 +177,17 @@ uint64_t Layer::data_bytes() const {
   return data_chunk_count_ * chunk_size_bytes_;
 }
 
+uint64_t Layer::dirty_bytes() const {
+  const uint64_t full = full_sector_mask(chunk_size_bytes_);
+  const uint64_t sector_bytes = std::min(dirty_sector_bytes(chunk_size_bytes_), chunk_size_bytes_);
+  uint64_t sectors = 0;
+  std::shared_lock lock(map_mutex_);
+  for (const auto& [chunk_index, entry] : map_) {
+    if (entry.state == ChunkState::kData) sectors += static_cast<uint64_t>(std::popcount(entry.dirty_sectors & full));
+  }
+  return sectors * sector_bytes;
+}
+
 std::vector<std::pair<uint64_t, ChunkEntry>> Layer::entries() const {
   std::vector<std::pair<uint64_t, ChunkEntry>> result;
   {
@@ -217,16 +229,26 @@ void Layer::release_slot(uint64_t slot) {
   free_slots_.push_back(slot);
 }
 
-void Layer::publish_data(uint64_t chunk_index, uint64_t slot) {
+void Layer::publish_data(uint64_t chunk_index, uint64_t slot, uint64_t dirty_sectors) {
   AMIRROR_ASSERT(!frozen_.load());
+  AMIRROR_ASSERT(dirty_sectors != 0);
   std::unique_lock lock(map_mutex_);
-  auto [it, inserted] = map_.try_emplace(chunk_index, ChunkEntry{ChunkState::kData, slot});
+  auto [it, inserted] = map_.try_emplace(chunk_index, ChunkEntry{ChunkState::kData, slot, dirty_sectors});
   if (!inserted) {
     AMIRROR_ASSERT(it->second.state == ChunkState::kZero);
-    it->second = ChunkEntry{ChunkState::kData, slot};
+    // Zeroed earlier in this layer: relative to the point below, every sector changed.
+    it->second = ChunkEntry{ChunkState::kData, slot, kAllSectorsDirty};
   }
   ++data_chunk_count_;
   pending_records_.push_back({chunk_index, ChunkEntry{ChunkState::kData, slot}});
+}
+
+void Layer::mark_dirty(uint64_t chunk_index, uint64_t dirty_sectors) {
+  AMIRROR_ASSERT(!frozen_.load());
+  std::unique_lock lock(map_mutex_);
+  auto it = map_.find(chunk_index);
+  AMIRROR_ASSERT(it != map_.end() && it->second.state == ChunkState::kData);
+  it->second.dirty_sectors |= dirty_sectors;
 }
 
 void Layer::publish_zero(uint64_t chunk_index) {

@@ -9,6 +9,15 @@
 // slot) or kZero (the chunk was trimmed or zeroed as a whole: reads as zero, no slot).
 // A chunk absent from the map is unchanged in this layer (the patent's -1).
 //
+// Dirty sectors (memory only): each kData entry also says which sectors of the chunk
+// were written in this layer (dirty_sectors, one bit per sector of
+// dirty_sector_bytes(chunk size): chunk/64, at least 4 KiB). The slot still holds
+// the whole chunk (copy-on-first-write fills it), so reads and merges never look at
+// the mask; only the sender does, to ship the dirty sector runs instead of whole
+// chunks. The mask is NOT persisted: a layer opened from disk reports every chunk
+// fully dirty (kAllSectorsDirty). A mask may therefore over-state what changed, never
+// under-state it, and the on-disk format and crash protocol stay as they are.
+//
 // Durability protocol (why it is crash-safe):
 //  - New map entries are visible in memory at once but reach the .map file only in
 //    sync(): first the .data file is fdatasync'ed, then the batch of new records is
@@ -40,9 +49,39 @@ namespace amirror {
 
 enum class ChunkState : uint8_t { kData = 1, kZero = 2 };
 
+// Sub-chunk dirty tracking: a chunk has at most 64 sectors of at least 4 KiB, so a
+// mask is one u64 (bit i = sector i). 64 KiB chunks: 16 sectors of 4 KiB; 4 KiB
+// chunks: one; 4 MiB chunks: 64 sectors of 64 KiB.
+constexpr uint64_t kMinDirtySectorBytes = 4096;
+constexpr uint64_t kMaxDirtySectorsPerChunk = 64;
+constexpr uint64_t kAllSectorsDirty = ~uint64_t{0};
+constexpr uint64_t dirty_sector_bytes(uint64_t chunk_size_bytes) {
+  return chunk_size_bytes / kMaxDirtySectorsPerChunk > kMinDirtySectorBytes
+             ? chunk_size_bytes / kMaxDirtySectorsPerChunk
+             : kMinDirtySectorBytes;
+}
+// The mask with every sector of a chunk set (the bits a full chunk has).
+constexpr uint64_t full_sector_mask(uint64_t chunk_size_bytes) {
+  uint64_t sectors = (chunk_size_bytes + dirty_sector_bytes(chunk_size_bytes) - 1) /
+                     dirty_sector_bytes(chunk_size_bytes);
+  return sectors >= 64 ? kAllSectorsDirty : (uint64_t{1} << sectors) - 1;
+}
+// The sectors that [offset, offset + length) within a chunk touches. REQUIRES: length > 0.
+constexpr uint64_t sectors_touched(uint64_t chunk_size_bytes, uint64_t offset_in_chunk_bytes,
+                                   uint64_t length_bytes) {
+  uint64_t sector = dirty_sector_bytes(chunk_size_bytes);
+  uint64_t first = offset_in_chunk_bytes / sector;
+  uint64_t last = (offset_in_chunk_bytes + length_bytes - 1) / sector;
+  uint64_t upper = last >= 63 ? kAllSectorsDirty : (uint64_t{1} << (last + 1)) - 1;
+  return upper & ~((uint64_t{1} << first) - 1);
+}
+
 struct ChunkEntry {
   ChunkState state = ChunkState::kData;
   uint64_t slot = 0;  // meaningful only for kData
+  // kData only: sectors written in this layer (memory only, see above). kZero entries
+  // changed the whole chunk.
+  uint64_t dirty_sectors = kAllSectorsDirty;
 };
 
 class Layer {
@@ -70,6 +109,8 @@ class Layer {
   std::vector<std::pair<uint64_t, ChunkEntry>> entries() const;
   // Bytes of slot space in use (kData entries times chunk size).
   uint64_t data_bytes() const;
+  // Bytes of the kData entries' dirty sectors (what a delta of this layer alone ships).
+  uint64_t dirty_bytes() const;
 
   // Reads part of a slot. REQUIRES: slot belongs to a kData entry of this layer.
   Status read_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<uint8_t> out);
@@ -81,8 +122,12 @@ class Layer {
   // release_slot() if writing it failed.
   uint64_t reserve_slot();
   void release_slot(uint64_t slot);
-  // Makes chunk_index -> kData(slot) visible. REQUIRES: chunk absent or kZero.
-  void publish_data(uint64_t chunk_index, uint64_t slot);
+  // Makes chunk_index -> kData(slot) visible, with `dirty_sectors` the sectors the
+  // write changed. REQUIRES: chunk absent or kZero.
+  void publish_data(uint64_t chunk_index, uint64_t slot, uint64_t dirty_sectors = kAllSectorsDirty);
+  // Adds sectors to a kData entry's mask (a later write to a chunk the layer holds).
+  // REQUIRES: not frozen; the caller serializes changes to this chunk.
+  void mark_dirty(uint64_t chunk_index, uint64_t dirty_sectors);
   // Makes chunk_index -> kZero visible (freeing its slot once that is durable).
   void publish_zero(uint64_t chunk_index);
 

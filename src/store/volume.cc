@@ -701,9 +701,14 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
     active.publish_zero(piece.chunk_index);
     return Status();
   }
+  // The sectors this piece changes (a partial zeroing too): the sender ships only these.
+  const uint64_t touched = sectors_touched(chunk_size_bytes_, piece.offset_in_chunk_bytes, piece.length_bytes);
   if (entry && entry->state == ChunkState::kData) {
-    return active.write_slot(entry->slot, piece.offset_in_chunk_bytes,
-                             std::span(source, piece.length_bytes));
+    AMIRROR_RETURN_IF_ERROR(active.write_slot(entry->slot, piece.offset_in_chunk_bytes,
+                                              std::span(source, piece.length_bytes)));
+    // Marked after the write: a freeze (which waits for this write) sees both.
+    if ((entry->dirty_sectors | touched) != entry->dirty_sectors) active.mark_dirty(piece.chunk_index, touched);
+    return Status();
   }
 
   // First write to this chunk since the freeze (patent step C10).
@@ -731,7 +736,9 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
     active.release_slot(slot);
     return status;
   }
-  active.publish_data(piece.chunk_index, slot);
+  // The rest of the slot is the chunk's old content: unchanged, so not dirty (a kZero
+  // entry of this layer before makes publish_data mark every sector).
+  active.publish_data(piece.chunk_index, slot, piece.covers_whole_chunk ? kAllSectorsDirty : touched);
   return Status();
 }
 
@@ -1224,13 +1231,19 @@ Result<std::vector<DeltaChunk>> Volume::changed_chunks(uint64_t from_cycle, uint
       if (layer->id() > *from_id && layer->id() <= *to_id) selected.push_back(layer);
     }
   }
-  std::map<uint64_t, ChunkState> merged;
+  // The newest state wins; the dirty sectors are the union over the layers (a kZero
+  // entry counts as every sector), so they cover every byte that differs.
+  std::map<uint64_t, DeltaChunk> merged;
   for (const auto& layer : selected) {  // oldest first: newer states overwrite
-    for (const auto& [chunk_index, entry] : layer->entries()) merged[chunk_index] = entry.state;
+    for (const auto& [chunk_index, entry] : layer->entries()) {
+      uint64_t dirty = entry.state == ChunkState::kZero ? kAllSectorsDirty : entry.dirty_sectors;
+      auto [it, inserted] = merged.try_emplace(chunk_index, DeltaChunk{chunk_index, entry.state, dirty});
+      if (!inserted) it->second = DeltaChunk{chunk_index, entry.state, it->second.dirty_sectors | dirty};
+    }
   }
   std::vector<DeltaChunk> delta;
   delta.reserve(merged.size());
-  for (const auto& [chunk_index, state] : merged) delta.push_back({chunk_index, state});
+  for (const auto& [chunk_index, chunk] : merged) delta.push_back(chunk);
   return delta;
 }
 
@@ -1359,7 +1372,7 @@ std::vector<LayerInfo> Volume::layers() const {
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& layer = *layers_[i];
     bool frozen = i + 1 < layers_.size();
-    LayerInfo info{layer.id(), frozen, layer.chunk_count(), layer.data_bytes(), 0, 0};
+    LayerInfo info{layer.id(), frozen, layer.chunk_count(), layer.data_bytes(), 0, 0, layer.dirty_bytes()};
     for (const FrozenLayer& frozen_layer : meta_.frozen) {
       if (frozen_layer.layer_id == layer.id()) {
         info.cycle = frozen_layer.cycle;

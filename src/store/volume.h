@@ -86,6 +86,9 @@ Status validate_volume_options(const VolumeOptions& options);
 struct DeltaChunk {
   uint64_t chunk_index = 0;
   ChunkState state = ChunkState::kData;  // kZero: reads as zero, no payload to ship
+  // kData: the sectors that may differ (layer.h, "Dirty sectors"); kAllSectorsDirty
+  // when unknown (a layer opened from disk) or the whole chunk changed.
+  uint64_t dirty_sectors = kAllSectorsDirty;
 };
 
 // Where a volume's history comes from: what failback and split-brain checks compare.
@@ -107,6 +110,7 @@ struct LayerInfo {
   uint64_t data_bytes = 0;
   int64_t freeze_time_unix_ms = 0;  // 0 for the active layer
   uint64_t cycle = 0;  // the point this layer completes; 0 for the active layer
+  uint64_t dirty_bytes = 0;  // Layer::dirty_bytes(): what shipping this layer alone costs
 };
 
 class Volume {
@@ -256,7 +260,7 @@ class Volume {
   // The chunks that differ between freeze points from_cycle and to_cycle
   // (from_cycle < to_cycle, both >= base_cycle()): the union of layers
   // from_cycle+1 .. to_cycle, newest state winning (a chunk changed in ten cycles
-  // appears once). Sorted by chunk_index. Read content with read_frozen(to_cycle, ...).
+  // appears once), with the union of the layers' dirty sectors. Sorted by chunk_index. Read content with read_frozen(to_cycle, ...).
   Result<std::vector<DeltaChunk>> changed_chunks(uint64_t from_cycle, uint64_t to_cycle);
   // Every chunk of freeze point `cycle` that may hold non-zero data (for an initial
   // sync): allocated base extents plus kData chunks of layers <= cycle, minus kZero.

@@ -56,7 +56,8 @@ using repl::ReplicaState;
 struct SourceRecord {
   uint64_t chunk_index = 0;
   RecordKind kind = RecordKind::kData;
-  std::vector<uint8_t> data;  // kData only
+  std::vector<uint8_t> data;  // kData and kPartial
+  uint64_t offset_in_chunk_bytes = 0;  // kPartial only
 };
 
 // One delta the source has frozen: its records and the image it produces.
@@ -166,6 +167,7 @@ class PowerLossRun {
   uint64_t power_losses_while_filling_base() const { return power_losses_while_filling_base_; }
   uint64_t applied_deltas() const { return applied_deltas_; }
   uint64_t resumes() const { return resumes_; }
+  uint64_t partial_records() const { return partial_records_; }
   uint64_t resumes_after_power_loss() const { return resumes_after_power_loss_; }
   // Where the power failed inside a call: "apply at replica.meta.tmp" -> count.
   const std::map<std::string, uint64_t>& crash_sites() const { return crash_sites_; }
@@ -279,6 +281,13 @@ class PowerLossRun {
       uint64_t offset = chunk_index * chunk_size_bytes_;
       uint64_t length = chunk_length(chunk_index);
       uint64_t shape = random_.uniform(0, 99);
+      if (!delta.full && shape >= 80) {
+        // Partial records (what a source sends for a chunk whose layers know their dirty
+        // sectors): one per run of random dirty sectors, ascending; the rest of the
+        // chunk must stay as the previous image has it.
+        add_partial_records(delta, chunk_index);
+        continue;
+      }
       if (shape < 15) {
         record.kind = RecordKind::kZero;
       } else {
@@ -318,6 +327,30 @@ class PowerLossRun {
     deltas_[delta.target_cycle] = std::move(delta);
   }
 
+  void add_partial_records(SourceDelta& delta, uint64_t chunk_index) {
+    // Finer than a source's dirty sectors (the replica takes any run within a chunk),
+    // so one chunk gets several records and a cut can land between them.
+    const uint64_t sector_bytes = chunk_size_bytes_ / 8;
+    const uint64_t length = chunk_length(chunk_index);
+    const uint64_t sectors = (length + sector_bytes - 1) / sector_bytes;
+    uint64_t sector = random_.uniform(0, sectors - 1);
+    while (sector < sectors) {
+      uint64_t end = std::min(sectors, sector + random_.uniform(1, 3));
+      SourceRecord record;
+      record.chunk_index = chunk_index;
+      record.kind = RecordKind::kPartial;
+      record.offset_in_chunk_bytes = sector * sector_bytes;
+      record.data.resize(std::min(end * sector_bytes, length) - record.offset_in_chunk_bytes);
+      random_.fill(record.data);
+      std::copy(record.data.begin(), record.data.end(),
+                delta.image.begin() + static_cast<ptrdiff_t>(chunk_index * chunk_size_bytes_ +
+                                                              record.offset_in_chunk_bytes));
+      delta.records.push_back(std::move(record));
+      partial_records_ += 1;
+      sector = end + random_.uniform(1, 4);  // a clean gap: runs are never contiguous
+    }
+  }
+
   // Performs the source's next call. Updates the model with whatever returned OK; the
   // first failure is left in *status. Returns "" or an invariant violation.
   std::string advance(Action action, Status* status) {
@@ -345,7 +378,7 @@ class PowerLossRun {
         for (uint64_t i = 0; i < batch; i++) {
           const SourceRecord& record = delta.records[next_record_];
           *status = replica_->stage(
-              ChunkRecord{next_record_, record.chunk_index, record.kind, record.data});
+              ChunkRecord{next_record_, record.chunk_index, record.kind, record.data, record.offset_in_chunk_bytes});
           if (!status->ok()) return "";
           next_record_++;
           delta.most_records_staged = std::max(delta.most_records_staged, next_record_);
@@ -842,6 +875,7 @@ class PowerLossRun {
   uint64_t applied_deltas_ = 0;
   uint64_t resumes_ = 0;
   uint64_t resumes_after_power_loss_ = 0;
+  uint64_t partial_records_ = 0;
   std::map<std::string, uint64_t> crash_sites_;
   std::deque<std::string> recent_;
   const bool verbose_ = env_uint("AMIRROR_VERBOSE", 0) != 0;
@@ -853,12 +887,14 @@ TEST(ReplicaPowerLossTest, RandomDeltasAndPowerLossesMatchModel) {
   const std::vector<uint64_t> seeds = seeds_to_run(long_run ? 300 : 20);
   uint64_t total_power_losses = 0;
   uint64_t total_resumes_after_power_loss = 0;
+  uint64_t total_partial_records = 0;
   std::map<std::string, uint64_t> crash_sites;
   for (uint64_t seed : seeds) {
     PowerLossRun run(seed, operation_count);
     std::string failure = run.run();
     ASSERT_TRUE(failure.empty()) << "replica power-loss test failed; " << failure;
     total_power_losses += run.power_losses();
+    total_partial_records += run.partial_records();
     total_resumes_after_power_loss += run.resumes_after_power_loss();
     for (const auto& [site, count] : run.crash_sites()) crash_sites[site] += count;
     std::printf(
@@ -874,6 +910,8 @@ TEST(ReplicaPowerLossTest, RandomDeltasAndPowerLossesMatchModel) {
       "survived one\n",
       seeds.size(), static_cast<unsigned long long>(total_power_losses),
       static_cast<unsigned long long>(total_resumes_after_power_loss));
+  std::printf("  partial records in the deltas: %llu\n", static_cast<unsigned long long>(total_partial_records));
+  EXPECT_GT(total_partial_records, 0u) << "no delta had partial records: the test lost that point";
   std::printf("  power lost inside a call, by call and the file of the first failed operation:\n");
   for (const auto& [site, count] : crash_sites) {
     std::printf("    %-40s %llu\n", site.c_str(), static_cast<unsigned long long>(count));

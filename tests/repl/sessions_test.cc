@@ -76,7 +76,8 @@ class OneReplica : public ReplicaAccess {
 
 class SessionsTest : public VolumeAndReplicaTest {
  protected:
-  SessionsTest() : VolumeAndReplicaTest("sessions", kVolumeBytes, kChunkBytes, 7) {}
+  explicit SessionsTest(uint64_t volume_bytes = kVolumeBytes, uint64_t chunk_bytes = kChunkBytes)
+      : VolumeAndReplicaTest("sessions", volume_bytes, chunk_bytes, 7) {}
 
   // One connection: HELLO, then the volume to `point`. Moves at most `max_frames`
   // frames; returns the sender's state when it stopped (or an error).
@@ -95,7 +96,10 @@ class SessionsTest : public VolumeAndReplicaTest {
         AMIRROR_RETURN_IF_ERROR(receiver_->on_frame(frame->value()));
       } else if (auto reply = link_->receive(SimLink::kSource)) {
         AMIRROR_RETURN_IF_ERROR(reply->status());
-        AMIRROR_RETURN_IF_ERROR(sender_->on_frame(reply->value()));
+        Frame frame = reply->value();
+        // An older target: its HELLO_ACK names an older version.
+        if (frame.type == FrameType::kHelloAck && ack_version_ != 0) frame.payload = encode(Hello{ack_version_, "b"});
+        AMIRROR_RETURN_IF_ERROR(sender_->on_frame(frame));
       } else if (sender_->phase() == SenderSession::Phase::kStreaming) {
         AMIRROR_RETURN_IF_ERROR(sender_->send_next());
       } else if (sender_->phase() == SenderSession::Phase::kIdle && !begun) {
@@ -110,6 +114,7 @@ class SessionsTest : public VolumeAndReplicaTest {
 
   void write_random(uint64_t offset_bytes, uint64_t length_bytes);
 
+  uint32_t ack_version_ = 0;  // 0: the target's own HELLO_ACK
   MemoryHost host_;
   std::unique_ptr<SimLink> link_;
   std::unique_ptr<OneReplica> access_;
@@ -231,6 +236,113 @@ TEST_F(SessionsTest, ADeltaCutBeforeTheSourceGrewResumesAfterIt) {
   ASSERT_TRUE(connect_and_send(point).ok());
   EXPECT_EQ(sender_->first_chunk(), 11u) << "the delta started over instead of resuming";
   expect_replica_equals(point);
+}
+
+// ---- Partial records: only the dirty 4 KiB sectors of a 64 KiB chunk ----
+
+class PartialRecordsTest : public SessionsTest {
+ protected:
+  PartialRecordsTest() : SessionsTest(2 * kMiB, 64 * kKiB) {}
+
+  // Writes 4 KiB at sectors `sectors` (4 KiB each) of every 64 KiB chunk in `chunks`,
+  // freezes; returns the cycle.
+  uint64_t write_sectors_and_freeze(const std::vector<uint64_t>& chunks, const std::vector<uint64_t>& sectors) {
+    for (uint64_t chunk : chunks) {
+      for (uint64_t sector : sectors) write_random(chunk * 64 * kKiB + sector * 4 * kKiB, 4 * kKiB);
+    }
+    auto cycle = volume_->freeze();
+    EXPECT_TRUE(cycle.ok());
+    return cycle.value();
+  }
+  uint64_t full_copy() {
+    uint64_t first = write_and_freeze({0, 1, 2, 3, 4, 5, 6, 7});
+    EXPECT_TRUE(connect_and_send(first).ok());
+    return first;
+  }
+};
+
+TEST_F(PartialRecordsTest, SmallWritesShipOnlyTheirSectorsAndTheReplicaIsExact) {
+  full_copy();
+  EXPECT_EQ(sender_->partial_records_sent(), 0u) << "a full copy ships whole chunks";
+  // Two runs in chunk 1 (sectors 0-1 and 5), one in chunk 3 (sector 15), chunk 6 whole,
+  // and chunk 20 (never written, so copy-on-first-write reads zeros) partly.
+  uint64_t point = write_sectors_and_freeze({1}, {0, 1, 5});
+  write_sectors_and_freeze({3}, {15});
+  write_and_freeze({6});
+  point = write_sectors_and_freeze({20}, {7});
+  ASSERT_TRUE(connect_and_send(point).ok());
+  expect_replica_equals(point);
+  EXPECT_EQ(sender_->partial_records_sent(), 4u);  // 2 in chunk 1, 1 in chunk 3, 1 in chunk 20
+  const uint64_t changed_bytes = 5 * 4 * kKiB + 64 * kKiB;
+  EXPECT_EQ(sender_->bytes_total(), changed_bytes);
+  EXPECT_EQ(sender_->bytes_done(), changed_bytes);
+  EXPECT_LE(link_->bytes_sent(SimLink::kSource), changed_bytes * 105 / 100) << "more than 1.05x what changed";
+}
+
+TEST_F(PartialRecordsTest, AnOlderTargetGetsWholeChunks) {
+  full_copy();
+  ack_version_ = kFirstPartialRecordVersion - 1;
+  uint64_t point = write_sectors_and_freeze({1, 2}, {3});
+  ASSERT_TRUE(connect_and_send(point).ok());
+  expect_replica_equals(point);
+  EXPECT_EQ(sender_->partial_records_sent(), 0u);
+  EXPECT_EQ(sender_->bytes_total(), 2 * 64 * kKiB);
+}
+
+TEST_F(PartialRecordsTest, ACutBetweenTheRunsOfAChunkResumesAndIsExact) {
+  full_copy();
+  // Every chunk gets three runs; cut the stream at every frame count in turn.
+  std::vector<uint64_t> chunks;
+  for (uint64_t chunk = 0; chunk < 12; ++chunk) chunks.push_back(chunk);
+  uint64_t point = write_sectors_and_freeze(chunks, {0, 4, 5, 9});
+  uint64_t resumed = 0;
+  for (size_t frames = 8; frames < 40; frames += 3) {
+    Status cut = connect_and_send(point, frames);
+    if (cut.ok()) break;
+    ASSERT_EQ(cut.code(), ErrorCode::kCancelled) << cut.to_string();
+    if (sender_->first_chunk() > 0) resumed += 1;
+  }
+  ASSERT_TRUE(connect_and_send(point).ok());
+  expect_replica_equals(point);
+  EXPECT_GT(resumed, 0u) << "no attempt resumed: the test lost its point";
+}
+
+TEST_F(PartialRecordsTest, ARestartedSourceShipsWholeChunks) {
+  full_copy();
+  uint64_t point = write_sectors_and_freeze({2}, {1});
+  // Reopened from disk, its layers no longer know their dirty sectors.
+  std::string dir = volume_->dir();
+  volume_.reset();
+  auto reopened = Volume::open(posix_file_system(), dir);
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  volume_ = std::move(reopened).value();
+  ASSERT_TRUE(connect_and_send(point).ok());
+  expect_replica_equals(point);
+  EXPECT_EQ(sender_->partial_records_sent(), 0u);
+  EXPECT_EQ(sender_->bytes_total(), 64 * kKiB);
+}
+
+TEST_F(PartialRecordsTest, TheReplicaRefusesBadPartialRecords) {
+  full_copy();
+  uint64_t base = replica_->state().applied_cycle;
+  ASSERT_TRUE(replica_->begin_delta(BeginDelta{base, base + 1, 0, 3, 0, false}).ok());
+  std::vector<uint8_t> data(4 * kKiB, 1);
+  auto partial = [&](uint64_t record, uint64_t chunk, uint64_t offset, std::span<const uint8_t> bytes) {
+    return replica_->stage(ChunkRecord{record, chunk, RecordKind::kPartial, bytes, offset});
+  };
+  EXPECT_FALSE(partial(0, 1, 64 * kKiB - 512, data).ok()) << "past the chunk's end";
+  ASSERT_TRUE(partial(0, 1, 8 * kKiB, data).ok());
+  EXPECT_FALSE(partial(1, 1, 4 * kKiB, data).ok()) << "an earlier offset in the same chunk";
+  EXPECT_FALSE(replica_->stage(ChunkRecord{1, 1, RecordKind::kData, std::vector<uint8_t>(64 * kKiB)}).ok())
+      << "a whole record for a chunk that got partial ones";
+  ASSERT_TRUE(partial(1, 1, 12 * kKiB, data).ok());
+  ASSERT_TRUE(partial(2, 2, 0, data).ok());
+  EXPECT_EQ(replica_->state().staged_record_count, 2u) << "the resume point lies after chunk 1's last run";
+  ASSERT_TRUE(replica_->end_delta(3).ok());
+
+  // A full delta replaces the image chunk by chunk: no partial records in it.
+  ASSERT_TRUE(replica_->begin_delta(BeginDelta{0, base + 5, 0, 1, 0, true}).ok());
+  EXPECT_FALSE(partial(0, 1, 0, data).ok());
 }
 
 }  // namespace

@@ -88,6 +88,45 @@ TEST(Wire, MessagesRoundTripAndRejectGarbage) {
   EXPECT_FALSE(decode_chunk(std::span(bad_kind).subspan(kFrameHeaderBytes)).ok());
 }
 
+TEST(Wire, PartialChunkRecordRoundTripsAndItsChecksumCoversIt) {
+  std::vector<uint8_t> data(8192);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 13);
+  std::vector<uint8_t> frame(kPartialChunkFrameDataOffset + data.size());
+  std::copy(data.begin(), data.end(), frame.begin() + kPartialChunkFrameDataOffset);
+  seal_partial_chunk_frame(frame, 9, 33, 12288);
+
+  FrameType type;
+  auto length = decode_frame_header(std::span<const uint8_t, kFrameHeaderBytes>(frame.data(), kFrameHeaderBytes), type);
+  ASSERT_TRUE(length.ok());
+  EXPECT_EQ(type, FrameType::kChunk);
+  std::span<const uint8_t> payload = std::span(frame).subspan(kFrameHeaderBytes);
+  ASSERT_TRUE(verify_frame(std::span<const uint8_t, kFrameHeaderBytes>(frame.data(), kFrameHeaderBytes), payload).ok());
+  auto record = decode_chunk(payload);
+  ASSERT_TRUE(record.ok()) << record.status().to_string();
+  EXPECT_EQ(record->record_index, 9u);
+  EXPECT_EQ(record->chunk_index, 33u);
+  EXPECT_EQ(record->kind, RecordKind::kPartial);
+  EXPECT_EQ(record->offset_in_chunk_bytes, 12288u);
+  EXPECT_TRUE(std::equal(record->data.begin(), record->data.end(), data.begin(), data.end()));
+
+  // Any flipped byte of the record (offset, length or data) fails the frame's checksum.
+  for (size_t at : {kChunkFrameDataOffset, kChunkFrameDataOffset + 5, frame.size() - 1}) {
+    std::vector<uint8_t> flipped = frame;
+    flipped[at] ^= 0x40;
+    EXPECT_FALSE(verify_frame(std::span<const uint8_t, kFrameHeaderBytes>(flipped.data(), kFrameHeaderBytes),
+                              std::span(flipped).subspan(kFrameHeaderBytes))
+                     .ok())
+        << "byte " << at;
+  }
+  // A length that disagrees with the data, or no data, is refused.
+  std::vector<uint8_t> short_payload(payload.begin(), payload.end() - 1);
+  EXPECT_FALSE(decode_chunk(short_payload).ok());
+  std::vector<uint8_t> empty(payload.begin(), payload.begin() + (kPartialChunkFrameDataOffset - kFrameHeaderBytes));
+  empty[kChunkFrameDataOffset - kFrameHeaderBytes + 4] = 0;
+  empty[kChunkFrameDataOffset - kFrameHeaderBytes + 5] = 0;
+  EXPECT_FALSE(decode_chunk(empty).ok());
+}
+
 // ---- mirror verify frames ----
 
 std::vector<uint8_t> payload_of(const std::vector<uint8_t>& frame) {
