@@ -14,6 +14,15 @@ start_node site-b
 
 # open_of VOL: "true" or "false" (volume_field's `// empty` would drop false).
 open_of() { status_json site-a | jq -r --arg v "$1" '.volumes[] | select(.name == $v) | .open'; }
+# wait_open VOL true|false: until status shows VOL's files open (or closed); on a
+# timeout, says what status showed last.
+wait_open() {
+  local deadline=$((SECONDS + 30 * ${TIMEOUT_SCALE:-4})) seen
+  until seen=$(open_of "$1") && [[ $seen == "$2" ]]; do
+    ((SECONDS < deadline)) || fail "volume $1 open=$seen, not $2: $(status_json site-a | jq -c --arg v "$1" '{open_files, volume: (.volumes[] | select(.name == $v))}')"
+    sleep 0.2
+  done
+}
 # open_files_below N: site-a has fewer than N descriptors open.
 open_files_below() { (($(status_json site-a | jq '.open_files.count') < $1)); }
 
@@ -26,7 +35,7 @@ open_files_below $((COUNT * 3)) || fail "site-a has $(status_json site-a | jq '.
 
 log "a client writes v1 and leaves: v1 rests again"
 write_pattern site-a v1 0 1M 0x11
-wait_until 30 "v1 to rest after its client left" test "$(open_of v1)" = false
+wait_open v1 false
 
 log "v2 mirrored: open while the mirror runs"
 am site-a mirror start v2 --to site-b --interval 1s >/dev/null
@@ -48,9 +57,10 @@ kill "$HOLDER_PID" 2>/dev/null || true
 wait "$HOLDER_PID" 2>/dev/null || true
 unset "SERVE_PID[holder]"
 start_node site-a
-wait_until 30 "site-a to list all $COUNT volumes" test "$(status_json site-a | jq '.volumes | length')" = "$COUNT"
+lists_all() { [[ $(status_json site-a | jq '.volumes | length') == "$COUNT" ]]; }
+wait_until 30 "site-a to list all $COUNT volumes" lists_all
 [[ $(open_of v1) == false && $(open_of v3) == false ]] || fail "idle volumes are open after restart: v1 $(open_of v1), v3 $(open_of v3)"
-wait_until 30 "the mirror of v2 to resume (v2 open)" test "$(open_of v2)" = true
+wait_open v2 true  # its mirror resumed
 qemu-io -f raw -c "read -q -P 0x11 0 1M" "$(vol_uri site-a v1)" >/dev/null || fail "v1 lost its write across rest and kill -9"
 qemu-io -f raw -c "read -q -P 0x33 1M 64k" "$(vol_uri site-a v3)" >/dev/null || fail "v3 lost its flushed write across kill -9"
 wait_until 30 "v1 and v3 to rest after the reads" bash -c "[[ \$(\"$AMIRROR\" status --json --node $WORK/site-a.sock | jq '[.volumes[] | select(.open) | .name] == [\"v2\"]') == true ]]"
