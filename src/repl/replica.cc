@@ -484,8 +484,6 @@ Status Replica::begin_delta(const BeginDelta& begin) {
   if (begin.first_record > 0) {
     // Resume: the staging must hold this very delta with exactly that many records.
     std::unique_lock lock(state_mutex_);
-    // Partial records of a chunk cut short are resent from its first one (stage()).
-    open_chunk_records_ = 0;
     const BeginDelta& staged = meta_.staging.header;
     if (staged.target_cycle != begin.target_cycle || staged.base_cycle != begin.base_cycle ||
         staged.full != begin.full || staged_records_ != begin.first_record ||
@@ -495,6 +493,8 @@ Status Replica::begin_delta(const BeginDelta& begin) {
                               ": the staged delta does not match; the source must restart it");
     }
     meta_.staging.header.record_count = begin.record_count;
+    // Partial records of a chunk cut short are resent from its first one (stage()).
+    open_chunk_records_ = 0;
     return Status();
   }
   // A fresh delta: what the active layer holds of an earlier one goes. A full delta
@@ -602,10 +602,8 @@ Status Replica::stage(const ChunkRecord& record) {
       return invalid_argument("CHUNK for chunk " + std::to_string(record.chunk_index) +
                               " is out of range or out of order");
     }
-    // A full delta replaces the image chunk by chunk (a base fill has no old content).
-    if (partial && (meta_.staging.header.full || filling_base_locked())) {
-      return invalid_argument("partial CHUNK record in a full delta");
-    }
+    // A full delta replaces the image chunk by chunk: a chunk it sends in part would keep old bytes.
+    if (partial && meta_.staging.header.full) return invalid_argument("partial CHUNK record in a full delta");
   }
   uint64_t offset = geometry.chunk_offset_bytes(record.chunk_index);
   uint64_t length = geometry.chunk_length_bytes(record.chunk_index);
@@ -620,8 +618,11 @@ Status Replica::stage(const ChunkRecord& record) {
   }
   Status written;
   if (partial) {
-    // Into the active layer over the newest point: copy-on-first-write keeps the rest.
-    written = current()->write_staged(offset + record.offset_in_chunk_bytes, record.data);
+    // The rest of the chunk stays as the newest point has it: in the active layer by
+    // copy-on-first-write, or in a base fill (a delta from the empty point 0, whose
+    // base began as holes) by leaving it zero.
+    written = filling_base() ? current()->write_base_fill(offset + record.offset_in_chunk_bytes, record.data)
+                             : current()->write_staged(offset + record.offset_in_chunk_bytes, record.data);
   } else if (filling_base()) {
     written = record.kind == RecordKind::kData ? current()->write_base_fill(offset, record.data)
                                                : current()->zero_base_fill(offset, length);
