@@ -82,8 +82,12 @@ Status ReceiverSession::on_open_replica(const Frame& frame) {
       AMIRROR_RETURN_IF_ERROR(replica_->reset(open.volume_uuid));
     }
   }
-  // Old points beyond `keep` (a merge cut short by a full disk, or keep lowered) go now.
-  AMIRROR_RETURN_IF_ERROR(replica_->apply([] {}));
+  // Old points beyond `keep` (a merge cut short by a full disk, or keep lowered) go now,
+  // with keep-alives: the source waits for REPLICA_STATE no longer than its peer timeout.
+  Status keepalive_status;
+  AMIRROR_RETURN_IF_ERROR(replica_->apply([&] {
+    if (keepalive_status.ok()) keepalive_status = sink_.send(FrameType::kKeepAlive, {});
+  }));
   return sink_.send(FrameType::kReplicaState, encode(replica_->state()));
 }
 

@@ -774,7 +774,7 @@ Status Replica::apply(const std::function<void()>& progress) {
   }
   Status status;
   while (status.ok() && current()->points().size() > keep) {
-    status = current()->merge_oldest();
+    status = current()->merge_oldest(progress);
     progress();
   }
   std::unique_lock lock(state_mutex_);

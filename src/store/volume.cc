@@ -1085,7 +1085,7 @@ Status Volume::merge_everything(Clock& clock) {
   return Status();
 }
 
-Status Volume::merge_oldest() {
+Status Volume::merge_oldest(const std::function<void()>& progress) {
   std::lock_guard merge_lock(merge_mutex_);
   std::shared_ptr<Layer> oldest;
   bool resuming = false;
@@ -1114,6 +1114,8 @@ Status Volume::merge_oldest() {
   // Chunk order keeps the base writes sequential where the layer is dense.
   std::span<uint8_t> chunk = scratch_chunk(chunk_size_bytes());
   const ChunkGeometry geometry = this->geometry();  // stable: resize() waits for merge_mutex_
+  uint64_t unsynced_bytes = 0;  // written into the base since the last writeback start
+  uint64_t unsynced_from = 0;   // the range they lie in (chunk order: ascending)
   for (const auto& [chunk_index, entry] : oldest->entries()) {
     uint64_t chunk_offset = geometry.chunk_offset_bytes(chunk_index);
     uint64_t chunk_length = geometry.chunk_length_bytes(chunk_index);
@@ -1124,6 +1126,13 @@ Status Volume::merge_oldest() {
     std::span<uint8_t> content = chunk.subspan(0, chunk_length);
     AMIRROR_RETURN_IF_ERROR(oldest->read_slot(entry.slot, 0, content));
     AMIRROR_RETURN_IF_ERROR(base_->write_at(chunk_offset, content));
+    if (unsynced_bytes == 0) unsynced_from = chunk_offset;
+    unsynced_bytes += chunk_length;
+    if (unsynced_bytes >= kMergeProgressBytes) {
+      base_->start_writeback(unsynced_from, chunk_offset + chunk_length - unsynced_from);
+      unsynced_bytes = 0;
+      if (progress) progress();
+    }
   }
   AMIRROR_RETURN_IF_ERROR(base_->sync());
   {

@@ -42,6 +42,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -52,6 +53,7 @@
 
 #include "base/env.h"
 #include "base/rwlock.h"
+#include "base/units.h"
 #include "store/chunk_math.h"
 #include "store/file_system.h"
 #include "store/layer.h"
@@ -246,8 +248,12 @@ class Volume {
   Result<uint64_t> resize(uint64_t size_bytes);
 
   // Folds the oldest frozen layer into the base and deletes it. kNotFound if no layer
-  // is frozen. Runs concurrently with client I/O; one merge at a time.
-  Status merge_oldest();
+  // is frozen. Runs concurrently with client I/O; one merge at a time. `progress` is
+  // called after every kMergeProgressBytes written into the base, whose writeback is
+  // started then, so neither a caller that must show life (a replica's apply sends
+  // keep-alives to its source) nor the final sync waits on gigabytes at once.
+  static constexpr uint64_t kMergeProgressBytes = 16 * kMiB;
+  Status merge_oldest(const std::function<void()>& progress = {});
   // For `volume release`: freezes, then merges every frozen layer, so the base (synced)
   // alone holds the current image and every layer is empty. REQUIRES: no client writes
   // any more (the caller withdrew the export); a write racing it would stay in the new
