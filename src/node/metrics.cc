@@ -2,7 +2,6 @@
 // Only this file includes prometheus-cpp. See metrics.h for what is counted where.
 #include "node/metrics.h"
 
-#include <dirent.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -25,6 +24,7 @@
 #include "base/log.h"
 #include "nbd/protocol.h"
 #include "nbd/server.h"
+#include "node/volume_entry.h"
 
 namespace amirror::node {
 namespace {
@@ -298,12 +298,7 @@ void collect_process(std::vector<MetricFamily>& out) {
   for (std::string line; std::getline(proc_stat, line);) {
     if (line.rfind("btime ", 0) == 0) boot_time_s = std::stod(line.substr(6));
   }
-  int open_fds = 0;
-  if (DIR* dir = ::opendir("/proc/self/fd")) {
-    while (dirent* entry = ::readdir(dir)) open_fds += entry->d_name[0] != '.';
-    ::closedir(dir);
-    open_fds -= 1;  // the directory being read
-  }
+  const auto open_fds = static_cast<double>(open_file_count());
   rlimit files{};
   ::getrlimit(RLIMIT_NOFILE, &files);
   auto single = [&](const char* name, const char* help, MetricType type, double value) {
