@@ -125,9 +125,10 @@ class Node {
   std::string control_mirror_switchover(const nlohmann::json& request) EXCLUDES(mutex_);
   std::string promote_group(const nlohmann::json& request) EXCLUDES(mutex_);
   // The replica SOURCE/VOLUME's point `cycle` (0: newest) becomes volume `name` ("":
-  // VOLUME). Returns the name and the cycle.
+  // VOLUME). Returns the name and the cycle. Refused while the source sends into the
+  // replica for longer than `wait_ms`.
   Result<std::pair<std::string, uint64_t>> promote_replica(const std::string& replica_name, std::string name,
-                                                           uint64_t cycle) EXCLUDES(mutex_);
+                                                           uint64_t cycle, uint64_t wait_ms = 0) EXCLUDES(mutex_);
   // A peer's planned switchover: promote its replica at the cycle, mirror it back.
   Result<uint64_t> accept_switchover(const std::string& peer, const repl::Switchover& request) EXCLUDES(mutex_);
   Status before_create_replica(const std::string& peer, const repl::OpenReplica& open, const std::string& dir)
@@ -147,11 +148,11 @@ class Node {
   Status delete_volume(const std::string& name, bool force) EXCLUDES(mutex_);
   // Refuses when NBD clients have `name` open (unless `force`).
   Status check_nbd_clients(const std::string& name, bool force) const;
-  // Why `name` cannot be deleted now (unknown, importing, being deleted), or the unit
+  // Why `name` cannot be deleted now (unknown, importing, reserved_), or the unit
   // key of the mirror that runs for it ("" when none).
   Result<std::string> deletable_locked(const std::string& name) const REQUIRES(mutex_);
   Status refuse_mirrored_locked(const std::string& name, const std::string& unit) const REQUIRES(mutex_);
-  // Takes `name` out of volumes_ (or failed_volumes_) and reserves it in deleting_.
+  // Takes `name` out of volumes_ (or failed_volumes_) and reserves it in reserved_.
   ClaimedVolume claim_for_delete_locked(const std::string& name) REQUIRES(mutex_);
   // Withdraws the export, removes the state file and moves the directory to the trash.
   Result<std::string> retire_volume_files(const std::string& name);
@@ -254,9 +255,14 @@ class Node {
   };
   // Names reserved by running imports: not in volumes_ (so not exported) until done.
   std::map<std::string, std::shared_ptr<ImportProgress>> imports_ GUARDED_BY(mutex_);
-  // Names a `volume delete` is removing: in neither volumes_ nor failed_volumes_, and
-  // not free for create or import until the directory is gone from its name.
-  std::set<std::string> deleting_ GUARDED_BY(mutex_);
+  // Names a command holds while it moves the volume's directory (delete, release,
+  // promote, failback): in neither volumes_ nor failed_volumes_, and not free for
+  // create or import until the command is done. A failback ends by notifying settled_
+  // (a `volume delete` waits for it: the volume may come back).
+  enum class Reservation { kDeleting, kReleasing, kPromoting, kFailingBack };
+  std::map<std::string, Reservation> reserved_ GUARDED_BY(mutex_);
+  // "volume 'v' is being deleted", for a reserved name.
+  std::string reserved_why_locked(const std::string& name) const REQUIRES(mutex_);
   // Names a `volume resize` is growing (outside mutex_): a `volume delete` of one
   // waits on settled_ until it is done.
   std::set<std::string> resizing_ GUARDED_BY(mutex_);

@@ -15,7 +15,7 @@
 // volume_release {"name"}: refused for a volume that is not adopted, mirrored (say
 // which `mirror break` to run) or open by NBD clients (their later writes would be
 // lost). Steps, and why in this order:
-//  1. under mutex_: the name leaves volumes_ and is reserved in deleting_ (as for
+//  1. under mutex_: the name leaves volumes_ and is reserved in reserved_ (as for
 //     `volume delete`), so no command finds it;
 //  2. the NBD export is withdrawn: no client writes any more;
 //  3. Volume::merge_everything(): a freeze, then every frozen layer merged into the
@@ -166,7 +166,7 @@ Result<std::string> Node::release_volume(const std::string& name) {
                                                   name, clients, clients == 1 ? "" : "s", clients == 1 ? "it" : "them"));
     }
     volumes_.erase(name);
-    deleting_.insert(name);
+    reserved_[name] = Reservation::kReleasing;
   }
   const std::string path = entry->volume->adopted_path();
   withdraw_export(name);
@@ -174,7 +174,7 @@ Result<std::string> Node::release_volume(const std::string& name) {
   Status merged = entry->volume->merge_everything(*env_.clock);
   Result<std::string> trashed = merged.ok() ? retire_volume_files(name) : Result<std::string>(merged);
   MutexLock lock(mutex_);
-  deleting_.erase(name);
+  reserved_.erase(name);
   if (!trashed.ok()) {
     volumes_[name] = entry;
     return trashed.status().with_context("release volume " + name + " (it is still adopted; nothing is lost)");

@@ -6,7 +6,7 @@
 // through the same path as `mirror break` (engine stopped, state files final) and the
 // clients are cut off. Steps, and why in this order:
 //  1. under mutex_: the name leaves volumes_ (or failed_volumes_) and is reserved in
-//     deleting_, so no command finds it and no create or import takes the name while
+//     reserved_, so no command finds it and no create or import takes the name while
 //     its files still exist;
 //  2. the NBD export is withdrawn (requests running on it finish first; later ones
 //     fail) and its connections are closed: nothing touches the files any more, and a
@@ -67,8 +67,11 @@ Status Node::delete_volume(const std::string& name, bool force) {
     std::string unit;
     {
       MutexLock lock(mutex_);
-      // A `mirror break` or `volume resize` of it finishes first.
-      while (volumes_settling_.contains(name) || resizing_.contains(name)) settled_.wait(lock);
+      // A `mirror break`, `volume resize` or failback attempt of it finishes first.
+      while (volumes_settling_.contains(name) || resizing_.contains(name) ||
+             (reserved_.contains(name) && reserved_.at(name) == Reservation::kFailingBack)) {
+        settled_.wait(lock);
+      }
       AMIRROR_ASSIGN_OR_RETURN(unit, deletable_locked(name));
       const std::string adopted_path = volumes_.contains(name) ? volumes_.at(name)->facts().adopted_path : "";
       if (!force && !adopted_path.empty()) {
@@ -89,7 +92,7 @@ Status Node::delete_volume(const std::string& name, bool force) {
   }
   Result<std::string> trashed = retire_volume_files(name);
   MutexLock lock(mutex_);
-  deleting_.erase(name);
+  reserved_.erase(name);
   if (!trashed.ok()) {
     if (claimed.entry) volumes_[name] = claimed.entry;
     if (claimed.failed) failed_volumes_[name] = std::move(*claimed.failed);
@@ -118,7 +121,7 @@ Status Node::check_nbd_clients(const std::string& name, bool force) const {
 }
 
 Result<std::string> Node::deletable_locked(const std::string& name) const {
-  if (deleting_.contains(name)) return Status(ErrorCode::kBusy, "volume '" + name + "' is already being deleted");
+  if (reserved_.contains(name)) return Status(ErrorCode::kBusy, reserved_why_locked(name));
   if (imports_.contains(name)) {
     return Status(ErrorCode::kBusy, "volume '" + name + "' is being imported; wait for `volume import` to finish " +
                                         "(or stop it), then delete it");
@@ -151,11 +154,11 @@ Node::ClaimedVolume Node::claim_for_delete_locked(const std::string& name) {
     claimed.failed = std::move(failed->second);
     failed_volumes_.erase(failed);
   }
-  deleting_.insert(name);
+  reserved_[name] = Reservation::kDeleting;
   return claimed;
 }
 
-// REQUIRES: `name` is in deleting_, in neither volumes_ nor failed_volumes_. The
+// REQUIRES: `name` is reserved_ for deleting, in neither volumes_ nor failed_volumes_. The
 // volume's files are not used by anything once its export is withdrawn: client I/O
 // goes through the export, and no engine runs for it.
 Result<std::string> Node::retire_volume_files(const std::string& name) {

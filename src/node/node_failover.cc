@@ -80,7 +80,7 @@ std::string Node::control_replica_promote(const json& request) {
 }
 
 Result<std::pair<std::string, uint64_t>> Node::promote_replica(const std::string& replica_name, std::string name,
-                                                               uint64_t cycle) {
+                                                               uint64_t cycle, uint64_t wait_ms) {
   AMIRROR_ASSIGN_OR_RETURN(auto parsed, parse_replica_name(replica_name));
   const auto [source, source_volume] = parsed;
   if (name.empty()) name = source_volume;
@@ -104,7 +104,7 @@ Result<std::pair<std::string, uint64_t>> Node::promote_replica(const std::string
     MutexLock lock(mutex_);
     AMIRROR_RETURN_IF_ERROR(
         check_name_free(name).with_context("promote " + replica_name + " as '" + name + "' (choose another name with --as)"));
-    deleting_.insert(name);  // reserved until the volume is in volumes_
+    reserved_[name] = Reservation::kPromoting;  // until the volume is in volumes_
   }
   // A rename, not a copy: the volume stays in the pool that holds the replica.
   const std::string storage = pools_->pool_holding(replicas_->dir_of(source, source_volume));
@@ -125,9 +125,9 @@ Result<std::pair<std::string, uint64_t>> Node::promote_replica(const std::string
     AMIRROR_RETURN_IF_ERROR(fs.sync_dir(volume_dir));
     record_pool(name, storage);
     return Status();
-  });
+  }, wait_ms);
   MutexLock lock(mutex_);
-  deleting_.erase(name);
+  reserved_.erase(name);
   AMIRROR_RETURN_IF_ERROR(status.with_context("promote " + replica_name));
   open_volume_entry(*env_.fs, name);
   if (!volumes_.contains(name)) {
@@ -298,7 +298,10 @@ Result<uint64_t> Node::accept_switchover(const std::string& peer, const repl::Sw
   }
   std::string first_name;
   for (const auto& [volume, cycle] : members) {
-    AMIRROR_ASSIGN_OR_RETURN(auto promoted, promote_replica(peer + "/" + volume, volume, cycle));
+    // The peer stopped its mirror before it asked, but the connection that carried the
+    // last cycle may not have ended here yet: wait for it as a new connection would.
+    AMIRROR_ASSIGN_OR_RETURN(auto promoted,
+                             promote_replica(peer + "/" + volume, volume, cycle, config_.peer_timeout_ms));
     if (first_name.empty()) first_name = promoted.first;
     if (request.group.empty()) continue;
     std::shared_ptr<VolumeEntry> entry = find_volume(promoted.first);
@@ -385,17 +388,18 @@ Status Node::before_create_replica(const std::string& peer, const repl::OpenRepl
                                 ours->name, open.origin_point, peer, open.volume, open.volume));
     }
     auto unit = unit_of_volume_.find(ours->name);
-    if ((unit != unit_of_volume_.end() && engines_.contains(unit->second)) || deleting_.contains(ours->name)) {
+    if ((unit != unit_of_volume_.end() && engines_.contains(unit->second)) || reserved_.contains(ours->name)) {
       return Status(ErrorCode::kBusy, "volume '" + ours->name + "' is in use here; try again");
     }
-    deleting_.insert(ours->name);
+    reserved_[ours->name] = Reservation::kFailingBack;
     volumes_.erase(ours->name);
   }
   // Open while it is turned into the replica; closed (as before) once this returns.
   auto lease = ours->lease();
   Result<uint64_t> discarded = lease.ok() ? take_over_as_replica(*ours, peer, open, dir) : Result<uint64_t>(lease.status());
   MutexLock lock(mutex_);
-  deleting_.erase(ours->name);
+  reserved_.erase(ours->name);
+  settled_.notify_all();  // a `volume delete` of it may be waiting
   if (!discarded.ok()) {
     volumes_[ours->name] = ours;  // still the demoted volume, nothing lost
     return discarded.status().with_context("failback of volume '" + ours->name + "' from " + peer);
@@ -406,7 +410,7 @@ Status Node::before_create_replica(const std::string& peer, const repl::OpenRepl
   return Status();
 }
 
-// REQUIRES: `ours` is demoted and out of volumes_ (reserved in deleting_).
+// REQUIRES: `ours` is demoted and out of volumes_ (reserved_ for failback).
 Result<uint64_t> Node::take_over_as_replica(const VolumeEntry& ours, const std::string& peer,
                                             const repl::OpenReplica& open, const std::string& dir) {
   withdraw_export(ours.name);

@@ -81,7 +81,7 @@ Result<std::shared_ptr<VolumeEntry>> Node::claim_for_resize_locked(const std::st
   if (imports_.contains(name)) {
     return Status(ErrorCode::kBusy, "volume '" + name + "' is still being imported; resize it once `volume import` finished");
   }
-  if (deleting_.contains(name)) return Status(ErrorCode::kBusy, "volume '" + name + "' is being deleted");
+  if (reserved_.contains(name)) return Status(ErrorCode::kBusy, reserved_why_locked(name));
   if (resizing_.contains(name)) {
     return Status(ErrorCode::kBusy, "volume '" + name + "' is being resized by another command; try again in a moment");
   }

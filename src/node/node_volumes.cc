@@ -157,6 +157,18 @@ Result<std::unique_ptr<Volume>> Node::copy_import(DataDir& pool, const std::stri
   return status;
 }
 
+std::string Node::reserved_why_locked(const std::string& name) const {
+  const std::string volume = "volume '" + name + "' is ";
+  switch (reserved_.at(name)) {
+    case Reservation::kDeleting: return volume + "being deleted; try again in a moment";
+    case Reservation::kReleasing: return volume + "being released into its adopted file; try again once that is done";
+    case Reservation::kPromoting: return volume + "being made from a promoted replica; try again in a moment";
+    case Reservation::kFailingBack:
+      return volume + "being turned into its peer's replica (failback); try again in a moment";
+  }
+  return volume + "busy";
+}
+
 Status Node::check_name_free(const std::string& name) const {
   if (volumes_.count(name))
     return Status(ErrorCode::kAlreadyExists, "volume '" + name + "' already exists");
@@ -166,9 +178,7 @@ Status Node::check_name_free(const std::string& name) const {
                                                  pools_->volume_dir(name) +
                                                  " and restart the node, or `amirror volume delete " + name + "`");
   }
-  if (deleting_.contains(name)) {
-    return Status(ErrorCode::kBusy, "volume '" + name + "' is being deleted; try again in a moment");
-  }
+  if (reserved_.contains(name)) return Status(ErrorCode::kBusy, reserved_why_locked(name));
   if (auto import = imports_.find(name); import != imports_.end()) {
     return Status(ErrorCode::kBusy, "volume '" + name + "' is being imported from " +
                                         import->second->source + " (" +

@@ -313,11 +313,12 @@ Result<std::pair<std::string, std::string>> parse_replica_name(const std::string
 }
 
 Status ReplicaRegistry::remove(const std::string& source, const std::string& volume,
-                               const std::function<Status(const std::string& dir)>& remove_dir) {
+                               const std::function<Status(const std::string& dir)>& remove_dir, uint64_t wait_ms) {
   std::string key = source + "/" + volume;
   std::string dir = dir_of(source, volume);
   {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
+    released_.wait_for(lock, std::chrono::milliseconds(wait_ms), [&] { return !in_use_.contains(key); });
     if (!replicas_.contains(key) && !failed_.contains(key)) {
       return not_found("no replica " + key + " on this node (see `amirror replica list`)");
     }

@@ -78,11 +78,12 @@ class ReplicaRegistry {
   void release(const std::string& key);
   bool in_use(const std::string& key) const;
   // Deletes the replica (or failed replica) SOURCE/VOLUME: refused while a connection
-  // holds it (it is receiving). `remove_dir` runs while the name is held, so no
-  // connection recreates the replica halfway; if it fails, the replica is loaded again
-  // from what is left, as at start. A later send creates a fresh replica (full copy).
+  // holds it (it is receiving) for longer than `wait_ms`. `remove_dir` runs while the
+  // name is held, so no connection recreates the replica halfway; if it fails, the
+  // replica is loaded again from what is left, as at start. A later send creates a
+  // fresh replica (full copy).
   Status remove(const std::string& source, const std::string& volume,
-                const std::function<Status(const std::string& dir)>& remove_dir);
+                const std::function<Status(const std::string& dir)>& remove_dir, uint64_t wait_ms = 0);
   // Asked before a peer's first delta creates a replica here: may refuse it (split
   // brain) or put a demoted volume in its place (failback). Set once, before load().
   using BeforeCreate =

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <thread>
 
 #include "testing/test_support.h"
 
@@ -95,6 +96,40 @@ TEST(ReplicaRegistry, PlacementByPeerStorage) {
     return Status();
   }).ok());
   EXPECT_TRUE(registry.failed().empty());
+}
+
+// A switchover's takeover arrives on a new connection right after the source stopped
+// the one that carried the last cycle; that one may still hold the replica here for a
+// moment. An operator's remove is refused at once; the takeover's waits for it.
+TEST(ReplicaRegistry, RemoveCanWaitForTheConnectionStillHoldingTheReplica) {
+  testing::ScratchDir scratch("registry");
+  ReplicaRegistry registry(posix_file_system(), scratch.sub("replicas"));
+  ASSERT_TRUE(registry.load().ok());
+  ASSERT_TRUE(registry.open_or_create("a", "v", kSize, kChunk).ok());
+  ASSERT_TRUE(registry.acquire("a/v", 0));
+  int removed_dirs = 0;
+  auto remove_dir = [&](const std::string&) {
+    ++removed_dirs;
+    return Status();
+  };
+  Status refused = registry.remove("a", "v", remove_dir);
+  EXPECT_EQ(refused.code(), ErrorCode::kBusy) << refused.to_string();
+  EXPECT_NE(refused.message().find("receiving from a"), std::string::npos) << refused.message();
+  EXPECT_EQ(removed_dirs, 0);
+  ASSERT_NE(registry.find("a", "v"), nullptr);
+
+  // The old connection ends a little later, on its own thread. (Its delay only makes
+  // the wait likely to be needed; the test passes however the threads interleave.)
+  std::thread old_connection([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    registry.release("a/v");
+  });
+  Status removed = registry.remove("a", "v", remove_dir, /*wait_ms=*/600'000);
+  old_connection.join();
+  EXPECT_TRUE(removed.ok()) << removed.to_string();
+  EXPECT_EQ(removed_dirs, 1);
+  EXPECT_EQ(registry.find("a", "v"), nullptr);
+  EXPECT_FALSE(registry.in_use("a/v"));
 }
 
 }  // namespace
