@@ -14,11 +14,15 @@ namespace amirror {
 namespace {
 
 constexpr char kMapMagic[8] = {'A', 'M', 'L', 'A', 'Y', 'M', 'A', 'P'};
-constexpr uint32_t kMapFormatVersion = 1;
+// Format 2 adds each record's defined-sector mask; format 1 maps are still read and
+// appended to (their records have no mask: whole chunks).
+constexpr uint32_t kMapFormatVersion = 2;
+constexpr uint32_t kMapFormatWholeChunks = 1;
 constexpr size_t kMapHeaderBytes = 40;      // magic, version, reserved, layer id, chunk size, checksum
 constexpr uint32_t kBatchMagic = 0x31424d41;  // "AMB1"
 constexpr size_t kBatchHeaderBytes = 16;    // magic, record count, sequence
-constexpr size_t kRecordBytes = 16;         // chunk index, slot (kZeroSlot = zeroed chunk)
+constexpr size_t kRecordBytesV1 = 16;       // chunk index, slot (kZeroSlot = zeroed chunk)
+constexpr size_t kRecordBytesV2 = 24;       // chunk index, slot, defined sectors
 constexpr size_t kBatchTrailerBytes = 8;    // checksum of header + records
 constexpr uint64_t kZeroSlot = std::numeric_limits<uint64_t>::max();
 // Bounds that make a corrupt count or slot fail validation instead of driving
@@ -27,9 +31,9 @@ constexpr uint64_t kZeroSlot = std::numeric_limits<uint64_t>::max();
 constexpr uint32_t kMaxRecordsPerBatch = 1u << 20;
 constexpr uint64_t kMaxSlot = 1ull << 40;
 
-std::string encode_map_header(uint64_t layer_id, uint64_t chunk_size_bytes) {
+std::string encode_map_header(uint64_t layer_id, uint64_t chunk_size_bytes, uint32_t version) {
   std::string header(kMapMagic, sizeof kMapMagic);
-  append_u32(header, kMapFormatVersion);
+  append_u32(header, version);
   append_u32(header, 0);
   append_u64(header, layer_id);
   append_u64(header, chunk_size_bytes);
@@ -54,6 +58,8 @@ std::string Layer::map_file_name(uint64_t layer_id) {
 Layer::Layer(FileSystem& fs, std::string dir, uint64_t id, uint64_t chunk_size_bytes)
     : fs_(fs), dir_(std::move(dir)), id_(id), chunk_size_bytes_(chunk_size_bytes) {}
 
+size_t Layer::record_bytes() const { return sector_granular() ? kRecordBytesV2 : kRecordBytesV1; }
+
 Result<std::shared_ptr<Layer>> Layer::create(FileSystem& fs, const std::string& dir,
                                              uint64_t layer_id, uint64_t chunk_size_bytes) {
   std::shared_ptr<Layer> layer(new Layer(fs, dir, layer_id, chunk_size_bytes));
@@ -61,7 +67,7 @@ Result<std::shared_ptr<Layer>> Layer::create(FileSystem& fs, const std::string& 
                            fs.open(dir + "/" + data_file_name(layer_id), OpenMode::kCreateNew));
   AMIRROR_ASSIGN_OR_RETURN(layer->map_file_,
                            fs.open(dir + "/" + map_file_name(layer_id), OpenMode::kCreateNew));
-  std::string header = encode_map_header(layer_id, chunk_size_bytes);
+  std::string header = encode_map_header(layer_id, chunk_size_bytes, kMapFormatVersion);
   AMIRROR_RETURN_IF_ERROR(layer->map_file_->write_at(0, as_bytes(header)));
   AMIRROR_RETURN_IF_ERROR(layer->map_file_->sync());
   layer->map_end_bytes_ = kMapHeaderBytes;
@@ -95,10 +101,15 @@ Status Layer::replay_map(uint64_t file_size_bytes) {
   }
   std::vector<uint8_t> contents(file_size_bytes);
   AMIRROR_RETURN_IF_ERROR(map_file_->read_at(0, contents));
-  std::string expected_header = encode_map_header(id_, chunk_size_bytes_);
+  map_version_ = get_u32(contents.data() + sizeof kMapMagic);
+  if (map_version_ != kMapFormatVersion && map_version_ != kMapFormatWholeChunks) map_version_ = kMapFormatVersion;
+  std::string expected_header = encode_map_header(id_, chunk_size_bytes_, map_version_);
   if (std::memcmp(contents.data(), expected_header.data(), kMapHeaderBytes) != 0) {
-    return corruption(where + " has a bad header (not a layer map, or for another layer or chunk size)");
+    return corruption(where + " has a bad header (not a layer map of format 1 or 2, or for another layer or " +
+                      "chunk size)");
   }
+  const size_t record_size = record_bytes();
+  const uint64_t full = full_sector_mask(chunk_size_bytes_);
 
   uint64_t position = kMapHeaderBytes;
   uint64_t sequence = 0;
@@ -109,18 +120,22 @@ Status Layer::replay_map(uint64_t file_size_bytes) {
         record_count > kMaxRecordsPerBatch) {
       break;
     }
-    uint64_t batch_bytes = kBatchHeaderBytes + uint64_t{record_count} * kRecordBytes;
+    uint64_t batch_bytes = kBatchHeaderBytes + uint64_t{record_count} * record_size;
     if (file_size_bytes - position < batch_bytes + kBatchTrailerBytes) break;
     if (checksum64(header, batch_bytes) != get_u64(header + batch_bytes)) break;
     for (uint32_t i = 0; i < record_count; ++i) {
-      const uint8_t* record = header + kBatchHeaderBytes + uint64_t{i} * kRecordBytes;
+      const uint8_t* record = header + kBatchHeaderBytes + uint64_t{i} * record_size;
       uint64_t chunk_index = get_u64(record);
       uint64_t slot = get_u64(record + 8);
       if (slot == kZeroSlot) {
         map_[chunk_index] = ChunkEntry{ChunkState::kZero, 0};
       } else {
         if (slot >= kMaxSlot) return corruption(where + ": slot " + std::to_string(slot) + " out of range");
-        map_[chunk_index] = ChunkEntry{ChunkState::kData, slot};
+        uint64_t defined = sector_granular() ? get_u64(record + 16) : kAllSectorsDirty;
+        if ((defined & full) == 0) {
+          return corruption(where + ": chunk " + std::to_string(chunk_index) + " defines no sector");
+        }
+        map_[chunk_index] = ChunkEntry{ChunkState::kData, slot, defined, defined};
       }
     }
     sequence += 1;
@@ -233,14 +248,16 @@ void Layer::publish_data(uint64_t chunk_index, uint64_t slot, uint64_t dirty_sec
   AMIRROR_ASSERT(!frozen_.load());
   AMIRROR_ASSERT(dirty_sectors != 0);
   std::unique_lock lock(map_mutex_);
-  auto [it, inserted] = map_.try_emplace(chunk_index, ChunkEntry{ChunkState::kData, slot, dirty_sectors});
+  const uint64_t defined = sector_granular() ? dirty_sectors : kAllSectorsDirty;
+  auto [it, inserted] = map_.try_emplace(chunk_index, ChunkEntry{ChunkState::kData, slot, dirty_sectors, defined});
   if (!inserted) {
     AMIRROR_ASSERT(it->second.state == ChunkState::kZero);
-    // Zeroed earlier in this layer: relative to the point below, every sector changed.
-    it->second = ChunkEntry{ChunkState::kData, slot, kAllSectorsDirty};
+    // Zeroed earlier in this layer: relative to the point below, every sector changed
+    // (and the slot holds them all: the caller filled it with zeros around the write).
+    it->second = ChunkEntry{ChunkState::kData, slot, kAllSectorsDirty, kAllSectorsDirty};
   }
   ++data_chunk_count_;
-  pending_records_.push_back({chunk_index, ChunkEntry{ChunkState::kData, slot}});
+  pending_records_.push_back({chunk_index, it->second});
 }
 
 void Layer::mark_dirty(uint64_t chunk_index, uint64_t dirty_sectors) {
@@ -249,6 +266,9 @@ void Layer::mark_dirty(uint64_t chunk_index, uint64_t dirty_sectors) {
   auto it = map_.find(chunk_index);
   AMIRROR_ASSERT(it != map_.end() && it->second.state == ChunkState::kData);
   it->second.dirty_sectors |= dirty_sectors;
+  if (!sector_granular() || (it->second.defined_sectors | dirty_sectors) == it->second.defined_sectors) return;
+  it->second.defined_sectors |= dirty_sectors;
+  pending_records_.push_back({chunk_index, it->second});
 }
 
 void Layer::publish_zero(uint64_t chunk_index) {
@@ -293,7 +313,7 @@ Status Layer::sync() {
   if (batch.empty()) return Status();
 
   std::string encoded;
-  encoded.reserve(batch.size() * kRecordBytes + (batch.size() / kMaxRecordsPerBatch + 1) * 32);
+  encoded.reserve(batch.size() * record_bytes() + (batch.size() / kMaxRecordsPerBatch + 1) * 32);
   uint64_t sequence = batch_sequence_;
   for (size_t start = 0; start < batch.size(); start += kMaxRecordsPerBatch) {
     size_t count = std::min<size_t>(kMaxRecordsPerBatch, batch.size() - start);
@@ -303,7 +323,9 @@ Status Layer::sync() {
     append_u64(encoded, ++sequence);
     for (size_t i = start; i < start + count; ++i) {
       append_u64(encoded, batch[i].chunk_index);
-      append_u64(encoded, batch[i].entry.state == ChunkState::kZero ? kZeroSlot : batch[i].entry.slot);
+      const bool zero = batch[i].entry.state == ChunkState::kZero;
+      append_u64(encoded, zero ? kZeroSlot : batch[i].entry.slot);
+      if (sector_granular()) append_u64(encoded, zero ? 0 : batch[i].entry.defined_sectors);
     }
     append_u64(encoded, checksum64(encoded.data() + batch_start, encoded.size() - batch_start));
   }

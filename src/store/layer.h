@@ -9,14 +9,17 @@
 // slot) or kZero (the chunk was trimmed or zeroed as a whole: reads as zero, no slot).
 // A chunk absent from the map is unchanged in this layer (the patent's -1).
 //
-// Dirty sectors (memory only): each kData entry also says which sectors of the chunk
-// were written in this layer (dirty_sectors, one bit per sector of
-// dirty_sector_bytes(chunk size): chunk/64, at least 4 KiB). The slot still holds
-// the whole chunk (copy-on-first-write fills it), so reads and merges never look at
-// the mask; only the sender does, to ship the dirty sector runs instead of whole
-// chunks. The mask is NOT persisted: a layer opened from disk reports every chunk
-// fully dirty (kAllSectorsDirty). A mask may therefore over-state what changed, never
-// under-state it, and the on-disk format and crash protocol stay as they are.
+// Sectors (map format 2): each kData entry also says which sectors of the chunk this
+// layer defines (defined_sectors, one bit per sector of dirty_sector_bytes(chunk
+// size): chunk/64, at least 4 KiB). Only those sectors of its slot hold content; the
+// others read through to the layers below (and the base), so a 4 KiB write into a
+// 64 KiB chunk writes 4 KiB, not a copy of the whole chunk, and a merge writes only
+// the defined sectors. The mask is persisted in the map record, so it survives a
+// restart. dirty_sectors (what the sender ships) equals it in format 2.
+// Format 1 layers (written by amirror before sectors existed) hold whole chunks:
+// every entry defines every sector, the dirty mask lives in memory only (a reopened
+// format-1 layer reports every chunk fully dirty), and Volume fills their slots whole
+// (sector_granular() is false).
 //
 // Durability protocol (why it is crash-safe):
 //  - New map entries are visible in memory at once but reach the .map file only in
@@ -33,6 +36,7 @@
 // a given chunk (Volume does, with striped locks); see Volume.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -76,12 +80,33 @@ constexpr uint64_t sectors_touched(uint64_t chunk_size_bytes, uint64_t offset_in
   return upper & ~((uint64_t{1} << first) - 1);
 }
 
+// Calls fn(begin, end) for each run of consecutive sectors set in `sectors`, as byte
+// offsets within a chunk of `chunk_length_bytes` (a volume's last chunk may be short):
+// runs are clipped to it, and runs wholly past it are skipped.
+template <typename Fn>
+void for_each_sector_run(uint64_t chunk_size_bytes, uint64_t chunk_length_bytes, uint64_t sectors, Fn&& fn) {
+  const uint64_t sector_bytes = dirty_sector_bytes(chunk_size_bytes);
+  uint64_t sector = 0;
+  while (sector < kMaxDirtySectorsPerChunk && sector * sector_bytes < chunk_length_bytes) {
+    if (((sectors >> sector) & 1) == 0) {
+      ++sector;
+      continue;
+    }
+    uint64_t end = sector + 1;
+    while (end < kMaxDirtySectorsPerChunk && ((sectors >> end) & 1) != 0) ++end;
+    fn(sector * sector_bytes, std::min(end * sector_bytes, chunk_length_bytes));
+    sector = end;
+  }
+}
+
 struct ChunkEntry {
   ChunkState state = ChunkState::kData;
   uint64_t slot = 0;  // meaningful only for kData
-  // kData only: sectors written in this layer (memory only, see above). kZero entries
+  // kData only: sectors changed in this layer (what a delta ships). kZero entries
   // changed the whole chunk.
   uint64_t dirty_sectors = kAllSectorsDirty;
+  // kData only: sectors whose content is in the slot; the others read from below.
+  uint64_t defined_sectors = kAllSectorsDirty;
 };
 
 class Layer {
@@ -97,6 +122,8 @@ class Layer {
 
   uint64_t id() const { return id_; }
   uint64_t chunk_size_bytes() const { return chunk_size_bytes_; }
+  // Format 2: entries may define only some sectors (see above). Format 1: whole chunks.
+  bool sector_granular() const { return map_version_ >= 2; }
 
   std::optional<ChunkEntry> find(uint64_t chunk_index) const;
   // Declares the layer immutable (it was frozen and synced): later lookups skip the
@@ -123,10 +150,14 @@ class Layer {
   uint64_t reserve_slot();
   void release_slot(uint64_t slot);
   // Makes chunk_index -> kData(slot) visible, with `dirty_sectors` the sectors the
-  // write changed. REQUIRES: chunk absent or kZero.
+  // write changed. In a sector-granular layer the slot holds exactly those sectors
+  // (after a kZero entry: every sector); else the whole chunk. REQUIRES: chunk absent
+  // or kZero; the slot's content written first.
   void publish_data(uint64_t chunk_index, uint64_t slot, uint64_t dirty_sectors = kAllSectorsDirty);
-  // Adds sectors to a kData entry's mask (a later write to a chunk the layer holds).
-  // REQUIRES: not frozen; the caller serializes changes to this chunk.
+  // Adds sectors to a kData entry's masks (a later write to a chunk the layer holds);
+  // in a sector-granular layer they become defined, recorded at the next sync.
+  // REQUIRES: not frozen; the caller serializes changes to this chunk and wrote the
+  // added sectors' whole content into the slot first.
   void mark_dirty(uint64_t chunk_index, uint64_t dirty_sectors);
   // Makes chunk_index -> kZero visible (freeing its slot once that is durable).
   void publish_zero(uint64_t chunk_index);
@@ -139,6 +170,7 @@ class Layer {
 
  private:
   Layer(FileSystem& fs, std::string dir, uint64_t id, uint64_t chunk_size_bytes);
+  size_t record_bytes() const;
   Status replay_map(uint64_t file_size_bytes);
 
   struct PendingRecord {
@@ -150,6 +182,7 @@ class Layer {
   const std::string dir_;
   const uint64_t id_;
   const uint64_t chunk_size_bytes_;
+  uint32_t map_version_ = 2;  // set before the layer is shared, never after
   std::unique_ptr<File> data_file_;
   std::unique_ptr<File> map_file_;
 

@@ -607,6 +607,50 @@ Status Volume::read_from(Layer& layer, const ChunkEntry& entry, const ChunkPiece
   return layer.read_slot(entry.slot, piece.offset_in_chunk_bytes, std::span(out, piece.length_bytes));
 }
 
+Status Volume::read_resolved(const std::vector<std::shared_ptr<Layer>>& layers, size_t index, const ChunkEntry& entry,
+                             const ChunkPiece& piece, uint8_t* out) {
+  const uint64_t piece_end = piece.offset_in_chunk_bytes + piece.length_bytes;
+  uint64_t remaining = sectors_touched(chunk_size_bytes_, piece.offset_in_chunk_bytes, piece.length_bytes);
+  if (entry.state == ChunkState::kZero || (remaining & ~entry.defined_sectors) == 0) {
+    return read_from(*layers[index], entry, piece, out);
+  }
+  // The sectors this layer does not define come from the layers below it, then the
+  // base: each sector from the newest that defines it.
+  const ChunkGeometry geometry = this->geometry();
+  const uint64_t chunk_offset = geometry.chunk_offset_bytes(piece.chunk_index);
+  const uint64_t chunk_length = geometry.chunk_length_bytes(piece.chunk_index);
+  Status status;
+  // Calls read(begin, destination) for the piece's bytes in each run of `sectors`.
+  auto read_runs = [&](uint64_t sectors, const auto& read) {
+    for_each_sector_run(chunk_size_bytes_, chunk_length, sectors, [&](uint64_t begin, uint64_t end) {
+      begin = std::max(begin, piece.offset_in_chunk_bytes);
+      end = std::min(end, piece_end);
+      if (begin < end && status.ok()) status = read(begin, std::span(out + (begin - piece.offset_in_chunk_bytes), end - begin));
+    });
+  };
+  size_t i = index;
+  std::optional<ChunkEntry> at = entry;
+  while (remaining != 0 && status.ok()) {
+    if (!at) {
+      read_runs(remaining, [&](uint64_t begin, std::span<uint8_t> bytes) { return base_->read_at(chunk_offset + begin, bytes); });
+      break;
+    }
+    const uint64_t here = at->state == ChunkState::kZero ? remaining : remaining & at->defined_sectors;
+    Layer& layer = *layers[i];
+    read_runs(here, [&](uint64_t begin, std::span<uint8_t> bytes) {
+      if (at->state == ChunkState::kZero) {
+        std::memset(bytes.data(), 0, bytes.size());
+        return Status();
+      }
+      return layer.read_slot(at->slot, begin, bytes);
+    });
+    remaining &= ~here;
+    at.reset();
+    while (i > 0 && !at) at = layers[--i]->find(piece.chunk_index);
+  }
+  return status;
+}
+
 Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
                            uint64_t offset_bytes, std::span<uint8_t> out, bool lock_active) {
   // Consecutive pieces that come from the base are read with one call.
@@ -635,9 +679,9 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
       std::shared_lock stripe(stripes_[piece.chunk_index % kStripeCount]);
       entry = layers[index]->find(piece.chunk_index);
       AMIRROR_ASSERT(entry.has_value());
-      status = read_from(*layers[index], *entry, piece, destination);
+      status = read_resolved(layers, index, *entry, piece, destination);
     } else {
-      status = read_from(*layers[index], *entry, piece, destination);
+      status = read_resolved(layers, index, *entry, piece, destination);
     }
   });
   flush_base_run();
@@ -662,8 +706,8 @@ Status Volume::read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint
   }
   // Reading the base point itself must not overlap a merge rewriting the base: wait
   // for a running merge, then check again (the merge may have moved past this point).
-  // A point above the base needs no such lock: a merge only rewrites base chunks that
-  // the layer being merged still covers, and that layer is part of the point.
+  // A point above the base needs no such lock: a merge only rewrites the base sectors
+  // that the layer being merged defines, and that layer is part of the point.
   std::shared_lock base_point(base_point_lock_, std::defer_lock);
   for (int attempt = 0;; ++attempt) {
     {
@@ -689,6 +733,26 @@ Status Volume::read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint
 
 // ---- Writes ---------------------------------------------------------------
 
+Status Volume::fill_around(Layer& active, uint64_t slot, const ChunkPiece& piece, uint64_t sectors,
+                           uint64_t chunk_length) {
+  const uint64_t chunk_offset = geometry().chunk_offset_bytes(piece.chunk_index);
+  const uint64_t piece_end = piece.offset_in_chunk_bytes + piece.length_bytes;
+  Status status;
+  for_each_sector_run(chunk_size_bytes_, chunk_length, sectors, [&](uint64_t begin, uint64_t end) {
+    // The piece is one range, so only the run's ends can lie outside it.
+    const std::pair<uint64_t, uint64_t> gaps[] = {{begin, std::min(end, piece.offset_in_chunk_bytes)},
+                                                  {std::max(begin, piece_end), end}};
+    for (const auto& [from, to] : gaps) {
+      if (from >= to || !status.ok()) continue;
+      std::span<uint8_t> gap = scratch_chunk(to - from);
+      // The writer holds this chunk's stripe, so the lower layers' content is stable.
+      status = read_layers(layers_, layers_.size() - 1, chunk_offset + from, gap, /*lock_active=*/false);
+      if (status.ok()) status = active.write_slot(slot, from, gap);
+    }
+  });
+  return status;
+}
+
 Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
   Layer& active = *layers_.back();
   // Every change to a chunk of the active layer holds its stripe, so a slot is never
@@ -703,7 +767,13 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
   }
   // The sectors this piece changes (a partial zeroing too): the sender ships only these.
   const uint64_t touched = sectors_touched(chunk_size_bytes_, piece.offset_in_chunk_bytes, piece.length_bytes);
+  const ChunkGeometry geometry = this->geometry();  // stable: the caller holds io_lock_
+  const uint64_t chunk_length = geometry.chunk_length_bytes(piece.chunk_index);
   if (entry && entry->state == ChunkState::kData) {
+    // Sectors the slot does not hold yet: the piece's partial ends are filled from below.
+    if (const uint64_t added = touched & ~entry->defined_sectors; added != 0) {
+      AMIRROR_RETURN_IF_ERROR(fill_around(active, entry->slot, piece, added, chunk_length));
+    }
     AMIRROR_RETURN_IF_ERROR(active.write_slot(entry->slot, piece.offset_in_chunk_bytes,
                                               std::span(source, piece.length_bytes)));
     // Marked after the write: a freeze (which waits for this write) sees both.
@@ -711,13 +781,16 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
     return Status();
   }
 
-  // First write to this chunk since the freeze (patent step C10).
-  const ChunkGeometry geometry = this->geometry();  // stable: the caller holds io_lock_
-  uint64_t chunk_length = geometry.chunk_length_bytes(piece.chunk_index);
+  // First write to this chunk since the freeze (patent step C10). Copy-on-first-write
+  // copies only what the piece leaves of the sectors it touches (a sector-granular
+  // layer); the other sectors stay below.
   uint64_t slot = active.reserve_slot();
   Status status;
   if (piece.covers_whole_chunk) {
     status = active.write_slot(slot, 0, std::span(source, chunk_length));
+  } else if (!entry && active.sector_granular()) {
+    status = fill_around(active, slot, piece, touched, chunk_length);
+    if (status.ok()) status = active.write_slot(slot, piece.offset_in_chunk_bytes, std::span(source, piece.length_bytes));
   } else {
     std::span<uint8_t> chunk = scratch_chunk(chunk_length);
     if (entry) {  // kZero in the active layer: the current content is zeros
@@ -736,8 +809,8 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
     active.release_slot(slot);
     return status;
   }
-  // The rest of the slot is the chunk's old content: unchanged, so not dirty (a kZero
-  // entry of this layer before makes publish_data mark every sector).
+  // The other sectors are unchanged: not dirty, and (sector-granular) not in the slot.
+  // A kZero entry of this layer before makes publish_data mark every sector.
   active.publish_data(piece.chunk_index, slot, piece.covers_whole_chunk ? kAllSectorsDirty : touched);
   return Status();
 }
@@ -894,21 +967,56 @@ Status Volume::rewrite_chunk_of_newest_point(uint64_t chunk_index, std::span<con
     newest = cycle_locked();
   }
   AMIRROR_ASSIGN_OR_RETURN(size_t top, layers_in_point_locked(newest));
-  uint64_t offset = geometry().chunk_offset_bytes(chunk_index);
-  uint64_t length = geometry().chunk_length_bytes(chunk_index);
-  auto [index, entry] = resolve(layers_, top, chunk_index);
-  if (!entry) {
-    AMIRROR_RETURN_IF_ERROR(data.empty() ? base_->punch_hole(offset, length) : base_->write_at(offset, data));
-    return base_->sync();
+  const uint64_t offset = geometry().chunk_offset_bytes(chunk_index);
+  const uint64_t length = geometry().chunk_length_bytes(chunk_index);
+  // Each sector goes where a read of the point finds it: the newest layer that defines
+  // it, else the base. Planned first, so a chunk that cannot be fixed changes nothing.
+  struct Target {
+    size_t index;  // SIZE_MAX: the base
+    ChunkEntry entry;
+    uint64_t sectors;
+  };
+  std::vector<Target> targets;
+  uint64_t remaining = kAllSectorsDirty;
+  for (size_t i = top; remaining != 0;) {
+    std::optional<ChunkEntry> at;
+    while (i > 0 && !at) at = layers_[--i]->find(chunk_index);
+    if (!at) {
+      targets.push_back({SIZE_MAX, {}, remaining});
+      break;
+    }
+    const uint64_t here = at->state == ChunkState::kZero ? remaining : remaining & at->defined_sectors;
+    if (here == 0) continue;
+    if (at->state == ChunkState::kZero && !data.empty()) {
+      bool zeros = true;
+      for_each_sector_run(chunk_size_bytes_, length, here, [&](uint64_t begin, uint64_t end) {
+        zeros = zeros && all_zero(data.subspan(begin, end - begin));
+      });
+      if (!zeros) {
+        return Status(ErrorCode::kUnsupported, "chunk " + std::to_string(chunk_index) + " is recorded as zero in layer " +
+                                                   std::to_string(layers_[i]->id()) + " of " + dir_ +
+                                                   "; it cannot be fixed in place");
+      }
+    }
+    if (at->state == ChunkState::kData) targets.push_back({i, *at, here});
+    remaining &= ~here;
   }
-  Layer& layer = *layers_[index];
-  if (entry->state == ChunkState::kZero) {
-    if (data.empty() || all_zero(data)) return Status();
-    return Status(ErrorCode::kUnsupported, "chunk " + std::to_string(chunk_index) + " is recorded as zero in layer " +
-                                               std::to_string(layer.id()) + " of " + dir_ + "; it cannot be fixed in place");
+  for (const Target& target : targets) {
+    Status status;
+    for_each_sector_run(chunk_size_bytes_, length, target.sectors, [&](uint64_t begin, uint64_t end) {
+      if (!status.ok()) return;
+      std::span<const uint8_t> bytes = data.empty() ? std::span<const uint8_t>(zero_chunk(), end - begin)
+                                                    : data.subspan(begin, end - begin);
+      if (target.index != SIZE_MAX) {
+        status = layers_[target.index]->write_slot(target.entry.slot, begin, bytes);
+      } else {
+        status = data.empty() ? base_->punch_hole(offset + begin, end - begin) : base_->write_at(offset + begin, bytes);
+      }
+    });
+    AMIRROR_RETURN_IF_ERROR(status);
+    AMIRROR_RETURN_IF_ERROR(target.index != SIZE_MAX ? layers_[target.index]->sync() : base_->sync());
   }
-  AMIRROR_RETURN_IF_ERROR(layer.write_slot(entry->slot, 0, data.empty() ? std::span<const uint8_t>(zero_chunk(), length) : data));
-  return layer.sync();
+  return Status();
 }
 
 Status Volume::relabel_base(uint64_t cycle) {
@@ -1123,9 +1231,14 @@ Status Volume::merge_oldest(const std::function<void()>& progress) {
       AMIRROR_RETURN_IF_ERROR(base_->punch_hole(chunk_offset, chunk_length));
       continue;
     }
-    std::span<uint8_t> content = chunk.subspan(0, chunk_length);
-    AMIRROR_RETURN_IF_ERROR(oldest->read_slot(entry.slot, 0, content));
-    AMIRROR_RETURN_IF_ERROR(base_->write_at(chunk_offset, content));
+    // Only the sectors the layer defines; the base keeps the others.
+    Status status;
+    for_each_sector_run(chunk_size_bytes(), chunk_length, entry.defined_sectors, [&](uint64_t begin, uint64_t end) {
+      std::span<uint8_t> content = chunk.subspan(0, end - begin);
+      if (status.ok()) status = oldest->read_slot(entry.slot, begin, content);
+      if (status.ok()) status = base_->write_at(chunk_offset + begin, content);
+    });
+    AMIRROR_RETURN_IF_ERROR(status);
     if (unsynced_bytes == 0) unsynced_from = chunk_offset;
     unsynced_bytes += chunk_length;
     if (unsynced_bytes >= kMergeProgressBytes) {

@@ -202,9 +202,9 @@ class Volume {
   // active layer: the volume reads as point `cycle` and the next write starts a new
   // layer. Durable and atomic (one volume.meta replacement). Not during a merge.
   Status discard_after(uint64_t cycle);
-  // Repairs one chunk of the newest point in place: writes `data` (empty = zeros) where
-  // that point reads the chunk from — base.img, or the slot of the frozen layer holding
-  // it — and fdatasyncs that file. For `mirror verify --repair` on a replica; older
+  // Repairs one chunk of the newest point in place: writes each sector of `data`
+  // (empty = zeros) where that point reads it from — the slot of the newest layer that
+  // defines the sector, or base.img — and fdatasyncs those files. For `mirror verify --repair` on a replica; older
   // points sharing that storage change with it. kBusy during a merge; kUnsupported
   // when a frozen layer records the chunk as zero and `data` is not (no slot to fix).
   Status rewrite_chunk_of_newest_point(uint64_t chunk_index, std::span<const uint8_t> data);
@@ -329,6 +329,14 @@ class Volume {
   static std::pair<size_t, std::optional<ChunkEntry>> resolve(
       const std::vector<std::shared_ptr<Layer>>& layers, size_t top, uint64_t chunk_index);
   static Status read_from(Layer& layer, const ChunkEntry& entry, const ChunkPiece& piece, uint8_t* out);
+  // Reads a piece whose newest entry is `entry` in layers[index]: the sectors it does
+  // not define from the layers below, then the base.
+  Status read_resolved(const std::vector<std::shared_ptr<Layer>>& layers, size_t index, const ChunkEntry& entry,
+                       const ChunkPiece& piece, uint8_t* out);
+  // Copies into `slot` of the active layer the parts of `sectors` the piece does not
+  // cover, from the layers below: once the piece is written, those sectors are whole.
+  // REQUIRES: the chunk's stripe held exclusive.
+  Status fill_around(Layer& active, uint64_t slot, const ChunkPiece& piece, uint64_t sectors, uint64_t chunk_length);
   Status read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
                      uint64_t offset_bytes, std::span<uint8_t> out, bool lock_active);
   Status write_piece(const ChunkPiece& piece, const uint8_t* data);  // data null = zeroes

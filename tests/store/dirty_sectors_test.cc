@@ -1,11 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
-// Sub-chunk dirty tracking (store/layer.h, "Dirty sectors"): which sectors of a chunk a
-// layer's writes changed, as Volume::changed_chunks reports them to the sender. The
-// masks live in memory only: a reopened volume reports every chunk fully dirty.
+// Sectors within a chunk (store/layer.h, "Sectors"): which sectors of a chunk a layer's
+// writes changed, as Volume::changed_chunks reports them to the sender; a layer's slot
+// holds only those sectors (copy-on-first-write copies only a write's partial ends),
+// reads and merges take the others from below, and the masks survive a reopen. Layers
+// of map format 1 (whole chunks) are still read and written.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <fstream>
 #include <map>
 
+#include "base/checksum.h"
+#include "base/coding.h"
 #include "store/layer.h"
 #include "store/volume.h"
 #include "testing/test_support.h"
@@ -144,7 +152,7 @@ TEST_F(DirtySectorsVolumeTest, FourMiBChunksHave64SectorsOf64KiB) {
   EXPECT_EQ(chunks[1].dirty_sectors, uint64_t{1} << 63);
 }
 
-TEST_F(DirtySectorsVolumeTest, ReopenedLayersReportEveryChunkFullyDirty) {
+TEST_F(DirtySectorsVolumeTest, ReopenedLayersKeepTheirSectors) {
   {
     auto volume = create(kMiB, 64 * kKiB);
     write(*volume, 8 * kKiB, 4 * kKiB);
@@ -156,10 +164,134 @@ TEST_F(DirtySectorsVolumeTest, ReopenedLayersReportEveryChunkFullyDirty) {
   auto reopened = Volume::open(posix_file_system(), dir_.path());
   ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
   Volume& volume = *reopened.value();
-  EXPECT_EQ(delta(volume, 0, 1)[0].dirty_sectors, kAllSectorsDirty);
-  write(volume, 64 * kKiB + 8 * kKiB, 4 * kKiB);  // the reopened active layer knows nothing either
+  EXPECT_EQ(delta(volume, 0, 1)[0].dirty_sectors, 0x4u);
+  write(volume, 64 * kKiB + 8 * kKiB, 4 * kKiB);  // adds sector 2 to the reopened active layer
   ASSERT_TRUE(volume.freeze().ok());
-  EXPECT_EQ(delta(volume, 1, 2)[1].dirty_sectors, kAllSectorsDirty);
+  EXPECT_EQ(delta(volume, 1, 2)[1].dirty_sectors, 0x5u);
+}
+
+// The bytes a 64 KiB chunk reads after small writes in several layers, checked against
+// a plain array after each step: in the layers, after a merge into the base, reopened.
+TEST_F(DirtySectorsVolumeTest, SectorsComeFromTheNewestLayerDefiningThem) {
+  const uint64_t chunk = 64 * kKiB;
+  auto volume = create(4 * chunk, chunk);
+  std::vector<uint8_t> model(4 * chunk, 0);
+  auto put = [&](Volume& v, uint64_t offset, uint64_t length, uint8_t fill) {
+    write(v, offset, length, fill);
+    std::fill(model.begin() + offset, model.begin() + offset + length, fill);
+  };
+  auto expect_model = [&](Volume& v, const std::string& when) {
+    std::vector<uint8_t> bytes(model.size());
+    ASSERT_TRUE(v.read(0, bytes).ok());
+    auto differ = std::mismatch(bytes.begin(), bytes.end(), model.begin());
+    EXPECT_TRUE(differ.first == bytes.end()) << when << ": differs at byte " << (differ.first - bytes.begin());
+  };
+  put(*volume, 0, 2 * chunk, 0x11);
+  ASSERT_TRUE(volume->freeze().ok());
+  put(*volume, 4000, 100, 0x22);             // straddles sectors 0 and 1: both ends filled from below
+  put(*volume, chunk + 8 * kKiB, 4 * kKiB, 0x33);  // one whole sector
+  put(*volume, 3 * chunk + 10, 5, 0x44);     // over a chunk never written: zeros below
+  expect_model(*volume, "first writes after the freeze");
+  ASSERT_TRUE(volume->freeze().ok());
+  put(*volume, 4090, 20, 0x55);              // sector 0 defined below, sector 1 too
+  put(*volume, chunk + 30 * kKiB, 10, 0x66);  // a sector the layers below leave to the base
+  ASSERT_TRUE(volume->write_zeroes(chunk + 9 * kKiB, 2 * kKiB).ok());  // partial zeroing
+  std::fill(model.begin() + chunk + 9 * kKiB, model.begin() + chunk + 11 * kKiB, 0);
+  expect_model(*volume, "second layer");
+  put(*volume, chunk + 40 * kKiB, 100, 0x77);  // a later write adds a sector to an entry
+  expect_model(*volume, "a sector added to the active entry");
+  ASSERT_TRUE(volume->flush().ok());
+  volume.reset();
+  auto reopened = Volume::open(posix_file_system(), dir_.path());
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  expect_model(*reopened.value(), "reopened");
+  ASSERT_TRUE(reopened.value()->freeze().ok());
+  while (reopened.value()->points().size() > 1) ASSERT_TRUE(reopened.value()->merge_oldest().ok());
+  expect_model(*reopened.value(), "every layer merged into the base");
+}
+
+// A first 4 KiB write after a freeze writes 4 KiB into the layer, not a 64 KiB copy.
+TEST_F(DirtySectorsVolumeTest, FirstWriteAfterAFreezeWritesOnlyItsSector) {
+  auto volume = create(kMiB, 64 * kKiB);
+  write(*volume, 0, kMiB, 0x11);
+  ASSERT_TRUE(volume->freeze().ok());
+  ASSERT_TRUE(volume->merge_oldest().ok());
+  for (uint64_t chunk = 0; chunk < 16; ++chunk) write(*volume, chunk * 64 * kKiB + 8 * kKiB, 4 * kKiB, 0x22);
+  ASSERT_TRUE(volume->flush().ok());
+  std::vector<LayerInfo> layers = volume->layers();
+  ASSERT_EQ(layers.size(), 1u);
+  std::string data_file = dir_.path() + "/" + Layer::data_file_name(layers.back().id);
+  struct stat info {};
+  ASSERT_EQ(::stat(data_file.c_str(), &info), 0);
+  // 16 sectors of 4 KiB written; whole-chunk copies would allocate 1 MiB.
+  EXPECT_LE(static_cast<uint64_t>(info.st_blocks) * 512, 16 * 8 * kKiB) << data_file;
+  std::vector<uint8_t> bytes(64 * kKiB);
+  ASSERT_TRUE(volume->read(15 * 64 * kKiB, bytes).ok());
+  EXPECT_EQ(bytes[0], 0x11);
+  EXPECT_EQ(bytes[8 * kKiB], 0x22);
+  EXPECT_EQ(bytes[12 * kKiB], 0x11);
+}
+
+// A layer map of format 1 (no sector masks, written before sectors existed) reads as
+// whole chunks, and its active layer goes on taking writes in format 1.
+TEST_F(DirtySectorsVolumeTest, Format1LayersHoldWholeChunks) {
+  uint64_t layer_id = 0;
+  {
+    auto volume = create(kMiB, 64 * kKiB);
+    write(*volume, 0, 64 * kKiB, 0x11);
+    ASSERT_TRUE(volume->flush().ok());
+    layer_id = volume->layers().back().id;
+  }
+  // The same map in format 1: header version 1, one batch of one 16-byte record (chunk
+  // 0 in slot 0).
+  std::string map;
+  map.append("AMLAYMAP", 8);
+  append_u32(map, 1);
+  append_u32(map, 0);
+  append_u64(map, layer_id);
+  append_u64(map, 64 * kKiB);
+  append_u64(map, checksum64(map.data(), map.size()));
+  const size_t batch = map.size();
+  append_u32(map, 0x31424d41);
+  append_u32(map, 1);
+  append_u64(map, 1);
+  append_u64(map, 0);
+  append_u64(map, 0);
+  append_u64(map, checksum64(map.data() + batch, map.size() - batch));
+  {
+    std::ofstream out(dir_.path() + "/" + Layer::map_file_name(layer_id), std::ios::binary | std::ios::trunc);
+    out.write(map.data(), static_cast<std::streamsize>(map.size()));
+  }
+  {
+    auto reopened = Volume::open(posix_file_system(), dir_.path());
+    ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+    Volume& volume = *reopened.value();
+    write(volume, 64 * kKiB + 100, 10, 0x33);  // a new chunk in the format-1 layer: copied whole
+    ASSERT_TRUE(volume.flush().ok());
+    auto frozen = volume.freeze();
+    ASSERT_TRUE(frozen.ok()) << frozen.status().to_string();
+    auto chunks = delta(volume, 0, frozen.value());
+    EXPECT_EQ(chunks[0].dirty_sectors, kAllSectorsDirty);  // replayed: no mask in format 1
+    EXPECT_EQ(chunks[1].dirty_sectors, 0x1u);              // written in this run
+  }
+  // Now frozen: write into a format-2 active layer above the format-1 one, and reopen.
+  auto reopened = Volume::open(posix_file_system(), dir_.path());
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  write(*reopened.value(), 4 * kKiB, 10, 0x22);
+  ASSERT_TRUE(reopened.value()->flush().ok());
+  reopened.value().reset();
+  auto again = Volume::open(posix_file_system(), dir_.path());
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  std::vector<uint8_t> bytes(128 * kKiB);
+  ASSERT_TRUE(again.value()->read(0, bytes).ok());
+  std::vector<uint8_t> expected(128 * kKiB, 0);
+  std::fill(expected.begin(), expected.begin() + 64 * kKiB, 0x11);
+  std::fill(expected.begin() + 4 * kKiB, expected.begin() + 4 * kKiB + 10, 0x22);
+  std::fill(expected.begin() + 64 * kKiB + 100, expected.begin() + 64 * kKiB + 110, 0x33);
+  EXPECT_TRUE(bytes == expected);
+  ASSERT_TRUE(again.value()->merge_oldest().ok());
+  ASSERT_TRUE(again.value()->read(0, bytes).ok());
+  EXPECT_TRUE(bytes == expected);
 }
 
 TEST_F(DirtySectorsVolumeTest, LayerInfoCountsDirtyBytes) {
