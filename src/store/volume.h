@@ -88,8 +88,8 @@ Status validate_volume_options(const VolumeOptions& options);
 struct DeltaChunk {
   uint64_t chunk_index = 0;
   ChunkState state = ChunkState::kData;  // kZero: reads as zero, no payload to ship
-  // kData: the sectors that may differ (layer.h, "Dirty sectors"); kAllSectorsDirty
-  // when unknown (a layer opened from disk) or the whole chunk changed.
+  // kData: the sectors that may differ (layer.h, "Sectors"); kAllSectorsDirty
+  // when unknown (a format-1 layer opened from disk) or the whole chunk changed.
   uint64_t dirty_sectors = kAllSectorsDirty;
 };
 

@@ -307,10 +307,10 @@ TEST_F(PartialRecordsTest, ACutBetweenTheRunsOfAChunkResumesAndIsExact) {
   EXPECT_GT(resumed, 0u) << "no attempt resumed: the test lost its point";
 }
 
-TEST_F(PartialRecordsTest, ARestartedSourceShipsWholeChunks) {
+TEST_F(PartialRecordsTest, ARestartedSourceStillShipsOnlyItsSectors) {
   full_copy();
   uint64_t point = write_sectors_and_freeze({2}, {1});
-  // Reopened from disk, its layers no longer know their dirty sectors.
+  // Reopened from disk: its layers keep their sectors (layer map format 2).
   std::string dir = volume_->dir();
   volume_.reset();
   auto reopened = Volume::open(posix_file_system(), dir);
@@ -318,8 +318,8 @@ TEST_F(PartialRecordsTest, ARestartedSourceShipsWholeChunks) {
   volume_ = std::move(reopened).value();
   ASSERT_TRUE(connect_and_send(point).ok());
   expect_replica_equals(point);
-  EXPECT_EQ(sender_->partial_records_sent(), 0u);
-  EXPECT_EQ(sender_->bytes_total(), 64 * kKiB);
+  EXPECT_EQ(sender_->partial_records_sent(), 1u);
+  EXPECT_EQ(sender_->bytes_total(), 4 * kKiB);
 }
 
 TEST_F(PartialRecordsTest, TheReplicaRefusesBadPartialRecords) {
