@@ -61,10 +61,16 @@ Layer::Layer(FileSystem& fs, std::string dir, uint64_t id, uint64_t chunk_size_b
 size_t Layer::record_bytes() const { return sector_granular() ? kRecordBytesV2 : kRecordBytesV1; }
 
 Result<std::shared_ptr<Layer>> Layer::create(FileSystem& fs, const std::string& dir,
-                                             uint64_t layer_id, uint64_t chunk_size_bytes) {
+                                             uint64_t layer_id, uint64_t chunk_size_bytes,
+                                             const std::string& reuse_data_path) {
   std::shared_ptr<Layer> layer(new Layer(fs, dir, layer_id, chunk_size_bytes));
-  AMIRROR_ASSIGN_OR_RETURN(layer->data_file_,
-                           fs.open(dir + "/" + data_file_name(layer_id), OpenMode::kCreateNew));
+  const std::string data_path = dir + "/" + data_file_name(layer_id);
+  Result<bool> reusable = reuse_data_path.empty() ? Result<bool>(false) : fs.exists(reuse_data_path);
+  if (reusable.ok() && reusable.value() && fs.rename(reuse_data_path, data_path).ok()) {
+    AMIRROR_ASSIGN_OR_RETURN(layer->data_file_, fs.open(data_path, OpenMode::kOpenExisting));
+  } else {
+    AMIRROR_ASSIGN_OR_RETURN(layer->data_file_, fs.open(data_path, OpenMode::kCreateNew));
+  }
   AMIRROR_ASSIGN_OR_RETURN(layer->map_file_,
                            fs.open(dir + "/" + map_file_name(layer_id), OpenMode::kCreateNew));
   std::string header = encode_map_header(layer_id, chunk_size_bytes, kMapFormatVersion);
@@ -341,6 +347,15 @@ Status Layer::sync() {
   std::unique_lock lock(map_mutex_);
   free_slots_.insert(free_slots_.end(), freed.begin(), freed.end());
   return Status();
+}
+
+Result<uint64_t> Layer::allocated_data_bytes() {
+  AMIRROR_ASSIGN_OR_RETURN(uint64_t size, data_file_->size_bytes());
+  if (size == 0) return uint64_t{0};
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<Extent> extents, data_file_->allocated_extents(0, size));
+  uint64_t bytes = 0;
+  for (const Extent& extent : extents) bytes += extent.length_bytes;
+  return bytes;
 }
 
 Status Layer::remove_files() {

@@ -111,9 +111,14 @@ struct ChunkEntry {
 
 class Layer {
  public:
-  // Creates empty layer files; fails if they exist.
+  // Creates empty layer files; fails if they exist. With `reuse_data_path` naming an
+  // existing file (a merged layer's data file kept as a spare), that file becomes the
+  // data file, renamed: its blocks are written over instead of freed and allocated
+  // again. Its old bytes are never read: a slot is read only after the write a record
+  // names.
   static Result<std::shared_ptr<Layer>> create(FileSystem& fs, const std::string& dir,
-                                               uint64_t layer_id, uint64_t chunk_size_bytes);
+                                               uint64_t layer_id, uint64_t chunk_size_bytes,
+                                               const std::string& reuse_data_path = "");
   // Opens existing layer files and replays the map log.
   static Result<std::shared_ptr<Layer>> open(FileSystem& fs, const std::string& dir,
                                              uint64_t layer_id, uint64_t chunk_size_bytes);
@@ -167,6 +172,8 @@ class Layer {
 
   // Removes both files (after a merge). The object stays readable until destroyed.
   Status remove_files();
+  // The data file's bytes on disk (its allocated extents).
+  Result<uint64_t> allocated_data_bytes();
 
  private:
   Layer(FileSystem& fs, std::string dir, uint64_t id, uint64_t chunk_size_bytes);

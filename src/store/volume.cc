@@ -30,6 +30,15 @@ constexpr uint32_t kMetaFlagReadOnly = 1;
 constexpr uint32_t kMetaFlagBaseMayBeLarger = 2;
 constexpr const char* kMetaFileName = "volume.meta";
 constexpr const char* kBaseFileName = "base.img";
+// A merged layer's data file kept for the next layer (Layer::create): freeing a
+// layer's blocks and allocating new ones every cycle costs a discard per extent on a
+// file system mounted with `discard`, and a layer of scattered small writes has
+// thousands of extents (one per sector written). Several, as a catch-up merges several
+// layers in a row; each kept only while small, so a volume never holds more than
+// kMaxSpares * kMaxSpareDataBytes on disk for them.
+constexpr uint64_t kMaxSpares = 4;
+constexpr uint64_t kMaxSpareDataBytes = 256ULL << 20;
+std::string spare_data_file_name(uint64_t index) { return "spare-layer-" + std::to_string(index) + ".data"; }
 constexpr uint64_t kMaxMetaBytes = 16 * kMiB;
 
 int64_t now_unix_ms() {
@@ -895,7 +904,8 @@ Status Volume::freeze_locked(int64_t time_unix_ms, uint64_t cycle) {
   // Files of this id can only be leftovers of an earlier failed freeze.
   (void)fs_.remove(dir_ + "/" + Layer::data_file_name(next_id));
   (void)fs_.remove(dir_ + "/" + Layer::map_file_name(next_id));
-  AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> next, Layer::create(fs_, dir_, next_id, chunk_size_bytes()));
+  AMIRROR_ASSIGN_OR_RETURN(std::shared_ptr<Layer> next, Layer::create(fs_, dir_, next_id, chunk_size_bytes(),
+                                                                       spare_data_path(/*existing=*/true)));
   std::lock_guard meta(meta_mutex_);
   meta_.frozen.push_back({meta_.active_layer, cycle, time_unix_ms});
   meta_.active_layer = next_id;
@@ -1264,9 +1274,33 @@ Status Volume::merge_oldest(const std::function<void()>& progress) {
     AMIRROR_ASSERT(layers_.front() == oldest);
     layers_.erase(layers_.begin());
   }
-  // A failure here leaves an orphan that the next open removes.
-  (void)oldest->remove_files();
+  retire_merged_layer(*oldest);
   return Status();
+}
+
+// The path of a spare data file that exists (`existing`) or of a free spare name, or ""
+// when there is none.
+std::string Volume::spare_data_path(bool existing) {
+  for (uint64_t index = 0; index < kMaxSpares; ++index) {
+    const std::string path = dir_ + "/" + spare_data_file_name(index);
+    Result<bool> exists = fs_.exists(path);
+    if (exists.ok() && exists.value() == existing) return path;
+  }
+  return "";
+}
+
+void Volume::retire_merged_layer(Layer& merged) {
+  const std::string spare = spare_data_path(/*existing=*/false);
+  Result<uint64_t> allocated = merged.allocated_data_bytes();
+  if (!spare.empty() && allocated.ok() && allocated.value() <= kMaxSpareDataBytes &&
+      fs_.rename(dir_ + "/" + Layer::data_file_name(merged.id()), spare).ok()) {
+    // No directory sync needed: a crash that undoes the rename leaves an orphan layer
+    // file, which the next open removes, as below.
+    (void)fs_.remove(dir_ + "/" + Layer::map_file_name(merged.id()));
+    return;
+  }
+  // A failure here leaves an orphan that the next open removes.
+  (void)merged.remove_files();
 }
 
 // ---- Base fill (a replica's full copy, written once) -------------------------

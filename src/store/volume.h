@@ -340,6 +340,10 @@ class Volume {
   Status read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
                      uint64_t offset_bytes, std::span<uint8_t> out, bool lock_active);
   Status write_piece(const ChunkPiece& piece, const uint8_t* data);  // data null = zeroes
+  // Removes a merged layer's files, or keeps its data file as a spare that a later
+  // freeze reuses (spare_data_file_name in volume.cc).
+  void retire_merged_layer(Layer& merged);
+  std::string spare_data_path(bool existing);
   Status modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua,
                 bool staged = false);
   // REQUIRES: io_lock_ held exclusive. `cycle` 0 = the next number.
