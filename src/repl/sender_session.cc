@@ -183,16 +183,12 @@ std::pair<uint64_t, uint64_t> SenderSession::payload_of(const DeltaChunk& chunk,
   const uint64_t chunk_length = geometry.chunk_length_bytes(chunk.chunk_index);
   if (chunk.state == ChunkState::kZero) return {0, 1};
   if (chunk.dirty_sectors == kAllSectorsDirty) return {chunk_length, 1};
-  const uint64_t sector_bytes = dirty_sector_bytes(volume_->chunk_size_bytes());
   uint64_t bytes = 0;
   uint64_t runs = 0;
-  bool in_run = false;
-  for (uint64_t sector = 0; sector < kMaxDirtySectorsPerChunk && sector * sector_bytes < chunk_length; ++sector) {
-    bool dirty = ((chunk.dirty_sectors >> sector) & 1) != 0;
-    if (dirty) bytes += std::min(sector_bytes, chunk_length - sector * sector_bytes);
-    if (dirty && !in_run) runs += 1;
-    in_run = dirty;
-  }
+  for_each_sector_run(volume_->chunk_size_bytes(), chunk_length, chunk.dirty_sectors, [&](uint64_t begin, uint64_t end) {
+    bytes += end - begin;
+    runs += 1;
+  });
   return {bytes, runs};
 }
 

@@ -65,8 +65,7 @@ Result<std::shared_ptr<Layer>> Layer::create(FileSystem& fs, const std::string& 
                                              const std::string& reuse_data_path) {
   std::shared_ptr<Layer> layer(new Layer(fs, dir, layer_id, chunk_size_bytes));
   const std::string data_path = dir + "/" + data_file_name(layer_id);
-  Result<bool> reusable = reuse_data_path.empty() ? Result<bool>(false) : fs.exists(reuse_data_path);
-  if (reusable.ok() && reusable.value() && fs.rename(reuse_data_path, data_path).ok()) {
+  if (!reuse_data_path.empty() && fs.rename(reuse_data_path, data_path).ok()) {
     AMIRROR_ASSIGN_OR_RETURN(layer->data_file_, fs.open(data_path, OpenMode::kOpenExisting));
   } else {
     AMIRROR_ASSIGN_OR_RETURN(layer->data_file_, fs.open(data_path, OpenMode::kCreateNew));

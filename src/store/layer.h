@@ -112,7 +112,7 @@ struct ChunkEntry {
 class Layer {
  public:
   // Creates empty layer files; fails if they exist. With `reuse_data_path` naming an
-  // existing file (a merged layer's data file kept as a spare), that file becomes the
+  // existing file (if it cannot be renamed, a new file is created) (a merged layer's data file kept as a spare), that file becomes the
   // data file, renamed: its blocks are written over instead of freed and allocated
   // again. Its old bytes are never read: a slot is read only after the write a record
   // names.

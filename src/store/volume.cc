@@ -1291,8 +1291,8 @@ std::string Volume::spare_data_path(bool existing) {
 
 void Volume::retire_merged_layer(Layer& merged) {
   const std::string spare = spare_data_path(/*existing=*/false);
-  Result<uint64_t> allocated = merged.allocated_data_bytes();
-  if (!spare.empty() && allocated.ok() && allocated.value() <= kMaxSpareDataBytes &&
+  Result<uint64_t> allocated = spare.empty() ? Result<uint64_t>(kMaxSpareDataBytes + 1) : merged.allocated_data_bytes();
+  if (allocated.ok() && allocated.value() <= kMaxSpareDataBytes &&
       fs_.rename(dir_ + "/" + Layer::data_file_name(merged.id()), spare).ok()) {
     // No directory sync needed: a crash that undoes the rename leaves an orphan layer
     // file, which the next open removes, as below.
