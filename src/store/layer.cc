@@ -14,15 +14,18 @@ namespace amirror {
 namespace {
 
 constexpr char kMapMagic[8] = {'A', 'M', 'L', 'A', 'Y', 'M', 'A', 'P'};
-// Format 2 adds each record's defined-sector mask; format 1 maps are still read and
-// appended to (their records have no mask: whole chunks).
-constexpr uint32_t kMapFormatVersion = 2;
+// Format 2 adds each record's defined-sector mask; format 3 packs sectors into pieces
+// (layer.h). Maps of formats 1 and 2 are still read and appended to in their format.
+constexpr uint32_t kMapFormatVersion = 3;
+constexpr uint32_t kMapFormatSlots = 2;
 constexpr uint32_t kMapFormatWholeChunks = 1;
 constexpr size_t kMapHeaderBytes = 40;      // magic, version, reserved, layer id, chunk size, checksum
 constexpr uint32_t kBatchMagic = 0x31424d41;  // "AMB1"
 constexpr size_t kBatchHeaderBytes = 16;    // magic, record count, sequence
 constexpr size_t kRecordBytesV1 = 16;       // chunk index, slot (kZeroSlot = zeroed chunk)
 constexpr size_t kRecordBytesV2 = 24;       // chunk index, slot, defined sectors
+constexpr size_t kRecordBytesV3 = 32;       // chunk index, defined sectors (0 = zeroed), piece sectors, piece offset
+constexpr uint64_t kNoPiece = std::numeric_limits<uint64_t>::max();
 constexpr size_t kBatchTrailerBytes = 8;    // checksum of header + records
 constexpr uint64_t kZeroSlot = std::numeric_limits<uint64_t>::max();
 // Bounds that make a corrupt count or slot fail validation instead of driving
@@ -30,6 +33,7 @@ constexpr uint64_t kZeroSlot = std::numeric_limits<uint64_t>::max();
 // beyond 2^40 chunks.
 constexpr uint32_t kMaxRecordsPerBatch = 1u << 20;
 constexpr uint64_t kMaxSlot = 1ull << 40;
+constexpr uint64_t kMaxPieceOffset = 1ull << 56;
 
 std::string encode_map_header(uint64_t layer_id, uint64_t chunk_size_bytes, uint32_t version) {
   std::string header(kMapMagic, sizeof kMapMagic);
@@ -58,12 +62,15 @@ std::string Layer::map_file_name(uint64_t layer_id) {
 Layer::Layer(FileSystem& fs, std::string dir, uint64_t id, uint64_t chunk_size_bytes)
     : fs_(fs), dir_(std::move(dir)), id_(id), chunk_size_bytes_(chunk_size_bytes) {}
 
-size_t Layer::record_bytes() const { return sector_granular() ? kRecordBytesV2 : kRecordBytesV1; }
+size_t Layer::record_bytes() const {
+  return packed() ? kRecordBytesV3 : sector_granular() ? kRecordBytesV2 : kRecordBytesV1;
+}
 
 Result<std::shared_ptr<Layer>> Layer::create(FileSystem& fs, const std::string& dir,
                                              uint64_t layer_id, uint64_t chunk_size_bytes,
                                              const std::string& reuse_data_path) {
   std::shared_ptr<Layer> layer(new Layer(fs, dir, layer_id, chunk_size_bytes));
+  layer->free_pieces_.resize(kMaxDirtySectorsPerChunk + 1);
   const std::string data_path = dir + "/" + data_file_name(layer_id);
   if (!reuse_data_path.empty() && fs.rename(reuse_data_path, data_path).ok()) {
     AMIRROR_ASSIGN_OR_RETURN(layer->data_file_, fs.open(data_path, OpenMode::kOpenExisting));
@@ -82,6 +89,7 @@ Result<std::shared_ptr<Layer>> Layer::create(FileSystem& fs, const std::string& 
 Result<std::shared_ptr<Layer>> Layer::open(FileSystem& fs, const std::string& dir,
                                            uint64_t layer_id, uint64_t chunk_size_bytes) {
   std::shared_ptr<Layer> layer(new Layer(fs, dir, layer_id, chunk_size_bytes));
+  layer->free_pieces_.resize(kMaxDirtySectorsPerChunk + 1);
   AMIRROR_ASSIGN_OR_RETURN(layer->data_file_,
                            fs.open(dir + "/" + data_file_name(layer_id), OpenMode::kOpenExisting));
   AMIRROR_ASSIGN_OR_RETURN(layer->map_file_,
@@ -107,14 +115,15 @@ Status Layer::replay_map(uint64_t file_size_bytes) {
   std::vector<uint8_t> contents(file_size_bytes);
   AMIRROR_RETURN_IF_ERROR(map_file_->read_at(0, contents));
   map_version_ = get_u32(contents.data() + sizeof kMapMagic);
-  if (map_version_ != kMapFormatVersion && map_version_ != kMapFormatWholeChunks) map_version_ = kMapFormatVersion;
+  if (map_version_ != kMapFormatVersion && map_version_ != kMapFormatSlots && map_version_ != kMapFormatWholeChunks) {
+    map_version_ = kMapFormatVersion;
+  }
   std::string expected_header = encode_map_header(id_, chunk_size_bytes_, map_version_);
   if (std::memcmp(contents.data(), expected_header.data(), kMapHeaderBytes) != 0) {
-    return corruption(where + " has a bad header (not a layer map of format 1 or 2, or for another layer or " +
+    return corruption(where + " has a bad header (not a layer map of format 1, 2 or 3, or for another layer or " +
                       "chunk size)");
   }
   const size_t record_size = record_bytes();
-  const uint64_t full = full_sector_mask(chunk_size_bytes_);
 
   uint64_t position = kMapHeaderBytes;
   uint64_t sequence = 0;
@@ -129,19 +138,7 @@ Status Layer::replay_map(uint64_t file_size_bytes) {
     if (file_size_bytes - position < batch_bytes + kBatchTrailerBytes) break;
     if (checksum64(header, batch_bytes) != get_u64(header + batch_bytes)) break;
     for (uint32_t i = 0; i < record_count; ++i) {
-      const uint8_t* record = header + kBatchHeaderBytes + uint64_t{i} * record_size;
-      uint64_t chunk_index = get_u64(record);
-      uint64_t slot = get_u64(record + 8);
-      if (slot == kZeroSlot) {
-        map_[chunk_index] = ChunkEntry{ChunkState::kZero, 0};
-      } else {
-        if (slot >= kMaxSlot) return corruption(where + ": slot " + std::to_string(slot) + " out of range");
-        uint64_t defined = sector_granular() ? get_u64(record + 16) : kAllSectorsDirty;
-        if ((defined & full) == 0) {
-          return corruption(where + ": chunk " + std::to_string(chunk_index) + " defines no sector");
-        }
-        map_[chunk_index] = ChunkEntry{ChunkState::kData, slot, defined, defined};
-      }
+      AMIRROR_RETURN_IF_ERROR(replay_record(header + kBatchHeaderBytes + uint64_t{i} * record_size, where));
     }
     sequence += 1;
     position += batch_bytes + kBatchTrailerBytes;
@@ -149,9 +146,93 @@ Status Layer::replay_map(uint64_t file_size_bytes) {
   if (position != file_size_bytes) AMIRROR_RETURN_IF_ERROR(map_file_->truncate(position));
   map_end_bytes_ = position;
   batch_sequence_ = sequence;
+  return rebuild_allocator(where);
+}
 
-  // Rebuild the slot allocator: every slot below the highest used one that no
-  // entry references is free.
+Status Layer::replay_record(const uint8_t* record, const std::string& where) {
+  const uint64_t full = full_sector_mask(chunk_size_bytes_);
+  const uint64_t chunk_index = get_u64(record);
+  const std::string chunk = where + ": chunk " + std::to_string(chunk_index);
+  if (!packed()) {
+    uint64_t slot = get_u64(record + 8);
+    if (slot == kZeroSlot) {
+      map_[chunk_index] = ChunkEntry{ChunkState::kZero, 0};
+      return Status();
+    }
+    if (slot >= kMaxSlot) return corruption(where + ": slot " + std::to_string(slot) + " out of range");
+    uint64_t defined = sector_granular() ? get_u64(record + 16) : kAllSectorsDirty;
+    if ((defined & full) == 0) return corruption(chunk + " defines no sector");
+    map_[chunk_index] = ChunkEntry{ChunkState::kData, slot, defined, defined};
+    return Status();
+  }
+  const uint64_t defined = get_u64(record + 8);
+  const Piece piece{get_u64(record + 16), get_u64(record + 24)};
+  auto [it, inserted] = map_.try_emplace(chunk_index, ChunkEntry{ChunkState::kZero, 0});
+  if (defined == 0) {  // zeroed: the chunk's pieces are free
+    if (it->second.state == ChunkState::kData) {
+      slot_pieces_[it->second.slot] = SlotPieces{};
+      free_slots_.push_back(it->second.slot);
+    }
+    it->second = ChunkEntry{ChunkState::kZero, 0};
+    return Status();
+  }
+  if ((defined & ~full) != 0) return corruption(chunk + " defines sectors past the chunk");
+  if (inserted || it->second.state == ChunkState::kZero) {
+    uint64_t slot = next_slot_;
+    if (!free_slots_.empty()) {
+      slot = free_slots_.back();
+      free_slots_.pop_back();
+    } else {
+      ++next_slot_;
+      slot_pieces_.emplace_back();
+    }
+    it->second = ChunkEntry{ChunkState::kData, slot};
+  }
+  SlotPieces& pieces = slot_pieces_[it->second.slot];
+  if (piece.sectors != 0) {
+    if ((piece.sectors & ~full) != 0 || (piece.sectors & pieces.placed) != 0 ||
+        piece.offset_bytes % sector_bytes() != 0 || piece.offset_bytes >= kMaxPieceOffset) {
+      return corruption(chunk + " has a bad piece (sectors " + std::to_string(piece.sectors) + " at offset " +
+                        std::to_string(piece.offset_bytes) + ")");
+    }
+    pieces.pieces.push_back(piece);
+    pieces.recorded = pieces.pieces.size();
+    pieces.placed |= piece.sectors;
+  }
+  it->second.defined_sectors = defined;
+  it->second.dirty_sectors = defined;
+  return Status();
+}
+
+Status Layer::rebuild_allocator(const std::string& where) {
+  if (packed()) {
+    // Every defined sector has a place, and no two pieces overlap. Space freed before
+    // the restart is not reused: new pieces go after the last one.
+    std::vector<std::pair<uint64_t, uint64_t>> extents;  // offset, end
+    for (const auto& [chunk_index, entry] : map_) {
+      if (entry.state != ChunkState::kData) continue;
+      const SlotPieces& pieces = slot_pieces_[entry.slot];
+      if ((entry.defined_sectors & ~pieces.placed) != 0) {
+        return corruption(where + ": chunk " + std::to_string(chunk_index) + " defines sectors it holds no piece for");
+      }
+      ++data_chunk_count_;
+      for (const Piece& piece : pieces.pieces) {
+        const uint64_t count = static_cast<uint64_t>(std::popcount(piece.sectors));
+        placed_sector_count_ += count;
+        extents.emplace_back(piece.offset_bytes, piece.offset_bytes + count * sector_bytes());
+      }
+    }
+    std::sort(extents.begin(), extents.end());
+    for (size_t i = 1; i < extents.size(); ++i) {
+      if (extents[i].first < extents[i - 1].second) {
+        return corruption(where + ": data offset " + std::to_string(extents[i].first) + " is mapped twice");
+      }
+    }
+    data_end_bytes_ = extents.empty() ? 0 : extents.back().second;
+    return Status();
+  }
+  // Formats 1 and 2: every slot below the highest used one that no entry references
+  // is free.
   std::vector<uint64_t> used;
   for (const auto& [chunk_index, entry] : map_) {
     if (entry.state == ChunkState::kData) used.push_back(entry.slot);
@@ -194,7 +275,8 @@ size_t Layer::chunk_count() const {
 
 uint64_t Layer::data_bytes() const {
   std::shared_lock lock(map_mutex_);
-  return data_chunk_count_ * chunk_size_bytes_;
+  return packed() ? placed_sector_count_ * std::min(sector_bytes(), chunk_size_bytes_)
+                  : data_chunk_count_ * chunk_size_bytes_;
 }
 
 uint64_t Layer::dirty_bytes() const {
@@ -219,15 +301,117 @@ std::vector<std::pair<uint64_t, ChunkEntry>> Layer::entries() const {
   return result;
 }
 
+Result<std::vector<Layer::Segment>> Layer::segments_locked(uint64_t slot, uint64_t offset_in_chunk_bytes,
+                                                          uint64_t length_bytes) const {
+  const uint64_t sector = sector_bytes();
+  const SlotPieces& pieces = slot_pieces_[slot];
+  std::vector<Segment> segments;
+  for (uint64_t at = offset_in_chunk_bytes, end = offset_in_chunk_bytes + length_bytes; at < end;) {
+    const uint64_t index = at / sector;
+    const uint64_t run_end = std::min((index + 1) * sector, end);
+    auto piece = std::find_if(pieces.pieces.begin(), pieces.pieces.end(),
+                              [&](const Piece& p) { return ((p.sectors >> index) & 1) != 0; });
+    if (piece == pieces.pieces.end()) {
+      return corruption("layer " + std::to_string(id_) + " of " + dir_ + " holds no place for sector " +
+                        std::to_string(index) + " of slot " + std::to_string(slot));
+    }
+    const uint64_t rank = static_cast<uint64_t>(std::popcount(piece->sectors & ((uint64_t{1} << index) - 1)));
+    const uint64_t file_offset = piece->offset_bytes + rank * sector + (at - index * sector);
+    if (!segments.empty() && segments.back().file_offset_bytes + segments.back().length_bytes == file_offset) {
+      segments.back().length_bytes += run_end - at;
+    } else {
+      segments.push_back({file_offset, at, run_end - at});
+    }
+    at = run_end;
+  }
+  return segments;
+}
+
+uint64_t Layer::allocate_locked(uint64_t sector_count) {
+  // Smallest free run that fits (exact first); the rest of a larger one stays free.
+  for (uint64_t size = sector_count; size < free_pieces_.size(); ++size) {
+    if (free_pieces_[size].empty()) continue;
+    const uint64_t offset = free_pieces_[size].back();
+    free_pieces_[size].pop_back();
+    if (size > sector_count) free_pieces_[size - sector_count].push_back(offset + sector_count * sector_bytes());
+    return offset;
+  }
+  const uint64_t offset = data_end_bytes_;
+  data_end_bytes_ += sector_count * sector_bytes();
+  return offset;
+}
+
+void Layer::place_locked(uint64_t slot, uint64_t sectors) {
+  SlotPieces& pieces = slot_pieces_[slot];
+  const uint64_t added = sectors & ~pieces.placed;
+  if (added == 0) return;
+  const uint64_t count = static_cast<uint64_t>(std::popcount(added));
+  pieces.pieces.push_back({added, allocate_locked(count)});
+  pieces.placed |= added;
+  placed_sector_count_ += count;
+}
+
+void Layer::free_pieces_locked(uint64_t slot) {
+  SlotPieces& pieces = slot_pieces_[slot];
+  for (const Piece& piece : pieces.pieces) {
+    const uint64_t count = static_cast<uint64_t>(std::popcount(piece.sectors));
+    free_pieces_[count].push_back(piece.offset_bytes);
+    placed_sector_count_ -= count;
+  }
+  pieces = SlotPieces{};
+}
+
+void Layer::place_sectors(uint64_t slot, uint64_t sectors) {
+  if (!packed()) return;
+  AMIRROR_ASSERT(!frozen_.load());
+  std::unique_lock lock(map_mutex_);
+  place_locked(slot, sectors);
+}
+
 Status Layer::read_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<uint8_t> out) {
   AMIRROR_ASSERT(offset_in_chunk_bytes + out.size() <= chunk_size_bytes_);
-  return data_file_->read_at(slot * chunk_size_bytes_ + offset_in_chunk_bytes, out);
+  if (!packed()) return data_file_->read_at(slot * chunk_size_bytes_ + offset_in_chunk_bytes, out);
+  if (out.empty()) return Status();
+  Result<std::vector<Segment>> segments = [&]() -> Result<std::vector<Segment>> {
+    if (frozen_.load(std::memory_order_acquire)) return segments_locked(slot, offset_in_chunk_bytes, out.size());
+    std::shared_lock lock(map_mutex_);
+    return segments_locked(slot, offset_in_chunk_bytes, out.size());
+  }();
+  AMIRROR_RETURN_IF_ERROR(segments.status());
+  for (const Segment& segment : *segments) {
+    AMIRROR_RETURN_IF_ERROR(data_file_->read_at(
+        segment.file_offset_bytes,
+        out.subspan(segment.chunk_offset_bytes - offset_in_chunk_bytes, segment.length_bytes)));
+  }
+  return Status();
 }
 
 Status Layer::write_slot(uint64_t slot, uint64_t offset_in_chunk_bytes,
                          std::span<const uint8_t> data) {
   AMIRROR_ASSERT(offset_in_chunk_bytes + data.size() <= chunk_size_bytes_);
-  Status status = data_file_->write_at(slot * chunk_size_bytes_ + offset_in_chunk_bytes, data);
+  Status status;
+  if (!packed()) {
+    status = data_file_->write_at(slot * chunk_size_bytes_ + offset_in_chunk_bytes, data);
+  } else if (!data.empty()) {
+    const uint64_t touched = sectors_touched(chunk_size_bytes_, offset_in_chunk_bytes, data.size());
+    Result<std::vector<Segment>> segments = [&]() -> Result<std::vector<Segment>> {
+      if (frozen_.load(std::memory_order_acquire)) return segments_locked(slot, offset_in_chunk_bytes, data.size());
+      {
+        std::shared_lock lock(map_mutex_);
+        if ((touched & ~slot_pieces_[slot].placed) == 0) return segments_locked(slot, offset_in_chunk_bytes, data.size());
+      }
+      std::unique_lock lock(map_mutex_);
+      place_locked(slot, touched);
+      return segments_locked(slot, offset_in_chunk_bytes, data.size());
+    }();
+    AMIRROR_RETURN_IF_ERROR(segments.status());
+    for (const Segment& segment : *segments) {
+      if (!status.ok()) break;
+      status = data_file_->write_at(
+          segment.file_offset_bytes,
+          data.subspan(segment.chunk_offset_bytes - offset_in_chunk_bytes, segment.length_bytes));
+    }
+  }
   // Set after the write completed: a sync that starts later must include it. Only
   // stored when clear, so steady writers do not bounce the cache line.
   if (!data_dirty_.load(std::memory_order_relaxed)) data_dirty_.store(true, std::memory_order_release);
@@ -241,12 +425,26 @@ uint64_t Layer::reserve_slot() {
     free_slots_.pop_back();
     return slot;
   }
+  if (packed()) slot_pieces_.emplace_back();
   return next_slot_++;
 }
 
 void Layer::release_slot(uint64_t slot) {
   std::unique_lock lock(map_mutex_);
+  // Never named by a record: its pieces are free at once.
+  if (packed()) free_pieces_locked(slot);
   free_slots_.push_back(slot);
+}
+
+void Layer::record_new_pieces_locked(uint64_t chunk_index, const ChunkEntry& entry) {
+  SlotPieces& pieces = slot_pieces_[entry.slot];
+  if (pieces.recorded == pieces.pieces.size()) {
+    pending_records_.push_back({chunk_index, entry, Piece{}});
+    return;
+  }
+  for (; pieces.recorded < pieces.pieces.size(); ++pieces.recorded) {
+    pending_records_.push_back({chunk_index, entry, pieces.pieces[pieces.recorded]});
+  }
 }
 
 void Layer::publish_data(uint64_t chunk_index, uint64_t slot, uint64_t dirty_sectors) {
@@ -262,7 +460,13 @@ void Layer::publish_data(uint64_t chunk_index, uint64_t slot, uint64_t dirty_sec
     it->second = ChunkEntry{ChunkState::kData, slot, kAllSectorsDirty, kAllSectorsDirty};
   }
   ++data_chunk_count_;
-  pending_records_.push_back({chunk_index, it->second});
+  if (packed()) {
+    it->second.defined_sectors &= slot_pieces_[slot].placed;
+    AMIRROR_ASSERT(it->second.defined_sectors != 0);
+    record_new_pieces_locked(chunk_index, it->second);
+    return;
+  }
+  pending_records_.push_back({chunk_index, it->second, Piece{}});
 }
 
 void Layer::mark_dirty(uint64_t chunk_index, uint64_t dirty_sectors) {
@@ -271,9 +475,15 @@ void Layer::mark_dirty(uint64_t chunk_index, uint64_t dirty_sectors) {
   auto it = map_.find(chunk_index);
   AMIRROR_ASSERT(it != map_.end() && it->second.state == ChunkState::kData);
   it->second.dirty_sectors |= dirty_sectors;
-  if (!sector_granular() || (it->second.defined_sectors | dirty_sectors) == it->second.defined_sectors) return;
-  it->second.defined_sectors |= dirty_sectors;
-  pending_records_.push_back({chunk_index, it->second});
+  const uint64_t defined =
+      it->second.defined_sectors | (packed() ? dirty_sectors & slot_pieces_[it->second.slot].placed : dirty_sectors);
+  if (!sector_granular() || defined == it->second.defined_sectors) return;
+  it->second.defined_sectors = defined;
+  if (packed()) {
+    record_new_pieces_locked(chunk_index, it->second);
+    return;
+  }
+  pending_records_.push_back({chunk_index, it->second, Piece{}});
 }
 
 void Layer::publish_zero(uint64_t chunk_index) {
@@ -286,7 +496,7 @@ void Layer::publish_zero(uint64_t chunk_index) {
     --data_chunk_count_;
     it->second = ChunkEntry{ChunkState::kZero, 0};
   }
-  pending_records_.push_back({chunk_index, ChunkEntry{ChunkState::kZero, 0}});
+  pending_records_.push_back({chunk_index, ChunkEntry{ChunkState::kZero, 0}, Piece{}});
 }
 
 Status Layer::sync() {
@@ -329,6 +539,12 @@ Status Layer::sync() {
     for (size_t i = start; i < start + count; ++i) {
       append_u64(encoded, batch[i].chunk_index);
       const bool zero = batch[i].entry.state == ChunkState::kZero;
+      if (packed()) {
+        append_u64(encoded, zero ? 0 : batch[i].entry.defined_sectors);
+        append_u64(encoded, batch[i].piece.sectors);
+        append_u64(encoded, batch[i].piece.sectors == 0 ? kNoPiece : batch[i].piece.offset_bytes);
+        continue;
+      }
       append_u64(encoded, zero ? kZeroSlot : batch[i].entry.slot);
       if (sector_granular()) append_u64(encoded, zero ? 0 : batch[i].entry.defined_sectors);
     }
@@ -344,7 +560,10 @@ Status Layer::sync() {
   map_end_bytes_ += encoded.size();
   batch_sequence_ = sequence;
   std::unique_lock lock(map_mutex_);
-  free_slots_.insert(free_slots_.end(), freed.begin(), freed.end());
+  for (uint64_t slot : freed) {
+    if (packed()) free_pieces_locked(slot);
+    free_slots_.push_back(slot);
+  }
   return Status();
 }
 

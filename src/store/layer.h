@@ -2,7 +2,8 @@
 // A layer: the chunks written to a volume between two freezes (the patent's local
 // auxiliary volume AVL_s with its freeze table). On disk it is two files
 // (docs/formats/store.md):
-//   layer-<id>.data  slot i holds one chunk at offset i * chunk_size
+//   layer-<id>.data  the content of the sectors the map defines (format 3: packed;
+//                    formats 1 and 2: slot i holds one chunk at offset i * chunk_size)
 //   layer-<id>.map   append-only log of committed batches of chunk-map records
 //
 // The chunk map says, for each chunk the layer holds, either kData (content in a
@@ -20,6 +21,18 @@
 // every entry defines every sector, the dirty mask lives in memory only (a reopened
 // format-1 layer reports every chunk fully dirty), and Volume fills their slots whole
 // (sector_granular() is false).
+//
+// Packed sectors (map format 3, every layer created now): a slot is a handle, not a
+// place in the data file. Each slot owns pieces: runs of data-file space holding some
+// of its chunk's sectors in ascending order, one after another. A sector is given a
+// place the first time it is written (place_sectors, or write_slot); later writes go
+// to the same place. So the data file holds only sectors that were written, packed
+// from its start, instead of one sparse chunk-sized slot per chunk: a layer of
+// scattered 4 KiB writes into 64 KiB chunks is 16x smaller, has few extents, and a
+// reused spare data file (Volume) is written over instead of growing. Each record
+// names one new piece and the chunk's defined mask (docs/formats/store.md).
+// Free space (a zeroed chunk's pieces, once durable) is reused by size; a layer
+// reopened after a restart appends after its last piece.
 //
 // Durability protocol (why it is crash-safe):
 //  - New map entries are visible in memory at once but reach the .map file only in
@@ -127,8 +140,10 @@ class Layer {
 
   uint64_t id() const { return id_; }
   uint64_t chunk_size_bytes() const { return chunk_size_bytes_; }
-  // Format 2: entries may define only some sectors (see above). Format 1: whole chunks.
+  // Formats 2 and 3: entries may define only some sectors (see above). Format 1: whole chunks.
   bool sector_granular() const { return map_version_ >= 2; }
+  // Format 3: sectors packed into pieces (see above).
+  bool packed() const { return map_version_ >= 3; }
 
   std::optional<ChunkEntry> find(uint64_t chunk_index) const;
   // Declares the layer immutable (it was frozen and synced): later lookups skip the
@@ -139,15 +154,22 @@ class Layer {
   size_t chunk_count() const;
   // A sorted copy of the map: (chunk_index, entry).
   std::vector<std::pair<uint64_t, ChunkEntry>> entries() const;
-  // Bytes of slot space in use (kData entries times chunk size).
+  // Bytes of data-file space in use: placed sectors (format 3), else kData entries
+  // times chunk size.
   uint64_t data_bytes() const;
   // Bytes of the kData entries' dirty sectors (what a delta of this layer alone ships).
   uint64_t dirty_bytes() const;
 
-  // Reads part of a slot. REQUIRES: slot belongs to a kData entry of this layer.
+  // Reads part of a slot. REQUIRES: slot belongs to a kData entry of this layer, and
+  // (format 3) every sector read was written (it is defined).
   Status read_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<uint8_t> out);
-  // Writes part of a slot in place.
+  // Writes part of a slot in place. Format 3: sectors without a place get one (a new
+  // piece); a frozen layer refuses that (it writes only sectors it holds).
   Status write_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<const uint8_t> data);
+  // Format 3: gives the slot's `sectors` that have no place one new piece, so sectors
+  // about to be written by several write_slot calls lie together. No-op otherwise.
+  // REQUIRES: not frozen; the caller serializes changes to this slot.
+  void place_sectors(uint64_t slot, uint64_t sectors);
 
   // Reserves a free slot for a chunk about to be written for the first time. Pair
   // with publish_data() once the slot holds the chunk's full content, or
@@ -156,8 +178,9 @@ class Layer {
   void release_slot(uint64_t slot);
   // Makes chunk_index -> kData(slot) visible, with `dirty_sectors` the sectors the
   // write changed. In a sector-granular layer the slot holds exactly those sectors
-  // (after a kZero entry: every sector); else the whole chunk. REQUIRES: chunk absent
-  // or kZero; the slot's content written first.
+  // (after a kZero entry: every sector); else the whole chunk. Format 3 defines only
+  // sectors that were written (none past a short last chunk's end). REQUIRES: chunk
+  // absent or kZero; the slot's content written first.
   void publish_data(uint64_t chunk_index, uint64_t slot, uint64_t dirty_sectors = kAllSectorsDirty);
   // Adds sectors to a kData entry's masks (a later write to a chunk the layer holds);
   // in a sector-granular layer they become defined, recorded at the next sync.
@@ -180,16 +203,45 @@ class Layer {
   size_t record_bytes() const;
   Status replay_map(uint64_t file_size_bytes);
 
+  // Format 3: `sectors` of a slot's chunk, in ascending order at offset_bytes.
+  struct Piece {
+    uint64_t sectors = 0;
+    uint64_t offset_bytes = 0;
+  };
+  struct SlotPieces {
+    std::vector<Piece> pieces;
+    size_t recorded = 0;  // pieces[0, recorded) are in a pending or durable record
+    uint64_t placed = 0;  // union of the pieces' sectors
+  };
+  // One contiguous run of a slot access: file bytes [file_offset, +length) are bytes
+  // [chunk_offset, +length) of the chunk.
+  struct Segment {
+    uint64_t file_offset_bytes;
+    uint64_t chunk_offset_bytes;
+    uint64_t length_bytes;
+  };
   struct PendingRecord {
     uint64_t chunk_index;
     ChunkEntry entry;
+    Piece piece;  // format 3: the new piece this record names (sectors 0: none)
   };
+
+  Status replay_record(const uint8_t* record, const std::string& where);
+  Status rebuild_allocator(const std::string& where);
+  // Format 3 helpers. REQUIRE: map_mutex_ held (or frozen).
+  void place_locked(uint64_t slot, uint64_t sectors);
+  uint64_t allocate_locked(uint64_t sector_count);
+  void free_pieces_locked(uint64_t slot);
+  Result<std::vector<Segment>> segments_locked(uint64_t slot, uint64_t offset_in_chunk_bytes,
+                                               uint64_t length_bytes) const;
+  void record_new_pieces_locked(uint64_t chunk_index, const ChunkEntry& entry);
+  uint64_t sector_bytes() const { return dirty_sector_bytes(chunk_size_bytes_); }
 
   FileSystem& fs_;
   const std::string dir_;
   const uint64_t id_;
   const uint64_t chunk_size_bytes_;
-  uint32_t map_version_ = 2;  // set before the layer is shared, never after
+  uint32_t map_version_ = 3;  // set before the layer is shared, never after
   std::unique_ptr<File> data_file_;
   std::unique_ptr<File> map_file_;
 
@@ -200,6 +252,13 @@ class Layer {
   std::vector<uint64_t> free_slots_;                   // GUARDED_BY(map_mutex_)
   uint64_t next_slot_ = 0;                             // GUARDED_BY(map_mutex_)
   uint64_t data_chunk_count_ = 0;                      // GUARDED_BY(map_mutex_)
+  // Format 3 (see above); mutated only before mark_frozen, so a frozen layer reads
+  // them without the lock.
+  std::vector<SlotPieces> slot_pieces_;                // GUARDED_BY(map_mutex_), by slot
+  // Free data-file space by length in sectors (index 1..64): offsets.
+  std::vector<std::vector<uint64_t>> free_pieces_;     // GUARDED_BY(map_mutex_)
+  uint64_t data_end_bytes_ = 0;                        // GUARDED_BY(map_mutex_): append point
+  uint64_t placed_sector_count_ = 0;                   // GUARDED_BY(map_mutex_)
 
   std::atomic<bool> frozen_{false};
   std::atomic<bool> data_dirty_{false};  // a slot was written since the last data sync

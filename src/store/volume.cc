@@ -781,12 +781,17 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
   if (entry && entry->state == ChunkState::kData) {
     // Sectors the slot does not hold yet: the piece's partial ends are filled from below.
     if (const uint64_t added = touched & ~entry->defined_sectors; added != 0) {
+      active.place_sectors(entry->slot, added);  // together, not one piece per write below
       AMIRROR_RETURN_IF_ERROR(fill_around(active, entry->slot, piece, added, chunk_length));
     }
     AMIRROR_RETURN_IF_ERROR(active.write_slot(entry->slot, piece.offset_in_chunk_bytes,
                                               std::span(source, piece.length_bytes)));
-    // Marked after the write: a freeze (which waits for this write) sees both.
-    if ((entry->dirty_sectors | touched) != entry->dirty_sectors) active.mark_dirty(piece.chunk_index, touched);
+    // Marked after the write: a freeze (which waits for this write) sees both. A packed
+    // layer's whole-chunk write of a short last chunk marks every sector dirty but
+    // defines none past the chunk's end; after a resize such a sector is added here.
+    if ((entry->dirty_sectors | touched) != entry->dirty_sectors || (touched & ~entry->defined_sectors) != 0) {
+      active.mark_dirty(piece.chunk_index, touched);
+    }
     return Status();
   }
 
@@ -798,6 +803,7 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
   if (piece.covers_whole_chunk) {
     status = active.write_slot(slot, 0, std::span(source, chunk_length));
   } else if (!entry && active.sector_granular()) {
+    active.place_sectors(slot, touched);
     status = fill_around(active, slot, piece, touched, chunk_length);
     if (status.ok()) status = active.write_slot(slot, piece.offset_in_chunk_bytes, std::span(source, piece.length_bytes));
   } else {
@@ -1126,10 +1132,19 @@ Status Volume::zero_slot_tails_locked(uint64_t old_size_bytes, uint64_t new_size
   uint64_t chunk_index = old_size_bytes / chunk_size_bytes_;
   uint64_t new_length_bytes = ChunkGeometry(new_size_bytes, chunk_size_bytes_).chunk_length_bytes(chunk_index);
   std::span<const uint8_t> zeros(zero_chunk(), new_length_bytes - old_tail_bytes);
+  const uint64_t sector_bytes = dirty_sector_bytes(chunk_size_bytes_);
+  const uint64_t straddling = old_tail_bytes / sector_bytes;  // the sector the old end cuts
   for (const auto& layer : layers_) {
     std::optional<ChunkEntry> entry = layer->find(chunk_index);
     if (!entry || entry->state != ChunkState::kData) continue;
-    AMIRROR_RETURN_IF_ERROR(layer->write_slot(entry->slot, old_tail_bytes, zeros));
+    std::span<const uint8_t> tail = zeros;
+    if (layer->packed()) {
+      // A packed layer defines only sectors that were written, so none past the old
+      // end: just the rest of the sector the old end cuts, if it is defined.
+      if (old_tail_bytes % sector_bytes == 0 || ((entry->defined_sectors >> straddling) & 1) == 0) continue;
+      tail = zeros.first(std::min((straddling + 1) * sector_bytes, new_length_bytes) - old_tail_bytes);
+    }
+    AMIRROR_RETURN_IF_ERROR(layer->write_slot(entry->slot, old_tail_bytes, tail));
     AMIRROR_RETURN_IF_ERROR(layer->sync());
   }
   return Status();
