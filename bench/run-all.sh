@@ -14,6 +14,8 @@
 #     env: MAX_TRIES (3)  a part whose 1-minute load average before it exceeds 0.5 is run
 #                         again, up to this many times; the run with the lowest load counts
 #          KEEP (unset)   a directory to keep every part's raw results and output in
+#          QUIET_WAIT_S (300)  before each try, wait up to this long for the load to fall
+#                         to 0.5 (the previous part's writeback)
 #
 # Without AMIRROR_BINARY it builds build-mbench/amirror (Release). Load averages are
 # printed before and after each part; the table marks figures taken on a loaded machine.
@@ -33,6 +35,17 @@ MAX_TRIES=${MAX_TRIES:-3}
 OUT=$(mktemp -d /tmp/bench-all.XXXXXX)
 trap '[[ -n ${KEEP:-} ]] && { mkdir -p "$KEEP"; cp -r "$OUT"/. "$KEEP"/; }; rm -rf "$OUT"' EXIT
 load1() { cut -d' ' -f1 /proc/loadavg; }
+# The previous part's writeback and processes keep the load up for a minute or two:
+# wait (up to QUIET_WAIT_S seconds) for the 1-minute load average to fall to 0.5.
+QUIET_WAIT_S=${QUIET_WAIT_S:-300}
+((QUICK)) && QUIET_WAIT_S=0
+wait_quiet() {
+  local waited=0
+  while ((waited < QUIET_WAIT_S)) && ! python3 -c "import sys; sys.exit(0 if $(load1) <= 0.5 else 1)"; do
+    sleep 10
+    waited=$((waited + 10))
+  done
+}
 
 # run_part NAME COMMAND...: runs it (again while the load before it was > 0.5, up to
 # MAX_TRIES), keeps the output of the quietest try as $OUT/NAME.out and its raw results
@@ -42,6 +55,7 @@ run_part() {
   local name=$1 best="" try before after
   shift
   for ((try = 1; try <= MAX_TRIES; try++)); do
+    wait_quiet
     before=$(load1)
     echo "bench-all: $(date +%T) $name (try $try), load average before: $(cat /proc/loadavg)" >&2
     RESULTS_OUT="$OUT/$name.try$try.results" "$@" >"$OUT/$name.try$try.out"
