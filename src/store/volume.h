@@ -385,6 +385,11 @@ class Volume {
 
   std::atomic<uint64_t> last_freeze_stall_us_{0};
   std::mutex merge_mutex_;                 // one merge (or resize) at a time
+  // Base fill: written bytes not yet handed to writeback, one contiguous range (see
+  // write_base_fill).
+  std::mutex base_fill_writeback_mutex_;
+  uint64_t base_fill_unsubmitted_from_ = 0;   // GUARDED_BY(base_fill_writeback_mutex_)
+  uint64_t base_fill_unsubmitted_bytes_ = 0;  // GUARDED_BY(base_fill_writeback_mutex_)
   // Held exclusively by a merge while it rewrites the base, shared by readers of the
   // base point itself (read_frozen(base_cycle()), allocated_chunks).
   std::shared_mutex base_point_lock_;
