@@ -190,10 +190,17 @@ Status Layer::replay_record(const uint8_t* record, const std::string& where) {
   }
   SlotPieces& pieces = slot_pieces_[it->second.slot];
   if (piece.sectors != 0) {
-    if ((piece.sectors & ~full) != 0 || (piece.sectors & pieces.placed) != 0 ||
+    // A piece holding sectors placed before must hold them all: it replaces the
+    // chunk's pieces (a chunk made whole, see place_locked).
+    const bool replaces = (piece.sectors & pieces.placed) != 0;
+    if ((piece.sectors & ~full) != 0 || (replaces && (pieces.placed & ~piece.sectors) != 0) ||
         piece.offset_bytes % sector_bytes() != 0 || piece.offset_bytes >= kMaxPieceOffset) {
       return corruption(chunk + " has a bad piece (sectors " + std::to_string(piece.sectors) + " at offset " +
                         std::to_string(piece.offset_bytes) + ")");
+    }
+    if (replaces) {
+      pieces.pieces.clear();
+      pieces.placed = 0;
     }
     pieces.pieces.push_back(piece);
     pieces.recorded = pieces.pieces.size();
@@ -341,31 +348,70 @@ uint64_t Layer::allocate_locked(uint64_t sector_count) {
   return offset;
 }
 
-void Layer::place_locked(uint64_t slot, uint64_t sectors) {
+Status Layer::place_locked(uint64_t slot, uint64_t sectors) {
   SlotPieces& pieces = slot_pieces_[slot];
   const uint64_t added = sectors & ~pieces.placed;
-  if (added == 0) return;
-  const uint64_t count = static_cast<uint64_t>(std::popcount(added));
-  pieces.pieces.push_back({added, allocate_locked(count)});
-  pieces.placed |= added;
+  if (added == 0) return Status();
+  if (pieces.pieces.size() < kMaxPiecesPerChunk) {
+    const uint64_t count = static_cast<uint64_t>(std::popcount(added));
+    pieces.pieces.push_back({added, allocate_locked(count)});
+    pieces.placed |= added;
+    placed_sector_count_ += count;
+    return Status();
+  }
+  // A chunk written piecemeal (a volume that is never frozen, taking random writes for
+  // a long time) would scatter its sectors over many pieces and turn one read of it
+  // into many. Its next piece is the whole chunk instead, in chunk order: the sectors
+  // held so far are copied there (the others read as zeros until written), once per
+  // chunk and layer. The old pieces stay until the record naming the new one is
+  // durable (record_new_pieces_locked). Under the map lock: the copy is one chunk, and
+  // happens at most once per chunk.
+  const uint64_t sector = sector_bytes();
+  const uint64_t whole = full_sector_mask(chunk_size_bytes_);
+  const uint64_t count = static_cast<uint64_t>(std::popcount(whole));
+  std::vector<uint8_t> image(count * sector, 0);
+  for (const Piece& piece : pieces.pieces) {
+    std::vector<uint8_t> content(static_cast<uint64_t>(std::popcount(piece.sectors)) * sector);
+    AMIRROR_RETURN_IF_ERROR(data_file_->read_at(piece.offset_bytes, content));
+    uint64_t rank = 0;
+    for (uint64_t index = 0; index < kMaxDirtySectorsPerChunk; ++index) {
+      if (((piece.sectors >> index) & 1) == 0) continue;
+      std::memcpy(image.data() + index * sector, content.data() + rank * sector, sector);
+      ++rank;
+    }
+  }
+  const uint64_t offset = allocate_locked(count);
+  if (Status status = data_file_->write_at(offset, image); !status.ok()) {
+    free_pieces_[count].push_back(offset);
+    return status;
+  }
+  if (!data_dirty_.load(std::memory_order_relaxed)) data_dirty_.store(true, std::memory_order_release);
   placed_sector_count_ += count;
+  pieces.superseded.insert(pieces.superseded.end(), pieces.pieces.begin(), pieces.pieces.end());
+  pieces.pieces.assign(1, Piece{whole, offset});
+  pieces.recorded = 0;
+  pieces.placed = whole;
+  return Status();
+}
+
+void Layer::free_piece_locked(const Piece& piece) {
+  const uint64_t count = static_cast<uint64_t>(std::popcount(piece.sectors));
+  free_pieces_[count].push_back(piece.offset_bytes);
+  placed_sector_count_ -= count;
 }
 
 void Layer::free_pieces_locked(uint64_t slot) {
   SlotPieces& pieces = slot_pieces_[slot];
-  for (const Piece& piece : pieces.pieces) {
-    const uint64_t count = static_cast<uint64_t>(std::popcount(piece.sectors));
-    free_pieces_[count].push_back(piece.offset_bytes);
-    placed_sector_count_ -= count;
-  }
+  for (const Piece& piece : pieces.pieces) free_piece_locked(piece);
+  for (const Piece& piece : pieces.superseded) free_piece_locked(piece);
   pieces = SlotPieces{};
 }
 
-void Layer::place_sectors(uint64_t slot, uint64_t sectors) {
-  if (!packed()) return;
+Status Layer::place_sectors(uint64_t slot, uint64_t sectors) {
+  if (!packed()) return Status();
   AMIRROR_ASSERT(!frozen_.load());
   std::unique_lock lock(map_mutex_);
-  place_locked(slot, sectors);
+  return place_locked(slot, sectors);
 }
 
 Status Layer::read_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<uint8_t> out) {
@@ -401,7 +447,7 @@ Status Layer::write_slot(uint64_t slot, uint64_t offset_in_chunk_bytes,
         if ((touched & ~slot_pieces_[slot].placed) == 0) return segments_locked(slot, offset_in_chunk_bytes, data.size());
       }
       std::unique_lock lock(map_mutex_);
-      place_locked(slot, touched);
+      AMIRROR_RETURN_IF_ERROR(place_locked(slot, touched));
       return segments_locked(slot, offset_in_chunk_bytes, data.size());
     }();
     AMIRROR_RETURN_IF_ERROR(segments.status());
@@ -445,6 +491,9 @@ void Layer::record_new_pieces_locked(uint64_t chunk_index, const ChunkEntry& ent
   for (; pieces.recorded < pieces.pieces.size(); ++pieces.recorded) {
     pending_records_.push_back({chunk_index, entry, pieces.pieces[pieces.recorded]});
   }
+  // The pieces a whole-chunk piece replaced are free once its record is durable.
+  pending_free_pieces_.insert(pending_free_pieces_.end(), pieces.superseded.begin(), pieces.superseded.end());
+  pieces.superseded.clear();
 }
 
 void Layer::publish_data(uint64_t chunk_index, uint64_t slot, uint64_t dirty_sectors) {
@@ -503,10 +552,12 @@ Status Layer::sync() {
   std::lock_guard sync_lock(sync_mutex_);
   std::vector<PendingRecord> batch;
   std::vector<uint64_t> freed;
+  std::vector<Piece> freed_pieces;
   {
     std::unique_lock lock(map_mutex_);
     batch.swap(pending_records_);
     freed.swap(pending_free_slots_);
+    freed_pieces.swap(pending_free_pieces_);
   }
   auto restore = [&] {
     std::unique_lock lock(map_mutex_);
@@ -514,6 +565,8 @@ Status Layer::sync() {
     pending_records_.swap(batch);
     freed.insert(freed.end(), pending_free_slots_.begin(), pending_free_slots_.end());
     pending_free_slots_.swap(freed);
+    freed_pieces.insert(freed_pieces.end(), pending_free_pieces_.begin(), pending_free_pieces_.end());
+    pending_free_pieces_.swap(freed_pieces);
   };
 
   // Data first: a durable record must never point at content that is not durable.
@@ -564,6 +617,7 @@ Status Layer::sync() {
     if (packed()) free_pieces_locked(slot);
     free_slots_.push_back(slot);
   }
+  for (const Piece& piece : freed_pieces) free_piece_locked(piece);
   return Status();
 }
 

@@ -32,7 +32,9 @@
 // reused spare data file (Volume) is written over instead of growing. Each record
 // names one new piece and the chunk's defined mask (docs/formats/store.md).
 // Free space (a zeroed chunk's pieces, once durable) is reused by size; a layer
-// reopened after a restart appends after its last piece.
+// reopened after a restart appends after its last piece. A chunk that would get a
+// fifth piece gets one whole-chunk piece instead (its sectors copied there, in chunk
+// order), so a chunk written piecemeal for a long time still reads with one call.
 //
 // Durability protocol (why it is crash-safe):
 //  - New map entries are visible in memory at once but reach the .map file only in
@@ -169,7 +171,10 @@ class Layer {
   // Format 3: gives the slot's `sectors` that have no place one new piece, so sectors
   // about to be written by several write_slot calls lie together. No-op otherwise.
   // REQUIRES: not frozen; the caller serializes changes to this slot.
-  void place_sectors(uint64_t slot, uint64_t sectors);
+  // A chunk's fifth piece is the whole chunk instead (its sectors copied there), so a
+  // chunk has at most kMaxPiecesPerChunk pieces.
+  Status place_sectors(uint64_t slot, uint64_t sectors);
+  static constexpr size_t kMaxPiecesPerChunk = 4;
 
   // Reserves a free slot for a chunk about to be written for the first time. Pair
   // with publish_data() once the slot holds the chunk's full content, or
@@ -210,6 +215,7 @@ class Layer {
   };
   struct SlotPieces {
     std::vector<Piece> pieces;
+    std::vector<Piece> superseded;  // replaced by a whole-chunk piece not yet recorded
     size_t recorded = 0;  // pieces[0, recorded) are in a pending or durable record
     uint64_t placed = 0;  // union of the pieces' sectors
   };
@@ -229,7 +235,8 @@ class Layer {
   Status replay_record(const uint8_t* record, const std::string& where);
   Status rebuild_allocator(const std::string& where);
   // Format 3 helpers. REQUIRE: map_mutex_ held (or frozen).
-  void place_locked(uint64_t slot, uint64_t sectors);
+  Status place_locked(uint64_t slot, uint64_t sectors);
+  void free_piece_locked(const Piece& piece);
   uint64_t allocate_locked(uint64_t sector_count);
   void free_pieces_locked(uint64_t slot);
   Result<std::vector<Segment>> segments_locked(uint64_t slot, uint64_t offset_in_chunk_bytes,
@@ -249,6 +256,7 @@ class Layer {
   std::unordered_map<uint64_t, ChunkEntry> map_;       // GUARDED_BY(map_mutex_)
   std::vector<PendingRecord> pending_records_;         // GUARDED_BY(map_mutex_)
   std::vector<uint64_t> pending_free_slots_;           // GUARDED_BY(map_mutex_)
+  std::vector<Piece> pending_free_pieces_;             // GUARDED_BY(map_mutex_): free once synced
   std::vector<uint64_t> free_slots_;                   // GUARDED_BY(map_mutex_)
   uint64_t next_slot_ = 0;                             // GUARDED_BY(map_mutex_)
   uint64_t data_chunk_count_ = 0;                      // GUARDED_BY(map_mutex_)

@@ -781,7 +781,8 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
   if (entry && entry->state == ChunkState::kData) {
     // Sectors the slot does not hold yet: the piece's partial ends are filled from below.
     if (const uint64_t added = touched & ~entry->defined_sectors; added != 0) {
-      active.place_sectors(entry->slot, added);  // together, not one piece per write below
+      // Together, not one piece per write below.
+      AMIRROR_RETURN_IF_ERROR(active.place_sectors(entry->slot, added));
       AMIRROR_RETURN_IF_ERROR(fill_around(active, entry->slot, piece, added, chunk_length));
     }
     AMIRROR_RETURN_IF_ERROR(active.write_slot(entry->slot, piece.offset_in_chunk_bytes,
@@ -803,8 +804,8 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
   if (piece.covers_whole_chunk) {
     status = active.write_slot(slot, 0, std::span(source, chunk_length));
   } else if (!entry && active.sector_granular()) {
-    active.place_sectors(slot, touched);
-    status = fill_around(active, slot, piece, touched, chunk_length);
+    status = active.place_sectors(slot, touched);
+    if (status.ok()) status = fill_around(active, slot, piece, touched, chunk_length);
     if (status.ok()) status = active.write_slot(slot, piece.offset_in_chunk_bytes, std::span(source, piece.length_bytes));
   } else {
     std::span<uint8_t> chunk = scratch_chunk(chunk_length);

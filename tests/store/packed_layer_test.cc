@@ -51,7 +51,7 @@ class PackedLayerTest : public ::testing::Test {
     const bool fresh = !entry || entry->state != ChunkState::kData;
     const uint64_t slot = fresh ? layer.reserve_slot() : entry->slot;
     const uint64_t added = fresh ? sectors : sectors & ~entry->defined_sectors;
-    layer.place_sectors(slot, added);
+    ASSERT_TRUE(layer.place_sectors(slot, added).ok());
     for_each_sector_run(kChunk, kChunk, added, [&](uint64_t begin, uint64_t end) {
       ASSERT_TRUE(layer.write_slot(slot, begin, std::span(image).subspan(begin, end - begin)).ok());
     });
@@ -65,8 +65,9 @@ class PackedLayerTest : public ::testing::Test {
   }
   // Every defined sector of every chunk reads as written (the others are not read:
   // they come from below in a volume).
-  void expect_contents(Layer& layer) {
-    for (const auto& [chunk_index, image] : images_) {
+  void expect_contents(Layer& layer) { expect_contents(layer, images_); }
+  void expect_contents(Layer& layer, const std::map<uint64_t, std::vector<uint8_t>>& images) {
+    for (const auto& [chunk_index, image] : images) {
       std::optional<ChunkEntry> entry = layer.find(chunk_index);
       ASSERT_TRUE(entry.has_value()) << "chunk " << chunk_index;
       ASSERT_EQ(entry->state, ChunkState::kData);
@@ -118,18 +119,49 @@ TEST_F(PackedLayerTest, SectorsWrittenOutOfOrderAreRewrittenInPlace) {
   EXPECT_EQ(file_size(data_path()), 4 * kSector);  // rewrites took no new space
   expect_contents(*layer);
   ASSERT_TRUE(layer->sync().ok());
-  // A write after the sync adds a piece in a second batch.
-  write(*layer, 3, 15 * kSector, kSector, 0x15);
-  ASSERT_TRUE(layer->sync().ok());
   layer.reset();
   auto reopened = reopen();
   ASSERT_NE(reopened, nullptr);
-  EXPECT_EQ(reopened->find(3)->defined_sectors, (1u << 15) | (1u << 9) | (1u << 2) | (1u << 3) | (1u << 5));
+  EXPECT_EQ(reopened->find(3)->defined_sectors, (1u << 9) | (1u << 2) | (1u << 3) | (1u << 5));
   expect_contents(*reopened);
   // Reopened, it appends after its last piece and rewrites in place.
   write(*reopened, 3, 9 * kSector, 10, 0x42);
   write(*reopened, 4, 0, kChunk, 0x44);
-  EXPECT_EQ(file_size(data_path()), 5 * kSector + kChunk);
+  EXPECT_EQ(file_size(data_path()), 4 * kSector + kChunk);
+  expect_contents(*reopened);
+}
+
+// A chunk's fifth piece is the whole chunk: its sectors are copied there in chunk
+// order, so a chunk written piecemeal reads with one call; the old pieces stay until
+// the record naming the whole one is durable, so a crash before that finds them.
+TEST_F(PackedLayerTest, AChunkWrittenInManyPiecesIsMadeWholeOnce) {
+  auto layer = create();
+  ASSERT_NE(layer, nullptr);
+  for (uint64_t sector : {7, 1, 12, 4}) write(*layer, 0, sector * kSector, kSector, static_cast<uint8_t>(sector + 1));
+  ASSERT_TRUE(layer->sync().ok());
+  EXPECT_EQ(file_size(data_path()), 4 * kSector);
+  const auto durable_images = images_;
+  write(*layer, 0, 9 * kSector + 5, 100, 0x99);  // the fifth piece: the whole chunk instead
+  EXPECT_EQ(file_size(data_path()), 4 * kSector + kChunk);
+  EXPECT_EQ(layer->data_bytes(), 4 * kSector + kChunk);  // the old pieces until durable
+  expect_contents(*layer);
+  write(*layer, 0, 15 * kSector, kSector, 0x16);  // a sector it had no place for: in place now
+  EXPECT_EQ(file_size(data_path()), 4 * kSector + kChunk);
+  {  // A crash now: the durable map still names the four pieces, and they are intact.
+    auto durable = Layer::open(fs_, scratch_.path(), 1, kChunk);
+    ASSERT_TRUE(durable.ok()) << durable.status().to_string();
+    expect_contents(*durable.value(), durable_images);
+  }
+  ASSERT_TRUE(layer->sync().ok());
+  EXPECT_EQ(layer->data_bytes(), kChunk);
+  write(*layer, 5, 0, kSector, 0x55);  // takes a freed sector: no growth
+  EXPECT_EQ(file_size(data_path()), 4 * kSector + kChunk);
+  expect_contents(*layer);
+  ASSERT_TRUE(layer->sync().ok());
+  layer.reset();
+  auto reopened = reopen();
+  ASSERT_NE(reopened, nullptr);
+  EXPECT_EQ(reopened->find(0)->defined_sectors, (1u << 7) | (1u << 1) | (1u << 12) | (1u << 4) | (1u << 9) | (1u << 15));
   expect_contents(*reopened);
 }
 
