@@ -46,6 +46,9 @@ std::string encode_map_header(uint64_t layer_id, uint64_t chunk_size_bytes, uint
   return header;
 }
 
+// How many sectors a mask names.
+uint64_t sector_count(uint64_t sectors) { return static_cast<uint64_t>(std::popcount(sectors)); }
+
 std::span<const uint8_t> as_bytes(const std::string& text) {
   return std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size());
 }
@@ -177,17 +180,7 @@ Status Layer::replay_record(const uint8_t* record, const std::string& where) {
     return Status();
   }
   if ((defined & ~full) != 0) return corruption(chunk + " defines sectors past the chunk");
-  if (inserted || it->second.state == ChunkState::kZero) {
-    uint64_t slot = next_slot_;
-    if (!free_slots_.empty()) {
-      slot = free_slots_.back();
-      free_slots_.pop_back();
-    } else {
-      ++next_slot_;
-      slot_pieces_.emplace_back();
-    }
-    it->second = ChunkEntry{ChunkState::kData, slot};
-  }
+  if (inserted || it->second.state == ChunkState::kZero) it->second = ChunkEntry{ChunkState::kData, reserve_slot_locked()};
   SlotPieces& pieces = slot_pieces_[it->second.slot];
   if (piece.sectors != 0) {
     // A piece holding sectors placed before must hold them all: it replaces the
@@ -224,7 +217,7 @@ Status Layer::rebuild_allocator(const std::string& where) {
       }
       ++data_chunk_count_;
       for (const Piece& piece : pieces.pieces) {
-        const uint64_t count = static_cast<uint64_t>(std::popcount(piece.sectors));
+        const uint64_t count = sector_count(piece.sectors);
         placed_sector_count_ += count;
         extents.emplace_back(piece.offset_bytes, piece.offset_bytes + count * sector_bytes());
       }
@@ -292,7 +285,7 @@ uint64_t Layer::dirty_bytes() const {
   uint64_t sectors = 0;
   std::shared_lock lock(map_mutex_);
   for (const auto& [chunk_index, entry] : map_) {
-    if (entry.state == ChunkState::kData) sectors += static_cast<uint64_t>(std::popcount(entry.dirty_sectors & full));
+    if (entry.state == ChunkState::kData) sectors += sector_count(entry.dirty_sectors & full);
   }
   return sectors * sector_bytes;
 }
@@ -308,11 +301,11 @@ std::vector<std::pair<uint64_t, ChunkEntry>> Layer::entries() const {
   return result;
 }
 
-Result<std::vector<Layer::Segment>> Layer::segments_locked(uint64_t slot, uint64_t offset_in_chunk_bytes,
-                                                          uint64_t length_bytes) const {
+Result<Layer::Segments> Layer::segments_locked(uint64_t slot, uint64_t offset_in_chunk_bytes,
+                                              uint64_t length_bytes) const {
   const uint64_t sector = sector_bytes();
   const SlotPieces& pieces = slot_pieces_[slot];
-  std::vector<Segment> segments;
+  Segments segments;
   for (uint64_t at = offset_in_chunk_bytes, end = offset_in_chunk_bytes + length_bytes; at < end;) {
     const uint64_t index = at / sector;
     const uint64_t run_end = std::min((index + 1) * sector, end);
@@ -322,12 +315,13 @@ Result<std::vector<Layer::Segment>> Layer::segments_locked(uint64_t slot, uint64
       return corruption("layer " + std::to_string(id_) + " of " + dir_ + " holds no place for sector " +
                         std::to_string(index) + " of slot " + std::to_string(slot));
     }
-    const uint64_t rank = static_cast<uint64_t>(std::popcount(piece->sectors & ((uint64_t{1} << index) - 1)));
+    const uint64_t rank = sector_count(piece->sectors & ((uint64_t{1} << index) - 1));
     const uint64_t file_offset = piece->offset_bytes + rank * sector + (at - index * sector);
-    if (!segments.empty() && segments.back().file_offset_bytes + segments.back().length_bytes == file_offset) {
-      segments.back().length_bytes += run_end - at;
+    Segment* last = segments.count == 0 ? nullptr : &segments.items[segments.count - 1];
+    if (last != nullptr && last->file_offset_bytes + last->length_bytes == file_offset) {
+      last->length_bytes += run_end - at;
     } else {
-      segments.push_back({file_offset, at, run_end - at});
+      segments.items[segments.count++] = {file_offset, at, run_end - at};
     }
     at = run_end;
   }
@@ -353,7 +347,7 @@ Status Layer::place_locked(uint64_t slot, uint64_t sectors) {
   const uint64_t added = sectors & ~pieces.placed;
   if (added == 0) return Status();
   if (pieces.pieces.size() < kMaxPiecesPerChunk) {
-    const uint64_t count = static_cast<uint64_t>(std::popcount(added));
+    const uint64_t count = sector_count(added);
     pieces.pieces.push_back({added, allocate_locked(count)});
     pieces.placed |= added;
     placed_sector_count_ += count;
@@ -368,10 +362,10 @@ Status Layer::place_locked(uint64_t slot, uint64_t sectors) {
   // happens at most once per chunk.
   const uint64_t sector = sector_bytes();
   const uint64_t whole = full_sector_mask(chunk_size_bytes_);
-  const uint64_t count = static_cast<uint64_t>(std::popcount(whole));
+  const uint64_t count = sector_count(whole);
   std::vector<uint8_t> image(count * sector, 0);
   for (const Piece& piece : pieces.pieces) {
-    std::vector<uint8_t> content(static_cast<uint64_t>(std::popcount(piece.sectors)) * sector);
+    std::vector<uint8_t> content(sector_count(piece.sectors) * sector);
     AMIRROR_RETURN_IF_ERROR(data_file_->read_at(piece.offset_bytes, content));
     uint64_t rank = 0;
     for (uint64_t index = 0; index < kMaxDirtySectorsPerChunk; ++index) {
@@ -385,7 +379,7 @@ Status Layer::place_locked(uint64_t slot, uint64_t sectors) {
     free_pieces_[count].push_back(offset);
     return status;
   }
-  if (!data_dirty_.load(std::memory_order_relaxed)) data_dirty_.store(true, std::memory_order_release);
+  note_data_written();
   placed_sector_count_ += count;
   pieces.superseded.insert(pieces.superseded.end(), pieces.pieces.begin(), pieces.pieces.end());
   pieces.pieces.assign(1, Piece{whole, offset});
@@ -395,7 +389,7 @@ Status Layer::place_locked(uint64_t slot, uint64_t sectors) {
 }
 
 void Layer::free_piece_locked(const Piece& piece) {
-  const uint64_t count = static_cast<uint64_t>(std::popcount(piece.sectors));
+  const uint64_t count = sector_count(piece.sectors);
   free_pieces_[count].push_back(piece.offset_bytes);
   placed_sector_count_ -= count;
 }
@@ -414,17 +408,28 @@ Status Layer::place_sectors(uint64_t slot, uint64_t sectors) {
   return place_locked(slot, sectors);
 }
 
+Result<Layer::Segments> Layer::locate(uint64_t slot, uint64_t offset_in_chunk_bytes, uint64_t length_bytes,
+                                      bool place) {
+  // A frozen layer's pieces never change: no lock.
+  if (frozen_.load(std::memory_order_acquire)) return segments_locked(slot, offset_in_chunk_bytes, length_bytes);
+  const uint64_t touched = sectors_touched(chunk_size_bytes_, offset_in_chunk_bytes, length_bytes);
+  {
+    std::shared_lock lock(map_mutex_);
+    if (!place || (touched & ~slot_pieces_[slot].placed) == 0) {
+      return segments_locked(slot, offset_in_chunk_bytes, length_bytes);
+    }
+  }
+  std::unique_lock lock(map_mutex_);
+  AMIRROR_RETURN_IF_ERROR(place_locked(slot, touched));
+  return segments_locked(slot, offset_in_chunk_bytes, length_bytes);
+}
+
 Status Layer::read_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<uint8_t> out) {
   AMIRROR_ASSERT(offset_in_chunk_bytes + out.size() <= chunk_size_bytes_);
   if (!packed()) return data_file_->read_at(slot * chunk_size_bytes_ + offset_in_chunk_bytes, out);
   if (out.empty()) return Status();
-  Result<std::vector<Segment>> segments = [&]() -> Result<std::vector<Segment>> {
-    if (frozen_.load(std::memory_order_acquire)) return segments_locked(slot, offset_in_chunk_bytes, out.size());
-    std::shared_lock lock(map_mutex_);
-    return segments_locked(slot, offset_in_chunk_bytes, out.size());
-  }();
-  AMIRROR_RETURN_IF_ERROR(segments.status());
-  for (const Segment& segment : *segments) {
+  AMIRROR_ASSIGN_OR_RETURN(Segments segments, locate(slot, offset_in_chunk_bytes, out.size(), /*place=*/false));
+  for (const Segment& segment : segments.view()) {
     AMIRROR_RETURN_IF_ERROR(data_file_->read_at(
         segment.file_offset_bytes,
         out.subspan(segment.chunk_offset_bytes - offset_in_chunk_bytes, segment.length_bytes)));
@@ -439,33 +444,31 @@ Status Layer::write_slot(uint64_t slot, uint64_t offset_in_chunk_bytes,
   if (!packed()) {
     status = data_file_->write_at(slot * chunk_size_bytes_ + offset_in_chunk_bytes, data);
   } else if (!data.empty()) {
-    const uint64_t touched = sectors_touched(chunk_size_bytes_, offset_in_chunk_bytes, data.size());
-    Result<std::vector<Segment>> segments = [&]() -> Result<std::vector<Segment>> {
-      if (frozen_.load(std::memory_order_acquire)) return segments_locked(slot, offset_in_chunk_bytes, data.size());
-      {
-        std::shared_lock lock(map_mutex_);
-        if ((touched & ~slot_pieces_[slot].placed) == 0) return segments_locked(slot, offset_in_chunk_bytes, data.size());
-      }
-      std::unique_lock lock(map_mutex_);
-      AMIRROR_RETURN_IF_ERROR(place_locked(slot, touched));
-      return segments_locked(slot, offset_in_chunk_bytes, data.size());
-    }();
-    AMIRROR_RETURN_IF_ERROR(segments.status());
-    for (const Segment& segment : *segments) {
+    // A frozen layer has no place to give: its segments_locked refuses sectors without one.
+    AMIRROR_ASSIGN_OR_RETURN(Segments segments, locate(slot, offset_in_chunk_bytes, data.size(), /*place=*/true));
+    for (const Segment& segment : segments.view()) {
       if (!status.ok()) break;
       status = data_file_->write_at(
           segment.file_offset_bytes,
           data.subspan(segment.chunk_offset_bytes - offset_in_chunk_bytes, segment.length_bytes));
     }
   }
+  note_data_written();
+  return status;
+}
+
+void Layer::note_data_written() {
   // Set after the write completed: a sync that starts later must include it. Only
   // stored when clear, so steady writers do not bounce the cache line.
   if (!data_dirty_.load(std::memory_order_relaxed)) data_dirty_.store(true, std::memory_order_release);
-  return status;
 }
 
 uint64_t Layer::reserve_slot() {
   std::unique_lock lock(map_mutex_);
+  return reserve_slot_locked();
+}
+
+uint64_t Layer::reserve_slot_locked() {
   if (!free_slots_.empty()) {
     uint64_t slot = free_slots_.back();
     free_slots_.pop_back();

@@ -52,12 +52,14 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -226,6 +228,12 @@ class Layer {
     uint64_t chunk_offset_bytes;
     uint64_t length_bytes;
   };
+  // The segments of one access: at most one per sector, so no allocation per I/O.
+  struct Segments {
+    std::array<Segment, kMaxDirtySectorsPerChunk> items;
+    size_t count = 0;
+    std::span<const Segment> view() const { return std::span(items.data(), count); }
+  };
   struct PendingRecord {
     uint64_t chunk_index;
     ChunkEntry entry;
@@ -239,8 +247,12 @@ class Layer {
   void free_piece_locked(const Piece& piece);
   uint64_t allocate_locked(uint64_t sector_count);
   void free_pieces_locked(uint64_t slot);
-  Result<std::vector<Segment>> segments_locked(uint64_t slot, uint64_t offset_in_chunk_bytes,
-                                               uint64_t length_bytes) const;
+  Result<Segments> segments_locked(uint64_t slot, uint64_t offset_in_chunk_bytes, uint64_t length_bytes) const;
+  // The segments of a slot access, taking the lock a live layer needs; `place` gives
+  // sectors without a place one first (a write).
+  Result<Segments> locate(uint64_t slot, uint64_t offset_in_chunk_bytes, uint64_t length_bytes, bool place);
+  uint64_t reserve_slot_locked();
+  void note_data_written();
   void record_new_pieces_locked(uint64_t chunk_index, const ChunkEntry& entry);
   uint64_t sector_bytes() const { return dirty_sector_bytes(chunk_size_bytes_); }
 

@@ -1359,16 +1359,14 @@ Status Volume::write_base_fill(uint64_t offset_bytes, std::span<const uint8_t> d
   // the initial sync profile, bench/README.md).
   constexpr uint64_t kWritebackBytes = kMiB;
   std::lock_guard lock(base_fill_writeback_mutex_);
-  if (base_fill_unsubmitted_bytes_ != 0 && base_fill_unsubmitted_from_ + base_fill_unsubmitted_bytes_ != offset_bytes) {
+  auto submit = [&] {
     base_->start_writeback(base_fill_unsubmitted_from_, base_fill_unsubmitted_bytes_);
     base_fill_unsubmitted_bytes_ = 0;
-  }
+  };
+  if (base_fill_unsubmitted_bytes_ != 0 && base_fill_unsubmitted_from_ + base_fill_unsubmitted_bytes_ != offset_bytes) submit();
   if (base_fill_unsubmitted_bytes_ == 0) base_fill_unsubmitted_from_ = offset_bytes;
   base_fill_unsubmitted_bytes_ += data.size();
-  if (base_fill_unsubmitted_bytes_ >= kWritebackBytes) {
-    base_->start_writeback(base_fill_unsubmitted_from_, base_fill_unsubmitted_bytes_);
-    base_fill_unsubmitted_bytes_ = 0;
-  }
+  if (base_fill_unsubmitted_bytes_ >= kWritebackBytes) submit();
   return Status();
 }
 
