@@ -141,6 +141,9 @@ TEST_F(NodeEnvTest, RetriesAnUnreachableTargetWithGrowingBackoff) {
         << "no retry within " << backoff_ms * 5 / 4 << " ms";
   }
 
+  // The last failed attempt must have set its retry timer before time moves on, or
+  // the timer is set after the advance and never comes due (a flake seen in CI).
+  ASSERT_TRUE(clock_.wait_until_quiet(kOneEngine, kGenerous));
   network_.heal("b:1");
   clock_.advance(12'500ms);
   // Applied is recorded as the target acknowledges, the error cleared as the transfer ends.
