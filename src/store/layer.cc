@@ -424,37 +424,94 @@ Result<Layer::Segments> Layer::locate(uint64_t slot, uint64_t offset_in_chunk_by
   return segments_locked(slot, offset_in_chunk_bytes, length_bytes);
 }
 
-Status Layer::read_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<uint8_t> out) {
-  AMIRROR_ASSERT(offset_in_chunk_bytes + out.size() <= chunk_size_bytes_);
-  if (!packed()) return data_file_->read_at(slot * chunk_size_bytes_ + offset_in_chunk_bytes, out);
-  if (out.empty()) return Status();
-  AMIRROR_ASSIGN_OR_RETURN(Segments segments, locate(slot, offset_in_chunk_bytes, out.size(), /*place=*/false));
+namespace {
+
+// Joins file accesses that are back to back both in the file and in memory into one,
+// issued by `issue(file_offset, bytes)` when the next access does not continue it.
+template <typename Byte, typename Issue>
+class RunJoiner {
+ public:
+  explicit RunJoiner(Issue issue) : issue_(std::move(issue)) {}
+  Status add(uint64_t file_offset_bytes, Byte* memory, uint64_t length_bytes) {
+    if (length_ != 0 && file_offset_ + length_ == file_offset_bytes && memory_ + length_ == memory) {
+      length_ += length_bytes;
+      return Status();
+    }
+    AMIRROR_RETURN_IF_ERROR(flush());
+    file_offset_ = file_offset_bytes;
+    memory_ = memory;
+    length_ = length_bytes;
+    return Status();
+  }
+  Status flush() {
+    if (length_ == 0) return Status();
+    const uint64_t length = length_;
+    length_ = 0;
+    return issue_(file_offset_, std::span<Byte>(memory_, length));
+  }
+
+ private:
+  Issue issue_;
+  uint64_t file_offset_ = 0;
+  Byte* memory_ = nullptr;
+  uint64_t length_ = 0;
+};
+
+template <typename Byte, typename Issue>
+RunJoiner<Byte, Issue> make_joiner(Issue issue) {
+  return RunJoiner<Byte, Issue>(std::move(issue));
+}
+
+}  // namespace
+
+// Adds the file accesses of one slot part to `joiner`; `place` gives sectors without
+// a place one first (a write).
+template <typename Byte, typename Joiner>
+Status Layer::join_slot_access(Joiner& joiner, uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<Byte> bytes,
+                               bool place) {
+  AMIRROR_ASSERT(offset_in_chunk_bytes + bytes.size() <= chunk_size_bytes_);
+  if (bytes.empty()) return Status();
+  if (!packed()) return joiner.add(slot * chunk_size_bytes_ + offset_in_chunk_bytes, bytes.data(), bytes.size());
+  // A frozen layer has no place to give: its segments_locked refuses sectors without one.
+  AMIRROR_ASSIGN_OR_RETURN(Segments segments, locate(slot, offset_in_chunk_bytes, bytes.size(), place));
   for (const Segment& segment : segments.view()) {
-    AMIRROR_RETURN_IF_ERROR(data_file_->read_at(
-        segment.file_offset_bytes,
-        out.subspan(segment.chunk_offset_bytes - offset_in_chunk_bytes, segment.length_bytes)));
+    AMIRROR_RETURN_IF_ERROR(joiner.add(segment.file_offset_bytes,
+                                       bytes.data() + (segment.chunk_offset_bytes - offset_in_chunk_bytes),
+                                       segment.length_bytes));
   }
   return Status();
 }
 
-Status Layer::write_slot(uint64_t slot, uint64_t offset_in_chunk_bytes,
-                         std::span<const uint8_t> data) {
-  AMIRROR_ASSERT(offset_in_chunk_bytes + data.size() <= chunk_size_bytes_);
-  Status status;
-  if (!packed()) {
-    status = data_file_->write_at(slot * chunk_size_bytes_ + offset_in_chunk_bytes, data);
-  } else if (!data.empty()) {
-    // A frozen layer has no place to give: its segments_locked refuses sectors without one.
-    AMIRROR_ASSIGN_OR_RETURN(Segments segments, locate(slot, offset_in_chunk_bytes, data.size(), /*place=*/true));
-    for (const Segment& segment : segments.view()) {
-      if (!status.ok()) break;
-      status = data_file_->write_at(
-          segment.file_offset_bytes,
-          data.subspan(segment.chunk_offset_bytes - offset_in_chunk_bytes, segment.length_bytes));
-    }
+Status Layer::read_slots(std::span<const SlotRead> reads) {
+  auto joiner = make_joiner<uint8_t>(
+      [this](uint64_t offset, std::span<uint8_t> out) { return data_file_->read_at(offset, out); });
+  for (const SlotRead& read : reads) {
+    AMIRROR_RETURN_IF_ERROR(join_slot_access(joiner, read.slot, read.offset_in_chunk_bytes, read.out, false));
   }
-  note_data_written();
+  return joiner.flush();
+}
+
+Status Layer::write_slots(std::span<const SlotWrite> writes) {
+  auto joiner = make_joiner<const uint8_t>(
+      [this](uint64_t offset, std::span<const uint8_t> data) { return data_file_->write_at(offset, data); });
+  Status status;
+  for (const SlotWrite& write : writes) {
+    status = join_slot_access(joiner, write.slot, write.offset_in_chunk_bytes, write.data, true);
+    if (!status.ok()) break;
+  }
+  if (status.ok()) status = joiner.flush();
+  note_data_written();  // even after an error: some bytes may have been written
   return status;
+}
+
+Status Layer::read_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<uint8_t> out) {
+  const SlotRead read{slot, offset_in_chunk_bytes, out};
+  return read_slots(std::span(&read, 1));
+}
+
+Status Layer::write_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<const uint8_t> data) {
+  const SlotWrite write{slot, offset_in_chunk_bytes, data};
+  return write_slots(std::span(&write, 1));
 }
 
 void Layer::note_data_written() {

@@ -170,6 +170,24 @@ class Layer {
   // Writes part of a slot in place. Format 3: sectors without a place get one (a new
   // piece); a frozen layer refuses that (it writes only sectors it holds).
   Status write_slot(uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<const uint8_t> data);
+  // One part of a batched slot access: bytes [offset_in_chunk, +size) of the slot.
+  struct SlotRead {
+    uint64_t slot;
+    uint64_t offset_in_chunk_bytes;
+    std::span<uint8_t> out;
+  };
+  struct SlotWrite {
+    uint64_t slot;
+    uint64_t offset_in_chunk_bytes;
+    std::span<const uint8_t> data;
+  };
+  // As read_slot / write_slot for each part, but parts that lie back to back both in
+  // the data file and in memory go in one system call: consecutive chunks written in
+  // order sit together in the file, so a 1 MiB client request costs one pread or
+  // pwrite instead of one per chunk. write_slots places new sectors part by part, in
+  // order, so the new pieces of consecutive parts are adjacent too.
+  Status read_slots(std::span<const SlotRead> reads);
+  Status write_slots(std::span<const SlotWrite> writes);
   // Format 3: gives the slot's `sectors` that have no place one new piece, so sectors
   // about to be written by several write_slot calls lie together. No-op otherwise.
   // REQUIRES: not frozen; the caller serializes changes to this slot.
@@ -252,6 +270,9 @@ class Layer {
   // sectors without a place one first (a write).
   Result<Segments> locate(uint64_t slot, uint64_t offset_in_chunk_bytes, uint64_t length_bytes, bool place);
   uint64_t reserve_slot_locked();
+  template <typename Byte, typename Joiner>
+  Status join_slot_access(Joiner& joiner, uint64_t slot, uint64_t offset_in_chunk_bytes, std::span<Byte> bytes,
+                          bool place);
   void note_data_written();
   void record_new_pieces_locked(uint64_t chunk_index, const ChunkEntry& entry);
   uint64_t sector_bytes() const { return dirty_sector_bytes(chunk_size_bytes_); }

@@ -4,6 +4,7 @@
 #include "store/volume.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -660,6 +661,41 @@ Status Volume::read_resolved(const std::vector<std::shared_ptr<Layer>>& layers, 
   return status;
 }
 
+namespace {
+
+// Pieces of one request that one layer holds whole, read with Layer::read_slots so
+// that chunks lying together in its data file cost one system call. Pieces of the
+// active layer keep their chunk's stripe (shared) until read.
+struct LayerReadBatch {
+  static constexpr size_t kCapacity = 64;  // 4 MiB of 64 KiB chunks
+  size_t layer_index = SIZE_MAX;
+  std::array<Layer::SlotRead, kCapacity> reads;
+  size_t count = 0;
+  std::array<std::shared_lock<std::shared_mutex>, kCapacity> stripes;
+  size_t stripe_count = 0;
+  size_t last_stripe = 0;
+};
+
+}  // namespace
+
+// Whole-chunk and in-place pieces of one client write, written with Layer::write_slots
+// so that a large write costs one system call per run of adjacent slot bytes (and lands
+// in the page cache as large folios, which read back faster too). Each piece keeps its
+// chunk's stripe (exclusive) until written and published.
+struct Volume::LayerWriteBatch {
+  static constexpr size_t kCapacity = 64;
+  struct Item {
+    uint64_t chunk_index;
+    std::optional<ChunkEntry> entry;  // the kData entry written in place; none = a new slot
+    uint64_t touched;                 // sectors the piece writes
+  };
+  std::array<Layer::SlotWrite, kCapacity> writes;
+  std::array<Item, kCapacity> items;
+  std::array<std::unique_lock<std::shared_mutex>, kCapacity> stripes;
+  size_t count = 0;
+  size_t last_stripe = 0;
+};
+
 Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
                            uint64_t offset_bytes, std::span<uint8_t> out, bool lock_active) {
   // Consecutive pieces that come from the base are read with one call.
@@ -671,29 +707,54 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
                             out.subspan(base_run_start, base_run_length));
     base_run_length = 0;
   };
+  LayerReadBatch batch;
+  auto flush_batch = [&] {
+    if (batch.count != 0 && status.ok()) {
+      status = layers[batch.layer_index]->read_slots(std::span(batch.reads.data(), batch.count));
+    }
+    batch.count = 0;
+    for (size_t i = 0; i < batch.stripe_count; ++i) batch.stripes[i].unlock();
+    batch.stripe_count = 0;
+  };
   geometry().for_each_piece(offset_bytes, out.size(), [&](const ChunkPiece& piece) {
     if (!status.ok()) return;
     auto [index, entry] = resolve(layers, top, piece.chunk_index);
     if (!entry) {
+      flush_batch();
       if (base_run_length == 0) base_run_start = piece.offset_in_request_bytes;
       base_run_length += piece.length_bytes;
       return;
     }
     flush_base_run();
     if (!status.ok()) return;
+    if (batch.count != 0 && (batch.layer_index != index || batch.count == LayerReadBatch::kCapacity)) flush_batch();
     uint8_t* destination = out.data() + piece.offset_in_request_bytes;
+    std::shared_lock<std::shared_mutex> stripe;
+    const size_t stripe_index = piece.chunk_index % kStripeCount;
     if (lock_active && index + 1 == layers.size()) {
       // An active slot may be freed and reused by a concurrent zeroing; look the entry
       // up again under the chunk's stripe. Entries never leave a layer's map.
-      std::shared_lock stripe(stripes_[piece.chunk_index % kStripeCount]);
+      // A batch holds its stripes in ascending order (it ends where the index wraps),
+      // as writers take theirs, so stripe waits cannot form a cycle.
+      if (batch.stripe_count != 0 && stripe_index <= batch.last_stripe) flush_batch();
+      stripe = std::shared_lock(stripes_[stripe_index]);
       entry = layers[index]->find(piece.chunk_index);
       AMIRROR_ASSERT(entry.has_value());
-      status = read_resolved(layers, index, *entry, piece, destination);
-    } else {
-      status = read_resolved(layers, index, *entry, piece, destination);
     }
+    const uint64_t touched = sectors_touched(chunk_size_bytes_, piece.offset_in_chunk_bytes, piece.length_bytes);
+    if (entry->state == ChunkState::kData && (touched & ~entry->defined_sectors) == 0) {
+      batch.layer_index = index;
+      batch.reads[batch.count++] = {entry->slot, piece.offset_in_chunk_bytes, std::span(destination, piece.length_bytes)};
+      if (stripe.owns_lock()) {
+        batch.stripes[batch.stripe_count++] = std::move(stripe);
+        batch.last_stripe = stripe_index;
+      }
+      return;
+    }
+    status = read_resolved(layers, index, *entry, piece, destination);
   });
   flush_base_run();
+  flush_batch();
   return status;
 }
 
@@ -762,12 +823,8 @@ Status Volume::fill_around(Layer& active, uint64_t slot, const ChunkPiece& piece
   return status;
 }
 
-Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
+Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data, const std::optional<ChunkEntry>& entry) {
   Layer& active = *layers_.back();
-  // Every change to a chunk of the active layer holds its stripe, so a slot is never
-  // freed, reused or filled by copy-on-first-write under a concurrent writer.
-  std::unique_lock stripe(stripes_[piece.chunk_index % kStripeCount]);
-  std::optional<ChunkEntry> entry = active.find(piece.chunk_index);
   const uint8_t* source = data != nullptr ? data : zero_chunk();
 
   if (data == nullptr && piece.covers_whole_chunk) {
@@ -831,6 +888,37 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data) {
   return Status();
 }
 
+Status Volume::write_batch(Layer& active, LayerWriteBatch& batch) {
+  Status status = active.write_slots(std::span(batch.writes.data(), batch.count));
+  for (size_t i = 0; i < batch.count; ++i) {
+    const LayerWriteBatch::Item& item = batch.items[i];
+    if (!item.entry) {
+      // A whole chunk written for the first time since the freeze: visible only once
+      // all of it is in its slot; a kZero entry before makes publish_data mark every sector.
+      if (status.ok()) {
+        active.publish_data(item.chunk_index, batch.writes[i].slot, kAllSectorsDirty);
+      } else {
+        active.release_slot(batch.writes[i].slot);
+      }
+      continue;
+    }
+    // In place. Marked after the write: a freeze (which waits for this write) sees both.
+    // After a failure some of the bytes may be new: their sectors are marked dirty too
+    // (shipping a sector that did not change is harmless), but a sector the slot did not
+    // hold yet is not defined, since it may not have been written whole. A packed
+    // layer's whole-chunk write of a short last chunk marks every sector dirty but
+    // defines none past the chunk's end; after a resize such a sector is added here.
+    const ChunkEntry& entry = *item.entry;
+    const uint64_t marked = status.ok() ? item.touched : item.touched & entry.defined_sectors;
+    if ((marked & ~entry.dirty_sectors) != 0 || (marked & ~entry.defined_sectors) != 0) {
+      active.mark_dirty(item.chunk_index, marked);
+    }
+  }
+  for (size_t i = 0; i < batch.count; ++i) batch.stripes[i].unlock();
+  batch.count = 0;
+  return status;
+}
+
 Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* data, bool fua,
                       bool staged) {
   while (true) {
@@ -851,11 +939,43 @@ Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_
     if (!staged && read_only_.load()) {
       return Status(ErrorCode::kReadOnly, dir_ + " is read-only (a replica or a demoted volume)");
     }
+    Layer& active = *layers_.back();
     Status status;
+    LayerWriteBatch batch;
     geometry.for_each_piece(offset_bytes, length_bytes, [&](const ChunkPiece& piece) {
       if (!status.ok()) return;
-      status = write_piece(piece, data != nullptr ? data + piece.offset_in_request_bytes : nullptr);
+      // Every change to a chunk of the active layer holds its stripe, so a slot is never
+      // freed, reused or filled by copy-on-first-write under a concurrent writer. A
+      // batch holds its stripes in ascending order (it ends where the index wraps),
+      // as readers take theirs, so stripe waits cannot form a cycle.
+      const size_t stripe_index = piece.chunk_index % kStripeCount;
+      if (batch.count != 0 && (stripe_index <= batch.last_stripe || batch.count == LayerWriteBatch::kCapacity)) {
+        status = write_batch(active, batch);
+        if (!status.ok()) return;
+      }
+      std::unique_lock stripe(stripes_[stripe_index]);
+      std::optional<ChunkEntry> entry = active.find(piece.chunk_index);
+      const uint8_t* source = data != nullptr ? data + piece.offset_in_request_bytes : nullptr;
+      const uint64_t touched = sectors_touched(chunk_size_bytes_, piece.offset_in_chunk_bytes, piece.length_bytes);
+      const bool in_place = entry && entry->state == ChunkState::kData &&
+                            (piece.covers_whole_chunk || (touched & ~entry->defined_sectors) == 0);
+      const bool whole_new = piece.covers_whole_chunk && (!entry || entry->state == ChunkState::kZero);
+      if (source == nullptr || (!in_place && !whole_new)) {
+        // Zeroing, or a partial first write (copy-on-first-write): one chunk at a time.
+        status = write_piece(piece, source, entry);
+        return;
+      }
+      const uint64_t slot = in_place ? entry->slot : active.reserve_slot();
+      batch.writes[batch.count] = {slot, piece.offset_in_chunk_bytes, std::span(source, piece.length_bytes)};
+      batch.items[batch.count] = {piece.chunk_index, in_place ? entry : std::nullopt, touched};
+      batch.stripes[batch.count] = std::move(stripe);
+      batch.last_stripe = stripe_index;
+      ++batch.count;
     });
+    if (batch.count != 0) {
+      Status flushed = write_batch(active, batch);
+      if (status.ok()) status = flushed;
+    }
     AMIRROR_RETURN_IF_ERROR(status);
     break;
   }

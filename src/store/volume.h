@@ -339,7 +339,12 @@ class Volume {
   Status fill_around(Layer& active, uint64_t slot, const ChunkPiece& piece, uint64_t sectors, uint64_t chunk_length);
   Status read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
                      uint64_t offset_bytes, std::span<uint8_t> out, bool lock_active);
-  Status write_piece(const ChunkPiece& piece, const uint8_t* data);  // data null = zeroes
+  // One piece of a write (data null = zeroes). REQUIRES: the chunk's stripe held
+  // exclusive; `entry` = the active layer's entry for the chunk, looked up under it.
+  Status write_piece(const ChunkPiece& piece, const uint8_t* data, const std::optional<ChunkEntry>& entry);
+  struct LayerWriteBatch;
+  // Writes a batch of pieces, publishes or marks them, and releases their stripes.
+  Status write_batch(Layer& active, LayerWriteBatch& batch);
   // Removes a merged layer's files, or keeps its data file as a spare that a later
   // freeze reuses (spare_data_file_name in volume.cc).
   void retire_merged_layer(Layer& merged);
