@@ -707,8 +707,11 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
                             out.subspan(base_run_start, base_run_length));
     base_run_length = 0;
   };
-  LayerReadBatch batch;
+  // Built only for a request spanning chunks: most small reads fit in one.
+  std::optional<LayerReadBatch> batches;
   auto flush_batch = [&] {
+    if (!batches) return;
+    LayerReadBatch& batch = *batches;
     if (batch.count != 0 && status.ok()) {
       status = layers[batch.layer_index]->read_slots(std::span(batch.reads.data(), batch.count));
     }
@@ -727,8 +730,12 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
     }
     flush_base_run();
     if (!status.ok()) return;
-    if (batch.count != 0 && (batch.layer_index != index || batch.count == LayerReadBatch::kCapacity)) flush_batch();
     uint8_t* destination = out.data() + piece.offset_in_request_bytes;
+    LayerReadBatch* batch = piece.length_bytes == out.size() ? nullptr : batches ? &*batches : &batches.emplace();
+    if (batch != nullptr && batch->count != 0 &&
+        (batch->layer_index != index || batch->count == LayerReadBatch::kCapacity)) {
+      flush_batch();
+    }
     std::shared_lock<std::shared_mutex> stripe;
     const size_t stripe_index = piece.chunk_index % kStripeCount;
     if (lock_active && index + 1 == layers.size()) {
@@ -736,18 +743,18 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
       // up again under the chunk's stripe. Entries never leave a layer's map.
       // A batch holds its stripes in ascending order (it ends where the index wraps),
       // as writers take theirs, so stripe waits cannot form a cycle.
-      if (batch.stripe_count != 0 && stripe_index <= batch.last_stripe) flush_batch();
+      if (batch != nullptr && batch->stripe_count != 0 && stripe_index <= batch->last_stripe) flush_batch();
       stripe = std::shared_lock(stripes_[stripe_index]);
       entry = layers[index]->find(piece.chunk_index);
       AMIRROR_ASSERT(entry.has_value());
     }
     const uint64_t touched = sectors_touched(chunk_size_bytes_, piece.offset_in_chunk_bytes, piece.length_bytes);
-    if (entry->state == ChunkState::kData && (touched & ~entry->defined_sectors) == 0) {
-      batch.layer_index = index;
-      batch.reads[batch.count++] = {entry->slot, piece.offset_in_chunk_bytes, std::span(destination, piece.length_bytes)};
+    if (batch != nullptr && entry->state == ChunkState::kData && (touched & ~entry->defined_sectors) == 0) {
+      batch->layer_index = index;
+      batch->reads[batch->count++] = {entry->slot, piece.offset_in_chunk_bytes, std::span(destination, piece.length_bytes)};
       if (stripe.owns_lock()) {
-        batch.stripes[batch.stripe_count++] = std::move(stripe);
-        batch.last_stripe = stripe_index;
+        batch->stripes[batch->stripe_count++] = std::move(stripe);
+        batch->last_stripe = stripe_index;
       }
       return;
     }
@@ -941,9 +948,17 @@ Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_
     }
     Layer& active = *layers_.back();
     Status status;
-    LayerWriteBatch batch;
+    // Built only for a request spanning chunks: most small writes fit in one.
+    std::optional<LayerWriteBatch> batches;
     geometry.for_each_piece(offset_bytes, length_bytes, [&](const ChunkPiece& piece) {
       if (!status.ok()) return;
+      const uint8_t* source = data != nullptr ? data + piece.offset_in_request_bytes : nullptr;
+      if (piece.length_bytes == length_bytes) {
+        std::unique_lock stripe(stripes_[piece.chunk_index % kStripeCount]);
+        status = write_piece(piece, source, active.find(piece.chunk_index));
+        return;
+      }
+      LayerWriteBatch& batch = batches ? *batches : batches.emplace();
       // Every change to a chunk of the active layer holds its stripe, so a slot is never
       // freed, reused or filled by copy-on-first-write under a concurrent writer. A
       // batch holds its stripes in ascending order (it ends where the index wraps),
@@ -955,7 +970,6 @@ Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_
       }
       std::unique_lock stripe(stripes_[stripe_index]);
       std::optional<ChunkEntry> entry = active.find(piece.chunk_index);
-      const uint8_t* source = data != nullptr ? data + piece.offset_in_request_bytes : nullptr;
       const uint64_t touched = sectors_touched(chunk_size_bytes_, piece.offset_in_chunk_bytes, piece.length_bytes);
       const bool in_place = entry && entry->state == ChunkState::kData &&
                             (piece.covers_whole_chunk || (touched & ~entry->defined_sectors) == 0);
@@ -972,8 +986,8 @@ Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_
       batch.last_stripe = stripe_index;
       ++batch.count;
     });
-    if (batch.count != 0) {
-      Status flushed = write_batch(active, batch);
+    if (batches && batches->count != 0) {
+      Status flushed = write_batch(active, *batches);
       if (status.ok()) status = flushed;
     }
     AMIRROR_RETURN_IF_ERROR(status);
