@@ -661,39 +661,58 @@ Status Volume::read_resolved(const std::vector<std::shared_ptr<Layer>>& layers, 
   return status;
 }
 
-namespace {
+// The stripes a batch holds until its pieces are done. Taken in ascending index order
+// only (a batch ends where the chunk index wraps around the stripe count), by readers
+// and writers alike, so stripe waits cannot form a cycle. Lock: std::shared_lock
+// (readers) or std::unique_lock (writers) of a stripe.
+template <typename Lock>
+class Volume::HeldStripes {
+ public:
+  static constexpr size_t kCapacity = 64;  // 4 MiB of 64 KiB chunks
+  // Whether `stripe_index` may join: the batch must be done and released first if not.
+  bool can_take(size_t stripe_index) const {
+    return count_ == 0 || (stripe_index > last_ && count_ < kCapacity);
+  }
+  void take(Lock lock, size_t stripe_index) {
+    AMIRROR_ASSERT(can_take(stripe_index));
+    locks_[count_++] = std::move(lock);
+    last_ = stripe_index;
+  }
+  void release() {
+    for (size_t i = 0; i < count_; ++i) locks_[i].unlock();
+    count_ = 0;
+  }
+
+ private:
+  std::array<Lock, kCapacity> locks_;
+  size_t count_ = 0;
+  size_t last_ = 0;
+};
 
 // Pieces of one request that one layer holds whole, read with Layer::read_slots so
 // that chunks lying together in its data file cost one system call. Pieces of the
 // active layer keep their chunk's stripe (shared) until read.
-struct LayerReadBatch {
-  static constexpr size_t kCapacity = 64;  // 4 MiB of 64 KiB chunks
+struct Volume::LayerReadBatch {
+  static constexpr size_t kCapacity = HeldStripes<std::shared_lock<std::shared_mutex>>::kCapacity;
   size_t layer_index = SIZE_MAX;
   std::array<Layer::SlotRead, kCapacity> reads;
   size_t count = 0;
-  std::array<std::shared_lock<std::shared_mutex>, kCapacity> stripes;
-  size_t stripe_count = 0;
-  size_t last_stripe = 0;
+  HeldStripes<std::shared_lock<std::shared_mutex>> stripes;
 };
 
-}  // namespace
-
 // Whole-chunk and in-place pieces of one client write, written with Layer::write_slots
-// so that a large write costs one system call per run of adjacent slot bytes (and lands
-// in the page cache as large folios, which read back faster too). Each piece keeps its
-// chunk's stripe (exclusive) until written and published.
+// so that a large write costs one system call per run of adjacent slot bytes. Each
+// piece keeps its chunk's stripe (exclusive) until written and published.
 struct Volume::LayerWriteBatch {
-  static constexpr size_t kCapacity = 64;
   struct Item {
     uint64_t chunk_index;
     std::optional<ChunkEntry> entry;  // the kData entry written in place; none = a new slot
     uint64_t touched;                 // sectors the piece writes
   };
-  std::array<Layer::SlotWrite, kCapacity> writes;
-  std::array<Item, kCapacity> items;
-  std::array<std::unique_lock<std::shared_mutex>, kCapacity> stripes;
+  std::array<Layer::SlotWrite, HeldStripes<std::unique_lock<std::shared_mutex>>::kCapacity> writes;
+  std::array<Item, HeldStripes<std::unique_lock<std::shared_mutex>>::kCapacity> items;
+  HeldStripes<std::unique_lock<std::shared_mutex>> stripes;
   size_t count = 0;
-  size_t last_stripe = 0;
 };
 
 Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, size_t top,
@@ -711,13 +730,11 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
   std::optional<LayerReadBatch> batches;
   auto flush_batch = [&] {
     if (!batches) return;
-    LayerReadBatch& batch = *batches;
-    if (batch.count != 0 && status.ok()) {
-      status = layers[batch.layer_index]->read_slots(std::span(batch.reads.data(), batch.count));
+    if (batches->count != 0 && status.ok()) {
+      status = layers[batches->layer_index]->read_slots(std::span(batches->reads.data(), batches->count));
     }
-    batch.count = 0;
-    for (size_t i = 0; i < batch.stripe_count; ++i) batch.stripes[i].unlock();
-    batch.stripe_count = 0;
+    batches->count = 0;
+    batches->stripes.release();
   };
   geometry().for_each_piece(offset_bytes, out.size(), [&](const ChunkPiece& piece) {
     if (!status.ok()) return;
@@ -741,9 +758,7 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
     if (lock_active && index + 1 == layers.size()) {
       // An active slot may be freed and reused by a concurrent zeroing; look the entry
       // up again under the chunk's stripe. Entries never leave a layer's map.
-      // A batch holds its stripes in ascending order (it ends where the index wraps),
-      // as writers take theirs, so stripe waits cannot form a cycle.
-      if (batch != nullptr && batch->stripe_count != 0 && stripe_index <= batch->last_stripe) flush_batch();
+      if (batch != nullptr && !batch->stripes.can_take(stripe_index)) flush_batch();
       stripe = std::shared_lock(stripes_[stripe_index]);
       entry = layers[index]->find(piece.chunk_index);
       AMIRROR_ASSERT(entry.has_value());
@@ -752,10 +767,7 @@ Status Volume::read_layers(const std::vector<std::shared_ptr<Layer>>& layers, si
     if (batch != nullptr && entry->state == ChunkState::kData && (touched & ~entry->defined_sectors) == 0) {
       batch->layer_index = index;
       batch->reads[batch->count++] = {entry->slot, piece.offset_in_chunk_bytes, std::span(destination, piece.length_bytes)};
-      if (stripe.owns_lock()) {
-        batch->stripes[batch->stripe_count++] = std::move(stripe);
-        batch->last_stripe = stripe_index;
-      }
+      if (stripe.owns_lock()) batch->stripes.take(std::move(stripe), stripe_index);
       return;
     }
     status = read_resolved(layers, index, *entry, piece, destination);
@@ -851,12 +863,7 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data, const s
     }
     AMIRROR_RETURN_IF_ERROR(active.write_slot(entry->slot, piece.offset_in_chunk_bytes,
                                               std::span(source, piece.length_bytes)));
-    // Marked after the write: a freeze (which waits for this write) sees both. A packed
-    // layer's whole-chunk write of a short last chunk marks every sector dirty but
-    // defines none past the chunk's end; after a resize such a sector is added here.
-    if ((entry->dirty_sectors | touched) != entry->dirty_sectors || (touched & ~entry->defined_sectors) != 0) {
-      active.mark_dirty(piece.chunk_index, touched);
-    }
+    mark_written(active, piece.chunk_index, *entry, touched);
     return Status();
   }
 
@@ -895,6 +902,15 @@ Status Volume::write_piece(const ChunkPiece& piece, const uint8_t* data, const s
   return Status();
 }
 
+void Volume::mark_written(Layer& active, uint64_t chunk_index, const ChunkEntry& entry, uint64_t sectors) {
+  // Marked after the write: a freeze (which waits for this write) sees both. A packed
+  // layer's whole-chunk write of a short last chunk marks every sector dirty but
+  // defines none past the chunk's end; after a resize such a sector is added here.
+  if ((sectors & ~entry.dirty_sectors) != 0 || (sectors & ~entry.defined_sectors) != 0) {
+    active.mark_dirty(chunk_index, sectors);
+  }
+}
+
 Status Volume::write_batch(Layer& active, LayerWriteBatch& batch) {
   Status status = active.write_slots(std::span(batch.writes.data(), batch.count));
   for (size_t i = 0; i < batch.count; ++i) {
@@ -909,19 +925,13 @@ Status Volume::write_batch(Layer& active, LayerWriteBatch& batch) {
       }
       continue;
     }
-    // In place. Marked after the write: a freeze (which waits for this write) sees both.
-    // After a failure some of the bytes may be new: their sectors are marked dirty too
-    // (shipping a sector that did not change is harmless), but a sector the slot did not
-    // hold yet is not defined, since it may not have been written whole. A packed
-    // layer's whole-chunk write of a short last chunk marks every sector dirty but
-    // defines none past the chunk's end; after a resize such a sector is added here.
+    // In place. After a failure some of the bytes may be new: their sectors are marked
+    // dirty too (shipping a sector that did not change is harmless), but a sector the
+    // slot did not hold yet is not defined, since it may not have been written whole.
     const ChunkEntry& entry = *item.entry;
-    const uint64_t marked = status.ok() ? item.touched : item.touched & entry.defined_sectors;
-    if ((marked & ~entry.dirty_sectors) != 0 || (marked & ~entry.defined_sectors) != 0) {
-      active.mark_dirty(item.chunk_index, marked);
-    }
+    mark_written(active, item.chunk_index, entry, status.ok() ? item.touched : item.touched & entry.defined_sectors);
   }
-  for (size_t i = 0; i < batch.count; ++i) batch.stripes[i].unlock();
+  batch.stripes.release();
   batch.count = 0;
   return status;
 }
@@ -960,11 +970,9 @@ Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_
       }
       LayerWriteBatch& batch = batches ? *batches : batches.emplace();
       // Every change to a chunk of the active layer holds its stripe, so a slot is never
-      // freed, reused or filled by copy-on-first-write under a concurrent writer. A
-      // batch holds its stripes in ascending order (it ends where the index wraps),
-      // as readers take theirs, so stripe waits cannot form a cycle.
+      // freed, reused or filled by copy-on-first-write under a concurrent writer.
       const size_t stripe_index = piece.chunk_index % kStripeCount;
-      if (batch.count != 0 && (stripe_index <= batch.last_stripe || batch.count == LayerWriteBatch::kCapacity)) {
+      if (!batch.stripes.can_take(stripe_index)) {
         status = write_batch(active, batch);
         if (!status.ok()) return;
       }
@@ -982,8 +990,7 @@ Status Volume::modify(uint64_t offset_bytes, uint64_t length_bytes, const uint8_
       const uint64_t slot = in_place ? entry->slot : active.reserve_slot();
       batch.writes[batch.count] = {slot, piece.offset_in_chunk_bytes, std::span(source, piece.length_bytes)};
       batch.items[batch.count] = {piece.chunk_index, in_place ? entry : std::nullopt, touched};
-      batch.stripes[batch.count] = std::move(stripe);
-      batch.last_stripe = stripe_index;
+      batch.stripes.take(std::move(stripe), stripe_index);
       ++batch.count;
     });
     if (batches && batches->count != 0) {

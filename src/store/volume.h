@@ -342,7 +342,13 @@ class Volume {
   // One piece of a write (data null = zeroes). REQUIRES: the chunk's stripe held
   // exclusive; `entry` = the active layer's entry for the chunk, looked up under it.
   Status write_piece(const ChunkPiece& piece, const uint8_t* data, const std::optional<ChunkEntry>& entry);
+  template <typename Lock>
+  class HeldStripes;
+  struct LayerReadBatch;
   struct LayerWriteBatch;
+  // After `sectors` of a kData chunk were written in place: marks them dirty (and
+  // defined) unless `entry` already has them so. REQUIRES: the chunk's stripe held.
+  static void mark_written(Layer& active, uint64_t chunk_index, const ChunkEntry& entry, uint64_t sectors);
   // Writes a batch of pieces, publishes or marks them, and releases their stripes.
   Status write_batch(Layer& active, LayerWriteBatch& batch);
   // Removes a merged layer's files, or keeps its data file as a spare that a later
