@@ -206,8 +206,9 @@ Status Layer::replay_record(const uint8_t* record, const std::string& where) {
 
 Status Layer::rebuild_allocator(const std::string& where) {
   if (packed()) {
-    // Every defined sector has a place, and no two pieces overlap. Space freed before
-    // the restart is not reused: new pieces go after the last one.
+    // Every defined sector has a place, and no two pieces overlap. The gaps between
+    // pieces (space freed before the restart, or placed but never recorded) are free:
+    // the replayed map is the durable one, so no durable record names them.
     std::vector<std::pair<uint64_t, uint64_t>> extents;  // offset, end
     for (const auto& [chunk_index, entry] : map_) {
       if (entry.state != ChunkState::kData) continue;
@@ -228,7 +229,12 @@ Status Layer::rebuild_allocator(const std::string& where) {
         return corruption(where + ": data offset " + std::to_string(extents[i].first) + " is mapped twice");
       }
     }
-    data_end_bytes_ = extents.empty() ? 0 : extents.back().second;
+    uint64_t free_from = 0;
+    for (const auto& [offset, end] : extents) {
+      free_gap_locked(free_from, offset);
+      free_from = end;
+    }
+    data_end_bytes_ = free_from;
     return Status();
   }
   // Formats 1 and 2: every slot below the highest used one that no entry references
@@ -386,6 +392,19 @@ Status Layer::place_locked(uint64_t slot, uint64_t sectors) {
   pieces.recorded = 0;
   pieces.placed = whole;
   return Status();
+}
+
+void Layer::free_gap_locked(uint64_t offset_bytes, uint64_t end_bytes) {
+  // Pieces are placed on the sector grid from offset 0, so gaps are whole sectors. The
+  // allocator keeps runs of at most one chunk's sectors.
+  const uint64_t largest = free_pieces_.size() - 1;
+  uint64_t sectors = (end_bytes - offset_bytes) / sector_bytes();
+  while (sectors > 0) {
+    const uint64_t count = std::min(sectors, largest);
+    free_pieces_[count].push_back(offset_bytes);
+    offset_bytes += count * sector_bytes();
+    sectors -= count;
+  }
 }
 
 void Layer::free_piece_locked(const Piece& piece) {

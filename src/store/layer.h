@@ -32,7 +32,7 @@
 // reused spare data file (Volume) is written over instead of growing. Each record
 // names one new piece and the chunk's defined mask (docs/formats/store.md).
 // Free space (a zeroed chunk's pieces, once durable) is reused by size; a layer
-// reopened after a restart appends after its last piece. A chunk that would get a
+// reopened after a restart finds it again as the gaps between its pieces. A chunk that would get a
 // fifth piece gets one whole-chunk piece instead (its sectors copied there, in chunk
 // order), so a chunk written piecemeal for a long time still reads with one call.
 //
@@ -263,6 +263,8 @@ class Layer {
   // Format 3 helpers. REQUIRE: map_mutex_ held (or frozen).
   Status place_locked(uint64_t slot, uint64_t sectors);
   void free_piece_locked(const Piece& piece);
+  // Frees the data-file bytes [offset, end), sector-aligned, as runs the allocator takes.
+  void free_gap_locked(uint64_t offset_bytes, uint64_t end_bytes);
   uint64_t allocate_locked(uint64_t sector_count);
   void free_pieces_locked(uint64_t slot);
   Result<Segments> segments_locked(uint64_t slot, uint64_t offset_in_chunk_bytes, uint64_t length_bytes) const;

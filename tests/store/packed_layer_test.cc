@@ -124,7 +124,7 @@ TEST_F(PackedLayerTest, SectorsWrittenOutOfOrderAreRewrittenInPlace) {
   ASSERT_NE(reopened, nullptr);
   EXPECT_EQ(reopened->find(3)->defined_sectors, (1u << 9) | (1u << 2) | (1u << 3) | (1u << 5));
   expect_contents(*reopened);
-  // Reopened, it appends after its last piece and rewrites in place.
+  // Reopened (no gaps between its pieces), it appends after the last one and rewrites in place.
   write(*reopened, 3, 9 * kSector, 10, 0x42);
   write(*reopened, 4, 0, kChunk, 0x44);
   EXPECT_EQ(file_size(data_path()), 4 * kSector + kChunk);
@@ -189,7 +189,45 @@ TEST_F(PackedLayerTest, AZeroedChunksSpaceIsReusedOnlyOnceTheZeroingIsDurable) {
   expect_contents(*reopened);
 }
 
-// Random writes, zeroings and syncs against a reference; reopened at the end.
+// A restart forgets the free lists; the reopened layer finds the free space again as
+// the gaps between its pieces, so a volume that restarts often does not grow its layer.
+TEST_F(PackedLayerTest, SpaceFreedBeforeAReopenIsReusedAfterIt) {
+  auto layer = create();
+  ASSERT_NE(layer, nullptr);
+  write(*layer, 0, 0, kChunk, 0x11);                 // [0, 16) sectors
+  write(*layer, 1, 0, 2 * kSector, 0x22);            // [16, 18)
+  write(*layer, 2, 0, kChunk, 0x33);                 // [18, 34)
+  write(*layer, 3, 3 * kSector, kSector, 0x44);      // [34, 35)
+  ASSERT_TRUE(layer->sync().ok());
+  layer->publish_zero(0);
+  layer->publish_zero(2);
+  images_.erase(0);
+  images_.erase(2);
+  ASSERT_TRUE(layer->sync().ok());
+  layer.reset();
+  const uint64_t size_before = file_size(data_path());
+  ASSERT_EQ(size_before, 35 * kSector);
+
+  auto reopened = reopen();
+  ASSERT_NE(reopened, nullptr);
+  EXPECT_EQ(reopened->data_bytes(), 3 * kSector);
+  // 32 free sectors in two gaps of 16: two whole chunks and eight single sectors fit.
+  write(*reopened, 10, 0, kChunk, 0x55);
+  write(*reopened, 11, 0, kChunk, 0x66);
+  EXPECT_EQ(file_size(data_path()), size_before);
+  write(*reopened, 12, 5 * kSector, kSector, 0x77);  // no gap left: appended
+  EXPECT_EQ(file_size(data_path()), size_before + kSector);
+  expect_contents(*reopened);
+  ASSERT_TRUE(reopened->sync().ok());
+  reopened.reset();
+  auto again = reopen();
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(again->find(0)->state, ChunkState::kZero);
+  expect_contents(*again);
+}
+
+// Random writes, zeroings and syncs against a reference; reopened halfway and at the
+// end (the second half allocates from the gaps the reopen found).
 TEST_F(PackedLayerTest, RandomWritesMatchAReference) {
   for (uint64_t seed : seeds_to_run(5)) {
     std::cout << "PackedLayerTest seed " << seed << " (replay: AMIRROR_SEED=" << seed << ")\n";
@@ -206,7 +244,14 @@ void PackedLayerTest::random_writes(uint64_t seed) {
   std::mt19937_64 random(seed);
   auto layer = create();
   ASSERT_NE(layer, nullptr);
-  for (int step = 0; step < 2000; ++step) {
+  for (int step = 0; step < 4000; ++step) {
+    if (step == 2000) {
+      ASSERT_TRUE(layer->sync().ok());
+      layer.reset();
+      layer = reopen();
+      ASSERT_NE(layer, nullptr);
+      expect_contents(*layer);
+    }
     const uint64_t chunk = random() % 24;
     const uint64_t what = random() % 20;
     if (what == 0) {
