@@ -1311,7 +1311,16 @@ Result<uint64_t> Volume::freeze(Clock& clock) {
 
 Result<std::vector<uint64_t>> Volume::freeze_group(std::span<Volume* const> volumes, Clock& clock) {
   // Sync outside the locks first, so the stall below covers only the last changes.
-  for (Volume* volume : volumes) AMIRROR_RETURN_IF_ERROR(volume->flush());
+  // Writes go on during a sync; after a long one (a busy volume: hundreds of MB dirty)
+  // the changes it let in would make the stall as long again, so sync again while
+  // syncs are slow. Bounded: a volume written faster than the disk never gets quick.
+  for (Volume* volume : volumes) {
+    for (int round = 0; round < kMaxPreFreezeSyncs; ++round) {
+      auto started = std::chrono::steady_clock::now();
+      AMIRROR_RETURN_IF_ERROR(volume->flush());
+      if (std::chrono::steady_clock::now() - started < kQuickSync) break;
+    }
+  }
   std::vector<Volume*> ordered(volumes.begin(), volumes.end());
   std::sort(ordered.begin(), ordered.end(),
             [](const Volume* a, const Volume* b) { return a->dir_ < b->dir_; });

@@ -40,6 +40,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -195,6 +196,10 @@ class Volume {
   // Freezes several volumes at one instant: no write to any of them lands between the
   // first and the last freeze. Returns each volume's new cycle, in order.
   static Result<std::vector<uint64_t>> freeze_group(std::span<Volume* const> volumes, Clock& clock = real_clock());
+  // Before it stops writes, freeze_group syncs each volume until a sync takes less than
+  // kQuickSync (at most kMaxPreFreezeSyncs times), so the sync under the stall is short.
+  static constexpr int kMaxPreFreezeSyncs = 4;
+  static constexpr std::chrono::milliseconds kQuickSync{20};
   // Freezes now as point `cycle` (> cycle()) with the given freeze time: a replica
   // committing the source's point s.
   Status freeze_as(uint64_t cycle, int64_t freeze_time_unix_ms);
