@@ -11,11 +11,11 @@
 #include <mutex>
 #include <string>
 
-#include "store/file_system.h"
+#include "testing/forwarding_file_system.h"
 
 namespace amirror::testing {
 
-class GatedFileSystem final : public FileSystem {
+class GatedFileSystem final : public ForwardingFileSystem {
  public:
   enum class Gate { kOpen, kRenameOnto };
   // Unarmed, every operation passes until arm(): set-up can write the gated files.
@@ -35,13 +35,6 @@ class GatedFileSystem final : public FileSystem {
     if (gate_ == Gate::kRenameOnto) wait_if_gated(to);
     return real_.rename(from, to);
   }
-  Status remove(const std::string& path) override { return real_.remove(path); }
-  Status remove_dir(const std::string& path) override { return real_.remove_dir(path); }
-  Status sync_dir(const std::string& path) override { return real_.sync_dir(path); }
-  Status make_dir(const std::string& path) override { return real_.make_dir(path); }
-  Result<bool> exists(const std::string& path) override { return real_.exists(path); }
-  Result<std::vector<std::string>> list_dir(const std::string& path) override { return real_.list_dir(path); }
-  Result<std::unique_ptr<DirectoryLock>> lock_file(const std::string& path) override { return real_.lock_file(path); }
 
   // Waits (real time, at most `timeout`) until an operation waits at the gate.
   bool wait_until_one_waits(std::chrono::milliseconds timeout) {
@@ -64,7 +57,6 @@ class GatedFileSystem final : public FileSystem {
     changed_.wait(lock, [&] { return open_; });
   }
 
-  FileSystem& real_ = posix_file_system();
   const Gate gate_;
   const std::string gated_name_;
   std::mutex mutex_;

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "store/volume.h"
+#include "testing/forwarding_file_system.h"
 #include "testing/test_support.h"
 
 namespace amirror::testing {
@@ -21,7 +22,7 @@ constexpr uint64_t kChunk = 64 * kKiB;
 
 // The POSIX file system, except that a sync of a layer's data file first calls
 // `on_data_sync` with the number of that sync (1, 2, ...).
-class DataSyncHookFileSystem final : public FileSystem {
+class DataSyncHookFileSystem final : public ForwardingFileSystem {
  public:
   std::function<void(int)> on_data_sync;
 
@@ -30,14 +31,6 @@ class DataSyncHookFileSystem final : public FileSystem {
     if (!path.ends_with(".data")) return file;
     return std::unique_ptr<File>(new HookedFile(std::move(file), *this));
   }
-  Status rename(const std::string& from, const std::string& to) override { return real_.rename(from, to); }
-  Status remove(const std::string& path) override { return real_.remove(path); }
-  Status remove_dir(const std::string& path) override { return real_.remove_dir(path); }
-  Status sync_dir(const std::string& path) override { return real_.sync_dir(path); }
-  Status make_dir(const std::string& path) override { return real_.make_dir(path); }
-  Result<bool> exists(const std::string& path) override { return real_.exists(path); }
-  Result<std::vector<std::string>> list_dir(const std::string& path) override { return real_.list_dir(path); }
-  Result<std::unique_ptr<DirectoryLock>> lock_file(const std::string& path) override { return real_.lock_file(path); }
 
  private:
   class HookedFile final : public File {
@@ -70,7 +63,6 @@ class DataSyncHookFileSystem final : public FileSystem {
     DataSyncHookFileSystem& fs_;
   };
 
-  FileSystem& real_ = posix_file_system();
   std::mutex mutex_;
   int data_syncs_ = 0;  // GUARDED_BY(mutex_)
 };
