@@ -63,7 +63,11 @@ std::string Layer::map_file_name(uint64_t layer_id) {
 }
 
 Layer::Layer(FileSystem& fs, std::string dir, uint64_t id, uint64_t chunk_size_bytes)
-    : fs_(fs), dir_(std::move(dir)), id_(id), chunk_size_bytes_(chunk_size_bytes) {}
+    : fs_(fs),
+      dir_(std::move(dir)),
+      id_(id),
+      chunk_size_bytes_(chunk_size_bytes),
+      free_runs_(dirty_sector_bytes(chunk_size_bytes)) {}
 
 size_t Layer::record_bytes() const {
   return packed() ? kRecordBytesV3 : sector_granular() ? kRecordBytesV2 : kRecordBytesV1;
@@ -73,7 +77,6 @@ Result<std::shared_ptr<Layer>> Layer::create(FileSystem& fs, const std::string& 
                                              uint64_t layer_id, uint64_t chunk_size_bytes,
                                              const std::string& reuse_data_path) {
   std::shared_ptr<Layer> layer(new Layer(fs, dir, layer_id, chunk_size_bytes));
-  layer->free_pieces_.resize(kMaxDirtySectorsPerChunk + 1);
   const std::string data_path = dir + "/" + data_file_name(layer_id);
   if (!reuse_data_path.empty() && fs.rename(reuse_data_path, data_path).ok()) {
     AMIRROR_ASSIGN_OR_RETURN(layer->data_file_, fs.open(data_path, OpenMode::kOpenExisting));
@@ -92,7 +95,6 @@ Result<std::shared_ptr<Layer>> Layer::create(FileSystem& fs, const std::string& 
 Result<std::shared_ptr<Layer>> Layer::open(FileSystem& fs, const std::string& dir,
                                            uint64_t layer_id, uint64_t chunk_size_bytes) {
   std::shared_ptr<Layer> layer(new Layer(fs, dir, layer_id, chunk_size_bytes));
-  layer->free_pieces_.resize(kMaxDirtySectorsPerChunk + 1);
   AMIRROR_ASSIGN_OR_RETURN(layer->data_file_,
                            fs.open(dir + "/" + data_file_name(layer_id), OpenMode::kOpenExisting));
   AMIRROR_ASSIGN_OR_RETURN(layer->map_file_,
@@ -231,7 +233,8 @@ Status Layer::rebuild_allocator(const std::string& where) {
     }
     uint64_t free_from = 0;
     for (const auto& [offset, end] : extents) {
-      free_gap_locked(free_from, offset);
+      // Pieces lie on the sector grid from offset 0, so gaps are whole sectors.
+      if (offset > free_from) free_runs_.free(free_from, (offset - free_from) / sector_bytes());
       free_from = end;
     }
     data_end_bytes_ = free_from;
@@ -335,14 +338,7 @@ Result<Layer::Segments> Layer::segments_locked(uint64_t slot, uint64_t offset_in
 }
 
 uint64_t Layer::allocate_locked(uint64_t sector_count) {
-  // Smallest free run that fits (exact first); the rest of a larger one stays free.
-  for (uint64_t size = sector_count; size < free_pieces_.size(); ++size) {
-    if (free_pieces_[size].empty()) continue;
-    const uint64_t offset = free_pieces_[size].back();
-    free_pieces_[size].pop_back();
-    if (size > sector_count) free_pieces_[size - sector_count].push_back(offset + sector_count * sector_bytes());
-    return offset;
-  }
+  if (std::optional<uint64_t> offset = free_runs_.take(sector_count)) return *offset;
   const uint64_t offset = data_end_bytes_;
   data_end_bytes_ += sector_count * sector_bytes();
   return offset;
@@ -382,7 +378,7 @@ Status Layer::place_locked(uint64_t slot, uint64_t sectors) {
   }
   const uint64_t offset = allocate_locked(count);
   if (Status status = data_file_->write_at(offset, image); !status.ok()) {
-    free_pieces_[count].push_back(offset);
+    free_runs_.free(offset, count);
     return status;
   }
   note_data_written();
@@ -394,22 +390,9 @@ Status Layer::place_locked(uint64_t slot, uint64_t sectors) {
   return Status();
 }
 
-void Layer::free_gap_locked(uint64_t offset_bytes, uint64_t end_bytes) {
-  // Pieces are placed on the sector grid from offset 0, so gaps are whole sectors. The
-  // allocator keeps runs of at most one chunk's sectors.
-  const uint64_t largest = free_pieces_.size() - 1;
-  uint64_t sectors = (end_bytes - offset_bytes) / sector_bytes();
-  while (sectors > 0) {
-    const uint64_t count = std::min(sectors, largest);
-    free_pieces_[count].push_back(offset_bytes);
-    offset_bytes += count * sector_bytes();
-    sectors -= count;
-  }
-}
-
 void Layer::free_piece_locked(const Piece& piece) {
   const uint64_t count = sector_count(piece.sectors);
-  free_pieces_[count].push_back(piece.offset_bytes);
+  free_runs_.free(piece.offset_bytes, count);
   placed_sector_count_ -= count;
 }
 

@@ -31,8 +31,9 @@
 // scattered 4 KiB writes into 64 KiB chunks is 16x smaller, has few extents, and a
 // reused spare data file (Volume) is written over instead of growing. Each record
 // names one new piece and the chunk's defined mask (docs/formats/store.md).
-// Free space (a zeroed chunk's pieces, once durable) is reused by size; a layer
-// reopened after a restart finds it again as the gaps between its pieces. A chunk that would get a
+// Free space (a zeroed chunk's pieces, once durable) is reused, best fit, with freed
+// neighbours joined (store/free_runs.h); a layer reopened after a restart finds it
+// again as the gaps between its pieces. A chunk that would get a
 // fifth piece gets one whole-chunk piece instead (its sectors copied there, in chunk
 // order), so a chunk written piecemeal for a long time still reads with one call.
 //
@@ -65,6 +66,7 @@
 #include <vector>
 
 #include "store/file_system.h"
+#include "store/free_runs.h"
 
 namespace amirror {
 
@@ -263,8 +265,6 @@ class Layer {
   // Format 3 helpers. REQUIRE: map_mutex_ held (or frozen).
   Status place_locked(uint64_t slot, uint64_t sectors);
   void free_piece_locked(const Piece& piece);
-  // Frees the data-file bytes [offset, end), sector-aligned, as runs the allocator takes.
-  void free_gap_locked(uint64_t offset_bytes, uint64_t end_bytes);
   uint64_t allocate_locked(uint64_t sector_count);
   void free_pieces_locked(uint64_t slot);
   Result<Segments> segments_locked(uint64_t slot, uint64_t offset_in_chunk_bytes, uint64_t length_bytes) const;
@@ -298,8 +298,7 @@ class Layer {
   // Format 3 (see above); mutated only before mark_frozen, so a frozen layer reads
   // them without the lock.
   std::vector<SlotPieces> slot_pieces_;                // GUARDED_BY(map_mutex_), by slot
-  // Free data-file space by length in sectors (index 1..64): offsets.
-  std::vector<std::vector<uint64_t>> free_pieces_;     // GUARDED_BY(map_mutex_)
+  FreeRuns free_runs_;                                 // GUARDED_BY(map_mutex_): format 3
   uint64_t data_end_bytes_ = 0;                        // GUARDED_BY(map_mutex_): append point
   uint64_t placed_sector_count_ = 0;                   // GUARDED_BY(map_mutex_)
 

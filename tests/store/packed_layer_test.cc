@@ -189,6 +189,31 @@ TEST_F(PackedLayerTest, AZeroedChunksSpaceIsReusedOnlyOnceTheZeroingIsDurable) {
   expect_contents(*reopened);
 }
 
+// Pieces freed side by side become one free run, which serves a larger piece later.
+TEST_F(PackedLayerTest, NeighbouringFreedPiecesServeAWholeChunk) {
+  auto layer = create();
+  ASSERT_NE(layer, nullptr);
+  for (uint64_t chunk = 0; chunk < 4; ++chunk) {
+    write(*layer, chunk, 0, 4 * kSector, static_cast<uint8_t>(chunk + 1));  // [4 * chunk, +4) sectors
+  }
+  write(*layer, 9, 0, kSector, 0x99);  // [16, 17)
+  ASSERT_TRUE(layer->sync().ok());
+  for (uint64_t chunk = 0; chunk < 4; ++chunk) {
+    layer->publish_zero(chunk);
+    images_.erase(chunk);
+  }
+  ASSERT_TRUE(layer->sync().ok());
+  const uint64_t size_before = file_size(data_path());
+  write(*layer, 5, 0, kChunk, 0x55);  // 16 sectors: the four freed pieces together
+  EXPECT_EQ(file_size(data_path()), size_before);
+  expect_contents(*layer);
+  ASSERT_TRUE(layer->sync().ok());
+  layer.reset();
+  auto reopened = reopen();
+  ASSERT_NE(reopened, nullptr);
+  expect_contents(*reopened);
+}
+
 // A restart forgets the free lists; the reopened layer finds the free space again as
 // the gaps between its pieces, so a volume that restarts often does not grow its layer.
 TEST_F(PackedLayerTest, SpaceFreedBeforeAReopenIsReusedAfterIt) {
