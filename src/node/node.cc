@@ -842,6 +842,7 @@ std::string Node::status_json() {
                        {"base_cycle", facts.base_cycle},
                        {"last_freeze_stall_us", facts.last_freeze_stall_us},
                        {"layers", layers},
+                       {"spare_bytes", facts.spare_bytes},
                        {"open", entry->is_open()},
                        {"mirrors", mirror_list}});
     // `volume adopt`: the file or device that is the base in place.

@@ -34,6 +34,7 @@ VolumeFacts facts_of(const Volume& volume) {
   facts.cycle = volume.cycle();
   facts.base_cycle = volume.base_cycle();
   facts.last_freeze_stall_us = volume.last_freeze_stall_us();
+  facts.spare_bytes = volume.spare_bytes();
   facts.layers = volume.layers();
   facts.adopted_path = volume.adopted_path();
   facts.dir = volume.dir();

@@ -59,6 +59,7 @@ struct VolumeFacts {
   uint64_t cycle = 0;
   uint64_t base_cycle = 0;
   uint64_t last_freeze_stall_us = 0;
+  uint64_t spare_bytes = 0;
   std::vector<LayerInfo> layers;
   std::string adopted_path;
   std::string dir;  // the volume's directory

@@ -91,6 +91,9 @@ class FileSystem {
 // The real POSIX file system. Lives for the whole process.
 FileSystem& posix_file_system();
 
+// The bytes a file holds on disk: its allocated extents (holes not counted).
+Result<uint64_t> allocated_file_bytes(File& file);
+
 // Reads a whole small file (metadata) into a string.
 Result<std::string> read_small_file(FileSystem& fs, const std::string& path,
                                     uint64_t max_size_bytes);

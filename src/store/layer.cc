@@ -683,14 +683,7 @@ Status Layer::sync() {
   return Status();
 }
 
-Result<uint64_t> Layer::allocated_data_bytes() {
-  AMIRROR_ASSIGN_OR_RETURN(uint64_t size, data_file_->size_bytes());
-  if (size == 0) return uint64_t{0};
-  AMIRROR_ASSIGN_OR_RETURN(std::vector<Extent> extents, data_file_->allocated_extents(0, size));
-  uint64_t bytes = 0;
-  for (const Extent& extent : extents) bytes += extent.length_bytes;
-  return bytes;
-}
+Result<uint64_t> Layer::allocated_data_bytes() { return allocated_file_bytes(*data_file_); }
 
 Status Layer::remove_files() {
   Status data_status = fs_.remove(dir_ + "/" + data_file_name(id_));

@@ -297,6 +297,15 @@ FileSystem& posix_file_system() {
   return *instance;
 }
 
+Result<uint64_t> allocated_file_bytes(File& file) {
+  AMIRROR_ASSIGN_OR_RETURN(uint64_t size, file.size_bytes());
+  if (size == 0) return uint64_t{0};
+  AMIRROR_ASSIGN_OR_RETURN(std::vector<Extent> extents, file.allocated_extents(0, size));
+  uint64_t bytes = 0;
+  for (const Extent& extent : extents) bytes += extent.length_bytes;
+  return bytes;
+}
+
 Result<std::string> read_small_file(FileSystem& fs, const std::string& path,
                                     uint64_t max_size_bytes) {
   AMIRROR_ASSIGN_OR_RETURN(std::unique_ptr<File> file, fs.open(path, OpenMode::kOpenExisting));

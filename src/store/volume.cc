@@ -1455,6 +1455,18 @@ std::string Volume::spare_data_path(bool existing) {
   return "";
 }
 
+uint64_t Volume::spare_bytes() const {
+  uint64_t bytes = 0;
+  for (uint64_t index = 0; index < kMaxSpares; ++index) {
+    // Status only: a spare that cannot be read now counts as none.
+    Result<std::unique_ptr<File>> file = fs_.open(dir_ + "/" + spare_data_file_name(index), OpenMode::kOpenExisting);
+    if (!file.ok()) continue;
+    Result<uint64_t> allocated = allocated_file_bytes(**file);
+    if (allocated.ok()) bytes += *allocated;
+  }
+  return bytes;
+}
+
 void Volume::retire_merged_layer(Layer& merged) {
   const std::string spare = spare_data_path(/*existing=*/false);
   Result<uint64_t> allocated = spare.empty() ? Result<uint64_t>(kMaxSpareDataBytes + 1) : merged.allocated_data_bytes();

@@ -280,6 +280,9 @@ class Volume {
   std::vector<LayerInfo> layers() const;
   // How long the last freeze held client writes back (drain + final sync + metadata).
   uint64_t last_freeze_stall_us() const { return last_freeze_stall_us_.load(); }
+  // Disk space held by spare layer data files: merged layers' files kept for the next
+  // freezes to write over (at most 4 of at most 256 MiB each; see retire_merged_layer).
+  uint64_t spare_bytes() const;
 
  private:
   Volume(FileSystem& fs, std::string dir, const VolumeOptions& options);

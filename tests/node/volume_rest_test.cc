@@ -93,6 +93,7 @@ TEST_F(VolumeRest, NewVolumeHasNoFileOpen) {
   EXPECT_EQ(status["volumes"][0]["chunk_size_bytes"], kDefaultChunkSizeBytes);
   EXPECT_EQ(status["volumes"][0]["role"], "primary");
   EXPECT_EQ(status["volumes"][0]["open"], false);
+  EXPECT_EQ(status["volumes"][0]["spare_bytes"], 0);  // no layer merged yet
   EXPECT_GT(status["open_files"]["count"].get<uint64_t>(), 0u);
   EXPECT_FALSE(is_open("v"));
 }

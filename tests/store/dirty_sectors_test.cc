@@ -302,15 +302,18 @@ TEST_F(DirtySectorsVolumeTest, MergedLayerDataFilesAreReusedNotFreed) {
   auto volume = create(kMiB, 64 * kKiB);
   const std::string spare = dir_.path() + "/spare-layer-0.data";
   write(*volume, 0, kMiB, 0x11);
+  EXPECT_EQ(volume->spare_bytes(), 0u);
   ASSERT_TRUE(volume->freeze().ok());
   const uint64_t merged_id = volume->layers().front().id;
   ASSERT_TRUE(volume->merge_oldest().ok());
   EXPECT_TRUE(std::filesystem::exists(spare));
+  EXPECT_GE(volume->spare_bytes(), kMiB) << "status shows the spare's space";
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/" + Layer::data_file_name(merged_id)));
   EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/" + Layer::map_file_name(merged_id)));
   write(*volume, 8 * kKiB, 10, 0x22);  // lands in the active layer, then frozen:
   ASSERT_TRUE(volume->freeze().ok());  // the new active layer takes the spare
   EXPECT_FALSE(std::filesystem::exists(spare));
+  EXPECT_EQ(volume->spare_bytes(), 0u);
   write(*volume, 64 * kKiB + 100, 10, 0x33);  // slot 0 of the reused file: old bytes under it
   std::vector<uint8_t> expected(kMiB, 0x11);
   std::fill(expected.begin() + 8 * kKiB, expected.begin() + 8 * kKiB + 10, 0x22);
