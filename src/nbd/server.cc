@@ -374,8 +374,7 @@ bool Connection::send(iovec* iov, int count) {
         sending_ = false;
         break;
       }
-      sending_replies_.swap(pending_replies_);
-      pending_replies_.clear();
+      sending_replies_.swap(pending_replies_);  // leaves pending_replies_ empty
     }
     iovec combined{sending_replies_.data(), sending_replies_.size()};
     ok = write_out(&combined, 1);

@@ -79,6 +79,13 @@ class PackedLayerTest : public ::testing::Test {
       });
     }
   }
+  // Syncs `layer`, closes it and opens it again, as a restart does; null on failure.
+  std::shared_ptr<Layer> sync_and_reopen(std::shared_ptr<Layer>& layer) {
+    Status synced = layer->sync();
+    EXPECT_TRUE(synced.ok()) << synced.to_string();
+    layer.reset();
+    return synced.ok() ? reopen() : nullptr;
+  }
   std::string data_path() { return scratch_.sub(Layer::data_file_name(1)); }
   void random_writes(uint64_t seed);
 
@@ -98,9 +105,7 @@ TEST_F(PackedLayerTest, ScatteredSectorsArePackedFromTheStartOfTheDataFile) {
   EXPECT_EQ(file_size(data_path()), 100 * kSector);
   EXPECT_EQ(layer->data_bytes(), 100 * kSector);
   expect_contents(*layer);
-  ASSERT_TRUE(layer->sync().ok());
-  layer.reset();
-  auto reopened = reopen();
+  auto reopened = sync_and_reopen(layer);
   ASSERT_NE(reopened, nullptr);
   EXPECT_EQ(reopened->data_bytes(), 100 * kSector);
   EXPECT_EQ(reopened->find(7)->defined_sectors, 0x2u);
@@ -118,9 +123,7 @@ TEST_F(PackedLayerTest, SectorsWrittenOutOfOrderAreRewrittenInPlace) {
   EXPECT_EQ(layer->find(3)->defined_sectors, (1u << 9) | (1u << 2) | (1u << 3) | (1u << 5));
   EXPECT_EQ(file_size(data_path()), 4 * kSector);  // rewrites took no new space
   expect_contents(*layer);
-  ASSERT_TRUE(layer->sync().ok());
-  layer.reset();
-  auto reopened = reopen();
+  auto reopened = sync_and_reopen(layer);
   ASSERT_NE(reopened, nullptr);
   EXPECT_EQ(reopened->find(3)->defined_sectors, (1u << 9) | (1u << 2) | (1u << 3) | (1u << 5));
   expect_contents(*reopened);
@@ -157,9 +160,7 @@ TEST_F(PackedLayerTest, AChunkWrittenInManyPiecesIsMadeWholeOnce) {
   write(*layer, 5, 0, kSector, 0x55);  // takes a freed sector: no growth
   EXPECT_EQ(file_size(data_path()), 4 * kSector + kChunk);
   expect_contents(*layer);
-  ASSERT_TRUE(layer->sync().ok());
-  layer.reset();
-  auto reopened = reopen();
+  auto reopened = sync_and_reopen(layer);
   ASSERT_NE(reopened, nullptr);
   EXPECT_EQ(reopened->find(0)->defined_sectors, (1u << 7) | (1u << 1) | (1u << 12) | (1u << 4) | (1u << 9) | (1u << 15));
   expect_contents(*reopened);
@@ -181,9 +182,7 @@ TEST_F(PackedLayerTest, AZeroedChunksSpaceIsReusedOnlyOnceTheZeroingIsDurable) {
   EXPECT_EQ(file_size(data_path()), kChunk + kSector);
   EXPECT_EQ(layer->data_bytes(), 3 * kSector);
   expect_contents(*layer);
-  ASSERT_TRUE(layer->sync().ok());
-  layer.reset();
-  auto reopened = reopen();
+  auto reopened = sync_and_reopen(layer);
   ASSERT_NE(reopened, nullptr);
   EXPECT_EQ(reopened->find(0)->state, ChunkState::kZero);
   expect_contents(*reopened);
@@ -207,9 +206,7 @@ TEST_F(PackedLayerTest, NeighbouringFreedPiecesServeAWholeChunk) {
   write(*layer, 5, 0, kChunk, 0x55);  // 16 sectors: the four freed pieces together
   EXPECT_EQ(file_size(data_path()), size_before);
   expect_contents(*layer);
-  ASSERT_TRUE(layer->sync().ok());
-  layer.reset();
-  auto reopened = reopen();
+  auto reopened = sync_and_reopen(layer);
   ASSERT_NE(reopened, nullptr);
   expect_contents(*reopened);
 }
@@ -243,9 +240,7 @@ TEST_F(PackedLayerTest, SpaceFreedBeforeAReopenIsReusedAfterIt) {
   write(*reopened, 12, 5 * kSector, kSector, 0x77);  // no gap left: appended
   EXPECT_EQ(file_size(data_path()), size_before + kSector);
   expect_contents(*reopened);
-  ASSERT_TRUE(reopened->sync().ok());
-  reopened.reset();
-  auto again = reopen();
+  auto again = sync_and_reopen(reopened);
   ASSERT_NE(again, nullptr);
   EXPECT_EQ(again->find(0)->state, ChunkState::kZero);
   expect_contents(*again);
@@ -271,9 +266,7 @@ void PackedLayerTest::random_writes(uint64_t seed) {
   ASSERT_NE(layer, nullptr);
   for (int step = 0; step < 4000; ++step) {
     if (step == 2000) {
-      ASSERT_TRUE(layer->sync().ok());
-      layer.reset();
-      layer = reopen();
+      layer = sync_and_reopen(layer);
       ASSERT_NE(layer, nullptr);
       expect_contents(*layer);
     }
