@@ -8,6 +8,7 @@
 // to pread/pwrite). FileSystem methods are thread-safe.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -17,6 +18,10 @@
 #include "base/status.h"
 
 namespace amirror {
+
+// What write_uncached_at needs to bypass the page cache: offset, length and buffer
+// aligned to this (the largest logical block size of common devices).
+inline constexpr size_t kUncachedWriteAlignment = 4096;
 
 struct Extent {
   uint64_t offset_bytes = 0;
@@ -32,6 +37,14 @@ class File {
   virtual Status read_at(uint64_t offset_bytes, std::span<uint8_t> out) = 0;
   // Writes all of `data` at `offset_bytes`, extending the file if needed.
   virtual Status write_at(uint64_t offset_bytes, std::span<const uint8_t> data) = 0;
+  // Writes like write_at, for a stream that will not be read back soon (a replica's
+  // first full copy): may bypass the page cache (O_DIRECT) for the part that starts at
+  // an offset aligned to kUncachedWriteAlignment, in whole aligned blocks, from a
+  // buffer so aligned; the rest goes through the cache. Durable only after sync().
+  // Default: write_at.
+  virtual Status write_uncached_at(uint64_t offset_bytes, std::span<const uint8_t> data) {
+    return write_at(offset_bytes, data);
+  }
   // Makes every completed write durable (fdatasync).
   virtual Status sync() = 0;
   // A hint, no durability: starts writing that range back to the device now, so a later

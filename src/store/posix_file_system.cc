@@ -9,10 +9,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <sstream>
 
 #include "store/file_system.h"
@@ -55,7 +57,10 @@ bool flock_held(const std::string& path) {
 class PosixFile final : public File {
  public:
   PosixFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
-  ~PosixFile() override { ::close(fd_); }
+  ~PosixFile() override {
+    if (direct_fd_ >= 0) ::close(direct_fd_);
+    ::close(fd_);
+  }
 
   Status read_at(uint64_t offset_bytes, std::span<uint8_t> out) override {
     size_t done = 0;
@@ -76,16 +81,33 @@ class PosixFile final : public File {
   }
 
   Status write_at(uint64_t offset_bytes, std::span<const uint8_t> data) override {
+    return write_all(fd_, offset_bytes, data);
+  }
+
+  Status write_uncached_at(uint64_t offset_bytes, std::span<const uint8_t> data) override {
+    const auto address = reinterpret_cast<uintptr_t>(data.data());
+    const size_t direct_bytes =
+        offset_bytes % kUncachedWriteAlignment == 0 && address % kUncachedWriteAlignment == 0
+            ? data.size() / kUncachedWriteAlignment * kUncachedWriteAlignment
+            : 0;
     size_t done = 0;
-    while (done < data.size()) {
-      ssize_t n = ::pwrite(fd_, data.data() + done, data.size() - done,
-                           static_cast<off_t>(offset_bytes + done));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Status::from_errno(errno, "write " + path_);
+    if (int direct = direct_fd(); direct >= 0 && direct_bytes > 0) {
+      while (done < direct_bytes) {
+        ssize_t n = ::pwrite(direct, data.data() + done, direct_bytes - done, static_cast<off_t>(offset_bytes + done));
+        if (n >= 0) {
+          done += static_cast<size_t>(n);
+        } else if (errno == EINVAL && done == 0) {
+          direct_refused_.store(true);  // the file system refuses O_DIRECT writes after all
+          break;
+        } else if (errno != EINTR) {
+          return Status::from_errno(errno, "write " + path_);
+        }
       }
-      done += static_cast<size_t>(n);
     }
+    if (done == data.size()) return Status();
+    // Through the cache, handed to writeback at once so a later sync finds little left.
+    AMIRROR_RETURN_IF_ERROR(write_at(offset_bytes + done, data.subspan(done)));
+    start_writeback(offset_bytes + done, data.size() - done);
     return Status();
   }
 
@@ -161,8 +183,41 @@ class PosixFile final : public File {
   }
 
  private:
+  Status write_all(int fd, uint64_t offset_bytes, std::span<const uint8_t> data) {
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset_bytes + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::from_errno(errno, "write " + path_);
+      }
+      done += static_cast<size_t>(n);
+    }
+    return Status();
+  }
+
+  // A second descriptor of the same file with O_DIRECT, opened on first use through
+  // /proc/self/fd (no path lookup, and no O_EXCL: an adopted block device stays
+  // claimed by fd_); -1 where the file system has no O_DIRECT (tmpfs before 6.6) or
+  // refused such a write. Kept open until the file closes, as another thread may be
+  // writing through it.
+  int direct_fd() {
+    if (direct_refused_.load()) return -1;
+    std::lock_guard lock(direct_mutex_);
+    if (!direct_tried_) {
+      direct_tried_ = true;
+      const std::string self = "/proc/self/fd/" + std::to_string(fd_);
+      direct_fd_ = ::open(self.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    }
+    return direct_fd_;
+  }
+
   int fd_;
   std::string path_;
+  std::mutex direct_mutex_;
+  bool direct_tried_ = false;  // GUARDED_BY(direct_mutex_)
+  int direct_fd_ = -1;         // GUARDED_BY(direct_mutex_); set once
+  std::atomic<bool> direct_refused_{false};
 };
 
 class PosixDirectoryLock final : public DirectoryLock {

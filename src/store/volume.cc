@@ -1501,7 +1501,12 @@ Status Volume::begin_base_fill() {
   // What an earlier, abandoned fill wrote goes: the new one sends only non-zero chunks.
   // Ranged, never a truncate: on a block device (an adopted base) the kernel zeroes the
   // range (BLKZEROOUT semantics, or written zeros), and a longer device's tail past
-  // size_bytes() is left as it is.
+  // size_bytes() is left as it is. What the abandoned fill gathered and never wrote
+  // goes too: written after the punch, it would be stale data in the new fill.
+  {
+    std::lock_guard lock(base_fill_mutex_);
+    if (base_fill_writer_ != nullptr) base_fill_writer_->discard();
+  }
   AMIRROR_RETURN_IF_ERROR(base_->punch_hole(0, size_bytes()));
   return base_->sync();
 }
@@ -1513,23 +1518,14 @@ Status Volume::write_base_fill(uint64_t offset_bytes, std::span<const uint8_t> d
     std::lock_guard meta(meta_mutex_);
     AMIRROR_RETURN_IF_ERROR(check_base_fill_locked());
   }
-  AMIRROR_RETURN_IF_ERROR(base_->write_at(offset_bytes, data));
-  // The fill is a long stream with a sync every few MiB (the resume point): writing
-  // back as it goes keeps each sync short, so receiving and disk writes overlap. In
-  // ranges of 1 MiB, not per chunk: each call submits its own requests, and on a
-  // virtual machine each submission is a costly exit (a fifth of the target's CPU in
-  // the initial sync profile, bench/README.md).
-  constexpr uint64_t kWritebackBytes = kMiB;
-  std::lock_guard lock(base_fill_writeback_mutex_);
-  auto submit = [&] {
-    base_->start_writeback(base_fill_unsubmitted_from_, base_fill_unsubmitted_bytes_);
-    base_fill_unsubmitted_bytes_ = 0;
-  };
-  if (base_fill_unsubmitted_bytes_ != 0 && base_fill_unsubmitted_from_ + base_fill_unsubmitted_bytes_ != offset_bytes) submit();
-  if (base_fill_unsubmitted_bytes_ == 0) base_fill_unsubmitted_from_ = offset_bytes;
-  base_fill_unsubmitted_bytes_ += data.size();
-  if (base_fill_unsubmitted_bytes_ >= kWritebackBytes) submit();
-  return Status();
+  std::lock_guard lock(base_fill_mutex_);
+  if (base_fill_writer_ == nullptr) base_fill_writer_ = std::make_unique<UncachedWriter>(*base_);
+  return base_fill_writer_->write(offset_bytes, data);
+}
+
+Status Volume::flush_base_fill() {
+  std::lock_guard lock(base_fill_mutex_);
+  return base_fill_writer_ == nullptr ? Status() : base_fill_writer_->flush();
 }
 
 Status Volume::zero_base_fill(uint64_t offset_bytes, uint64_t length_bytes) {
@@ -1539,10 +1535,14 @@ Status Volume::zero_base_fill(uint64_t offset_bytes, uint64_t length_bytes) {
     std::lock_guard meta(meta_mutex_);
     AMIRROR_RETURN_IF_ERROR(check_base_fill_locked());
   }
+  AMIRROR_RETURN_IF_ERROR(flush_base_fill());  // in order with the writes before it
   return base_->punch_hole(offset_bytes, length_bytes);
 }
 
-Status Volume::sync_base() { return base_->sync(); }
+Status Volume::sync_base() {
+  AMIRROR_RETURN_IF_ERROR(flush_base_fill());
+  return base_->sync();
+}
 
 Status Volume::commit_base_fill(uint64_t cycle, int64_t freeze_time_unix_ms) {
   std::lock_guard merge_lock(merge_mutex_);
@@ -1551,13 +1551,18 @@ Status Volume::commit_base_fill(uint64_t cycle, int64_t freeze_time_unix_ms) {
   AMIRROR_RETURN_IF_ERROR(check_base_fill_locked());
   if (cycle == 0) return invalid_argument("cannot commit a base fill as point 0");
   // The data is durable before volume.meta names it a point.
-  AMIRROR_RETURN_IF_ERROR(base_->sync());
+  AMIRROR_RETURN_IF_ERROR(sync_base());
   VolumeMeta old = meta_;
   meta_.base_cycle = cycle;
   meta_.base_freeze_time_unix_ms = freeze_time_unix_ms;
   Status status = write_meta();
-  if (!status.ok()) meta_ = std::move(old);
-  return status;
+  if (!status.ok()) {
+    meta_ = std::move(old);
+    return status;
+  }
+  std::lock_guard lock(base_fill_mutex_);
+  base_fill_writer_.reset();  // its buffer is not needed after the fill
+  return Status();
 }
 
 // ---- Deltas and extents -----------------------------------------------------

@@ -58,6 +58,7 @@
 #include "store/chunk_math.h"
 #include "store/file_system.h"
 #include "store/layer.h"
+#include "store/uncached_writer.h"
 
 namespace amirror {
 
@@ -228,7 +229,9 @@ class Volume {
   // record durably, before begin_base_fill(), that a fill is under way (the replica's
   // replica.meta does), so a crash never shows the partial base as a point.
   // - begin_base_fill(): base.img becomes all holes (reads zero) and is synced.
-  // - write_base_fill() / zero_base_fill(): write into base.img (no sync).
+  // - write_base_fill() / zero_base_fill(): write into base.img (no sync). Writes are
+  //   gathered and bypass the page cache (store/uncached_writer.h): a fill is written
+  //   once and not read until it is committed.
   // - sync_base(): fdatasync base.img (a resume point).
   // - commit_base_fill(): syncs base.img, then one volume.meta replacement labels it as
   //   point `cycle` with that freeze time: the commit point.
@@ -370,6 +373,8 @@ class Volume {
   // The error if base_fill is not allowed now (see begin_base_fill), or ok.
   // REQUIRES: io_lock_ and meta_mutex_ held.
   Status check_base_fill_locked() const;
+  // Writes what the base fill gathered (base_fill_writer_) to base.img.
+  Status flush_base_fill();
 
   FileSystem& fs_;
   const std::string dir_;
@@ -404,11 +409,10 @@ class Volume {
 
   std::atomic<uint64_t> last_freeze_stall_us_{0};
   std::mutex merge_mutex_;                 // one merge (or resize) at a time
-  // Base fill: written bytes not yet handed to writeback, one contiguous range (see
-  // write_base_fill).
-  std::mutex base_fill_writeback_mutex_;
-  uint64_t base_fill_unsubmitted_from_ = 0;   // GUARDED_BY(base_fill_writeback_mutex_)
-  uint64_t base_fill_unsubmitted_bytes_ = 0;  // GUARDED_BY(base_fill_writeback_mutex_)
+  // Base fill: its writes gathered into large ones that bypass the page cache (see
+  // write_base_fill). Flushed before every sync and punch of the base.
+  std::mutex base_fill_mutex_;
+  std::unique_ptr<UncachedWriter> base_fill_writer_;  // GUARDED_BY(base_fill_mutex_)
   // Held exclusively by a merge while it rewrites the base, shared by readers of the
   // base point itself (read_frozen(base_cycle()), allocated_chunks).
   std::shared_mutex base_point_lock_;
