@@ -88,7 +88,8 @@ class TlsSession {
   Result<size_t> read_some(std::span<uint8_t> out);
   Status read_exact(std::span<uint8_t> out);
   Status write_all(std::span<const uint8_t> data);
-  // True when decrypted bytes are buffered inside OpenSSL (the socket may look idle).
+  // True when bytes are buffered inside OpenSSL, decrypted or read ahead but not yet
+  // decrypted (the socket may look idle).
   bool has_buffered_input() const;
   // Best effort close_notify; the caller still closes the socket.
   void close_notify();

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -88,6 +89,30 @@ TEST_F(TlsTest, MutualHandshakeCarriesDataBothWaysAndNamesThePeer) {
   auto end = server_session.value()->read_some(std::span(&byte, 1));
   ASSERT_TRUE(end.ok()) << end.status().to_string();
   EXPECT_EQ(end.value(), 0u);
+}
+
+// Records read ahead sit inside OpenSSL, where poll() cannot see them: a session with
+// more to give after a read must say so, or a caller that polls before receiving (the
+// mirror engine's readable_now) would wait for bytes that already arrived.
+TEST_F(TlsTest, BytesReadAheadAreReportedAsBuffered) {
+  auto client = context(scratch_.path(), "node-a");
+  auto server = context(scratch_.path(), "node-b");
+  auto [client_session, server_session] = handshake(*client, *server);
+  ASSERT_TRUE(client_session.ok() && server_session.ok());
+  std::vector<uint8_t> first(100, 1), second(100, 2);
+  ASSERT_TRUE(client_session.value()->write_all(first).ok());
+  ASSERT_TRUE(client_session.value()->write_all(second).ok());
+  // Both records are in the socket before the server reads: one read takes them in.
+  pollfd waiter{fds_[1], POLLIN, 0};
+  ASSERT_EQ(::poll(&waiter, 1, kTimeoutMs), 1);
+  std::vector<uint8_t> got(first.size());
+  ASSERT_TRUE(server_session.value()->read_exact(got).ok());
+  EXPECT_EQ(got, first);
+  EXPECT_EQ(::poll(&waiter, 1, 0), 0) << "the socket still held bytes: nothing was read ahead";
+  EXPECT_TRUE(server_session.value()->has_buffered_input());
+  ASSERT_TRUE(server_session.value()->read_exact(got).ok());
+  EXPECT_EQ(got, second);
+  EXPECT_FALSE(server_session.value()->has_buffered_input());
 }
 
 TEST_F(TlsTest, CertificateFromAnotherCaIsRefused) {
