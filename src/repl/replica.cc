@@ -27,14 +27,19 @@ constexpr const char* kFormat1StageName = "delta.stage";
 constexpr const char* kBaseName = "base.img";
 constexpr const char* kResyncName = "resync.meta";
 constexpr char kResyncMagic[8] = {'A', 'M', 'R', 'E', 'S', 'Y', 'N', 'C'};
-// How much staged data may be lost to a crash and resent: the layer is synced and the
-// resume point recorded this often.
-constexpr uint64_t kProgressEveryBytes = 16 * kMiB;
 // staged_flags bits (docs/formats/replica.md).
 constexpr uint64_t kStagedFull = 1;
 constexpr uint64_t kStagedSealed = 2;
 constexpr uint64_t kStagedIntoBase = 4;  // written straight into base.img (a base fill)
 
+
+}  // namespace
+
+uint64_t progress_interval_bytes(uint64_t staged_bytes) {
+  return std::clamp(staged_bytes / kProgressFraction, kMinProgressBytes, kMaxProgressBytes);
+}
+
+namespace {
 
 bool valid_geometry(uint64_t size_bytes, uint64_t chunk_size_bytes) {
   VolumeOptions options;
@@ -351,7 +356,7 @@ Status Replica::clear_staging() {
   staged_records_ = 0;
   open_chunk_records_ = 0;
   last_staged_chunk_ = 0;
-  bytes_since_progress_ = 0;
+  bytes_since_progress_ = bytes_this_attempt_ = 0;
   return Status();
 }
 
@@ -451,7 +456,7 @@ Status Replica::reset(const std::string& uuid) {
     meta_.staging = Staging{};
     meta_.source_uuid = uuid;
     AMIRROR_RETURN_IF_ERROR(write_meta_locked());
-    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = open_chunk_records_ = 0;
+    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = bytes_this_attempt_ = open_chunk_records_ = 0;
   }
   // Readers holding the old volume keep reading its (unlinked) files until they let go.
   AMIRROR_RETURN_IF_ERROR(fs_.remove(dir_ + "/" + kVolumeMetaName));
@@ -495,6 +500,7 @@ Status Replica::begin_delta(const BeginDelta& begin) {
     meta_.staging.header.record_count = begin.record_count;
     // Partial records of a chunk cut short are resent from its first one (stage()).
     open_chunk_records_ = 0;
+    bytes_this_attempt_ = 0;
     return Status();
   }
   // A fresh delta: what the active layer holds of an earlier one goes. A full delta
@@ -530,7 +536,7 @@ Status Replica::begin_delta(const BeginDelta& begin) {
     staged_records_ = 0;
     open_chunk_records_ = 0;
     last_staged_chunk_ = 0;
-    bytes_since_progress_ = 0;
+    bytes_since_progress_ = bytes_this_attempt_ = 0;
   }
   // After replica.meta says "filling, 0 records durable": a crash from here on resumes
   // from the start, and this empties the base again first.
@@ -645,8 +651,10 @@ Status Replica::stage(const ChunkRecord& record) {
       staged_records_ += 1;
       last_staged_chunk_ = record.chunk_index;
     }
-    bytes_since_progress_ += record.kind == RecordKind::kZero ? 0 : record.data.size();
-    progress_due = bytes_since_progress_ >= kProgressEveryBytes;
+    const uint64_t bytes = record.kind == RecordKind::kZero ? 0 : record.data.size();
+    bytes_since_progress_ += bytes;
+    bytes_this_attempt_ += bytes;
+    progress_due = bytes_since_progress_ >= progress_interval_bytes(bytes_this_attempt_);
   }
   return progress_due ? record_progress() : Status();
 }
@@ -749,7 +757,7 @@ Status Replica::commit_staged(uint64_t cycle, bool require_seal) {
   if (!clear_staging().ok()) {
     std::unique_lock lock(state_mutex_);
     meta_.staging = Staging{};
-    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = open_chunk_records_ = 0;
+    staged_records_ = last_staged_chunk_ = bytes_since_progress_ = bytes_this_attempt_ = open_chunk_records_ = 0;
   }
   // The first delta after a failback overwrote every chunk the target had changed.
   if (!resyncing()) return Status();

@@ -129,6 +129,28 @@ TEST_F(ReplicaTest, ResumesAPartlyStagedDeltaAfterReopen) {
   EXPECT_FALSE(replica.begin_delta({2, 3, 0, 4, 1, false}).ok());
 }
 
+// Resume points: 16 MiB apart at first, then an eighth of what was staged, at most
+// 256 MiB: a crash costs at most an eighth of the work done (or 16 MiB) to resend.
+TEST(ReplicaProgressTest, ResumePointsGrowRarerWithTheCopyWithinBounds) {
+  EXPECT_EQ(progress_interval_bytes(0), 16 * kMiB);
+  EXPECT_EQ(progress_interval_bytes(128 * kMiB), 16 * kMiB);
+  EXPECT_EQ(progress_interval_bytes(512 * kMiB), 64 * kMiB);
+  EXPECT_EQ(progress_interval_bytes(2 * kGiB), 256 * kMiB);
+  EXPECT_EQ(progress_interval_bytes(64 * kGiB), 256 * kMiB);
+  // How many a 1 GiB stream of 64 KiB records makes (was 64 at a fixed 16 MiB).
+  uint64_t staged = 0, since = 0, points = 0;
+  for (; staged < kGiB;) {
+    staged += 64 * kKiB;
+    since += 64 * kKiB;
+    if (since >= progress_interval_bytes(staged)) {
+      since = 0;
+      points++;
+    }
+  }
+  EXPECT_LE(points, 32u);
+  EXPECT_GE(points, 16u);
+}
+
 // The first full copy into an empty replica goes straight into base.img: one write per
 // byte, no layer and no merge; nothing is readable until it commits; an abandoned fill
 // is emptied by the next one and never becomes part of a point.
