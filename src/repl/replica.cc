@@ -33,14 +33,6 @@ constexpr uint64_t kStagedSealed = 2;
 constexpr uint64_t kStagedIntoBase = 4;  // written straight into base.img (a base fill)
 
 
-}  // namespace
-
-uint64_t progress_interval_bytes(uint64_t staged_bytes) {
-  return std::clamp(staged_bytes / kProgressFraction, kMinProgressBytes, kMaxProgressBytes);
-}
-
-namespace {
-
 bool valid_geometry(uint64_t size_bytes, uint64_t chunk_size_bytes) {
   VolumeOptions options;
   options.size_bytes = size_bytes;

@@ -24,6 +24,7 @@
 // for the same replica are serialized by the node).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,7 +50,9 @@ namespace amirror::repl {
 inline constexpr uint64_t kMinProgressBytes = 16 * kMiB;
 inline constexpr uint64_t kMaxProgressBytes = 256 * kMiB;
 inline constexpr uint64_t kProgressFraction = 8;
-uint64_t progress_interval_bytes(uint64_t staged_bytes);
+constexpr uint64_t progress_interval_bytes(uint64_t staged_bytes) {
+  return std::clamp(staged_bytes / kProgressFraction, kMinProgressBytes, kMaxProgressBytes);
+}
 
 constexpr uint32_t kDefaultKeep = 1;
 constexpr uint32_t kMaxKeep = 1024;

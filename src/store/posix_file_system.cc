@@ -81,7 +81,16 @@ class PosixFile final : public File {
   }
 
   Status write_at(uint64_t offset_bytes, std::span<const uint8_t> data) override {
-    return write_all(fd_, offset_bytes, data);
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = ::pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset_bytes + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::from_errno(errno, "write " + path_);
+      }
+      done += static_cast<size_t>(n);
+    }
+    return Status();
   }
 
   Status write_uncached_at(uint64_t offset_bytes, std::span<const uint8_t> data) override {
@@ -91,7 +100,7 @@ class PosixFile final : public File {
             ? data.size() / kUncachedWriteAlignment * kUncachedWriteAlignment
             : 0;
     size_t done = 0;
-    if (int direct = direct_fd(); direct >= 0 && direct_bytes > 0) {
+    if (int direct = direct_bytes > 0 ? direct_fd() : -1; direct >= 0) {
       while (done < direct_bytes) {
         ssize_t n = ::pwrite(direct, data.data() + done, direct_bytes - done, static_cast<off_t>(offset_bytes + done));
         if (n >= 0) {
@@ -183,19 +192,6 @@ class PosixFile final : public File {
   }
 
  private:
-  Status write_all(int fd, uint64_t offset_bytes, std::span<const uint8_t> data) {
-    size_t done = 0;
-    while (done < data.size()) {
-      ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset_bytes + done));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Status::from_errno(errno, "write " + path_);
-      }
-      done += static_cast<size_t>(n);
-    }
-    return Status();
-  }
-
   // A second descriptor of the same file with O_DIRECT, opened on first use through
   // /proc/self/fd (no path lookup, and no O_EXCL: an adopted block device stays
   // claimed by fd_); -1 where the file system has no O_DIRECT (tmpfs before 6.6) or
@@ -203,20 +199,17 @@ class PosixFile final : public File {
   // writing through it.
   int direct_fd() {
     if (direct_refused_.load()) return -1;
-    std::lock_guard lock(direct_mutex_);
-    if (!direct_tried_) {
-      direct_tried_ = true;
+    std::call_once(direct_opened_, [&] {
       const std::string self = "/proc/self/fd/" + std::to_string(fd_);
       direct_fd_ = ::open(self.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
-    }
+    });
     return direct_fd_;
   }
 
   int fd_;
   std::string path_;
-  std::mutex direct_mutex_;
-  bool direct_tried_ = false;  // GUARDED_BY(direct_mutex_)
-  int direct_fd_ = -1;         // GUARDED_BY(direct_mutex_); set once
+  std::once_flag direct_opened_;
+  int direct_fd_ = -1;  // set once, by direct_opened_
   std::atomic<bool> direct_refused_{false};
 };
 
