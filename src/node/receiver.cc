@@ -463,7 +463,7 @@ Status run_session(repl::PeerSocket& socket, repl::ReceiverSession& session, con
     // END_DELTA makes the delta durable and applies it: that is the apply duration.
     const bool end_delta = frame.value().type == repl::FrameType::kEndDelta && session.in_delta();
     const auto started = std::chrono::steady_clock::now();
-    AMIRROR_RETURN_IF_ERROR(session.on_frame(frame.value()));
+    AMIRROR_RETURN_IF_ERROR(session.on_frame(std::move(frame).value()));
     if (end_delta) {
       std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - started;
       log::debug("receiver", "delta applied",
@@ -498,7 +498,9 @@ void serve_peer_connection(repl::PeerSocket& socket, const NodeConfig& config, c
   }
   repl::SocketSink sink(socket);
   NodeReplicaAccess access(socket, config, registry);
-  repl::ReceiverSession session(config.name, access, sink);
+  // Records are written on the stager's thread while this one receives the next frames.
+  repl::BackgroundChunkStager stager;
+  repl::ReceiverSession session(config.name, access, sink, &stager);
   Status status = run_session(socket, session, access, stopping, metrics);
   if (!status.ok() && status.code() != ErrorCode::kCancelled) {
     log::warn("receiver", "closing the peer connection",

@@ -15,7 +15,14 @@ Result<GroupCommit> ReplicaAccess::commit_group(const std::string&, const GroupC
   return Status(ErrorCode::kUnsupported, "this node does not take group commits");
 }
 
-Status ReceiverSession::on_frame(const Frame& frame) {
+Status ReceiverSession::on_frame(Frame frame) {
+  if (frame.type == FrameType::kChunk && in_delta_) return stager_.stage(replica_, std::move(frame));
+  if (frame.type == FrameType::kKeepAlive && !peer_name_.empty()) return Status();  // no need to wait
+  AMIRROR_RETURN_IF_ERROR(stager_.drain());
+  return on_control_frame(frame);
+}
+
+Status ReceiverSession::on_control_frame(const Frame& frame) {
   if (peer_name_.empty()) {
     if (frame.type != FrameType::kHello) return invalid_argument("expected HELLO first");
     return on_hello(frame);
@@ -30,11 +37,7 @@ Status ReceiverSession::on_frame(const Frame& frame) {
       in_delta_ = true;
       return Status();
     }
-    case FrameType::kChunk: {
-      if (!in_delta_) return invalid_argument("CHUNK outside a delta");
-      AMIRROR_ASSIGN_OR_RETURN(ChunkRecord record, decode_chunk(frame.payload));
-      return replica_->stage(record);
-    }
+    case FrameType::kChunk: return invalid_argument("CHUNK outside a delta");
     case FrameType::kEndDelta: return on_end_delta(frame);
     case FrameType::kVerifyBegin: return on_verify_begin(frame);
     case FrameType::kSwitchover: {
@@ -155,6 +158,7 @@ Status ReceiverSession::on_verify_frame(const Frame& frame) {
 }
 
 void ReceiverSession::release() {
+  (void)stager_.drain();  // no record may be staged once the replica is let go
   verify_.reset();  // it uses the replica
   if (replica_ != nullptr) replicas_.release(peer_name_, held_volume_);
   held_volume_.clear();

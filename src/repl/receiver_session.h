@@ -13,6 +13,9 @@
 //           delta --END_DELTA--> replica (after DELTA_DURABLE, apply, APPLIED)
 //           open|replica|verify --VERIFY_BEGIN--> verify (VERIFY_WINDOW, REPAIR_*)
 //           verify --OPEN_REPLICA--> replica
+// CHUNK records go through a ChunkStager (repl/chunk_stager.h): staged inline by
+// default, on a thread of the node's when it passes one; every other frame first waits
+// until the records before it are staged, so it sees them as if staged inline.
 // Invariant: nothing is staged from a frame that failed its checks, and any error
 // returned by on_frame ends the session: the caller sends ERROR and closes.
 // Thread-safety: one thread at a time.
@@ -24,6 +27,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "repl/chunk_stager.h"
 #include "repl/frame_sink.h"
 #include "repl/replica.h"
 #include "repl/verify_session.h"
@@ -57,20 +61,23 @@ class ReplicaAccess {
 
 class ReceiverSession {
  public:
-  ReceiverSession(std::string node_name, ReplicaAccess& replicas, FrameSink& sink)
-      : node_name_(std::move(node_name)), replicas_(replicas), sink_(sink) {}
+  // `stager` (null: inline) must outlive the session.
+  ReceiverSession(std::string node_name, ReplicaAccess& replicas, FrameSink& sink, ChunkStager* stager = nullptr)
+      : node_name_(std::move(node_name)), replicas_(replicas), sink_(sink), stager_(stager != nullptr ? *stager : inline_stager_) {}
   ~ReceiverSession() { release(); }
   ReceiverSession(const ReceiverSession&) = delete;
   ReceiverSession& operator=(const ReceiverSession&) = delete;
 
-  // Feeds one frame whose header and checksum were verified. An error ends the session.
-  Status on_frame(const Frame& frame);
+  // Feeds one frame whose header and checksum were verified. An error ends the session;
+  // it may be an earlier CHUNK's, staged in the background.
+  Status on_frame(Frame frame);
   // A close now would cut a delta short (the source resumes it from the durable staging).
   bool in_delta() const { return in_delta_; }
   // The peer's node name once HELLO was accepted, else empty.
   const std::string& peer_name() const { return peer_name_; }
 
  private:
+  Status on_control_frame(const Frame& frame);
   Status on_hello(const Frame& frame);
   Status on_open_replica(const Frame& frame);
   Status on_end_delta(const Frame& frame);
@@ -83,6 +90,8 @@ class ReceiverSession {
   const std::string node_name_;
   ReplicaAccess& replicas_;
   FrameSink& sink_;
+  InlineChunkStager inline_stager_;
+  ChunkStager& stager_;
   std::string peer_name_;
   std::string held_volume_;
   std::shared_ptr<Replica> replica_;

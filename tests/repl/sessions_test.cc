@@ -87,7 +87,7 @@ class SessionsTest : public VolumeAndReplicaTest {
     link_ = std::make_unique<SimLink>();
     access_ = std::make_unique<OneReplica>(replica_);
     sender_ = std::make_unique<SenderSession>("a", "b", host_, link_->sink(SimLink::kSource));
-    receiver_ = std::make_unique<ReceiverSession>("b", *access_, link_->sink(SimLink::kTarget));
+    receiver_ = std::make_unique<ReceiverSession>("b", *access_, link_->sink(SimLink::kTarget), stager_.get());
     AMIRROR_RETURN_IF_ERROR(sender_->start());
     bool begun = false;
     for (size_t moved = 0; moved < max_frames; ++moved) {
@@ -116,6 +116,7 @@ class SessionsTest : public VolumeAndReplicaTest {
 
   uint32_t ack_version_ = 0;  // 0: the target's own HELLO_ACK
   MemoryHost host_;
+  std::unique_ptr<ChunkStager> stager_;  // null: the session stages inline; outlives receiver_
   std::unique_ptr<SimLink> link_;
   std::unique_ptr<OneReplica> access_;
   std::unique_ptr<SenderSession> sender_;
@@ -165,6 +166,50 @@ TEST_F(SessionsTest, AReplicaThatIsNotWhereTheSourceBelievesGetsAFullCopy) {
   ASSERT_TRUE(connect_and_send(next).ok());
   EXPECT_EQ(host_.resets, 1);
   expect_replica_equals(next);
+}
+
+// Stages CHUNK frames only when drained: the latest a ChunkStager may stage them. A
+// session that lets any other frame, or the replica's release, pass before the
+// records before it are staged sees a short delta.
+class StageOnDrain : public ChunkStager {
+ public:
+  Status stage(const std::shared_ptr<Replica>& replica, Frame frame) override {
+    queued_.emplace_back(replica, std::move(frame));
+    return Status();
+  }
+  Status drain() override {
+    for (auto& [replica, frame] : queued_) AMIRROR_RETURN_IF_ERROR(stage_chunk_frame(*replica, frame));
+    queued_.clear();
+    return Status();
+  }
+
+ private:
+  std::vector<std::pair<std::shared_ptr<Replica>, Frame>> queued_;
+};
+
+TEST_F(SessionsTest, EveryFrameAfterChunksWaitsUntilTheyAreStaged) {
+  stager_ = std::make_unique<StageOnDrain>();
+  uint64_t first = write_and_freeze({0, 5, 31});
+  ASSERT_TRUE(connect_and_send(first).ok());  // END_DELTA must see all three records
+  expect_replica_equals(first);
+  uint64_t second = write_and_freeze({1, 2, 3, 4, 6, 7, 8});
+  Status cut = connect_and_send(second, 10);  // a few CHUNKs, then the connection ends
+  ASSERT_EQ(cut.code(), ErrorCode::kCancelled);
+  receiver_.reset();  // the session lets the replica go: its queued records are staged first
+  EXPECT_GT(replica_->state().staged_record_count, 0u) << "the records queued at the cut were never staged";
+  ASSERT_TRUE(connect_and_send(second).ok());
+  EXPECT_GT(sender_->first_chunk(), 0u) << "the second attempt started over instead of resuming";
+  expect_replica_equals(second);
+}
+
+TEST_F(SessionsTest, ChunksStagedOnABackgroundThreadGiveTheSameReplica) {
+  stager_ = std::make_unique<BackgroundChunkStager>(2 * kChunkBytes);  // a small queue: stage() waits often
+  uint64_t first = write_and_freeze({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 31});
+  ASSERT_TRUE(connect_and_send(first).ok());
+  expect_replica_equals(first);
+  uint64_t second = write_and_freeze({2, 9, 30});
+  ASSERT_TRUE(connect_and_send(second).ok());
+  expect_replica_equals(second);
 }
 
 TEST_F(SessionsTest, TheReceiverRefusesAStrangerAndFramesOutOfSequence) {
