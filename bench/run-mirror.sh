@@ -22,7 +22,9 @@
 #          CASES ("1 2 3")  which cases to run
 #          PERF_DIR         if set: `perf record -g` both nodes during each amirror
 #                           initial sync (case 1) into PERF_DIR/{src,dst}-REP.data
-#          PERF_MODE (record) offcpu: record where threads block instead (.offcpu)
+#          PERF_MODE (record) offcpu: record where threads block instead (.offcpu);
+#                           all: sample the whole machine (PERF_DIR/all-REP.data);
+#                           all-offcpu: where any thread blocks (PERF_DIR/all-REP.offcpu)
 #          RESULTS_OUT      if set: copy the raw result lines there (bench/run-all.sh)
 #
 # Without an argument it uses build-mbench/amirror, building it (Release) if absent.
@@ -287,6 +289,16 @@ PERF_PIDS=()
 perf_start() {
   [[ -n $PERF_DIR ]] || return 0
   mkdir -p "$PERF_DIR"
+  if [[ ${PERF_MODE:-record} == all* ]]; then  # the whole machine: kernel threads too
+    if [[ $PERF_MODE == all-offcpu ]]; then
+      perf record -a -e sched:sched_switch -g -o "$PERF_DIR/all-$1.offcpu" >/dev/null 2>&1 &
+    else
+      perf record -a -F 499 -g -o "$PERF_DIR/all-$1.data" >/dev/null 2>&1 &
+    fi
+    PERF_PIDS+=($!)
+    sleep 0.5
+    return 0
+  fi
   for name in src dst; do
     if [[ ${PERF_MODE:-record} == offcpu ]]; then  # where threads leave the CPU (block)
       perf record -e sched:sched_switch -g -p "${NODE_PID[$name]}" -o "$PERF_DIR/$name-$1.offcpu" >/dev/null 2>&1 &

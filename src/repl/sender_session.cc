@@ -161,6 +161,7 @@ Status SenderSession::plan_delta(const TargetView& local, const ReplicaState& re
   }
   next_chunk_ = first_chunk_;
   next_sector_ = 0;
+  hinted_chunk_ = first_chunk_;
   record_index_ = begin_.first_record;
   const ChunkGeometry geometry(opened_size_bytes_, volume_->chunk_size_bytes());
   bytes_total_ = bytes_done_ = 0;
@@ -195,6 +196,7 @@ std::pair<uint64_t, uint64_t> SenderSession::payload_of(const DeltaChunk& chunk,
 Status SenderSession::send_next() {
   AMIRROR_ASSERT(phase_ == Phase::kStreaming);
   const ChunkGeometry geometry(opened_size_bytes_, volume_->chunk_size_bytes());
+  hint_ahead(geometry);
   while (next_chunk_ < chunks_.size()) {
     const DeltaChunk& chunk = chunks_[next_chunk_];
     if (chunk.chunk_index >= geometry.chunk_count()) {
@@ -230,6 +232,30 @@ Status SenderSession::send_next() {
   }
   phase_ = Phase::kAwaitingDurable;
   return sink_.send(FrameType::kEndDelta, encode(EndDelta{record_index_, hold_}));
+}
+
+void SenderSession::hint_ahead(const ChunkGeometry& geometry) {
+  const uint64_t window = std::max<uint64_t>(2, kReadAheadBytes / volume_->chunk_size_bytes());
+  if (hinted_chunk_ > next_chunk_ + window / 2) return;  // still half a window ahead
+  const uint64_t end = std::min<uint64_t>(chunks_.size(), next_chunk_ + window);
+  auto readable = [&](uint64_t i) {
+    return chunks_[i].state == ChunkState::kData && chunks_[i].chunk_index < geometry.chunk_count();
+  };
+  for (uint64_t i = std::max(hinted_chunk_, next_chunk_); i < end;) {
+    if (!readable(i)) {
+      ++i;
+      continue;
+    }
+    // One hint per run of consecutive chunks.
+    uint64_t last = i;
+    while (last + 1 < end && readable(last + 1) && chunks_[last + 1].chunk_index == chunks_[last].chunk_index + 1) ++last;
+    const uint64_t offset = geometry.chunk_offset_bytes(chunks_[i].chunk_index);
+    const uint64_t stop = geometry.chunk_offset_bytes(chunks_[last].chunk_index) +
+                          geometry.chunk_length_bytes(chunks_[last].chunk_index);
+    volume_->will_read_frozen(point_, offset, stop - offset);
+    i = last + 1;
+  }
+  hinted_chunk_ = std::max(hinted_chunk_, end);
 }
 
 // The next run of contiguous dirty sectors of `chunk` at or after next_sector_,

@@ -123,6 +123,11 @@ class SenderSession {
   std::pair<uint64_t, uint64_t> payload_of(const DeltaChunk& chunk, const ChunkGeometry& geometry) const;
   std::optional<SectorRun> next_run(const DeltaChunk& chunk, const ChunkGeometry& geometry);
   Status send_run(const DeltaChunk& chunk, const ChunkGeometry& geometry, const SectorRun& run);
+  // Tells the volume which chunks are read next, up to kReadAheadBytes ahead, so the
+  // disk reads them while this one is sent: a source whose data is not cached would
+  // otherwise wait for each chunk's read in turn.
+  void hint_ahead(const ChunkGeometry& geometry);
+  static constexpr uint64_t kReadAheadBytes = 16ull << 20;
   Status on_group_applied(const Frame& frame);
 
   const std::string source_node_;
@@ -145,6 +150,7 @@ class SenderSession {
   uint64_t next_chunk_ = 0;
   uint64_t first_chunk_ = 0;
   uint64_t next_sector_ = 0;  // within chunks_[next_chunk_], for partial chunks
+  uint64_t hinted_chunk_ = 0;  // chunks_ before this one were given to will_read_frozen
   uint64_t record_index_ = 0;
   uint64_t bytes_total_ = 0;
   uint64_t bytes_done_ = 0;

@@ -51,6 +51,10 @@ class File {
   // sync() finds little left to do (a stream of writes overlaps with its writeback
   // instead of stalling on it at each sync). Default: nothing.
   virtual void start_writeback(uint64_t /*offset_bytes*/, uint64_t /*length_bytes*/) {}
+  // A hint: that range will be read soon, so reading it from the device may start now
+  // (a stream of reads then finds its pages cached instead of waiting for each).
+  // Default: nothing.
+  virtual void will_read(uint64_t /*offset_bytes*/, uint64_t /*length_bytes*/) {}
   virtual Status truncate(uint64_t size_bytes) = 0;
   // Deallocates a range so it reads as zero; the file size is unchanged.
   virtual Status punch_hole(uint64_t offset_bytes, uint64_t length_bytes) = 0;
@@ -59,6 +63,36 @@ class File {
   // system without hole reporting returns the whole range as one extent.
   virtual Result<std::vector<Extent>> allocated_extents(uint64_t offset_bytes,
                                                         uint64_t length_bytes) = 0;
+};
+
+// Gathers File::will_read hints: ranges that continue each other in one file become one
+// call. The last run is given by flush() or on destruction.
+class ReadHints {
+ public:
+  ReadHints() = default;
+  ReadHints(const ReadHints&) = delete;
+  ReadHints& operator=(const ReadHints&) = delete;
+  ~ReadHints() { flush(); }
+
+  void add(File& file, uint64_t offset_bytes, uint64_t length_bytes) {
+    if (&file == file_ && offset_bytes == start_bytes_ + length_bytes_) {
+      length_bytes_ += length_bytes;
+      return;
+    }
+    flush();
+    file_ = &file;
+    start_bytes_ = offset_bytes;
+    length_bytes_ = length_bytes;
+  }
+  void flush() {
+    if (file_ != nullptr && length_bytes_ != 0) file_->will_read(start_bytes_, length_bytes_);
+    file_ = nullptr;
+  }
+
+ private:
+  File* file_ = nullptr;
+  uint64_t start_bytes_ = 0;
+  uint64_t length_bytes_ = 0;
 };
 
 enum class OpenMode : uint8_t {

@@ -493,6 +493,16 @@ Status Layer::read_slots(std::span<const SlotRead> reads) {
   return joiner.flush();
 }
 
+void Layer::hint_slot_read(uint64_t slot, uint64_t offset_in_chunk_bytes, uint64_t length_bytes, ReadHints& hints) {
+  if (length_bytes == 0) return;
+  if (!packed()) return hints.add(*data_file_, slot * chunk_size_bytes_ + offset_in_chunk_bytes, length_bytes);
+  Result<Segments> segments = locate(slot, offset_in_chunk_bytes, length_bytes, /*place=*/false);
+  if (!segments.ok()) return;  // sectors without a place: read from older layers
+  for (const Segment& segment : segments.value().view()) {
+    hints.add(*data_file_, segment.file_offset_bytes, segment.length_bytes);
+  }
+}
+
 Status Layer::write_slots(std::span<const SlotWrite> writes) {
   auto joiner = make_joiner<const uint8_t>(
       [this](uint64_t offset, std::span<const uint8_t> data) { return data_file_->write_at(offset, data); });

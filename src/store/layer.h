@@ -189,6 +189,9 @@ class Layer {
   // pwrite instead of one per chunk. write_slots places new sectors part by part, in
   // order, so the new pieces of consecutive parts are adjacent too.
   Status read_slots(std::span<const SlotRead> reads);
+  // Adds to `hints` where that part of the slot lies in the data file (read ahead; a
+  // part with sectors this layer does not define is skipped).
+  void hint_slot_read(uint64_t slot, uint64_t offset_in_chunk_bytes, uint64_t length_bytes, ReadHints& hints);
   Status write_slots(std::span<const SlotWrite> writes);
   // Format 3: gives the slot's `sectors` that have no place one new piece, so sectors
   // about to be written by several write_slot calls lie together. No-op otherwise.

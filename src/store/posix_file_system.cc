@@ -131,6 +131,12 @@ class PosixFile final : public File {
                             SYNC_FILE_RANGE_WRITE);
   }
 
+  void will_read(uint64_t offset_bytes, uint64_t length_bytes) override {
+    // Asynchronous: queues the reads of the pages not cached and returns.
+    (void)::posix_fadvise(fd_, static_cast<off_t>(offset_bytes), static_cast<off_t>(length_bytes),
+                          POSIX_FADV_WILLNEED);
+  }
+
   Status truncate(uint64_t size_bytes) override {
     if (::ftruncate(fd_, static_cast<off_t>(size_bytes)) != 0) {
       return Status::from_errno(errno, "truncate " + path_);

@@ -617,48 +617,56 @@ Status Volume::read_from(Layer& layer, const ChunkEntry& entry, const ChunkPiece
   return layer.read_slot(entry.slot, piece.offset_in_chunk_bytes, std::span(out, piece.length_bytes));
 }
 
-Status Volume::read_resolved(const std::vector<std::shared_ptr<Layer>>& layers, size_t index, const ChunkEntry& entry,
-                             const ChunkPiece& piece, uint8_t* out) {
+template <typename From>
+Status Volume::for_each_source(const std::vector<std::shared_ptr<Layer>>& layers, size_t index,
+                               const ChunkEntry& entry, const ChunkPiece& piece, const From& from) {
   const uint64_t piece_end = piece.offset_in_chunk_bytes + piece.length_bytes;
+  const uint64_t chunk_length = geometry().chunk_length_bytes(piece.chunk_index);
   uint64_t remaining = sectors_touched(chunk_size_bytes_, piece.offset_in_chunk_bytes, piece.length_bytes);
-  if (entry.state == ChunkState::kZero || (remaining & ~entry.defined_sectors) == 0) {
-    return read_from(*layers[index], entry, piece, out);
-  }
-  // The sectors this layer does not define come from the layers below it, then the
-  // base: each sector from the newest that defines it.
-  const ChunkGeometry geometry = this->geometry();
-  const uint64_t chunk_offset = geometry.chunk_offset_bytes(piece.chunk_index);
-  const uint64_t chunk_length = geometry.chunk_length_bytes(piece.chunk_index);
   Status status;
-  // Calls read(begin, destination) for the piece's bytes in each run of `sectors`.
-  auto read_runs = [&](uint64_t sectors, const auto& read) {
+  // Calls `from` for the piece's bytes in each run of `sectors`.
+  auto runs = [&](uint64_t sectors, size_t layer_index, const ChunkEntry* at) {
     for_each_sector_run(chunk_size_bytes_, chunk_length, sectors, [&](uint64_t begin, uint64_t end) {
       begin = std::max(begin, piece.offset_in_chunk_bytes);
       end = std::min(end, piece_end);
-      if (begin < end && status.ok()) status = read(begin, std::span(out + (begin - piece.offset_in_chunk_bytes), end - begin));
+      if (begin < end && status.ok()) status = from(layer_index, at, begin, end);
     });
   };
   size_t i = index;
   std::optional<ChunkEntry> at = entry;
   while (remaining != 0 && status.ok()) {
     if (!at) {
-      read_runs(remaining, [&](uint64_t begin, std::span<uint8_t> bytes) { return base_->read_at(chunk_offset + begin, bytes); });
+      runs(remaining, 0, nullptr);
       break;
     }
     const uint64_t here = at->state == ChunkState::kZero ? remaining : remaining & at->defined_sectors;
-    Layer& layer = *layers[i];
-    read_runs(here, [&](uint64_t begin, std::span<uint8_t> bytes) {
-      if (at->state == ChunkState::kZero) {
-        std::memset(bytes.data(), 0, bytes.size());
-        return Status();
-      }
-      return layer.read_slot(at->slot, begin, bytes);
-    });
+    runs(here, i, &*at);
     remaining &= ~here;
     at.reset();
     while (i > 0 && !at) at = layers[--i]->find(piece.chunk_index);
   }
   return status;
+}
+
+Status Volume::read_resolved(const std::vector<std::shared_ptr<Layer>>& layers, size_t index, const ChunkEntry& entry,
+                             const ChunkPiece& piece, uint8_t* out) {
+  const uint64_t touched = sectors_touched(chunk_size_bytes_, piece.offset_in_chunk_bytes, piece.length_bytes);
+  if (entry.state == ChunkState::kZero || (touched & ~entry.defined_sectors) == 0) {
+    return read_from(*layers[index], entry, piece, out);
+  }
+  // The sectors this layer does not define come from the layers below it, then the
+  // base: each sector from the newest that defines it.
+  const uint64_t chunk_offset = geometry().chunk_offset_bytes(piece.chunk_index);
+  return for_each_source(layers, index, entry, piece,
+                         [&](size_t i, const ChunkEntry* at, uint64_t begin, uint64_t end) -> Status {
+                           std::span<uint8_t> bytes(out + (begin - piece.offset_in_chunk_bytes), end - begin);
+                           if (at == nullptr) return base_->read_at(chunk_offset + begin, bytes);
+                           if (at->state == ChunkState::kZero) {
+                             std::memset(bytes.data(), 0, bytes.size());
+                             return Status();
+                           }
+                           return layers[i]->read_slot(at->slot, begin, bytes);
+                         });
 }
 
 // The stripes a batch holds until its pieces are done. Taken in ascending index order
@@ -818,6 +826,31 @@ Status Volume::read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint
   // A point frozen before a resize reads as zeros past its old end: no layer of it
   // holds a chunk there and the base's tail is a hole (see resize()).
   return read_layers(layers_, top, offset_bytes, out, /*lock_active=*/false);
+}
+
+void Volume::will_read_frozen(uint64_t cycle, uint64_t offset_bytes, uint64_t length_bytes) {
+  if (length_bytes == 0 || !geometry().in_range(offset_bytes, length_bytes)) return;
+  // No base-point lock as in read_frozen: a hint read during a merge is only wasted.
+  std::shared_lock io(io_lock_);
+  Result<size_t> top = layers_in_point_locked(cycle);
+  if (!top.ok()) return;
+  ReadHints hints;
+  const ChunkGeometry geometry = this->geometry();
+  geometry.for_each_piece(offset_bytes, length_bytes, [&](const ChunkPiece& piece) {
+    auto [index, entry] = resolve(layers_, top.value(), piece.chunk_index);
+    if (!entry) return hints.add(*base_, offset_bytes + piece.offset_in_request_bytes, piece.length_bytes);
+    // Where read_resolved reads each sector: this layer, older ones, or the base.
+    const uint64_t chunk_offset = geometry.chunk_offset_bytes(piece.chunk_index);
+    (void)for_each_source(layers_, index, *entry, piece,
+                          [&](size_t i, const ChunkEntry* at, uint64_t begin, uint64_t end) {
+                            if (at == nullptr) {
+                              hints.add(*base_, chunk_offset + begin, end - begin);
+                            } else if (at->state == ChunkState::kData) {
+                              layers_[i]->hint_slot_read(at->slot, begin, end - begin, hints);
+                            }
+                            return Status();
+                          });
+  });
 }
 
 // ---- Writes ---------------------------------------------------------------

@@ -271,6 +271,9 @@ class Volume {
 
   // Reads freeze point `cycle` (base_cycle() <= cycle <= cycle()).
   Status read_frozen(uint64_t cycle, uint64_t offset_bytes, std::span<uint8_t> out);
+  // A hint that read_frozen of that range follows soon: the files' reads may start now
+  // (File::will_read). Wrong or stale hints cost nothing but the read-ahead.
+  void will_read_frozen(uint64_t cycle, uint64_t offset_bytes, uint64_t length_bytes);
   // The chunks that differ between freeze points from_cycle and to_cycle
   // (from_cycle < to_cycle, both >= base_cycle()): the union of layers
   // from_cycle+1 .. to_cycle, newest state winning (a chunk changed in ten cycles
@@ -342,6 +345,12 @@ class Volume {
   static Status read_from(Layer& layer, const ChunkEntry& entry, const ChunkPiece& piece, uint8_t* out);
   // Reads a piece whose newest entry is `entry` in layers[index]: the sectors it does
   // not define from the layers below, then the base.
+  // Calls from(layer_index, entry, begin, end) for each run of the piece's bytes
+  // (offsets in the chunk) with the newest entry that defines them (entry null: the
+  // base). Stops at the first error it returns. Defined in volume.cc, used there only.
+  template <typename From>
+  Status for_each_source(const std::vector<std::shared_ptr<Layer>>& layers, size_t index, const ChunkEntry& entry,
+                         const ChunkPiece& piece, const From& from);
   Status read_resolved(const std::vector<std::shared_ptr<Layer>>& layers, size_t index, const ChunkEntry& entry,
                        const ChunkPiece& piece, uint8_t* out);
   // Copies into `slot` of the active layer the parts of `sectors` the piece does not
