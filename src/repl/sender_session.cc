@@ -238,8 +238,11 @@ void SenderSession::hint_ahead(const ChunkGeometry& geometry) {
   const uint64_t window = std::max<uint64_t>(2, kReadAheadBytes / volume_->chunk_size_bytes());
   if (hinted_chunk_ > next_chunk_ + window / 2) return;  // still half a window ahead
   const uint64_t end = std::min<uint64_t>(chunks_.size(), next_chunk_ + window);
+  // Whole chunks only: a chunk shipped as runs of dirty sectors reads just those, and
+  // a hint for all of it would read the rest from the base for nothing.
   auto readable = [&](uint64_t i) {
-    return chunks_[i].state == ChunkState::kData && chunks_[i].chunk_index < geometry.chunk_count();
+    return chunks_[i].state == ChunkState::kData && chunks_[i].dirty_sectors == kAllSectorsDirty &&
+           chunks_[i].chunk_index < geometry.chunk_count();
   };
   for (uint64_t i = std::max(hinted_chunk_, next_chunk_); i < end;) {
     if (!readable(i)) {
