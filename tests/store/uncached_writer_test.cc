@@ -4,7 +4,12 @@
 // what was written, in the order it was written, and a sync or punch never overtakes
 // a write gathered before it.
 #include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <vector>
 
@@ -113,6 +118,55 @@ TEST(UncachedWriteTest, AFailedFlushLosesNothing) {
   std::vector<uint8_t> out(data.size());
   ASSERT_TRUE((*file)->read_at(4096, out).ok());
   EXPECT_EQ(out, data);
+}
+
+// A file system without O_DIRECT (ramfs refuses to open a file with it; so did tmpfs
+// before Linux 6.6): every byte goes through the page cache instead, and a whole base
+// fill — aligned writes, a punched (here: zero-written) chunk, a short last chunk —
+// reads back exactly, also after a reopen. Needs root to mount ramfs.
+TEST(UncachedWriteTest, AFileSystemWithoutDirectIoGetsEveryByteThroughTheCache) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount ramfs";
+  ScratchDir dir("uncached-ramfs");
+  const std::string mount_point = dir.sub("ramfs");
+  std::filesystem::create_directory(mount_point);
+  if (::mount("ramfs", mount_point.c_str(), "ramfs", 0, nullptr) != 0) {
+    GTEST_SKIP() << "cannot mount ramfs: " << std::strerror(errno);
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mount_point};
+
+  constexpr uint64_t kChunk = 64 * kKiB;
+  constexpr uint64_t kSize = 40 * kChunk + 3 * 512;  // a short last chunk
+  VolumeOptions options;
+  options.size_bytes = kSize;
+  options.chunk_size_bytes = kChunk;
+  std::filesystem::create_directory(mount_point + "/v");
+  auto created = Volume::create(posix_file_system(), mount_point + "/v", options);
+  ASSERT_TRUE(created.ok()) << created.status().message();
+  std::unique_ptr<Volume> volume = std::move(*created);
+  ASSERT_TRUE(volume->begin_base_fill().ok());
+  Random random(5);
+  std::vector<uint8_t> model(kSize, 0);
+  std::vector<uint8_t> data = random_bytes(random, kSize);
+  // In pieces of a few chunks: more than one writer buffer's worth in all.
+  for (uint64_t offset = 0; offset < kSize; offset += 3 * kChunk) {
+    const uint64_t length = std::min<uint64_t>(3 * kChunk, kSize - offset);
+    ASSERT_TRUE(volume->write_base_fill(offset, std::span(data).subspan(offset, length)).ok()) << offset;
+  }
+  model = data;
+  ASSERT_TRUE(volume->zero_base_fill(7 * kChunk, kChunk).ok());
+  std::fill(model.begin() + 7 * kChunk, model.begin() + 8 * kChunk, 0);
+  ASSERT_TRUE(volume->commit_base_fill(1, 1000).ok());
+  std::vector<uint8_t> out(kSize);
+  ASSERT_TRUE(volume->read(0, out).ok());
+  EXPECT_TRUE(out == model) << "the base fill on ramfs differs from what was written";
+  volume.reset();
+  auto reopened = Volume::open(posix_file_system(), mount_point + "/v");
+  ASSERT_TRUE(reopened.ok()) << reopened.status().message();
+  ASSERT_TRUE((*reopened)->read(0, out).ok());
+  EXPECT_TRUE(out == model) << "after a reopen";
 }
 
 class BaseFillTest : public ::testing::Test {
