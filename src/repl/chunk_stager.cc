@@ -20,12 +20,27 @@ BackgroundChunkStager::~BackgroundChunkStager() {
 Status BackgroundChunkStager::stage(const std::shared_ptr<Replica>& replica, Frame frame) {
   MutexLock lock(mutex_);
   if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
-  while (error_.ok() && !queue_.empty() && queued_bytes_ >= max_queued_bytes_) changed_.wait(lock);
+  while (error_.ok() && !queue_.empty() && queued_bytes_ >= max_queued_bytes_) {
+    waiting_for_room_ = true;
+    changed_.wait(lock);
+  }
+  waiting_for_room_ = false;
   if (!error_.ok()) return error_;
   queued_bytes_ += frame.payload.size();
   queue_.push_back(Item{replica, std::move(frame)});
   changed_.notify_all();
   return Status();
+}
+
+uint64_t BackgroundChunkStager::queued_bytes() const {
+  MutexLock lock(mutex_);
+  return queued_bytes_;
+}
+
+bool BackgroundChunkStager::stage_waits_for_room() const {
+  MutexLock lock(mutex_);
+  // Not just the flag: a stage() woken because room was made has not reset it yet.
+  return waiting_for_room_ && error_.ok() && !queue_.empty() && queued_bytes_ >= max_queued_bytes_;
 }
 
 Status BackgroundChunkStager::drain() {

@@ -63,6 +63,10 @@ class BackgroundChunkStager final : public ChunkStager {
 
   Status stage(const std::shared_ptr<Replica>& replica, Frame frame) override;
   Status drain() override;
+  // What the queue holds now, and whether a stage() call waits for room (the bound is
+  // reached): observable state for tests, which wait on it instead of on time.
+  uint64_t queued_bytes() const;
+  bool stage_waits_for_room() const;
 
  private:
   struct Item {
@@ -72,11 +76,12 @@ class BackgroundChunkStager final : public ChunkStager {
   void run();
 
   const uint64_t max_queued_bytes_;
-  Mutex mutex_;
+  mutable Mutex mutex_;
   CondVar changed_;
   std::deque<Item> queue_ GUARDED_BY(mutex_);
   uint64_t queued_bytes_ GUARDED_BY(mutex_) = 0;
   bool staging_ GUARDED_BY(mutex_) = false;  // the thread holds an item it took off the queue
+  bool waiting_for_room_ GUARDED_BY(mutex_) = false;
   bool stopping_ GUARDED_BY(mutex_) = false;
   Status error_ GUARDED_BY(mutex_);  // the first failure; sticky
   std::thread thread_;  // started by the first stage()
