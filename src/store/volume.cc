@@ -34,11 +34,14 @@ constexpr const char* kBaseFileName = "base.img";
 // A merged layer's data file kept for the next layer (Layer::create): freeing a
 // layer's blocks and allocating new ones every cycle costs a discard per extent on a
 // file system mounted with `discard`, and a layer of scattered small writes has
-// thousands of extents (one per sector written). Several, as a catch-up merges several
-// layers in a row; each kept only while small, so a volume never holds more than
-// kMaxSpares * kMaxSpareDataBytes on disk for them.
+// thousands of extents (one per sector written). And its page cache is written over
+// too: a volume written faster than it is frozen (a 512 MiB layer every second) spent
+// 12 % of its write rate freeing and allocating a layer's worth of cache pages every
+// cycle (bench/README.md, "Writes while frozen every second"). Several, as a catch-up
+// merges several layers in a row. All of a volume's spares together hold at most
+// kSpareBudgetBytes on disk: one large spare or a few small ones.
 constexpr uint64_t kMaxSpares = 4;
-constexpr uint64_t kMaxSpareDataBytes = 256ULL << 20;
+constexpr uint64_t kSpareBudgetBytes = 1ULL << 30;
 std::string spare_data_file_name(uint64_t index) { return "spare-layer-" + std::to_string(index) + ".data"; }
 constexpr uint64_t kMaxMetaBytes = 16 * kMiB;
 
@@ -1502,8 +1505,8 @@ uint64_t Volume::spare_bytes() const {
 
 void Volume::retire_merged_layer(Layer& merged) {
   const std::string spare = spare_data_path(/*existing=*/false);
-  Result<uint64_t> allocated = spare.empty() ? Result<uint64_t>(kMaxSpareDataBytes + 1) : merged.allocated_data_bytes();
-  if (allocated.ok() && allocated.value() <= kMaxSpareDataBytes &&
+  Result<uint64_t> allocated = spare.empty() ? Result<uint64_t>(kSpareBudgetBytes + 1) : merged.allocated_data_bytes();
+  if (allocated.ok() && allocated.value() + spare_bytes() <= kSpareBudgetBytes &&
       fs_.rename(dir_ + "/" + Layer::data_file_name(merged.id()), spare).ok()) {
     // No directory sync needed: a crash that undoes the rename leaves an orphan layer
     // file, which the next open removes, as below.

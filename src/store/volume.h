@@ -287,7 +287,7 @@ class Volume {
   // How long the last freeze held client writes back (drain + final sync + metadata).
   uint64_t last_freeze_stall_us() const { return last_freeze_stall_us_.load(); }
   // Disk space held by spare layer data files: merged layers' files kept for the next
-  // freezes to write over (at most 4 of at most 256 MiB each; see retire_merged_layer).
+  // freezes to write over (at most 4, together at most 1 GiB; see retire_merged_layer).
   uint64_t spare_bytes() const;
 
  private:

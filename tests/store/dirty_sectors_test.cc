@@ -295,9 +295,39 @@ TEST_F(DirtySectorsVolumeTest, Format1LayersHoldWholeChunks) {
   EXPECT_TRUE(bytes == expected);
 }
 
-// A merged layer's data file is kept (up to four, each up to 256 MiB on disk) and the
+// A merged layer's data file is kept (up to four, together up to 1 GiB on disk) and the
 // next freeze's layer writes over it, so its blocks are not freed and allocated again
 // every cycle (a discard per extent on a file system mounted with `discard`).
+// The spares share one budget of 1 GiB: a 300 MiB layer (a busy volume frozen every
+// second) is kept whole, so its blocks and cache pages are written over next cycle; a
+// merged layer that would take the spares past the budget is freed instead.
+TEST(SpareBudgetTest, ALargeLayerIsKeptWhileTheSparesStayWithinTheBudget) {
+  ScratchDir dir("spare-budget", /*in_memory=*/true);
+  constexpr uint64_t kSize = 800 * kMiB;
+  auto created = Volume::create(posix_file_system(), dir.path(), options(kSize, 64 * kKiB));
+  ASSERT_TRUE(created.ok()) << created.status().to_string();
+  std::unique_ptr<Volume> volume = std::move(created).value();
+  auto fill = [&](uint64_t length_bytes, uint8_t value) {
+    std::vector<uint8_t> data(64 * kMiB, value);
+    for (uint64_t offset = 0; offset < length_bytes; offset += data.size()) {
+      ASSERT_TRUE(volume->write(offset, std::span(data).first(std::min<uint64_t>(data.size(), length_bytes - offset))).ok());
+    }
+  };
+  fill(300 * kMiB, 0x11);  // layer 1: 300 MiB
+  ASSERT_TRUE(volume->freeze().ok());
+  fill(kSize, 0x22);       // layer 2: 800 MiB
+  ASSERT_TRUE(volume->freeze().ok());
+  ASSERT_TRUE(volume->merge_oldest().ok());
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/spare-layer-0.data")) << "a 300 MiB layer was not kept";
+  EXPECT_GE(volume->spare_bytes(), 300 * kMiB);
+  ASSERT_TRUE(volume->merge_oldest().ok());  // 300 + 800 MiB > 1 GiB: freed
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/spare-layer-1.data")) << "the spares exceed their budget";
+  EXPECT_LE(volume->spare_bytes(), 1024 * kMiB);
+  std::vector<uint8_t> bytes(kMiB);
+  ASSERT_TRUE(volume->read(kSize - kMiB, bytes).ok());
+  EXPECT_TRUE(std::all_of(bytes.begin(), bytes.end(), [](uint8_t b) { return b == 0x22; }));
+}
+
 TEST_F(DirtySectorsVolumeTest, MergedLayerDataFilesAreReusedNotFreed) {
   auto volume = create(kMiB, 64 * kKiB);
   const std::string spare = dir_.path() + "/spare-layer-0.data";
