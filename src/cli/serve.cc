@@ -40,6 +40,10 @@ struct NamedVolume {
   std::shared_ptr<Volume> volume;
 };
 
+int64_t elapsed_ms(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(to - from).count();
+}
+
 // Freezes every volume and merges its oldest frozen layer every interval, so clients
 // see "freezes and merges happen underneath". Stops promptly on request.
 class Freezer {
@@ -69,15 +73,22 @@ class Freezer {
       }
       lock.unlock();
       for (const NamedVolume& entry : volumes_) {
+        const auto started = std::chrono::steady_clock::now();
         Result<uint64_t> cycle = entry.volume->freeze();
         if (!cycle.ok()) {
           log::error("serve", "freeze failed", {{"volume", entry.name}, {"error", cycle.status().to_string()}});
           continue;
         }
+        const auto frozen = std::chrono::steady_clock::now();
         Status merged = entry.volume->merge_oldest();
         if (!merged.ok()) {
           log::error("serve", "merge failed", {{"volume", entry.name}, {"error", merged.to_string()}});
         }
+        // What a cycle cost the clients: the stall held their writes back; the rest ran beside them.
+        log::debug("serve", "cycle", {{"volume", entry.name}, {"cycle", cycle.value()},
+                                      {"stall_us", entry.volume->last_freeze_stall_us()},
+                                      {"freeze_ms", elapsed_ms(started, frozen)},
+                                      {"merge_ms", elapsed_ms(frozen, std::chrono::steady_clock::now())}});
       }
       lock.lock();
       ++cycles_;
