@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
   serve->add_option("--size", create_size_text, "Size of the volume --create makes, e.g. 10G");
   serve->add_option("--chunk-size", create_chunk_text, "Chunk size of the volume --create makes (4K..4M)");
   serve->add_option("--freeze-interval", freeze_interval_text,
-                    "Testing aid: freeze every volume and merge its oldest layer this often (e.g. 1s)");
+                    "Testing aid: freeze every volume and merge its oldest layer this often (e.g. 1s); "
+                    "--log-level debug logs each cycle's write stall, freeze and merge times");
   serve->add_flag("--quiet", serve_args.quiet, "Do not log each NBD connection");
   serve->add_option("--tls", serve_args.tls_mode,
                     "NBD STARTTLS: off, allow, or require (on TCP; the Unix socket only allows it)")
