@@ -20,7 +20,7 @@ BackgroundChunkStager::~BackgroundChunkStager() {
 Status BackgroundChunkStager::stage(const std::shared_ptr<Replica>& replica, Frame frame) {
   MutexLock lock(mutex_);
   if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
-  while (error_.ok() && !queue_.empty() && queued_bytes_ >= max_queued_bytes_) {
+  while (full_locked()) {
     waiting_for_room_ = true;
     changed_.wait(lock);
   }
@@ -40,7 +40,7 @@ uint64_t BackgroundChunkStager::queued_bytes() const {
 bool BackgroundChunkStager::stage_waits_for_room() const {
   MutexLock lock(mutex_);
   // Not just the flag: a stage() woken because room was made has not reset it yet.
-  return waiting_for_room_ && error_.ok() && !queue_.empty() && queued_bytes_ >= max_queued_bytes_;
+  return waiting_for_room_ && full_locked();
 }
 
 Status BackgroundChunkStager::drain() {

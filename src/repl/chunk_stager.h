@@ -74,6 +74,10 @@ class BackgroundChunkStager final : public ChunkStager {
     Frame frame;
   };
   void run();
+  // stage() must wait: the queue holds the bound (one frame is always let in), no error.
+  bool full_locked() const REQUIRES(mutex_) {
+    return error_.ok() && !queue_.empty() && queued_bytes_ >= max_queued_bytes_;
+  }
 
   const uint64_t max_queued_bytes_;
   mutable Mutex mutex_;

@@ -343,14 +343,14 @@ class Volume {
   static std::pair<size_t, std::optional<ChunkEntry>> resolve(
       const std::vector<std::shared_ptr<Layer>>& layers, size_t top, uint64_t chunk_index);
   static Status read_from(Layer& layer, const ChunkEntry& entry, const ChunkPiece& piece, uint8_t* out);
-  // Reads a piece whose newest entry is `entry` in layers[index]: the sectors it does
-  // not define from the layers below, then the base.
   // Calls from(layer_index, entry, begin, end) for each run of the piece's bytes
   // (offsets in the chunk) with the newest entry that defines them (entry null: the
   // base). Stops at the first error it returns. Defined in volume.cc, used there only.
   template <typename From>
   Status for_each_source(const std::vector<std::shared_ptr<Layer>>& layers, size_t index, const ChunkEntry& entry,
                          const ChunkPiece& piece, const From& from);
+  // Reads a piece whose newest entry is `entry` in layers[index]: the sectors it does
+  // not define from the layers below, then the base.
   Status read_resolved(const std::vector<std::shared_ptr<Layer>>& layers, size_t index, const ChunkEntry& entry,
                        const ChunkPiece& piece, uint8_t* out);
   // Copies into `slot` of the active layer the parts of `sectors` the piece does not
