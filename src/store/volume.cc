@@ -36,8 +36,8 @@ constexpr const char* kBaseFileName = "base.img";
 // file system mounted with `discard`, and a layer of scattered small writes has
 // thousands of extents (one per sector written). And its page cache is written over
 // too: a volume written faster than it is frozen (a 512 MiB layer every second) spent
-// 12 % of its write rate freeing and allocating a layer's worth of cache pages every
-// cycle (bench/README.md, "Writes while frozen every second"). Several, as a catch-up
+// a fifth of its server's CPU copying into freshly allocated cache pages every cycle
+// (bench/README.md, "Writes while frozen every second"). Several, as a catch-up
 // merges several layers in a row. All of a volume's spares together hold at most
 // kSpareBudgetBytes on disk: one large spare or a few small ones.
 constexpr uint64_t kMaxSpares = 4;
